@@ -1,0 +1,494 @@
+"""The store: one interface, an embedded SQLite implementation and (policy/pgstore.py) PostgreSQL.
+
+Every change is written together with its audit event in one transaction (`_write`), so a
+state change without its audit record, or the reverse, cannot be observed. The rest of the
+code calls the domain methods below and cannot tell which database runs.
+
+SQL is written once with `?` placeholders; the PostgreSQL store rewrites them to `$n`.
+Times are epoch seconds (double precision); JSON values are stored as text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from policy.audit import GENESIS, AuditEvent, audit_time, seal
+from policy.directive import Directive
+from policy.errors import Conflict, StoreUnavailable
+from policy.roster import Contact, Device, Facility, Inmate
+from policy.visit import Visit
+
+SCHEMA_VERSION = 1
+
+# {real} is DOUBLE PRECISION on PostgreSQL: its REAL is only 4 bytes.
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS facilities (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at {real} NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS devices (
+        id TEXT PRIMARY KEY, facility TEXT NOT NULL REFERENCES facilities(id),
+        created_at {real} NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS inmates (
+        id TEXT PRIMARY KEY, facility TEXT NOT NULL REFERENCES facilities(id),
+        name TEXT NOT NULL, created_at {real} NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS contacts (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, minor INTEGER NOT NULL,
+        created_at {real} NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS approvals (
+        contact TEXT NOT NULL REFERENCES contacts(id), inmate TEXT NOT NULL REFERENCES inmates(id),
+        status TEXT NOT NULL, updated_at {real} NOT NULL, PRIMARY KEY (contact, inmate))""",
+    """CREATE TABLE IF NOT EXISTS visits (
+        id TEXT PRIMARY KEY, facility TEXT NOT NULL, inmate TEXT NOT NULL, device TEXT NOT NULL,
+        contacts TEXT NOT NULL, starts_at {real} NOT NULL, ends_at {real} NOT NULL,
+        kind TEXT NOT NULL, created_by TEXT NOT NULL, created_at {real} NOT NULL)""",
+    """CREATE INDEX IF NOT EXISTS visits_device ON visits (device, ends_at)""",
+    """CREATE TABLE IF NOT EXISTS sessions (
+        id TEXT PRIMARY KEY, visit TEXT NOT NULL, sub TEXT NOT NULL, role TEXT NOT NULL,
+        mode TEXT NOT NULL, node TEXT NOT NULL, keys TEXT NOT NULL,
+        started_at {real} NOT NULL, ended_at {real}, end_reason TEXT)""",
+    """CREATE INDEX IF NOT EXISTS sessions_live ON sessions (ended_at)""",
+    """CREATE TABLE IF NOT EXISTS directives (
+        id TEXT PRIMARY KEY, scope TEXT NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL,
+        legal_basis TEXT NOT NULL, issued_by TEXT NOT NULL, issued_at {real} NOT NULL,
+        starts_at {real} NOT NULL, expires_at {real} NOT NULL, status TEXT NOT NULL,
+        confirm_by {real}, confirmed_by TEXT, confirmed_at {real}, closed_at {real},
+        closed_by TEXT, close_reason TEXT, sessions_ended INTEGER NOT NULL DEFAULT 0)""",
+    """CREATE INDEX IF NOT EXISTS directives_status ON directives (status)""",
+    """CREATE TABLE IF NOT EXISTS appeals (
+        id TEXT PRIMARY KEY, directive TEXT NOT NULL REFERENCES directives(id),
+        filed_by TEXT NOT NULL, text TEXT NOT NULL, filed_at {real} NOT NULL,
+        status TEXT NOT NULL, decided_by TEXT, decided_at {real}, decision_note TEXT)""",
+    """CREATE TABLE IF NOT EXISTS audit (
+        seq INTEGER PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+        subject TEXT NOT NULL, data TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)""",
+    # One row: the chain's head. Updating it in every write transaction serialises appends
+    # across nodes (a row lock on PostgreSQL, the write lock on SQLite).
+    """CREATE TABLE IF NOT EXISTS audit_head (
+        id INTEGER PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL)""",
+]
+
+
+@dataclass(frozen=True)
+class AuditDraft:
+    """An audit event before the store gives it a sequence number and seals it."""
+
+    actor: str
+    action: str
+    subject: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    id: str
+    visit: str
+    sub: str
+    role: str
+    mode: str
+    node: str
+    keys: tuple[str, ...]
+    started_at: float
+    ended_at: float | None = None
+    end_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Appeal:
+    id: str
+    directive: str
+    filed_by: str
+    text: str
+    filed_at: float
+    status: str = "open"  # open | upheld | lifted
+    decided_by: str | None = None
+    decided_at: float | None = None
+    decision_note: str | None = None
+
+
+# (sql, params) or (sql, params, True): the third element demands that the statement changes
+# a row, otherwise the whole transaction is refused with Conflict (optimistic guards).
+Statement = tuple[Any, ...]
+
+DIRECTIVE_COLUMNS = (
+    "id", "scope", "action", "reason", "legal_basis", "issued_by", "issued_at", "starts_at",
+    "expires_at", "status", "confirm_by", "confirmed_by", "confirmed_at", "closed_at",
+    "closed_by", "close_reason", "sessions_ended",
+)  # fmt: skip
+
+
+def _directive_row(d: Directive) -> tuple[Any, ...]:
+    return tuple(getattr(d, column) for column in DIRECTIVE_COLUMNS)
+
+
+def _directive(row: dict[str, Any]) -> Directive:
+    return Directive(**{column: row[column] for column in DIRECTIVE_COLUMNS})
+
+
+def _visit(row: dict[str, Any]) -> Visit:
+    return Visit(
+        id=row["id"], facility=row["facility"], inmate=row["inmate"], device=row["device"],
+        contacts=tuple(json.loads(row["contacts"])), starts_at=row["starts_at"],
+        ends_at=row["ends_at"], kind=row["kind"], created_by=row["created_by"],
+        created_at=row["created_at"],
+    )  # fmt: skip
+
+
+def _session(row: dict[str, Any]) -> SessionRecord:
+    return SessionRecord(
+        id=row["id"], visit=row["visit"], sub=row["sub"], role=row["role"], mode=row["mode"],
+        node=row["node"], keys=tuple(json.loads(row["keys"])), started_at=row["started_at"],
+        ended_at=row["ended_at"], end_reason=row["end_reason"],
+    )  # fmt: skip
+
+
+def _appeal(row: dict[str, Any]) -> Appeal:
+    return Appeal(**{name: row[name] for name in Appeal.__dataclass_fields__})
+
+
+def _audit(row: dict[str, Any]) -> AuditEvent:
+    return AuditEvent(
+        seq=row["seq"], at=row["at"], actor=row["actor"], action=row["action"],
+        subject=row["subject"], data=json.loads(row["data"]), prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )  # fmt: skip
+
+
+class Store(ABC):
+    """Domain-level persistence. Subclasses provide `_write`, `_fetch` and the lifecycle."""
+
+    def __init__(self, clock: Any = time.time) -> None:
+        self.clock = clock
+
+    # -- backend primitives -------------------------------------------------------------
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def _write(self, statements: list[Statement], audit: AuditDraft) -> AuditEvent:
+        """Run the statements and append the audit event in one durable transaction."""
+
+    @abstractmethod
+    async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]: ...
+
+    async def ping(self) -> None:
+        await self._fetch("SELECT 1 AS one")
+
+    async def _one(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+        rows = await self._fetch(sql, params)
+        return rows[0] if rows else None
+
+    # -- roster -------------------------------------------------------------------------
+    async def add_facility(self, facility: Facility, audit: AuditDraft) -> AuditEvent:
+        return await self._write(
+            [("INSERT INTO facilities (id, name, created_at) VALUES (?, ?, ?)",
+              (facility.id, facility.name, self.clock()))], audit)  # fmt: skip
+
+    async def add_device(self, device: Device, audit: AuditDraft) -> AuditEvent:
+        return await self._write(
+            [("INSERT INTO devices (id, facility, created_at) VALUES (?, ?, ?)",
+              (device.id, device.facility, self.clock()))], audit)  # fmt: skip
+
+    async def add_inmate(self, inmate: Inmate, audit: AuditDraft) -> AuditEvent:
+        return await self._write(
+            [("INSERT INTO inmates (id, facility, name, created_at) VALUES (?, ?, ?, ?)",
+              (inmate.id, inmate.facility, inmate.name, self.clock()))], audit)  # fmt: skip
+
+    async def add_contact(self, contact: Contact, audit: AuditDraft) -> AuditEvent:
+        return await self._write(
+            [("INSERT INTO contacts (id, name, minor, created_at) VALUES (?, ?, ?, ?)",
+              (contact.id, contact.name, int(contact.minor), self.clock()))], audit)  # fmt: skip
+
+    async def set_approval(
+        self, contact: str, inmate: str, status: str, audit: AuditDraft
+    ) -> AuditEvent:
+        return await self._write(
+            [("DELETE FROM approvals WHERE contact = ? AND inmate = ?", (contact, inmate)),
+             ("INSERT INTO approvals (contact, inmate, status, updated_at) VALUES (?, ?, ?, ?)",
+              (contact, inmate, status, self.clock()))], audit)  # fmt: skip
+
+    async def get_facility(self, facility_id: str) -> Facility | None:
+        row = await self._one("SELECT id, name FROM facilities WHERE id = ?", (facility_id,))
+        return Facility(**row) if row else None
+
+    async def list_facilities(self) -> list[Facility]:
+        return [Facility(**r) for r in await self._fetch("SELECT id, name FROM facilities ORDER BY id")]
+
+    async def get_device(self, device_id: str) -> Device | None:
+        row = await self._one("SELECT id, facility FROM devices WHERE id = ?", (device_id,))
+        return Device(**row) if row else None
+
+    async def list_devices(self) -> list[Device]:
+        return [Device(**r) for r in await self._fetch("SELECT id, facility FROM devices ORDER BY id")]
+
+    async def get_inmate(self, inmate_id: str) -> Inmate | None:
+        row = await self._one("SELECT id, facility, name FROM inmates WHERE id = ?", (inmate_id,))
+        return Inmate(**row) if row else None
+
+    async def list_inmates(self) -> list[Inmate]:
+        rows = await self._fetch("SELECT id, facility, name FROM inmates ORDER BY id")
+        return [Inmate(**r) for r in rows]
+
+    async def get_contact(self, contact_id: str) -> Contact | None:
+        row = await self._one("SELECT id, name, minor FROM contacts WHERE id = ?", (contact_id,))
+        if row is None:
+            return None
+        approvals = await self._fetch(
+            "SELECT inmate, status FROM approvals WHERE contact = ? ORDER BY inmate", (contact_id,)
+        )
+        return Contact(
+            id=row["id"], name=row["name"], minor=bool(row["minor"]),
+            approvals={a["inmate"]: a["status"] for a in approvals},
+        )  # fmt: skip
+
+    async def list_contacts(self) -> list[Contact]:
+        rows = await self._fetch("SELECT id, name, minor FROM contacts ORDER BY id")
+        approvals: dict[str, dict[str, str]] = {}
+        for a in await self._fetch("SELECT contact, inmate, status FROM approvals"):
+            approvals.setdefault(a["contact"], {})[a["inmate"]] = a["status"]
+        return [
+            Contact(id=r["id"], name=r["name"], minor=bool(r["minor"]), approvals=approvals.get(r["id"], {}))
+            for r in rows
+        ]
+
+    # -- visits -------------------------------------------------------------------------
+    async def add_visit(self, visit: Visit, audit: AuditDraft) -> AuditEvent:
+        return await self._write(
+            [("INSERT INTO visits (id, facility, inmate, device, contacts, starts_at, ends_at,"
+              " kind, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+              (visit.id, visit.facility, visit.inmate, visit.device, json.dumps(list(visit.contacts)),
+               visit.starts_at, visit.ends_at, visit.kind, visit.created_by, visit.created_at))],
+            audit)  # fmt: skip
+
+    async def get_visit(self, visit_id: str) -> Visit | None:
+        row = await self._one("SELECT * FROM visits WHERE id = ?", (visit_id,))
+        return _visit(row) if row else None
+
+    async def list_visits(self, *, device: str | None = None, after: float | None = None) -> list[Visit]:
+        sql, params = "SELECT * FROM visits WHERE 1 = 1", ()
+        if device is not None:
+            sql, params = sql + " AND device = ?", params + (device,)
+        if after is not None:
+            sql, params = sql + " AND ends_at > ?", params + (after,)
+        return [_visit(r) for r in await self._fetch(sql + " ORDER BY starts_at, id", params)]
+
+    # -- sessions -----------------------------------------------------------------------
+    async def session_started(self, record: SessionRecord, audit: AuditDraft) -> AuditEvent:
+        return await self._write(
+            [("INSERT INTO sessions (id, visit, sub, role, mode, node, keys, started_at)"
+              " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+              (record.id, record.visit, record.sub, record.role, record.mode, record.node,
+               json.dumps(list(record.keys)), record.started_at))], audit)  # fmt: skip
+
+    async def session_ended(
+        self, session_id: str, ended_at: float, reason: str, audit: AuditDraft
+    ) -> AuditEvent:
+        return await self._write(
+            [("UPDATE sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL",
+              (ended_at, reason, session_id))], audit)  # fmt: skip
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        row = await self._one("SELECT * FROM sessions WHERE id = ?", (session_id,))
+        return _session(row) if row else None
+
+    async def list_sessions(self, *, live: bool = True, node: str | None = None) -> list[SessionRecord]:
+        sql, params = "SELECT * FROM sessions WHERE 1 = 1", ()
+        if live:
+            sql += " AND ended_at IS NULL"
+        if node is not None:
+            sql, params = sql + " AND node = ?", params + (node,)
+        return [_session(r) for r in await self._fetch(sql + " ORDER BY started_at", params)]
+
+    async def end_orphan_sessions(self, node: str, reason: str, audit: AuditDraft) -> AuditEvent:
+        """On start-up: sessions this node left open when it died ended with it."""
+        return await self._write(
+            [("UPDATE sessions SET ended_at = ?, end_reason = ? WHERE node = ? AND ended_at IS NULL",
+              (self.clock(), reason, node))], audit)  # fmt: skip
+
+    # -- directives and appeals ---------------------------------------------------------
+    async def add_directive(self, directive: Directive, audit: AuditDraft) -> AuditEvent:
+        placeholders = ", ".join("?" for _ in DIRECTIVE_COLUMNS)
+        return await self._write(
+            [(f"INSERT INTO directives ({', '.join(DIRECTIVE_COLUMNS)}) VALUES ({placeholders})",
+              _directive_row(directive))], audit)  # fmt: skip
+
+    async def update_directive(
+        self, directive: Directive, audit: AuditDraft, *, expect_status: str | None = None
+    ) -> AuditEvent:
+        """Replace a directive's mutable state; with `expect_status`, only from that status.
+
+        The guard makes concurrent lifts/lapses on different nodes safe: the loser's
+        transaction changes nothing and raises Conflict, so its audit event is not written.
+        """
+        sets = ", ".join(f"{c} = ?" for c in DIRECTIVE_COLUMNS[1:])
+        sql = f"UPDATE directives SET {sets} WHERE id = ?"
+        params = _directive_row(directive)[1:] + (directive.id,)
+        if expect_status is None:
+            return await self._write([(sql, params)], audit)
+        return await self._write([(sql + " AND status = ?", params + (expect_status,), True)], audit)
+
+    async def get_directive(self, directive_id: str) -> Directive | None:
+        row = await self._one("SELECT * FROM directives WHERE id = ?", (directive_id,))
+        return _directive(row) if row else None
+
+    async def list_directives(self, *, status: str | None = None) -> list[Directive]:
+        if status is None:
+            rows = await self._fetch("SELECT * FROM directives ORDER BY issued_at DESC, id")
+        else:
+            rows = await self._fetch(
+                "SELECT * FROM directives WHERE status = ? ORDER BY issued_at DESC, id", (status,)
+            )
+        return [_directive(r) for r in rows]
+
+    async def add_appeal(self, appeal: Appeal, audit: AuditDraft) -> AuditEvent:
+        names = tuple(Appeal.__dataclass_fields__)
+        return await self._write(
+            [(f"INSERT INTO appeals ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
+              tuple(getattr(appeal, n) for n in names))], audit)  # fmt: skip
+
+    async def decide_appeal(
+        self, appeal: Appeal, audit: AuditDraft, extra: list[Statement] | None = None
+    ) -> AuditEvent:
+        return await self._write(
+            [("UPDATE appeals SET status = ?, decided_by = ?, decided_at = ?, decision_note = ?"
+              " WHERE id = ? AND status = 'open'",
+              (appeal.status, appeal.decided_by, appeal.decided_at, appeal.decision_note, appeal.id),
+              True)]
+            + (extra or []), audit)  # fmt: skip
+
+    async def get_appeal(self, appeal_id: str) -> Appeal | None:
+        row = await self._one("SELECT * FROM appeals WHERE id = ?", (appeal_id,))
+        return _appeal(row) if row else None
+
+    async def list_appeals(self, *, directive: str | None = None) -> list[Appeal]:
+        if directive is None:
+            rows = await self._fetch("SELECT * FROM appeals ORDER BY filed_at")
+        else:
+            rows = await self._fetch("SELECT * FROM appeals WHERE directive = ? ORDER BY filed_at", (directive,))
+        return [_appeal(r) for r in rows]
+
+    # -- audit --------------------------------------------------------------------------
+    async def audit_events(self, *, after: int = 0, limit: int | None = None) -> list[AuditEvent]:
+        sql, params = "SELECT * FROM audit WHERE seq > ? ORDER BY seq", (after,)
+        if limit is not None:
+            sql, params = sql + " LIMIT ?", params + (limit,)
+        return [_audit(r) for r in await self._fetch(sql, params)]
+
+    async def audit(self, draft: AuditDraft) -> AuditEvent:
+        """An audit event with no other state change (e.g. a refused monitor join)."""
+        return await self._write([], draft)
+
+
+def seal_next(head_seq: int, head_hash: str, draft: AuditDraft, now: float) -> AuditEvent:
+    seq = head_seq + 1
+    at = audit_time(now)
+    digest = seal(seq, at, draft.actor, draft.action, draft.subject, draft.data, head_hash)
+    return AuditEvent(seq, at, draft.actor, draft.action, draft.subject, draft.data, head_hash, digest)
+
+
+class SqliteStore(Store):
+    """The embedded default: one connection on one worker thread, WAL, synchronous=FULL.
+
+    A single thread serialises every transaction (SQLite allows one writer anyway) and keeps
+    fsync off the event loop; synchronous=FULL makes an acknowledged write survive power loss.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], clock: Any = time.time) -> None:
+        super().__init__(clock)
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def open(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parlor-sqlite")
+        await self._run(self._open_sync)
+
+    def _open_sync(self) -> None:
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("BEGIN IMMEDIATE")
+        for ddl in SCHEMA:
+            conn.execute(ddl.format(real="REAL"))
+        if conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 0:
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        conn.execute("INSERT OR IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, ?)", (GENESIS,))
+        conn.execute("COMMIT")
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        conn = self._conn
+        if conn is not None:
+            await self._run(conn.close)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+        self._conn = None
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        if self._executor is None:
+            raise StoreUnavailable("store-closed", "the store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _write(self, statements: list[Statement], audit: AuditDraft) -> AuditEvent:
+        return await self._run(self._write_sync, statements, audit)
+
+    def _write_sync(self, statements: list[Statement], audit: AuditDraft) -> AuditEvent:
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params, *guard in statements:
+                cursor = conn.execute(sql, params)
+                if guard and cursor.rowcount == 0:
+                    raise Conflict("state-changed", "the record changed meanwhile; reload and retry")
+            head = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+            event = seal_next(head["seq"], head["hash"], audit, self.clock())
+            conn.execute(
+                "INSERT INTO audit (seq, at, actor, action, subject, data, prev_hash, hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (event.seq, event.at, event.actor, event.action, event.subject,
+                 json.dumps(event.data, sort_keys=True), event.prev_hash, event.hash),
+            )  # fmt: skip
+            conn.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (event.seq, event.hash))
+            conn.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            conn.execute("ROLLBACK")
+            raise Conflict("already-exists", f"conflicts with an existing record: {exc}") from exc
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return event
+
+    async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        return await self._run(self._fetch_sync, sql, params)
+
+    def _fetch_sync(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        assert self._conn is not None
+        return [dict(row) for row in self._conn.execute(sql, params).fetchall()]
+
+
+def open_store(url: str, clock: Any = time.time) -> Store:
+    """Choose the implementation from PARLOR_DB: a `postgresql://` URL or a SQLite path."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from policy.pgstore import PostgresStore
+
+        return PostgresStore(url, clock)
+    return SqliteStore(url, clock)

@@ -1,0 +1,67 @@
+"""A scheduled call, and the subject keys that decide which directives match its sessions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from policy.rfc3339 import format_time
+
+VISIT_KINDS = ("social", "privileged")
+
+
+@dataclass(frozen=True)
+class Visit:
+    id: str
+    facility: str
+    inmate: str
+    device: str
+    contacts: tuple[str, ...]
+    starts_at: float
+    ends_at: float
+    kind: str
+    created_by: str
+    created_at: float
+
+    @property
+    def monitored(self) -> bool:
+        """Social visits may be monitored; privileged (attorney, clergy) never are."""
+        return self.kind == "social"
+
+    def is_open(self, now: float, *, early: float = 300.0) -> bool:
+        """Participants may connect from `early` seconds before the start until the end."""
+        return self.starts_at - early <= now < self.ends_at
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "facility": self.facility,
+            "inmate": self.inmate,
+            "device": self.device,
+            "contacts": list(self.contacts),
+            "starts_at": format_time(self.starts_at),
+            "ends_at": format_time(self.ends_at),
+            "kind": self.kind,
+            "monitored": self.monitored,
+            "created_by": self.created_by,
+            "created_at": format_time(self.created_at),
+        }
+
+
+def subject_keys(visit: Visit, *, contact: str | None = None) -> tuple[str, ...]:
+    """SPEC §4: the kiosk's keys; a contact adds `contact:C` and `pair:I:C`."""
+    keys = [
+        "system",
+        f"facility:{visit.facility}",
+        f"device:{visit.device}",
+        f"inmate:{visit.inmate}",
+        f"visit:{visit.id}",
+    ]
+    if contact is not None:
+        keys += [f"contact:{contact}", f"pair:{visit.inmate}:{contact}"]
+    return tuple(keys)
+
+
+def monitor_keys(visit: Visit, operator_sub: str) -> tuple[str, ...]:
+    """A monitor session matches system, its facility, its visit and its operator's own key."""
+    return ("system", f"facility:{visit.facility}", f"visit:{visit.id}", operator_sub)

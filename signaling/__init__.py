@@ -1,0 +1,1 @@
+"""The aiohttp application: signaling, REST API, tokens, the enforcer, and the CLI."""

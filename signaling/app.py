@@ -1,0 +1,162 @@
+"""The aiohttp application of one Parlor node: routes in one place, resources in cleanup_ctx.
+
+No module-level state: two apps (two nodes, two databases) can run in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from policy.actor import SYSTEM
+from policy.service import Policy
+from policy.store import AuditDraft, open_store
+from relay import pin_ice_addresses
+from signaling import keys as K
+from signaling import scheduler, ws
+from signaling.api import ROUTES, error_response, guarded
+from signaling.config import Config
+from signaling.enforcer import Enforcer
+from signaling.metrics import Metrics
+from signaling.openapi import document
+from signaling.registry import LiveSessions
+from signaling.tokens import Tokens
+
+log = logging.getLogger("parlor.app")
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "media-src 'self' blob: mediastream:; connect-src 'self' ws: wss:; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'self'"
+)
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Callable) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if request.path.startswith("/api/") and exc.status >= 400:
+            response = error_response(exc.status, exc.reason.lower().replace(" ", "-"), exc.reason)
+        else:
+            raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = error_response(500, "internal", "internal error")
+    if not response.prepared:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        if response.content_type == "text/html":
+            response.headers.setdefault("Content-Security-Policy", CSP)
+            response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def page(name: str) -> Callable[[web.Request], asyncio.Future]:
+    async def serve(request: web.Request) -> web.FileResponse:
+        path = STATIC / name
+        if not path.exists():
+            raise web.HTTPNotFound()
+        return web.FileResponse(path, headers={"Content-Type": "text/html; charset=utf-8"})
+
+    return serve  # type: ignore[return-value]
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True, "node": request.app[K.CONFIG].node_id})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    ready = app[K.READY].is_set()
+    if ready:
+        try:
+            await asyncio.wait_for(app[K.STORE].ping(), timeout=1.0)
+        except Exception:
+            ready = False
+    body = {"ready": ready, "directives_loaded": app[K.READY].is_set(), "sessions": len(app[K.SESSIONS])}
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    app = request.app
+    m = app[K.METRICS]
+    m.live_sessions.set(len(app[K.SESSIONS]))
+    m.live_visits.set(len(app[K.SESSIONS].calls))
+    return web.Response(body=m.render(), content_type="text/plain", charset="utf-8")
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(document())
+
+
+async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the store, reload directives and close sessions a previous run left open,
+    all before the first admission; end every live session and close the store on the way out."""
+    store = app[K.STORE]
+    await store.open()
+    policy = app[K.POLICY]
+    await policy.load()
+    await policy.close_due()
+    orphans = await store.list_sessions(live=True, node=app[K.CONFIG].node_id)
+    if orphans:
+        await store.end_orphan_sessions(
+            app[K.CONFIG].node_id, "error",
+            AuditDraft(SYSTEM.sub, "session.orphans-closed", f"node:{app[K.CONFIG].node_id}",
+                       {"sessions": [s.id for s in orphans]}),
+        )  # fmt: skip
+    app[K.READY].set()
+    task = asyncio.create_task(scheduler.run(app))
+    try:
+        yield
+    finally:
+        app[K.READY].clear()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        enforcer = app[K.ENFORCER]
+        await asyncio.gather(
+            *(enforcer.end_session(s, "error", 1001, message="The server is restarting.") for s in list(app[K.SESSIONS].by_id.values()))
+        )
+        await store.close()
+
+
+def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
+    app = web.Application(middlewares=[security_headers], client_max_size=64 * 1024)
+    store = open_store(config.db, clock)
+    policy = Policy(store=store, rules=config.rules, clock=clock)
+    sessions = LiveSessions()
+    app[K.CONFIG] = config
+    app[K.STORE] = store
+    app[K.POLICY] = policy
+    app[K.TOKENS] = Tokens(config.secret, leeway=config.token_leeway, public_key=config.jwt_public_key, clock=clock)
+    app[K.SESSIONS] = sessions
+    app[K.ENFORCER] = Enforcer(sessions=sessions, policy=policy, appeal_base=config.base_url)
+    app[K.READY] = asyncio.Event()
+    app[K.METRICS] = Metrics()
+    if config.ice_addresses is not None:
+        pin_ice_addresses(config.ice_addresses)
+    app.cleanup_ctx.append(store_ctx)
+
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, guarded(route), name=route.handler.__name__)
+    app.router.add_get("/api/v1/openapi.json", openapi)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/ws", ws.handle)
+    app.router.add_get("/", page("index.html"))
+    app.router.add_get("/join/{visit}", page("join.html"))
+    app.router.add_get("/kiosk", page("kiosk.html"))
+    app.router.add_get("/console", page("console.html"))
+    app.router.add_get("/appeal/{directive}", page("appeal.html"))
+    app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
+    return app

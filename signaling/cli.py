@@ -1,0 +1,308 @@
+"""`parlor`: serve, mint tokens, seed a demo, verify the audit chain, and operate a running server.
+
+A bad flag or environment value stops with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from policy.actor import ROLES, Actor
+from policy.audit import verify_chain
+from policy.errors import PolicyError
+from policy.rfc3339 import format_time, parse_duration
+from policy.service import Policy
+from policy.store import open_store
+from signaling.config import Config, ConfigError, ensure_demo_secret, load_config
+
+DEMO_ACTOR = Actor(sub="operator:demo", role="operator")
+
+
+class Usage(Exception):
+    """A usage error: printed as one line, exit code 2."""
+
+
+def _config(args: argparse.Namespace) -> Config:
+    flags = {name: getattr(args, name, None) for name in ("host", "port", "db", "ice_addresses", "public_url", "codec", "node_id")}
+    return load_config(os.environ, **flags)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from signaling.app import create_app
+
+    config = _config(args)
+    logging.basicConfig(level=os.environ.get("PARLOR_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = create_app(config)
+    print(f"Parlor listening on http://{config.host}:{config.port}  (node {config.node_id}, store {_store_label(config.db)})", flush=True)
+    web.run_app(app, host=config.host, port=config.port, print=None, access_log_format='%a "%r" %s %b %Tf')
+    return 0
+
+
+def _store_label(db: str) -> str:
+    return "postgresql" if db.startswith(("postgresql://", "postgres://")) else f"sqlite:{db}"
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from signaling.tokens import Tokens
+
+    config = _config(args)
+    if args.role not in ROLES:
+        raise Usage(f"--role must be one of {', '.join(ROLES)}")
+    try:
+        print(Tokens(config.secret).issue(args.sub, args.role, args.ttl, visit=args.visit))
+    except ValueError as exc:
+        raise Usage(str(exc)) from None
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Seed a demo facility, kiosk, inmate, approved contact and a visit happening now."""
+    from signaling.api import join_links
+
+    db = args.db or os.environ.get("PARLOR_DB") or "./var/parlor.db"
+    if "PARLOR_SECRET" not in os.environ:
+        ensure_demo_secret(db)
+    config = _config(args)
+    links = asyncio.run(_seed_demo(config, join_links))
+    print(json.dumps(links, indent=2) if args.json else _demo_text(links))
+    return 0
+
+
+async def _seed_demo(config: Config, join_links: Any) -> dict[str, Any]:
+    from signaling.tokens import Tokens
+
+    store = open_store(config.db)
+    await store.open()
+    try:
+        policy = Policy(store=store, rules=config.rules)
+        await policy.load()
+        for create, body in (
+            (policy.create_facility, {"id": "F-DEMO", "name": "Demo Correctional Facility"}),
+            (policy.create_device, {"id": "K-DEMO", "facility": "F-DEMO"}),
+            (policy.create_inmate, {"id": "I-DEMO", "facility": "F-DEMO", "name": "Sam Rivera"}),
+            (policy.create_contact, {"id": "C-DEMO", "name": "Alex Rivera", "minor": False}),
+        ):
+            if await _exists(store, create.__name__, body["id"]) is None:
+                await create(DEMO_ACTOR, body)
+        contact = await store.get_contact("C-DEMO")
+        if contact is not None and contact.approvals.get("I-DEMO") != "approved":
+            await policy.set_approval(DEMO_ACTOR, "C-DEMO", {"inmate": "I-DEMO", "status": "approved"})
+        now = time.time()
+        visit = await policy.create_visit(
+            DEMO_ACTOR,
+            {"inmate": "I-DEMO", "device": "K-DEMO", "contacts": ["C-DEMO"],
+             "starts_at": format_time(now), "ends_at": format_time(now + 3600), "kind": "social"},
+        )  # fmt: skip
+
+        links = join_links(Tokens(config.secret), config.base_url, visit)
+        operator = Tokens(config.secret).issue("operator:demo", "operator", 12 * 3600)
+        return {
+            "visit": visit.id,
+            "ends_at": format_time(visit.ends_at),
+            "family": links["C-DEMO"]["url"],
+            "kiosk": links["device"]["url"],
+            "console": f"{config.base_url}/console#token={operator}",
+        }
+    finally:
+        await store.close()
+
+
+async def _exists(store: Any, create_name: str, ident: str) -> Any:
+    getter = {"create_facility": store.get_facility, "create_device": store.get_device,
+              "create_inmate": store.get_inmate, "create_contact": store.get_contact}[create_name]  # fmt: skip
+    return await getter(ident)
+
+
+def _demo_text(links: dict[str, Any]) -> str:
+    return (
+        f"Demo visit {links['visit']} is open until {links['ends_at']}.\n"
+        f"  Family (open in a browser):  {links['family']}\n"
+        f"  Kiosk (second window):       {links['kiosk']}\n"
+        f"  Operator console:            {links['console']}\n"
+    )
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    config = _config(args)
+
+    async def verify() -> dict[str, Any]:
+        store = open_store(config.db)
+        await store.open()
+        try:
+            return verify_chain(await store.audit_events()).to_json()
+        finally:
+            await store.close()
+
+    report = asyncio.run(verify())
+    print(json.dumps(report))
+    return 0 if report["ok"] else 1
+
+
+# -- commands that talk to a running server ---------------------------------------------
+def _api(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    token = args.token or os.environ.get("PARLOR_TOKEN")
+    if not token:
+        from signaling.tokens import Tokens
+
+        token = Tokens(_config(args).secret).issue(args.as_sub, args.as_role, 300)
+    request = urllib.request.Request(
+        args.server.rstrip("/") + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.loads(exc.read())["error"]
+            raise Usage(f"{exc.code} {error['code']}: {error['message']}") from None
+        except (ValueError, KeyError, TypeError):
+            raise Usage(f"HTTP {exc.code} from the server") from None
+    except urllib.error.URLError as exc:
+        raise Usage(f"cannot reach {args.server}: {exc.reason}") from None
+
+
+def cmd_suspend(args: argparse.Namespace) -> int:
+    try:
+        seconds = parse_duration(args.for_)
+    except PolicyError as exc:
+        raise Usage(exc.message) from None
+    body = {
+        "scope": args.scope, "action": args.action, "reason": args.reason,
+        "legal_basis": args.legal_basis, "expires_at": format_time(time.time() + seconds),
+    }  # fmt: skip
+    directive = _api(args, "POST", "/api/v1/directives", body)
+    print(json.dumps(directive, indent=2))
+    return 0
+
+
+def cmd_lift(args: argparse.Namespace) -> int:
+    print(json.dumps(_api(args, "POST", f"/api/v1/directives/{args.id}/lift", {"reason": args.reason}), indent=2))
+    return 0
+
+
+def cmd_directives(args: argparse.Namespace) -> int:
+    query = "" if args.all else "?status=active"
+    for d in _api(args, "GET", f"/api/v1/directives{query}"):
+        print(f"{d['id']}  {d['status']:<8} {d['action']:<10} {d['scope']:<24} until {d['expires_at']}  {d['reason']}")
+    return 0
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    for s in _api(args, "GET", "/api/v1/sessions"):
+        print(f"{s['id']}  {s['visit']:<14} {s['sub']:<20} {s['role']:<8} {s['mode']:<11} since {s['started_at']}  node {s['node']}")
+    return 0
+
+
+def cmd_kiosk(args: argparse.Namespace) -> int:
+    from signaling.kiosk import run_kiosk
+
+    return asyncio.run(run_kiosk(args))
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="parlor", description="Parlor video visitation server")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def store_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--db", help="SQLite path or postgresql:// URL (env PARLOR_DB)")
+
+    serve = commands.add_parser("serve", help="run the server", description="Run the Parlor server.")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1; env PARLOR_HOST)")
+    serve.add_argument("--port", type=int, help="port (default 8080; env PARLOR_PORT)")
+    serve.add_argument("--ice-addresses", help="comma-separated local addresses for the relay's ICE (env PARLOR_ICE_ADDRESSES)")
+    serve.add_argument("--public-url", help="public base URL used in links (env PARLOR_PUBLIC_URL)")
+    serve.add_argument("--codec", help="video codec for every call: VP8 or H264 (env PARLOR_CODEC)")
+    serve.add_argument("--node-id", help="this node's id in a cluster (env PARLOR_NODE_ID)")
+    store_flags(serve)
+    serve.set_defaults(run=cmd_serve)
+
+    token = commands.add_parser("token", help="print a signed token", description="Print a signed JWT.")
+    token.add_argument("--sub", required=True, help="subject, e.g. operator:alice, contact:C1, device:K1")
+    token.add_argument("--role", required=True, help=f"one of {', '.join(ROLES)}")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    token.add_argument("--visit", help="visit id (family tokens)")
+    store_flags(token)
+    token.set_defaults(run=cmd_token)
+
+    demo = commands.add_parser("demo", help="seed a demo visit happening now and print its links")
+    demo.add_argument("--json", action="store_true", help="print the links as JSON")
+    demo.add_argument("--public-url", help="base URL for the printed links")
+    demo.add_argument("--host", help="host used in the printed links (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, help="port used in the printed links (default 8080)")
+    store_flags(demo)
+    demo.set_defaults(run=cmd_demo)
+
+    audit = commands.add_parser("audit", help="audit chain tools")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    verify = audit_commands.add_parser("verify", help="recompute the hash chain; exit 1 if broken")
+    store_flags(verify)
+    verify.set_defaults(run=cmd_audit)
+
+    def remote(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--server", default=os.environ.get("PARLOR_SERVER", "http://127.0.0.1:8080"), help="server URL")
+        p.add_argument("--token", help="operator token (env PARLOR_TOKEN; else minted from the local secret)")
+        p.add_argument("--as", dest="as_sub", default="operator:cli", help="subject for a locally minted token")
+        p.add_argument("--as-role", default="operator", help="role for a locally minted token")
+        store_flags(p)
+
+    suspend = commands.add_parser("suspend", help="issue a directive against a scope")
+    suspend.add_argument("scope", help="system, facility:F, device:K, inmate:I, contact:C, pair:I:C or visit:V")
+    suspend.add_argument("--reason", required=True)
+    suspend.add_argument("--legal-basis", required=True)
+    suspend.add_argument("--for", dest="for_", required=True, help="duration, e.g. 30m, 2h, 7d")
+    suspend.add_argument("--action", default="suspend", choices=["suspend", "end", "audio-only"])
+    remote(suspend)
+    suspend.set_defaults(run=cmd_suspend)
+
+    lift = commands.add_parser("lift", help="lift a directive")
+    lift.add_argument("id")
+    lift.add_argument("--reason", required=True)
+    remote(lift)
+    lift.set_defaults(run=cmd_lift)
+
+    directives = commands.add_parser("directives", help="list active directives")
+    directives.add_argument("--all", action="store_true", help="include lifted, expired and lapsed")
+    remote(directives)
+    directives.set_defaults(run=cmd_directives)
+
+    sessions = commands.add_parser("sessions", help="list live sessions")
+    remote(sessions)
+    sessions.set_defaults(run=cmd_sessions)
+
+    kiosk = commands.add_parser("kiosk", help="headless aiortc kiosk client")
+    kiosk.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8080")
+    kiosk.add_argument("--token", required=True, help="device (or family) token")
+    kiosk.add_argument("--visit", required=True)
+    kiosk.add_argument("--video", default="testsrc", help="a media file, or 'testsrc' for a test pattern")
+    kiosk.add_argument("--seconds", type=float, default=0, help="leave after this many seconds (0: until the call ends)")
+    kiosk.set_defaults(run=cmd_kiosk)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (ConfigError, Usage, PolicyError) as exc:
+        print(f"parlor: {getattr(exc, 'message', None) or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

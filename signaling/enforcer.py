@@ -1,0 +1,156 @@
+"""The enforcer: turns policy decisions into ended or restricted live sessions.
+
+`end_session` is the one way a session ends, whatever the reason. `apply` is what happens
+to live calls when a directive is issued: the matching sessions are found through the
+subject-key index, their forwarding is stopped synchronously (no media flows past this
+point), then each is told why and closed, then its peer connection is torn down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from policy.directive import Directive
+from policy.rfc3339 import format_time
+from policy.service import Policy
+from signaling.registry import LiveSessions
+from signaling.session import Session
+
+log = logging.getLogger("parlor.enforcer")
+
+# WebSocket close codes (SPEC §5)
+NORMAL = 1000
+PROTOCOL_ERROR = 4400
+BAD_TOKEN = 4401
+REFUSED = 4403
+REPLACED = 4409
+VISIT_OVER = 4410
+TOO_LARGE = 4413
+RATE_LIMITED = 4429
+UNAVAILABLE = 4503
+
+MESSAGES = {
+    "left": "You left the call.",
+    "visit-ended": "The visit's time is over.",
+    "replaced": "You joined this call from another window or device.",
+    "error": "The call ended because of an error.",
+}
+
+
+@dataclass
+class Enforcer:
+    sessions: LiveSessions
+    policy: Policy
+    appeal_base: str = ""
+    kill_latencies: list[float] = field(default_factory=list)  # seconds, for metrics
+
+    async def apply(self, directive: Directive) -> list[str]:
+        """Enforce a newly issued directive on this node's live sessions; return ended ids."""
+        matching = [s for s in self.sessions.matching(directive.scope) if not s.ended]
+        if directive.action == "audio-only":
+            for session in matching:
+                self.restrict(session, directive)
+            await asyncio.gather(*(self._tell_restricted(s, directive) for s in matching))
+            return []
+        started = time.perf_counter()
+        for session in matching:  # media stops for every affected session before anyone is told
+            session.peer.stop_forwarding()
+        await asyncio.gather(
+            *(
+                self.end_session(session, f"directive:{directive.id}", REFUSED, directive=directive)
+                for session in matching
+            )
+        )
+        if matching:
+            self.kill_latencies.append(time.perf_counter() - started)
+        return [s.id for s in matching]
+
+    def restrict(self, session: Session, directive: Directive) -> None:
+        session.audio_only = directive
+        session.peer.set_video(False)
+
+    async def _tell_restricted(self, session: Session, directive: Directive) -> None:
+        await session.send(
+            {"type": "restricted", "action": "audio-only", "directive": directive.notice(appeal_base=self.appeal_base)}
+        )
+
+    async def released(self, directive: Directive) -> None:
+        """A directive stopped being in force (lifted, expired, lapsed): undo audio-only."""
+        if directive.action != "audio-only":
+            return
+        for session in self.sessions.matching(directive.scope):
+            if session.ended or session.audio_only is None or session.audio_only.id != directive.id:
+                continue
+            still = self.policy.evaluate(session.keys).audio_only
+            if still is not None:
+                session.audio_only = still
+                continue
+            session.audio_only = None
+            session.peer.set_video(True)
+            await session.send({"type": "restricted", "action": "none", "directive": directive.notice(appeal_base=self.appeal_base)})
+
+    async def end_session(
+        self,
+        session: Session,
+        reason: str,
+        code: int,
+        *,
+        directive: Directive | None = None,
+        message: str | None = None,
+    ) -> None:
+        """End one session: stop its media, tell it why, close it, record the end reason."""
+        if session.ended:
+            return
+        session.ended = True
+        session.peer.stop_forwarding()
+        call = self.sessions.remove(session)
+        renegotiate = call.room.remove(session.peer) if call is not None else []
+        if reason != "left":
+            terminated: dict[str, Any] = {
+                "type": "terminated",
+                "reason": reason,
+                "message": message or self._message(reason, directive),
+            }
+            if directive is not None:
+                terminated["directive"] = directive.notice(appeal_base=self.appeal_base)
+            await session.send(terminated)
+        try:
+            await session.ws.close(code=code, message=reason.encode()[:120])
+        except (ConnectionError, RuntimeError):
+            pass
+        await session.peer.close()
+        if call is not None:
+            if not session.monitor:
+                left = {"type": "participant-left", "participant": session.id}
+                await asyncio.gather(*(s.send(left) for s in call.sessions if not s.ended))
+            for peer in renegotiate:
+                other = call.session_of(peer)
+                if other is not None:
+                    await self._renegotiate(other)
+        try:
+            await self.policy.session_ended(session.record, reason)
+        except Exception:  # the session is over either way; the orphan sweep closes the record
+            log.exception("could not record the end of session %s", session.id)
+
+    async def _renegotiate(self, session: Session) -> None:
+        try:
+            async with session.lock:
+                await session.renegotiate()
+        except Exception:
+            log.exception("renegotiation of session %s failed", session.id)
+            await self.end_session(session, "error", 1011)
+
+    def _message(self, reason: str, directive: Directive | None) -> str:
+        if directive is not None:
+            return (
+                f"This call was stopped by facility staff ({directive.action}) until "
+                f"{format_time(directive.expires_at)}. Reason: {directive.reason}. "
+                f"Legal basis: {directive.legal_basis}."
+            )
+        if reason.startswith("operator:"):
+            return "Facility staff ended this call."
+        return MESSAGES.get(reason, "The call ended.")

@@ -1,0 +1,24 @@
+"""Typed application keys: every shared object of one app (one node) lives on the app."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from policy.service import Policy
+from policy.store import Store
+from signaling.config import Config
+from signaling.enforcer import Enforcer
+from signaling.metrics import Metrics
+from signaling.registry import LiveSessions
+from signaling.tokens import Tokens
+
+CONFIG = web.AppKey("config", Config)
+STORE = web.AppKey("store", Store)
+POLICY = web.AppKey("policy", Policy)
+TOKENS = web.AppKey("tokens", Tokens)
+SESSIONS = web.AppKey("sessions", LiveSessions)
+ENFORCER = web.AppKey("enforcer", Enforcer)
+READY = web.AppKey("ready", asyncio.Event)  # set once directives are loaded and the store answers
+METRICS = web.AppKey("metrics", Metrics)

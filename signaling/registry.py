@@ -1,0 +1,73 @@
+"""The live sessions of this node, indexed the ways enforcement needs them.
+
+`by_key` maps every subject key to the live sessions that carry it, so a directive finds its
+matching sessions with one lookup instead of scanning every session (SPEC §4).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from policy.visit import Visit
+from relay import RelayPeer, Room
+from signaling.session import Session
+
+
+@dataclass(eq=False)
+class Call:
+    """One visit's live state on this node: its sessions and the relay room between them."""
+
+    visit: Visit
+    room: Room
+    names: dict[str, str]  # subject (e.g. contact:C1) -> display name
+    sessions: set[Session] = field(default_factory=set)
+    warned: set[int] = field(default_factory=set)  # time-remaining thresholds already sent
+
+    def participants(self) -> list[Session]:
+        return [s for s in self.sessions if not s.monitor and not s.ended]
+
+    def session_of(self, peer: RelayPeer) -> Session | None:
+        return next((s for s in self.sessions if s.peer is peer), None)
+
+
+@dataclass
+class LiveSessions:
+    by_id: dict[str, Session] = field(default_factory=dict)
+    by_key: dict[str, set[Session]] = field(default_factory=lambda: defaultdict(set))
+    by_identity: dict[tuple[str, str, str], Session] = field(default_factory=dict)
+    calls: dict[str, Call] = field(default_factory=dict)
+
+    def add(self, session: Session, call: Call) -> Session | None:
+        """Register a session; return the older session of the same identity it replaces."""
+        replaced = self.by_identity.get(session.identity)
+        self.by_id[session.id] = session
+        self.by_identity[session.identity] = session
+        for key in session.keys:
+            self.by_key[key].add(session)
+        call.sessions.add(session)
+        return replaced
+
+    def remove(self, session: Session) -> Call | None:
+        """Unregister (synchronously); return the session's call, dropped when it empties."""
+        self.by_id.pop(session.id, None)
+        if self.by_identity.get(session.identity) is session:
+            del self.by_identity[session.identity]
+        for key in session.keys:
+            bucket = self.by_key.get(key)
+            if bucket is not None:
+                bucket.discard(session)
+                if not bucket:
+                    del self.by_key[key]
+        call = self.calls.get(session.visit.id)
+        if call is not None:
+            call.sessions.discard(session)
+            if not call.sessions:
+                del self.calls[session.visit.id]
+        return call
+
+    def matching(self, scope: str) -> list[Session]:
+        return list(self.by_key.get(scope, ()))
+
+    def __len__(self) -> int:
+        return len(self.by_id)

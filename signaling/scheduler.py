@@ -1,0 +1,62 @@
+"""The server's clock: directives expire and lapse, and visits end, on time.
+
+One loop per node sleeps until the next deadline (bounded by `tick_seconds`), so nothing
+waits for the next request to be processed lazily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from signaling import keys as K
+from signaling.enforcer import VISIT_OVER
+
+log = logging.getLogger("parlor.scheduler")
+
+WARNINGS = (600, 300, 120, 60, 30, 10)  # seconds before the end when participants are told
+
+
+async def run(app: web.Application) -> None:
+    while True:
+        try:
+            delay = await tick(app)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("scheduler tick failed")
+            delay = app[K.CONFIG].tick_seconds
+        await asyncio.sleep(delay)
+
+
+async def tick(app: web.Application) -> float:
+    """Close due directives, warn and end visits; return how long to sleep."""
+    policy, enforcer, sessions = app[K.POLICY], app[K.ENFORCER], app[K.SESSIONS]
+    if app[K.READY].is_set():
+        for directive in await policy.close_due():
+            await enforcer.released(directive)
+    now = policy.clock()
+    deadlines = []
+    for call in list(sessions.calls.values()):
+        left = call.visit.ends_at - now
+        if left <= 0:
+            await asyncio.gather(
+                *(enforcer.end_session(s, "visit-ended", VISIT_OVER) for s in list(call.sessions))
+            )
+            continue
+        deadlines.append(call.visit.ends_at)
+        for threshold in WARNINGS:
+            if left <= threshold and threshold not in call.warned:
+                call.warned.update(t for t in WARNINGS if t >= threshold)
+                message = {"type": "time-remaining", "seconds": int(left)}
+                await asyncio.gather(*(s.send(message) for s in call.sessions))
+                break
+        deadlines += [call.visit.ends_at - t for t in WARNINGS if t not in call.warned]
+    directive_deadline = policy.index.next_deadline()
+    if directive_deadline is not None:
+        deadlines.append(directive_deadline)
+    tick_seconds = app[K.CONFIG].tick_seconds
+    upcoming = [d - now for d in deadlines if d > now]
+    return max(0.01, min([tick_seconds, *upcoming]))
