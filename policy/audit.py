@@ -77,8 +77,12 @@ class ChainReport:
         return {"ok": self.ok, "events": self.events, "first_bad": self.first_bad}
 
 
-def verify_chain(events: Iterable[AuditEvent]) -> ChainReport:
-    """Recompute every link; report the first event whose seal or link does not hold."""
+def verify_chain(events: Iterable[AuditEvent], head: tuple[int, str] | None = None) -> ChainReport:
+    """Recompute every link; report the first event whose seal or link does not hold.
+
+    `head` is the store's record of the last event (seq, hash). Without it, deleting the newest
+    events, or appending a correctly sealed one, leaves a chain that is consistent in itself.
+    """
     prev = GENESIS
     expected_seq = 1
     count = 0
@@ -93,6 +97,11 @@ def verify_chain(events: Iterable[AuditEvent]) -> ChainReport:
             first_bad = event.seq
         prev = event.hash
         expected_seq = event.seq + 1
+    last_seq = expected_seq - 1
+    if head is not None and first_bad is None and (last_seq, prev) != tuple(head):
+        # Same length, different hash: the last event was replaced. Otherwise the first event
+        # missing from the chain (truncated) or the first beyond the head (appended).
+        first_bad = head[0] if last_seq == head[0] else min(last_seq, head[0]) + 1
     return ChainReport(ok=first_bad is None, events=count, first_bad=first_bad)
 
 

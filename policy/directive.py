@@ -179,7 +179,9 @@ class DirectiveIndex:
         ]
 
     def next_deadline(self) -> float | None:
+        """The next moment a directive starts, expires or lapses."""
         moments = [d.expires_at for d in self.by_id.values()]
+        moments += [d.starts_at for d in self.by_id.values()]
         moments += [
             d.confirm_by for d in self.by_id.values() if d.confirm_by is not None and d.confirmed_by is None
         ]

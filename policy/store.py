@@ -385,6 +385,16 @@ class Store(ABC):
             sql, params = sql + " LIMIT ?", params + (limit,)
         return [_audit(r) for r in await self._fetch(sql, params)]
 
+    async def audit_chain(self) -> tuple[list[AuditEvent], tuple[int, str]]:
+        """Every event and the chain's head (seq, hash), read in one statement so that no
+        write falls between them: `verify_chain(*await store.audit_chain())`."""
+        rows = await self._fetch(
+            "SELECT h.seq AS head_seq, h.hash AS head_hash, a.* FROM audit_head h"
+            " LEFT JOIN audit a ON 1 = 1 WHERE h.id = 1 ORDER BY a.seq"
+        )
+        head = (rows[0]["head_seq"], rows[0]["head_hash"]) if rows else (0, GENESIS)
+        return [_audit(r) for r in rows if r["seq"] is not None], head
+
     async def audit(self, draft: AuditDraft) -> AuditEvent:
         """An audit event with no other state change (e.g. a refused monitor join)."""
         return await self._write([], draft)

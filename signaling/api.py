@@ -326,7 +326,7 @@ async def list_audit(request: web.Request, actor: Actor) -> web.Response:
 
 
 async def verify_audit(request: web.Request, actor: Actor) -> web.Response:
-    report = verify_chain(await request.app[K.STORE].audit_events())
+    report = verify_chain(*await request.app[K.STORE].audit_chain())
     return web.json_response(report.to_json())
 
 

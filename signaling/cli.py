@@ -140,7 +140,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         store = open_store(config.db)
         await store.open()
         try:
-            return verify_chain(await store.audit_events()).to_json()
+            return verify_chain(*await store.audit_chain()).to_json()
         finally:
             await store.close()
 

@@ -47,9 +47,17 @@ class Enforcer:
     policy: Policy
     appeal_base: str = ""
     kill_latencies: list[float] = field(default_factory=list)  # seconds, for metrics
+    applied: set[str] = field(default_factory=set)  # directives already enforced on this node
 
     async def apply(self, directive: Directive) -> list[str]:
-        """Enforce a newly issued directive on this node's live sessions; return ended ids."""
+        """Enforce a directive in force on this node's live sessions; return the ended ids.
+
+        A directive that starts later is applied by the scheduler when it starts; one
+        already applied here (e.g. seen again on the cluster bus) is not applied twice.
+        """
+        if directive.id in self.applied or not directive.in_force(self.policy.clock()):
+            return []
+        self.applied.add(directive.id)
         matching = [s for s in self.sessions.matching(directive.scope) if not s.ended]
         if directive.action == "audio-only":
             for session in matching:
@@ -80,6 +88,8 @@ class Enforcer:
 
     async def released(self, directive: Directive) -> None:
         """A directive stopped being in force (lifted, expired, lapsed): undo audio-only."""
+        if directive.status != "active":
+            self.applied.discard(directive.id)
         if directive.action != "audio-only":
             return
         for session in self.sessions.matching(directive.scope):

@@ -55,15 +55,16 @@ class PatternTrack(MediaStreamTrack):
             await asyncio.sleep(delay)
         frame = av.VideoFrame(self.width, self.height, "yuv420p")
         shade = (self._count * 4) % 256
+        stride = frame.planes[0].line_size
         bar = (self._count * 8) % self.width
-        y = bytearray([shade]) * (self.width * self.height)
+        width = min(16, self.width - bar)
+        y = bytearray([shade]) * (stride * self.height)
         for row in range(0, self.height, 8):  # a moving bar, so the encoder has work to do
-            start = row * self.width + bar
-            y[start : start + 16] = b"\xff" * min(16, self.width - bar)
+            start = row * stride + bar
+            y[start : start + width] = b"\xff" * width
         frame.planes[0].update(bytes(y))
-        chroma = bytes([128]) * ((self.width // 2) * (self.height // 2))
-        frame.planes[1].update(chroma)
-        frame.planes[2].update(chroma)
+        for plane in frame.planes[1:]:
+            plane.update(bytes([128]) * plane.buffer_size)
         frame.pts = self._count * (90000 // self.fps)
         frame.time_base = fractions.Fraction(1, 90000)
         self._count += 1

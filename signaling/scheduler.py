@@ -11,6 +11,7 @@ import logging
 
 from aiohttp import web
 
+from policy.actor import SYSTEM
 from signaling import keys as K
 from signaling.enforcer import VISIT_OVER
 
@@ -38,6 +39,11 @@ async def tick(app: web.Application) -> float:
         for directive in await policy.close_due():
             await enforcer.released(directive)
     now = policy.clock()
+    for directive in policy.index.active():  # directives issued to start later begin on time
+        if directive.id not in enforcer.applied and directive.in_force(now):
+            ended = await enforcer.apply(directive)
+            if ended:
+                await policy.record_enforcement(SYSTEM, directive, ended)
     deadlines = []
     for call in list(sessions.calls.values()):
         left = call.visit.ends_at - now

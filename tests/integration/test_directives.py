@@ -1,0 +1,246 @@
+"""Directives against live calls of real aiortc peers (SPEC §4).
+
+Two visits run side by side: visit A at kiosk K1 (facility F1, inmate I1) with contacts C1
+and C2, and visit B at kiosk K2 (facility F2, inmate I2) with contact D1. Each test issues
+one directive and checks that exactly the matching sessions end (4403, full payload) or are
+restricted, and that every other session keeps receiving media.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from policy.rfc3339 import format_time
+from signaling import keys as K
+from tests.conftest import make_visit, seed
+
+LIGHT = {"size": (160, 120), "fps": 10}
+
+
+def directive_body(scope: str, action: str = "suspend", seconds: float = 3600, **extra: Any) -> dict[str, Any]:
+    return {
+        "scope": scope, "action": action, "reason": "Contraband passed on camera",
+        "legal_basis": "Rule 51(4) Prison Rules", "expires_at": format_time(time.time() + seconds), **extra,
+    }  # fmt: skip
+
+
+@asynccontextmanager
+async def two_visits(server):
+    await seed(server)
+    a = await make_visit(server, ["C1", "C2"])
+    b = await make_visit(server, ["D1"], inmate="I2", device="K2")
+    clients = {
+        "A.kiosk": server.client(a["join"]["device"]["token"], a["id"], **LIGHT),
+        "A.C1": server.client(a["join"]["C1"]["token"], a["id"], **LIGHT),
+        "A.C2": server.client(a["join"]["C2"]["token"], a["id"], **LIGHT),
+        "B.kiosk": server.client(b["join"]["device"]["token"], b["id"], **LIGHT),
+        "B.D1": server.client(b["join"]["D1"]["token"], b["id"], **LIGHT),
+    }
+    try:
+        for client in clients.values():
+            joined = await client.connect()
+            assert joined["type"] == "joined", joined
+        for client in clients.values():
+            await client.wait_frames("video", 5, timeout=15)
+        yield a, b, clients
+    finally:
+        await asyncio.gather(*(c.close() for c in clients.values()))
+
+
+async def frames_flow(client, kind: str = "video", count: int = 5, timeout: float = 5.0) -> bool:
+    start = client.received.frames[kind]
+    deadline = time.monotonic() + timeout
+    while client.received.frames[kind] < start + count:
+        if time.monotonic() > deadline or client.closed.is_set():
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+MATCHES = {
+    "contact:C1": {"A.C1"},
+    "pair:I1:C1": {"A.C1"},
+    "visit:{A}": {"A.kiosk", "A.C1", "A.C2"},
+    "device:K1": {"A.kiosk", "A.C1", "A.C2"},
+    "inmate:I1": {"A.kiosk", "A.C1", "A.C2"},
+    "facility:F1": {"A.kiosk", "A.C1", "A.C2"},
+    "system": {"A.kiosk", "A.C1", "A.C2", "B.kiosk", "B.D1"},
+}
+
+
+@pytest.mark.parametrize("scope", list(MATCHES))
+@pytest.mark.parametrize("action", ["suspend", "end"])
+async def test_directive_ends_exactly_the_matching_sessions(server, scope, action):
+    async with two_visits(server) as (a, b, clients):
+        concrete = scope.format(A=a["id"])
+        status, directive = await server.api("POST", "/api/v1/directives", directive_body(concrete, action))
+        assert status == 201, directive
+        expected = MATCHES[scope]
+        assert directive["sessions_ended"] == len(expected)
+        assert directive["status"] == "active"
+        for name in expected:
+            client = clients[name]
+            await asyncio.wait_for(client.closed.wait(), 5)
+            assert client.close_code == 4403, name
+            terminated = client.terminated
+            assert terminated is not None and terminated["reason"] == f"directive:{directive['id']}"
+            notice = terminated["directive"]
+            assert notice["id"] == directive["id"] and notice["action"] == action
+            assert notice["reason"] == "Contraband passed on camera"
+            assert notice["legal_basis"] == "Rule 51(4) Prison Rules"
+            assert notice["expires_at"] == directive["expires_at"]
+            assert notice["appeal_url"].endswith(f"/appeal/{directive['id']}")
+        for name in set(clients) - expected:
+            assert await frames_flow(clients[name]), f"{name} stopped receiving media"
+            assert clients[name].close_code is None
+        # the records carry the end reason
+        status, live = await server.api("GET", "/api/v1/sessions")
+        assert len(live) == len(clients) - len(expected)
+
+
+@pytest.mark.parametrize("scope", ["contact:C1", "facility:F1"])
+async def test_audio_only_removes_video_and_keeps_audio(server, scope):
+    async with two_visits(server) as (a, b, clients):
+        status, directive = await server.api("POST", "/api/v1/directives", directive_body(scope, "audio-only"))
+        assert status == 201 and directive["sessions_ended"] == 0
+        expected = MATCHES[scope]
+        for name in expected:
+            restricted = await clients[name].wait_for("restricted")
+            assert restricted["action"] == "audio-only" and restricted["directive"]["id"] == directive["id"]
+        await asyncio.sleep(0.5)  # in-flight frames drain
+        for name in expected:
+            assert not await frames_flow(clients[name], "video", 3, timeout=1.5), f"{name} still receives video"
+            assert await frames_flow(clients[name], "audio", 10), f"{name} lost audio"
+        if scope == "contact:C1":
+            # C1's video no longer reaches the kiosk, but C2's does: the kiosk keeps video.
+            assert await frames_flow(clients["A.kiosk"], "video")
+        for name in set(clients) - expected - {"A.kiosk"}:
+            assert await frames_flow(clients[name], "video"), name
+        # Lifting restores video
+        status, lifted = await server.api("POST", f"/api/v1/directives/{directive['id']}/lift", {"reason": "reviewed"})
+        assert status == 200 and lifted["status"] == "lifted"
+        for name in expected:
+            assert await frames_flow(clients[name], "video", 3, timeout=8), f"{name} did not get video back"
+
+
+async def test_suspended_contact_cannot_come_back_by_any_path(server):
+    await seed(server)
+    visit = await make_visit(server, ["C1", "C2"])
+    family_token = visit["join"]["C1"]["token"]
+    c1 = server.client(family_token, visit["id"], **LIGHT)
+    kiosk = server.client(visit["join"]["device"]["token"], visit["id"], **LIGHT)
+    try:
+        assert (await kiosk.connect())["type"] == "joined"
+        assert (await c1.connect())["type"] == "joined"
+        status, directive = await server.api("POST", "/api/v1/directives", directive_body("contact:C1"))
+        assert status == 201 and directive["sessions_ended"] == 1
+        await asyncio.wait_for(c1.closed.wait(), 5)
+    finally:
+        await c1.close()
+
+    # 1. join and 2. reconnect with the same still-valid token
+    for _ in range(2):
+        again = server.client(family_token, visit["id"], **LIGHT)
+        answer = await again.connect()
+        await again.close()
+        assert answer["type"] == "error" and answer["code"] == "suspended"
+        assert answer["directive"]["id"] == directive["id"]
+        assert again.close_code == 4403
+    # 3. token refresh
+    status, body = await server.api("POST", "/api/v1/tokens/refresh", token=family_token)
+    assert status == 409 and body["error"]["code"] == "suspended"
+    # 4. a new visit for the suspended contact
+    now = time.time()
+    status, body = await server.api("POST", "/api/v1/visits", {
+        "inmate": "I1", "device": "K1", "contacts": ["C1"], "kind": "social",
+        "starts_at": format_time(now + 60), "ends_at": format_time(now + 1800)})  # fmt: skip
+    assert status == 409 and body["error"]["code"] == "suspended"
+    # the kiosk was untouched
+    assert kiosk.close_code is None
+    await kiosk.close()
+
+
+async def test_renegotiation_offer_is_an_admission(server):
+    """A directive known to the node but not yet enforced on a session (e.g. learned from the
+    cluster bus) still refuses that session's next offer (ICE restart)."""
+    await seed(server)
+    visit = await make_visit(server, ["C1"])
+    c1 = server.client(visit["join"]["C1"]["token"], visit["id"], **LIGHT)
+    try:
+        assert (await c1.connect())["type"] == "joined"
+        policy = server.app[K.POLICY]
+        from policy.directive import Directive
+
+        now = time.time()
+        known = Directive(
+            id="D-learned", scope="contact:C1", action="suspend", reason="r", legal_basis="b",
+            issued_by="operator:other-node", issued_at=now, starts_at=now, expires_at=now + 600,
+        )  # fmt: skip
+        policy.learn(known)
+        server.app[K.ENFORCER].applied.add(known.id)  # as if another path was about to enforce it
+        await c1.pc.setLocalDescription(await c1.pc.createOffer())
+        await c1.send({"type": "offer", "sdp": c1.pc.localDescription.sdp})
+        await asyncio.wait_for(c1.closed.wait(), 5)
+        assert c1.close_code == 4403
+        assert c1.terminated["directive"]["id"] == "D-learned"
+    finally:
+        await c1.close()
+
+
+async def test_monitor_join_is_checked_and_privileged_visits_refuse_it(server):
+    await seed(server)
+    social = await make_visit(server, ["C1"])
+    privileged = await make_visit(server, ["D1"], inmate="I2", device="K2", kind="privileged")
+    operator = server.token("operator:olga", "operator")
+    monitor = server.client(operator, privileged["id"], mode="monitor")
+    answer = await monitor.connect()
+    await monitor.close()
+    assert answer["type"] == "error" and answer["code"] == "privileged" and monitor.close_code == 4403
+    status, events = await server.api("GET", "/api/v1/audit")
+    assert any(e["action"] == "monitor.refused" and e["actor"] == "operator:olga" for e in events)
+
+    status, directive = await server.api("POST", "/api/v1/directives", directive_body(f"visit:{social['id']}"))
+    assert status == 201
+    monitor = server.client(operator, social["id"], mode="monitor")
+    answer = await monitor.connect()
+    await monitor.close()
+    assert answer["type"] == "error" and answer["code"] == "suspended" and monitor.close_code == 4403
+
+
+async def test_end_blocks_nothing_later(server):
+    await seed(server)
+    visit = await make_visit(server, ["C1"])
+    c1 = server.client(visit["join"]["C1"]["token"], visit["id"], **LIGHT)
+    assert (await c1.connect())["type"] == "joined"
+    status, directive = await server.api("POST", "/api/v1/directives", directive_body("contact:C1", "end"))
+    assert status == 201 and directive["sessions_ended"] == 1
+    await asyncio.wait_for(c1.closed.wait(), 5)
+    await c1.close()
+    again = server.client(visit["join"]["C1"]["token"], visit["id"], **LIGHT)
+    assert (await again.connect())["type"] == "joined"
+    await again.close()
+
+
+async def test_operator_ends_one_session(server):
+    await seed(server)
+    visit = await make_visit(server, ["C1", "C2"])
+    c1 = server.client(visit["join"]["C1"]["token"], visit["id"], **LIGHT)
+    c2 = server.client(visit["join"]["C2"]["token"], visit["id"], **LIGHT)
+    try:
+        joined = await c1.connect()
+        assert (await c2.connect())["type"] == "joined"
+        status, record = await server.api("POST", f"/api/v1/sessions/{joined['session']}/end", {},
+                                          token=server.token("operator:olga", "operator"))  # fmt: skip
+        assert status == 200 and record["end_reason"] == "operator:olga"
+        await asyncio.wait_for(c1.closed.wait(), 5)
+        assert c1.close_code == 4403 and c1.terminated["reason"] == "operator:olga"
+        left = await c2.wait_for("participant-left")
+        assert left["participant"] == joined["session"]
+        assert c2.close_code is None
+    finally:
+        await asyncio.gather(c1.close(), c2.close())
