@@ -161,6 +161,7 @@ class PostgresStore(Store):
                     "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, $1) ON CONFLICT (id) DO NOTHING",
                     GENESIS,
                 )
+            self.head_seq = await self.audit_head()
         except UNREACHABLE as exc:
             await self.close()
             raise _unavailable(exc) from exc
@@ -204,6 +205,7 @@ class PostgresStore(Store):
             raise Conflict("already-exists", f"conflicts with an existing record: {exc}") from exc
         except UNREACHABLE as exc:
             raise _unavailable(exc) from exc
+        self.noticed(event.seq)
         return event
 
     async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
@@ -224,7 +226,9 @@ class PostgresStore(Store):
         """Open a dedicated connection that LISTENs on the events channel."""
 
         def notified(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            on_event(int(payload) if payload.isdigit() else 0)
+            seq = int(payload) if payload.isdigit() else 0
+            self.noticed(seq)  # committed: whoever tails the audit log may read it now
+            on_event(seq)
 
         try:
             conn = await asyncpg.connect(self.url, timeout=2.0)

@@ -167,6 +167,26 @@ class Store(ABC):
 
     def __init__(self, clock: Any = time.time) -> None:
         self.clock = clock
+        self.head_seq = 0  # the highest audit sequence number this process knows of
+        self._advanced = asyncio.Event()
+
+    def noticed(self, seq: int) -> None:
+        """Record that the audit log reached `seq` (a local commit, or another node's on the bus)
+        and wake everyone tailing it (the staff event stream)."""
+        if seq > self.head_seq:
+            self.head_seq = seq
+            advanced, self._advanced = self._advanced, asyncio.Event()
+            advanced.set()
+
+    async def wait_beyond(self, seq: int, timeout: float) -> bool:
+        """Wait until the audit log passes `seq`; False on timeout."""
+        if self.head_seq > seq:
+            return True
+        try:
+            await asyncio.wait_for(self._advanced.wait(), timeout)
+        except TimeoutError:
+            return False
+        return self.head_seq > seq
 
     # -- backend primitives -------------------------------------------------------------
     @abstractmethod
@@ -276,7 +296,7 @@ class Store(ABC):
         return _visit(row) if row else None
 
     async def list_visits(self, *, device: str | None = None, after: float | None = None) -> list[Visit]:
-        sql, params = "SELECT * FROM visits WHERE 1 = 1", ()
+        sql, params = "SELECT * FROM visits WHERE 1 = 1", tuple[Any, ...]()
         if device is not None:
             sql, params = sql + " AND device = ?", params + (device,)
         if after is not None:
@@ -303,7 +323,7 @@ class Store(ABC):
         return _session(row) if row else None
 
     async def list_sessions(self, *, live: bool = True, node: str | None = None) -> list[SessionRecord]:
-        sql, params = "SELECT * FROM sessions WHERE 1 = 1", ()
+        sql, params = "SELECT * FROM sessions WHERE 1 = 1", tuple[Any, ...]()
         if live:
             sql += " AND ended_at IS NULL"
         if node is not None:
@@ -380,7 +400,8 @@ class Store(ABC):
 
     # -- audit --------------------------------------------------------------------------
     async def audit_events(self, *, after: int = 0, limit: int | None = None) -> list[AuditEvent]:
-        sql, params = "SELECT * FROM audit WHERE seq > ? ORDER BY seq", (after,)
+        sql: str = "SELECT * FROM audit WHERE seq > ? ORDER BY seq"
+        params: tuple[Any, ...] = (after,)
         if limit is not None:
             sql, params = sql + " LIMIT ?", params + (limit,)
         return [_audit(r) for r in await self._fetch(sql, params)]
@@ -441,6 +462,7 @@ class SqliteStore(Store):
         conn.execute("INSERT OR IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, ?)", (GENESIS,))
         conn.execute("COMMIT")
         self._conn = conn
+        self.head_seq = conn.execute("SELECT seq FROM audit_head WHERE id = 1").fetchone()[0]
 
     async def close(self) -> None:
         if self._executor is None:
@@ -458,7 +480,9 @@ class SqliteStore(Store):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _write(self, statements: list[Statement], audit: AuditDraft) -> AuditEvent:
-        return await self._run(self._write_sync, statements, audit)
+        event: AuditEvent = await self._run(self._write_sync, statements, audit)
+        self.noticed(event.seq)
+        return event
 
     def _write_sync(self, statements: list[Statement], audit: AuditDraft) -> AuditEvent:
         conn = self._conn

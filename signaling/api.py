@@ -21,6 +21,7 @@ from policy.rfc3339 import format_time
 from policy.store import Appeal, SessionRecord
 from policy.visit import Visit, subject_keys
 from signaling import keys as K
+from signaling.bus import SESSION_END_REQUESTED
 from signaling.enforcer import REFUSED
 from signaling.tokens import TokenError, Tokens
 
@@ -308,7 +309,13 @@ async def end_session(request: web.Request, actor: Actor) -> web.Response:
         record = await app[K.STORE].get_session(session_id)
         if record is None or record.ended_at is not None:
             raise NotFound("unknown-session", f"no live session {session_id!r}")
-        raise NotFound("not-on-this-node", f"session {session_id} is live on node {record.node}")
+        # Live on another node: the request travels on the cluster bus (signaling/bus.py) and
+        # that node ends the session. 202: durably requested, done within the bus's delivery time.
+        await app[K.POLICY].audit(
+            actor, SESSION_END_REQUESTED, f"visit:{record.visit}",
+            {"session": session_id, "by": actor.sub, "node": record.node},
+        )  # fmt: skip
+        return web.json_response({**session_json(record), "end_requested": True}, status=202)
     await app[K.ENFORCER].end_session(session, actor.sub, REFUSED, message="Facility staff ended this call.")
     record = await app[K.STORE].get_session(session_id)
     assert record is not None
@@ -321,6 +328,8 @@ async def list_audit(request: web.Request, actor: Actor) -> web.Response:
         limit = min(int(request.query.get("limit", "500")), 5000)
     except ValueError:
         raise Malformed("bad-query", "after and limit must be integers") from None
+    if after < 0 or limit < 1:  # a negative LIMIT means "no limit" to SQLite: it would lift the cap
+        raise Malformed("bad-query", "after must be >= 0 and limit >= 1")
     events = await request.app[K.STORE].audit_events(after=after, limit=limit)
     return web.json_response([e.to_json() for e in events])
 

@@ -19,8 +19,9 @@ from policy.service import Policy
 from policy.store import AuditDraft, open_store
 from relay import pin_ice_addresses
 from signaling import keys as K
-from signaling import scheduler, ws
+from signaling import events, scheduler, ws
 from signaling.api import ROUTES, error_response, guarded
+from signaling.bus import open_bus
 from signaling.config import Config
 from signaling.enforcer import Enforcer
 from signaling.metrics import Metrics
@@ -113,12 +114,14 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             AuditDraft(SYSTEM.sub, "session.orphans-closed", f"node:{app[K.CONFIG].node_id}",
                        {"sessions": [s.id for s in orphans]}),
         )  # fmt: skip
+    await app[K.BUS].start()  # from here on, other nodes' directives reach this node
     app[K.READY].set()
     task = asyncio.create_task(scheduler.run(app))
     try:
         yield
     finally:
         app[K.READY].clear()
+        await app[K.BUS].stop()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -142,6 +145,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app[K.ENFORCER] = Enforcer(sessions=sessions, policy=policy, appeal_base=config.base_url)
     app[K.READY] = asyncio.Event()
     app[K.METRICS] = Metrics()
+    app[K.BUS] = open_bus(config, store, policy, app[K.ENFORCER], sessions, app[K.READY])
     if config.ice_addresses is not None:
         pin_ice_addresses(config.ice_addresses)
     app.cleanup_ctx.append(store_ctx)
@@ -153,6 +157,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/ws", ws.handle)
+    app.router.add_get("/api/v1/events", events.handle)
     app.router.add_get("/", page("index.html"))
     app.router.add_get("/join/{visit}", page("join.html"))
     app.router.add_get("/kiosk", page("kiosk.html"))

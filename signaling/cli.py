@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, NoReturn
 
 from policy.actor import ROLES, Actor
 from policy.audit import verify_chain
@@ -29,6 +29,14 @@ DEMO_ACTOR = Actor(sub="operator:demo", role="operator")
 
 class Usage(Exception):
     """A usage error: printed as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a bad flag is one line on stderr (exit 2) like every other refusal,
+    not a usage block; subcommand parsers inherit this class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -214,7 +222,7 @@ def cmd_kiosk(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="parlor", description="Parlor video visitation server")
+    top = Parser(prog="parlor", description="Parlor video visitation server")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def store_flags(p: argparse.ArgumentParser) -> None:

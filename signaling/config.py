@@ -33,6 +33,7 @@ class Config:
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     ice_addresses: list[str] | None = None
     public_url: str | None = None  # e.g. https://visits.example.org; used in links and Origin checks
+    node_url: str | None = None  # this node's own address in a cluster (redirects); default base_url
     codec: str = "VP8"
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     rules: Rules = field(default_factory=Rules)
@@ -150,6 +151,10 @@ def load_config(env: Mapping[str, str], **flags: Any) -> Config:
     if public_url and not public_url.startswith(("http://", "https://")):
         raise ConfigError("PARLOR_PUBLIC_URL must start with http:// or https://")
 
+    node_url = pick("node_url", "PARLOR_NODE_URL")
+    if node_url and not node_url.startswith(("http://", "https://")):
+        raise ConfigError("PARLOR_NODE_URL must start with http:// or https://")
+
     rules = Rules()
     max_directive = pick("max_directive", "PARLOR_MAX_DIRECTIVE_SECONDS")
     confirm_window = pick("confirm_window", "PARLOR_CONFIRM_WINDOW_SECONDS")
@@ -175,6 +180,6 @@ def load_config(env: Mapping[str, str], **flags: Any) -> Config:
         extra["tick_seconds"] = _seconds(str(tick), "PARLOR_TICK_SECONDS")
     return Config(
         secret=secret, db=db, host=host, port=port, ice_servers=ice_servers,
-        ice_addresses=ice_addresses, public_url=public_url, codec=codec, rules=rules,
+        ice_addresses=ice_addresses, public_url=public_url, node_url=node_url or None, codec=codec, rules=rules,
         jwt_public_key=jwt_public_key, **extra,
     )  # fmt: skip

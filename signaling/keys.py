@@ -8,6 +8,7 @@ from aiohttp import web
 
 from policy.service import Policy
 from policy.store import Store
+from signaling.bus import Bus
 from signaling.config import Config
 from signaling.enforcer import Enforcer
 from signaling.metrics import Metrics
@@ -22,3 +23,4 @@ SESSIONS = web.AppKey("sessions", LiveSessions)
 ENFORCER = web.AppKey("enforcer", Enforcer)
 READY = web.AppKey("ready", asyncio.Event)  # set once directives are loaded and the store answers
 METRICS = web.AppKey("metrics", Metrics)
+BUS = web.AppKey("bus", Bus)  # embedded (SQLite) or PostgreSQL: see signaling/bus.py

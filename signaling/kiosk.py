@@ -258,7 +258,7 @@ class ParlorClient:
 
     async def _handle(self, data: dict[str, Any]) -> None:
         kind = data.get("type")
-        if kind in ("joined", "error") and self.joined is None:
+        if kind in ("joined", "error", "redirect") and self.joined is None:
             if kind == "error":
                 self.error = data
             await self._events.put(data)

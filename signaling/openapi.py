@@ -31,6 +31,7 @@ PUBLIC = [
     ("/readyz", "The store answers and directives are loaded (503 otherwise)"),
     ("/metrics", "Prometheus metrics"),
     ("/api/v1/openapi.json", "This document"),
+    ("/api/v1/events", "WebSocket of live audit events for staff; first message {type: auth, token, after?}"),
 ]
 
 

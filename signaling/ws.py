@@ -22,6 +22,7 @@ from policy.store import SessionRecord
 from policy.visit import Visit, monitor_keys, subject_keys
 from relay import RelayPeer, Room, UnsupportedOffer
 from signaling import keys as K
+from signaling.bus import REDIRECT
 from signaling.enforcer import (
     BAD_TOKEN,
     NORMAL,
@@ -51,6 +52,14 @@ class Refusal(Exception):
         self.code, self.message, self.close_code, self.directive = code, message, close_code, directive
 
 
+class Redirect(Exception):
+    """The visit's call lives on another node: `redirect` with its URL, then close 4307."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
 async def handle(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     config = app[K.CONFIG]
@@ -61,6 +70,10 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
         join = await _first_message(ws, config.max_message_bytes)
         session = await _admit(app, ws, join)
         await _serve(app, session)
+    except Redirect as redirect:
+        if not ws.closed:
+            await ws.send_json({"type": "redirect", "url": redirect.url})
+            await ws.close(code=REDIRECT, message=b"redirect")
     except Refusal as refusal:
         error: dict[str, Any] = {"type": "error", "code": refusal.code, "message": refusal.message}
         if refusal.directive is not None:
@@ -134,6 +147,13 @@ async def _admit(app: web.Application, ws: web.WebSocketResponse, join: dict[str
         assert decision.blocking is not None
         raise Refusal("suspended", decision.blocking.notice()["reason"], REFUSED, decision.blocking)
 
+    if visit.id not in sessions.calls:  # a call live here is placed here
+        try:
+            owner = await app[K.BUS].place(visit)
+        except PolicyError as exc:
+            raise Refusal("unavailable", exc.message, UNAVAILABLE) from None
+        if owner is not None:
+            raise Redirect(owner)
     call = sessions.calls.get(visit.id)
     if call is None:
         call = Call(visit=visit, room=Room(visit.id, codec=config.codec), names=await _names(policy, visit))

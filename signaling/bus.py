@@ -1,0 +1,304 @@
+"""The cluster bus: how a node learns what other nodes did, and where a visit's call lives.
+
+One interface, two implementations chosen at start-up by `open_bus` (SPEC §8):
+
+- `EmbeddedBus` (SQLite): one node holds every session and every directive is issued on it,
+  so there is nothing to listen to and every visit is placed here.
+- `PostgresBus`: the audit log *is* the bus. Every write appends an audit event and sends
+  `NOTIFY parlor_events` in the same transaction. The bus LISTENs on a dedicated connection,
+  keeps a cursor (the last audit sequence number it processed) and, on every notification
+  and after every reconnect, reads the events after the cursor in order. A notification is
+  only a wake-up call; the cursor makes delivery complete and ordered, so an event
+  committed while this node was cut off is applied when it comes back.
+
+What an event from another node does here:
+
+- `directive.issued`: learn the directive and end (or restrict) the matching live sessions
+  of this node — the same `Enforcer.apply` the issuing node ran.
+- `directive.lifted/expired/lapsed/confirmed`: learn the new state; undo audio-only.
+- `session.end-requested` (`data: {session, by}`, written by `POST /sessions/{id}/end` on a
+  node that does not hold the session): end that session if it is live here.
+
+Fail closed (SPEC §4): the listening connection also carries a heartbeat (`nodes.last_seen`)
+every `HEARTBEAT_SECONDS`. When a heartbeat fails or takes longer than `HEARTBEAT_TIMEOUT`,
+or the connection drops, the node clears READY at once — well within 1 s — so admissions
+are refused (`unavailable`, close 4503) and `/readyz` answers 503. Live sessions and the
+in-memory directive index are left alone: the node keeps enforcing what it knows. It then
+reconnects on its own, catches up from the cursor, closes the session records it could not
+close meanwhile, and only then sets READY again.
+
+Placement: each visit's call lives on one node (`placements`). The first admission claims
+it; an admission reaching another node gets
+
+    {"type": "redirect", "url": "<ws url of the owning node>"}   then close 4307
+
+(4307 is Parlor's addition to SPEC §5: "join there instead"; clients reconnect to `url` with
+the same join message). A placement whose node has not sent a heartbeat for `STALE_AFTER`
+seconds, or that left the cluster, is taken over by the next admission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from abc import ABC, abstractmethod
+
+from policy.audit import AuditEvent
+from policy.errors import PolicyError, StoreUnavailable
+from policy.pgstore import UNREACHABLE, Listener, PostgresStore
+from policy.service import Policy
+from policy.store import Store
+from policy.visit import Visit
+from signaling.config import Config
+from signaling.enforcer import REFUSED, Enforcer
+from signaling.registry import LiveSessions
+
+log = logging.getLogger("parlor.bus")
+
+REDIRECT = 4307  # WebSocket close code: this visit lives on another node; join at `url`
+
+HEARTBEAT_SECONDS = 0.5  # how often a node proves it can reach the database
+HEARTBEAT_TIMEOUT = 0.4  # slower than this counts as lost: READY clears < 1 s after a failure
+STALE_AFTER = 10.0  # a placement whose node is silent this long can be taken over
+RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)  # then every 1 s until the database answers
+BATCH = 500  # audit events read per catch-up query
+
+SESSION_END_REQUESTED = "session.end-requested"
+DIRECTIVE_CHANGES = ("directive.lifted", "directive.expired", "directive.lapsed", "directive.confirmed")
+
+OPERATOR_ENDED = "Facility staff ended this call."
+
+
+def ws_url(base_url: str) -> str:
+    """http(s)://host[:port] -> ws(s)://host[:port]/ws"""
+    base = base_url.rstrip("/")
+    if base.startswith("https://"):
+        return "wss://" + base.removeprefix("https://") + "/ws"
+    return "ws://" + base.removeprefix("http://") + "/ws"
+
+
+class Bus(ABC):
+    """What a node needs from the rest of the cluster."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Begin receiving other nodes' events; called once directives are loaded."""
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    @abstractmethod
+    async def place(self, visit: Visit) -> str | None:
+        """Claim `visit` for this node; None if it is (now) here, else the owner's WS URL."""
+
+
+class EmbeddedBus(Bus):
+    """One node, one process: nothing to hear, every visit lives here."""
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def place(self, visit: Visit) -> str | None:
+        return None
+
+
+class PostgresBus(Bus):
+    def __init__(
+        self,
+        store: PostgresStore,
+        policy: Policy,
+        enforcer: Enforcer,
+        sessions: LiveSessions,
+        ready: asyncio.Event,
+        *,
+        node_id: str,
+        url: str,
+    ) -> None:
+        self.store, self.policy, self.enforcer, self.sessions = store, policy, enforcer, sessions
+        self.ready = ready
+        self.node_id, self.url = node_id, url
+        self.cursor = 0  # the last audit sequence number processed
+        self._applied: set[str] = set()  # directives issued elsewhere and enforced here
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()  # one catch-up at a time: the cursor only moves forward in order
+        self._listener: Listener | None = None
+        self._lost = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        # Head first, then reload: whatever commits in between is both in the index and
+        # replayed, never missed (replaying is harmless: see `_deliver`).
+        self.cursor = await self.store.audit_head()
+        await self.policy.load()
+        await self._connect()
+        await self._catch_up()
+        self._tasks = [
+            asyncio.create_task(self._link(), name=f"parlor-bus-link-{self.node_id}"),
+            asyncio.create_task(self._events(), name=f"parlor-bus-events-{self.node_id}"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        self._drop_listener()
+        # Leave the cluster: the visits placed here can be placed elsewhere at once.
+        with contextlib.suppress(TimeoutError, PolicyError, *UNREACHABLE):
+            await asyncio.wait_for(self.store.leave(self.node_id), 1.0)
+
+    # -- placement ------------------------------------------------------------------------
+    async def place(self, visit: Visit) -> str | None:
+        placement = await self.store.place(visit.id, self.node_id, self.url, STALE_AFTER)
+        return None if placement.node == self.node_id else placement.url
+
+    # -- the link: heartbeat, fail closed, reconnect ----------------------------------------
+    async def _connect(self) -> None:
+        lost = asyncio.Event()
+
+        def on_lost() -> None:  # the connection died: fail closed now, not at the next beat
+            self.ready.clear()
+            lost.set()
+
+        listener = await self.store.listen(self._notified, on_lost)
+        self._listener, self._lost = listener, lost
+        await asyncio.wait_for(listener.heartbeat(self.node_id, self.url), HEARTBEAT_TIMEOUT * 5)
+
+    def _drop_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+
+    async def _link(self) -> None:
+        while True:
+            try:
+                await self._beat()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("node %s lost the database (%s): refusing admissions", self.node_id, exc)
+            self.ready.clear()
+            self._drop_listener()
+            await self._rejoin()
+
+    async def _beat(self) -> None:
+        """Heartbeat until the link fails; return (by raising) the moment it does."""
+        while True:
+            listener = self._listener
+            if listener is None or self._lost.is_set():
+                raise StoreUnavailable("link-lost", "the listening connection closed")
+            try:
+                await asyncio.wait_for(listener.heartbeat(self.node_id, self.url), HEARTBEAT_TIMEOUT)
+            except TimeoutError:
+                raise StoreUnavailable("heartbeat-timeout", "the database did not answer in time") from None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), HEARTBEAT_SECONDS)
+
+    async def _rejoin(self) -> None:
+        """Reconnect, catch up, close what could not be closed, then admit again."""
+        attempt = 0
+        while True:
+            await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
+            attempt += 1
+            try:
+                await self._connect()
+                await self._catch_up()
+                await self._close_stale_records()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("node %s: reconnect attempt %d failed: %s", self.node_id, attempt, exc)
+                self._drop_listener()
+                continue
+            if self._lost.is_set():
+                self._drop_listener()
+                continue
+            self.ready.set()
+            log.warning("node %s is back on the database at audit seq %d: admitting", self.node_id, self.cursor)
+            return
+
+    async def _close_stale_records(self) -> None:
+        """Sessions that ended here while the store was unreachable are still live in it."""
+        for record in await self.store.list_sessions(live=True, node=self.node_id):
+            if record.id not in self.sessions.by_id:
+                await self.policy.session_ended(record, "error")
+
+    # -- events ---------------------------------------------------------------------------
+    def _notified(self, seq: int) -> None:
+        if seq == 0 or seq > self.cursor:
+            self._wake.set()
+
+    async def _events(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._catch_up()
+            except asyncio.CancelledError:
+                raise
+            except (PolicyError, *UNREACHABLE) as exc:
+                # The link notices too; the catch-up after reconnecting resumes from the cursor.
+                log.info("node %s: catch-up interrupted at seq %d: %s", self.node_id, self.cursor, exc)
+
+    async def _catch_up(self) -> None:
+        async with self._lock:
+            while True:
+                events = await self.store.audit_events(after=self.cursor, limit=BATCH)
+                for event in events:
+                    try:
+                        await self._deliver(event)
+                    except (PolicyError, *UNREACHABLE):
+                        raise  # retried from this event once the store answers
+                    except Exception:
+                        log.exception("node %s: could not apply audit event %d", self.node_id, event.seq)
+                    self.cursor = event.seq
+                if len(events) < BATCH:
+                    return
+
+    async def _deliver(self, event: AuditEvent) -> None:
+        """Apply one event. Replays are harmless: every branch is idempotent."""
+        if event.action == "directive.issued" or event.action in DIRECTIVE_CHANGES:
+            directive_id = event.subject.removeprefix("directive:")
+            if event.action == "directive.issued" and (
+                directive_id in self._applied or directive_id in self.policy.index.by_id
+            ):
+                return  # issued on this node (its API handler enforced it) or already applied
+            directive = await self.store.get_directive(directive_id)  # its current state
+            if directive is None:
+                return
+            self.policy.learn(directive)
+            if event.action == "directive.issued":
+                if directive.status == "active":
+                    self._applied.add(directive.id)
+                    await self.enforcer.apply(directive)
+                return
+            if directive.status != "active":
+                self._applied.discard(directive.id)
+            await self.enforcer.released(directive)
+        elif event.action == SESSION_END_REQUESTED:
+            session = self.sessions.by_id.get(str(event.data.get("session")))
+            if session is not None and not session.ended:
+                by = str(event.data.get("by") or event.actor)
+                await self.enforcer.end_session(session, by, REFUSED, message=OPERATOR_ENDED)
+
+
+def open_bus(
+    config: Config,
+    store: Store,
+    policy: Policy,
+    enforcer: Enforcer,
+    sessions: LiveSessions,
+    ready: asyncio.Event,
+) -> Bus:
+    """The bus that matches the store: PostgreSQL is a cluster, anything else is one node."""
+    if isinstance(store, PostgresStore):
+        base = config.node_url or config.base_url
+        return PostgresBus(store, policy, enforcer, sessions, ready, node_id=config.node_id, url=ws_url(base))
+    return EmbeddedBus()
