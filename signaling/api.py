@@ -79,6 +79,10 @@ def guarded(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespons
     async def handler(request: web.Request) -> web.StreamResponse:
         try:
             actor = authenticate(request)
+            wait = request.app[K.LIMITS].api_per_identity.check(actor.sub)
+            if wait:
+                return error_response(429, "rate-limited", "too many requests; slow down",
+                                      {"Retry-After": str(max(1, round(wait)))})  # fmt: skip
             if actor.role not in route.roles:
                 raise Forbidden("role-not-allowed", f"role {actor.role} may not {route.method} {route.path}")
             return await route.handler(request, actor)

@@ -18,14 +18,15 @@ from policy.actor import SYSTEM
 from policy.service import Policy
 from policy.store import AuditDraft, open_store
 from relay import pin_ice_addresses
-from signaling import keys as K
 from signaling import events, scheduler, ws
+from signaling import keys as K
 from signaling.api import ROUTES, error_response, guarded
 from signaling.bus import open_bus
 from signaling.config import Config
 from signaling.enforcer import Enforcer
 from signaling.metrics import Metrics
 from signaling.openapi import document
+from signaling.ratelimit import Limits
 from signaling.registry import LiveSessions
 from signaling.tokens import Tokens
 
@@ -145,6 +146,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app[K.ENFORCER] = Enforcer(sessions=sessions, policy=policy, appeal_base=config.base_url)
     app[K.READY] = asyncio.Event()
     app[K.METRICS] = Metrics()
+    app[K.LIMITS] = Limits.of(config.join_rate_per_ip, config.join_rate_per_identity, config.api_rate_per_identity)
     app[K.BUS] = open_bus(config, store, policy, app[K.ENFORCER], sessions, app[K.READY])
     if config.ice_addresses is not None:
         pin_ice_addresses(config.ice_addresses)

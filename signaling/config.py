@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from policy.service import Rules
+from signaling.ratelimit import Rate
 
 MIN_SECRET_BYTES = 32
 CODECS = ("VP8", "H264")
@@ -43,6 +44,10 @@ class Config:
     tick_seconds: float = 0.5  # how often expiry/lapse and visit ends are checked at most
     max_message_bytes: int = 64 * 1024
     max_participants: int = 5  # kiosk + 4 contacts
+    join_rate_per_ip: Rate = Rate(120, 2.0)
+    join_rate_per_identity: Rate = Rate(20, 0.5)
+    api_rate_per_identity: Rate = Rate(300, 20.0)
+    allowed_origins: tuple[str, ...] = ()  # besides the public URL's and the server's own
 
     @property
     def base_url(self) -> str:
@@ -175,6 +180,18 @@ def load_config(env: Mapping[str, str], **flags: Any) -> Config:
     node_id = pick("node_id", "PARLOR_NODE_ID")
     if node_id:
         extra["node_id"] = node_id
+    for name, var in (("join_rate_per_ip", "PARLOR_JOIN_RATE_PER_IP"),
+                      ("join_rate_per_identity", "PARLOR_JOIN_RATE_PER_IDENTITY"),
+                      ("api_rate_per_identity", "PARLOR_API_RATE_PER_IDENTITY")):  # fmt: skip
+        text = pick(name, var)
+        if text:
+            try:
+                extra[name] = Rate.parse(text)
+            except ValueError as exc:
+                raise ConfigError(f"{var} must look like BURST:PER_SECOND, e.g. 120:2 ({exc})") from None
+    origins = pick("allowed_origins", "PARLOR_ALLOWED_ORIGINS")
+    if origins:
+        extra["allowed_origins"] = tuple(o.strip().rstrip("/") for o in origins.split(",") if o.strip())
     tick = pick("tick", "PARLOR_TICK_SECONDS")
     if tick is not None:
         extra["tick_seconds"] = _seconds(str(tick), "PARLOR_TICK_SECONDS")

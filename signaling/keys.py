@@ -12,6 +12,7 @@ from signaling.bus import Bus
 from signaling.config import Config
 from signaling.enforcer import Enforcer
 from signaling.metrics import Metrics
+from signaling.ratelimit import Limits
 from signaling.registry import LiveSessions
 from signaling.tokens import Tokens
 
@@ -24,3 +25,4 @@ ENFORCER = web.AppKey("enforcer", Enforcer)
 READY = web.AppKey("ready", asyncio.Event)  # set once directives are loaded and the store answers
 METRICS = web.AppKey("metrics", Metrics)
 BUS = web.AppKey("bus", Bus)  # embedded (SQLite) or PostgreSQL: see signaling/bus.py
+LIMITS = web.AppKey("limits", Limits)

@@ -27,6 +27,7 @@ from signaling.enforcer import (
     BAD_TOKEN,
     NORMAL,
     PROTOCOL_ERROR,
+    RATE_LIMITED,
     REFUSED,
     REPLACED,
     TOO_LARGE,
@@ -63,10 +64,16 @@ class Redirect(Exception):
 async def handle(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     config = app[K.CONFIG]
+    origin = request.headers.get("Origin")
+    if origin is not None and not origin_allowed(request, origin):
+        raise web.HTTPForbidden(text="this origin may not open calls")
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=1024 * 1024)
     await ws.prepare(request)
     session: Session | None = None
     try:
+        wait = app[K.LIMITS].join_per_ip.check(request.remote or "unknown")
+        if wait:
+            raise Refusal("rate-limited", f"too many joins from this address; retry in {wait:.0f} s", RATE_LIMITED)
         join = await _first_message(ws, config.max_message_bytes)
         session = await _admit(app, ws, join)
         await _serve(app, session)
@@ -93,6 +100,18 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
         if session is not None and not session.ended:
             await app[K.ENFORCER].end_session(session, "left", NORMAL)
     return ws
+
+
+def origin_allowed(request: web.Request, origin: str) -> bool:
+    """Browsers always send Origin on WebSockets: accept the server's own origin, the public
+    URL's, and configured ones. Non-browser clients (the headless kiosk) send none."""
+    config = request.app[K.CONFIG]
+    origin = origin.rstrip("/")
+    own = f"{request.scheme}://{request.host}"
+    allowed = {own, *config.allowed_origins}
+    if config.public_url:
+        allowed.add(config.public_url.rstrip("/"))
+    return origin in allowed
 
 
 async def _first_message(ws: web.WebSocketResponse, limit: int) -> dict[str, Any]:
@@ -127,6 +146,9 @@ async def _admit(app: web.Application, ws: web.WebSocketResponse, join: dict[str
     except TokenError as exc:
         raise Refusal(exc.code, exc.message, BAD_TOKEN) from None
     actor = claims.actor
+    wait = app[K.LIMITS].join_per_identity.check(actor.sub)
+    if wait:
+        raise Refusal("rate-limited", f"too many joins; retry in {wait:.0f} s", RATE_LIMITED)
     visit_id = join.get("visit")
     mode = join.get("mode", "participant")
     if mode not in ("participant", "monitor"):

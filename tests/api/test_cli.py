@@ -1,0 +1,188 @@
+"""The `parlor` console script, run as a real subprocess (SPEC §7)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from signaling.tokens import Tokens
+
+PARLOR = Path(sys.executable).with_name("parlor")
+SECRET = "cli-test-secret-that-is-long-enough-0123456789"
+
+
+def clean_env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLOR_")}
+    return {**env, **values}
+
+
+def parlor(*args: str, cwd: Path | None = None, timeout: float = 30, **env: str) -> subprocess.CompletedProcess[str]:
+    command = [str(PARLOR)] if PARLOR.exists() else [sys.executable, "-m", "signaling.cli"]
+    return subprocess.run([*command, *args], cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+def assert_usage_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("parlor"), result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.status, response.read()
+
+
+# -- parlor token -------------------------------------------------------------------------------
+def test_token_prints_a_verifiable_token(tmp_path):
+    result = parlor("token", "--sub", "operator:alice", "--role", "supervisor", "--ttl", "120",
+                    cwd=tmp_path, PARLOR_SECRET=SECRET)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert result.stdout == token + "\n"
+    claims = Tokens(SECRET.encode()).verify(token)
+    assert (claims.actor.sub, claims.actor.role) == ("operator:alice", "supervisor")
+    assert claims.expires_at - claims.issued_at == 120
+    family = parlor("token", "--sub", "contact:C1", "--role", "family", "--visit", "V1", cwd=tmp_path, PARLOR_SECRET=SECRET)
+    assert Tokens(SECRET.encode()).verify(family.stdout.strip()).actor.visit == "V1"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "words"),
+    [
+        (["token", "--sub", "operator:a"], {}, ["--role"]),
+        (["token", "--sub", "operator:a", "--role", "operator", "--bogus"], {}, ["--bogus"]),
+        (["token", "--sub", "operator:a", "--role", "admin"], {}, ["--role"]),
+        (["token", "--sub", "contact:C1", "--role", "family"], {}, ["visit"]),
+        (["token", "--sub", "operator:a", "--role", "operator", "--ttl", "soon"], {}, ["--ttl"]),
+        (["token", "--sub", "operator:a", "--role", "operator"], {"PARLOR_SECRET": "short"}, ["PARLOR_SECRET", "32"]),
+        (["token", "--sub", "operator:a", "--role", "operator"], {"PARLOR_SECRET": ""}, ["PARLOR_SECRET"]),
+        (["serve", "--port", "http"], {}, ["--port"]),
+        (["serve", "--port", "70000"], {}, ["port"]),
+        (["serve", "--codec", "AV1"], {}, ["PARLOR_CODEC"]),
+        (["serve"], {"PARLOR_ICE_SERVERS": "{not json"}, ["PARLOR_ICE_SERVERS"]),
+        (["serve"], {"PARLOR_PORT": "eighty"}, ["port"]),
+        (["serve"], {"PARLOR_ICE_ADDRESSES": "localhost"}, ["PARLOR_ICE_ADDRESSES"]),
+        (["frobnicate"], {}, ["frobnicate"]),
+        ([], {}, ["COMMAND"]),
+    ],
+)
+def test_bad_flag_or_environment_is_one_line_and_exit_2(tmp_path, args, env, words):
+    environment = {"PARLOR_SECRET": SECRET, "PARLOR_DB": str(tmp_path / "parlor.db"), **env}
+    assert_usage_error(parlor(*args, cwd=tmp_path, **environment), *words)
+
+
+def test_no_secret_at_all_is_refused(tmp_path):
+    result = parlor("serve", "--port", str(free_port()), cwd=tmp_path, PARLOR_DB=str(tmp_path / "parlor.db"))
+    assert_usage_error(result, "PARLOR_SECRET")
+
+
+# -- parlor demo, serve, audit verify ---------------------------------------------------------
+@pytest.fixture
+def demo(tmp_path: Path) -> dict:
+    """`parlor demo` in an empty directory with no PARLOR_SECRET; a relative PARLOR_DB."""
+    port = free_port()
+    result = parlor("demo", "--port", str(port), cwd=tmp_path, PARLOR_DB="var/parlor.db")
+    assert result.returncode == 0, result.stderr
+    return {"dir": tmp_path, "port": port, "out": result.stdout}
+
+
+def test_demo_stores_a_private_secret_and_prints_the_links(demo):
+    secret_file = demo["dir"] / "var" / "secret"
+    assert secret_file.exists() and (demo["dir"] / "var" / "parlor.db").exists()
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    tokens = Tokens(secret_file.read_bytes().strip())
+
+    urls = [word for word in demo["out"].split() if word.startswith("http://")]
+    family, kiosk, console = urls
+    base = f"http://127.0.0.1:{demo['port']}"
+    visit = urlsplit(family).path.removeprefix("/join/")
+    assert visit.startswith("V-") and f"Demo visit {visit}" in demo["out"]
+
+    for url, path, sub, role in ((family, f"/join/{visit}", "contact:C-DEMO", "family"),
+                                 (kiosk, "/kiosk", "device:K-DEMO", "kiosk"),
+                                 (console, "/console", "operator:demo", "operator")):  # fmt: skip
+        parts = urlsplit(url)
+        assert f"{parts.scheme}://{parts.netloc}" == base and parts.path == path and parts.query == ""
+        assert parts.fragment.startswith("token=")
+        claims = tokens.verify(parts.fragment.removeprefix("token="))
+        assert (claims.actor.sub, claims.actor.role) == (sub, role)
+    assert tokens.verify(urlsplit(family).fragment[6:]).actor.visit == visit
+
+    # A second run reuses the roster and the secret and adds a new visit.
+    again = parlor("demo", "--json", cwd=demo["dir"], PARLOR_DB="var/parlor.db")
+    assert again.returncode == 0, again.stderr
+    links = json.loads(again.stdout)
+    assert links["visit"] != visit and set(links) >= {"visit", "family", "kiosk", "console"}
+    assert tokens.verify(urlsplit(links["console"]).fragment[6:]).actor.role == "operator"
+
+
+def test_serve_answers_the_printed_family_link(demo):
+    family = next(w for w in demo["out"].split() if "/join/" in w)
+    port = demo["port"]
+    command = [str(PARLOR)] if PARLOR.exists() else [sys.executable, "-m", "signaling.cli"]
+    process = subprocess.Popen(
+        [*command, "serve", "--port", str(port)], cwd=demo["dir"],
+        env=clean_env(PARLOR_DB="var/parlor.db", PARLOR_ICE_ADDRESSES="127.0.0.1"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                status, body = get(f"http://127.0.0.1:{port}/healthz")
+                break
+            except OSError:
+                assert process.poll() is None, process.communicate()
+                assert time.monotonic() < deadline, "parlor serve did not start in time"
+                time.sleep(0.1)
+        assert status == 200 and json.loads(body)["ok"] is True
+        parts = urlsplit(family)
+        status, page = get(f"{parts.scheme}://{parts.netloc}{parts.path}")
+        assert status == 200 and b"<html" in page.lower()
+        status, ready = get(f"http://127.0.0.1:{port}/readyz")
+        assert status == 200 and json.loads(ready)["ready"] is True
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            out, err = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, err = process.communicate()
+            pytest.fail(f"parlor serve did not stop on SIGINT: {err}")
+    assert "Traceback" not in err, err
+    assert f"127.0.0.1:{port}" in out
+
+
+def test_audit_verify_exit_codes(demo):
+    good = parlor("audit", "verify", cwd=demo["dir"], PARLOR_DB="var/parlor.db")
+    assert good.returncode == 0, good.stderr
+    report = json.loads(good.stdout)
+    assert report["ok"] is True and report["events"] >= 6 and report["first_bad"] is None
+
+    with sqlite3.connect(demo["dir"] / "var" / "parlor.db") as conn:
+        conn.execute("UPDATE audit SET actor = 'operator:mallory' WHERE seq = 2")
+    bad = parlor("audit", "verify", cwd=demo["dir"], PARLOR_DB="var/parlor.db")
+    assert bad.returncode == 1, bad
+    assert json.loads(bad.stdout) == {"ok": False, "events": report["events"], "first_bad": 2}

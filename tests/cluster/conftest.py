@@ -1,0 +1,103 @@
+"""Cluster fixtures: one throwaway PostgreSQL server per test session, one database per test,
+and Parlor nodes (in-process apps, each on its own 127.0.0.1 port) sharing that database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from signaling import keys as K
+from signaling.kiosk import ParlorClient
+from tests.cluster.pg import PostgresServer, free_port, start_postgres
+from tests.conftest import Server, make_config, start_server, stop_server
+
+SKIP_REASON = (
+    "PostgreSQL binaries (initdb, pg_ctl, postgres) not found under /usr/lib/postgresql/*/bin; "
+    "install the `postgresql` package (.ci/run does) to run the cluster tests"
+)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = start_postgres()
+    if server is None:
+        pytest.skip(SKIP_REASON)
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+async def pg_url(postgres: PostgresServer) -> AsyncIterator[str]:
+    """A fresh database on the shared server, dropped afterwards."""
+    name = await postgres.create_database()
+    try:
+        yield postgres.url(name)
+    finally:
+        postgres.ensure_running()  # an outage test that failed half-way may have left it stopped
+        await postgres.drop_database(name)
+
+
+async def start_node(tmp_path: Path, db: str, node_id: str, **overrides: Any) -> Server:
+    """A Parlor node on its own port, so its URL (and the redirect to it) is known up front."""
+    node_dir = tmp_path / node_id
+    node_dir.mkdir(exist_ok=True)
+    return await start_server(make_config(node_dir, db=db, node_id=node_id, port=free_port(), **overrides))
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, pg_url: str) -> AsyncIterator[tuple[Server, Server]]:
+    """Nodes A and B on one database."""
+    a = await start_node(tmp_path, pg_url, "A")
+    b = await start_node(tmp_path, pg_url, "B")
+    try:
+        yield a, b
+    finally:
+        await stop_server(b)
+        await stop_server(a)
+
+
+def client(node: Server, visit: dict[str, Any], who: str) -> ParlorClient:
+    """`who` is a contact id or "device"; small, slow video keeps two nodes cheap."""
+    return node.client(visit["join"][who]["token"], visit["id"], size=(160, 120), fps=10)
+
+
+async def in_call(node: Server, visit: dict[str, Any], *who: str) -> list[ParlorClient]:
+    """Join each participant on `node` and wait until media flows between all of them."""
+    clients = []
+    for name in who:
+        c = client(node, visit, name)
+        joined = await c.connect()
+        assert joined["type"] == "joined", joined
+        clients.append(c)
+    for c in clients:
+        await c.wait_frames("video", 5, timeout=15)
+    return clients
+
+
+async def close_all(clients: list[ParlorClient]) -> None:
+    for c in clients:
+        with contextlib.suppress(Exception):
+            await c.close()
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> float:
+    """Poll until `predicate()` is true; return when (time.monotonic()) it became true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(interval)
+
+
+def ready(node: Server) -> bool:
+    return node.app[K.READY].is_set()
