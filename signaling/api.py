@@ -232,6 +232,7 @@ async def issue_directive(request: web.Request, actor: Actor) -> web.Response:
     policy = app[K.POLICY]
     directive = await policy.issue(actor, await read_json(request))
     ended = await app[K.ENFORCER].apply(directive)
+    app[K.METRICS].directives.labels(directive.action, directive.scope.split(":", 1)[0]).inc()
     if ended:
         directive = await policy.record_enforcement(actor, directive, ended)
     return created(directive_json(request, directive))

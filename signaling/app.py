@@ -100,6 +100,15 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(document())
 
 
+async def measure_loop_lag(app: web.Application, interval: float = 0.5) -> None:
+    """How late the event loop wakes a sleeper: the lag every media packet also suffers."""
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        await asyncio.sleep(interval)
+        app[K.METRICS].loop_lag.set(max(0.0, loop.time() - started - interval))
+
+
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the store, reload directives and close sessions a previous run left open,
     all before the first admission; end every live session and close the store on the way out."""
@@ -117,15 +126,16 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         )  # fmt: skip
     await app[K.BUS].start()  # from here on, other nodes' directives reach this node
     app[K.READY].set()
-    task = asyncio.create_task(scheduler.run(app))
+    tasks = [asyncio.create_task(scheduler.run(app)), asyncio.create_task(measure_loop_lag(app))]
     try:
         yield
     finally:
         app[K.READY].clear()
         await app[K.BUS].stop()
-        task.cancel()
+        for task in tasks:
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            await asyncio.gather(*tasks)
         enforcer = app[K.ENFORCER]
         await asyncio.gather(
             *(enforcer.end_session(s, "error", 1001, message="The server is restarting.") for s in list(app[K.SESSIONS].by_id.values()))
@@ -138,14 +148,15 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     store = open_store(config.db, clock)
     policy = Policy(store=store, rules=config.rules, clock=clock)
     sessions = LiveSessions()
+    metrics_ = Metrics()
     app[K.CONFIG] = config
     app[K.STORE] = store
     app[K.POLICY] = policy
     app[K.TOKENS] = Tokens(config.secret, leeway=config.token_leeway, public_key=config.jwt_public_key, clock=clock)
     app[K.SESSIONS] = sessions
-    app[K.ENFORCER] = Enforcer(sessions=sessions, policy=policy, appeal_base=config.base_url)
+    app[K.ENFORCER] = Enforcer(sessions=sessions, policy=policy, appeal_base=config.base_url, metrics=metrics_)
     app[K.READY] = asyncio.Event()
-    app[K.METRICS] = Metrics()
+    app[K.METRICS] = metrics_
     app[K.LIMITS] = Limits.of(config.join_rate_per_ip, config.join_rate_per_identity, config.api_rate_per_identity)
     app[K.BUS] = open_bus(config, store, policy, app[K.ENFORCER], sessions, app[K.READY])
     if config.ice_addresses is not None:

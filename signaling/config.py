@@ -36,7 +36,8 @@ class Config:
     public_url: str | None = None  # e.g. https://visits.example.org; used in links and Origin checks
     node_url: str | None = None  # this node's own address in a cluster (redirects); default base_url
     codec: str = "VP8"
-    node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # Stable across restarts, so a restarted node closes the sessions its previous run left open.
+    node_id: str = field(default_factory=socket.gethostname)
     rules: Rules = field(default_factory=Rules)
     token_leeway: float = 30.0
     device_token_ttl: float = 30 * 86400

@@ -17,6 +17,7 @@ from typing import Any
 from policy.directive import Directive
 from policy.rfc3339 import format_time
 from policy.service import Policy
+from signaling.metrics import Metrics
 from signaling.registry import LiveSessions
 from signaling.session import Session
 
@@ -46,7 +47,7 @@ class Enforcer:
     sessions: LiveSessions
     policy: Policy
     appeal_base: str = ""
-    kill_latencies: list[float] = field(default_factory=list)  # seconds, for metrics
+    metrics: Metrics = field(default_factory=Metrics)
     applied: set[str] = field(default_factory=set)  # directives already enforced on this node
 
     async def apply(self, directive: Directive) -> list[str]:
@@ -74,7 +75,7 @@ class Enforcer:
             )
         )
         if matching:
-            self.kill_latencies.append(time.perf_counter() - started)
+            self.metrics.kill_seconds.observe(time.perf_counter() - started)
         return [s.id for s in matching]
 
     def restrict(self, session: Session, directive: Directive) -> None:

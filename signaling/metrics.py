@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from relay import RelayStats
+
+
+class RelayCollector(Collector):
+    """Reads the relay's own monotonic counters at scrape time (no work on the media path)."""
+
+    def __init__(self, totals: RelayStats) -> None:
+        self.totals = totals
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        t = self.totals
+        yield CounterMetricFamily("parlor_relay_packets_forwarded", "Encoded frames forwarded", value=t.packets_forwarded)
+        yield CounterMetricFamily("parlor_relay_bytes_forwarded", "Encoded bytes forwarded", value=t.bytes_forwarded)
+        yield CounterMetricFamily("parlor_relay_packets_received", "Encoded frames received", value=t.packets_received)
+        yield CounterMetricFamily(
+            "parlor_relay_keyframe_requests_forwarded", "PLIs sent upstream", value=t.keyframe_requests_forwarded
+        )
+        yield CounterMetricFamily("parlor_relay_frames_dropped", "Frames not forwarded", value=t.frames_dropped)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.relay = RelayStats()  # shared by every RelayPeer of this app
+        self.registry.register(RelayCollector(self.relay))
         self.live_sessions = Gauge("parlor_live_sessions", "Live sessions on this node", registry=self.registry)
         self.live_visits = Gauge("parlor_live_visits", "Visits with live sessions on this node", registry=self.registry)
         self.joins = Counter("parlor_joins_total", "Admitted joins", ["role", "mode"], registry=self.registry)

@@ -82,6 +82,7 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
             await ws.send_json({"type": "redirect", "url": redirect.url})
             await ws.close(code=REDIRECT, message=b"redirect")
     except Refusal as refusal:
+        app[K.METRICS].refusals.labels(refusal.code).inc()
         error: dict[str, Any] = {"type": "error", "code": refusal.code, "message": refusal.message}
         if refusal.directive is not None:
             error["directive"] = refusal.directive.notice(appeal_base=config.base_url)
@@ -196,7 +197,10 @@ async def _admit(app: web.Application, ws: web.WebSocketResponse, join: dict[str
         raise Refusal("unavailable", exc.message, UNAVAILABLE) from None
     except OSError:
         raise Refusal("unavailable", "the server cannot reach its store; try again shortly", UNAVAILABLE) from None
-    peer = RelayPeer(session_id, codec=config.codec, ice_servers=config.ice_servers, publish=mode == "participant")
+    peer = RelayPeer(
+        session_id, codec=config.codec, ice_servers=config.ice_servers, publish=mode == "participant",
+        totals=app[K.METRICS].relay,
+    )  # fmt: skip
     session = Session(
         id=session_id, visit=visit, actor=actor, mode=mode, keys=keys,
         name=call.names.get(actor.sub, actor.sub), ws=ws, peer=peer, record=record,
@@ -225,6 +229,7 @@ async def _admit(app: web.Application, ws: web.WebSocketResponse, join: dict[str
         }
     )
     await session.send({"type": "time-remaining", "seconds": max(0, int(visit.ends_at - now))})
+    app[K.METRICS].joins.labels(actor.role, mode).inc()
     if mode == "participant":
         joined = {"type": "participant-joined", "participant": session.public()}
         await asyncio.gather(*(s.send(joined) for s in call.sessions if s is not session and not s.ended))
