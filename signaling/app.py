@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from policy.actor import SYSTEM
 from policy.service import Policy
 from policy.store import AuditDraft, open_store
 from relay import pin_ice_addresses
-from signaling import events, scheduler, ws
+from signaling import events, logs, scheduler, ws
 from signaling import keys as K
 from signaling.api import ROUTES, error_response, guarded
 from signaling.bus import open_bus
@@ -43,6 +44,9 @@ CSP = (
 
 @web.middleware
 async def security_headers(request: web.Request, handler: Callable) -> web.StreamResponse:
+    rid = request.headers.get("X-Request-Id", "")
+    rid = rid if rid.isalnum() and len(rid) <= 64 else secrets.token_hex(8)
+    logs.request_id.set(rid)
     try:
         response = await handler(request)
     except web.HTTPException as exc:
@@ -54,6 +58,7 @@ async def security_headers(request: web.Request, handler: Callable) -> web.Strea
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = error_response(500, "internal", "internal error")
     if not response.prepared:
+        response.headers.setdefault("X-Request-Id", rid)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         if response.content_type == "text/html":

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 import time
@@ -48,9 +47,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from signaling.app import create_app
+    from signaling.logs import configure
 
     config = _config(args)
-    logging.basicConfig(level=os.environ.get("PARLOR_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure(os.environ.get("PARLOR_LOG_LEVEL", "INFO"), os.environ.get("PARLOR_LOG_FORMAT", "json"))
     app = create_app(config)
     print(f"Parlor listening on http://{config.host}:{config.port}  (node {config.node_id}, store {_store_label(config.db)})", flush=True)
     web.run_app(app, host=config.host, port=config.port, print=None, access_log_format='%a "%r" %s %b %Tf')

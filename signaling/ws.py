@@ -22,6 +22,7 @@ from policy.store import SessionRecord
 from policy.visit import Visit, monitor_keys, subject_keys
 from relay import RelayPeer, Room, UnsupportedOffer
 from signaling import keys as K
+from signaling import logs
 from signaling.bus import REDIRECT
 from signaling.enforcer import (
     BAD_TOKEN,
@@ -76,6 +77,8 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
             raise Refusal("rate-limited", f"too many joins from this address; retry in {wait:.0f} s", RATE_LIMITED)
         join = await _first_message(ws, config.max_message_bytes)
         session = await _admit(app, ws, join)
+        logs.session_id.set(session.id)
+        log.info("session %s joined visit %s as %s (%s)", session.id, session.visit.id, session.actor.sub, session.mode)
         await _serve(app, session)
     except Redirect as redirect:
         if not ws.closed:
