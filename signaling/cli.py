@@ -44,12 +44,12 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    config = _config(args)  # before the slow imports (aiortc, av): a bad value fails at once
     from aiohttp import web
 
     from signaling.app import create_app
     from signaling.logs import configure
 
-    config = _config(args)
     configure(os.environ.get("PARLOR_LOG_LEVEL", "INFO"), os.environ.get("PARLOR_LOG_FORMAT", "json"))
     app = create_app(config)
     print(f"Parlor listening on http://{config.host}:{config.port}  (node {config.node_id}, store {_store_label(config.db)})", flush=True)
@@ -142,10 +142,14 @@ def _demo_text(links: dict[str, Any]) -> str:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    config = _config(args)
+    # Only the database is needed: an auditor must not need the secret that signs tokens, and a
+    # mistyped path must not be created and reported as an empty chain that verifies.
+    db = args.db or os.environ.get("PARLOR_DB") or "./var/parlor.db"
+    if not db.startswith(("postgresql://", "postgres://")) and not os.path.exists(db):
+        raise Usage(f"no database at {db} (set PARLOR_DB or pass --db)")
 
     async def verify() -> dict[str, Any]:
-        store = open_store(config.db)
+        store = open_store(db)
         await store.open()
         try:
             return verify_chain(*await store.audit_chain()).to_json()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,9 +30,18 @@ def clean_env(**values: str) -> dict[str, str]:
     return {**env, **values}
 
 
-def parlor(*args: str, cwd: Path | None = None, timeout: float = 30, **env: str) -> subprocess.CompletedProcess[str]:
+def parlor(
+    *args: str, cwd: Path | None = None, timeout: float = 30, **env: str
+) -> subprocess.CompletedProcess[str]:
     command = [str(PARLOR)] if PARLOR.exists() else [sys.executable, "-m", "signaling.cli"]
-    return subprocess.run([*command, *args], cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*command, *args],
+        cwd=cwd,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_usage_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
@@ -64,48 +75,87 @@ def test_token_prints_a_verifiable_token(tmp_path):
     claims = Tokens(SECRET.encode()).verify(token)
     assert (claims.actor.sub, claims.actor.role) == ("operator:alice", "supervisor")
     assert claims.expires_at - claims.issued_at == 120
-    family = parlor("token", "--sub", "contact:C1", "--role", "family", "--visit", "V1", cwd=tmp_path, PARLOR_SECRET=SECRET)
+    family = parlor(
+        "token",
+        "--sub",
+        "contact:C1",
+        "--role",
+        "family",
+        "--visit",
+        "V1",
+        cwd=tmp_path,
+        PARLOR_SECRET=SECRET,
+    )
     assert Tokens(SECRET.encode()).verify(family.stdout.strip()).actor.visit == "V1"
 
 
-@pytest.mark.parametrize(
-    ("args", "env", "words"),
-    [
-        (["token", "--sub", "operator:a"], {}, ["--role"]),
-        (["token", "--sub", "operator:a", "--role", "operator", "--bogus"], {}, ["--bogus"]),
-        (["token", "--sub", "operator:a", "--role", "admin"], {}, ["--role"]),
-        (["token", "--sub", "contact:C1", "--role", "family"], {}, ["visit"]),
-        (["token", "--sub", "operator:a", "--role", "operator", "--ttl", "soon"], {}, ["--ttl"]),
-        (["token", "--sub", "operator:a", "--role", "operator"], {"PARLOR_SECRET": "short"}, ["PARLOR_SECRET", "32"]),
-        (["token", "--sub", "operator:a", "--role", "operator"], {"PARLOR_SECRET": ""}, ["PARLOR_SECRET"]),
-        (["serve", "--port", "http"], {}, ["--port"]),
-        (["serve", "--port", "70000"], {}, ["port"]),
-        (["serve", "--codec", "AV1"], {}, ["PARLOR_CODEC"]),
-        (["serve"], {"PARLOR_ICE_SERVERS": "{not json"}, ["PARLOR_ICE_SERVERS"]),
-        (["serve"], {"PARLOR_PORT": "eighty"}, ["port"]),
-        (["serve"], {"PARLOR_ICE_ADDRESSES": "localhost"}, ["PARLOR_ICE_ADDRESSES"]),
-        (["frobnicate"], {}, ["frobnicate"]),
-        ([], {}, ["COMMAND"]),
-    ],
-)
-def test_bad_flag_or_environment_is_one_line_and_exit_2(tmp_path, args, env, words):
-    environment = {"PARLOR_SECRET": SECRET, "PARLOR_DB": str(tmp_path / "parlor.db"), **env}
-    assert_usage_error(parlor(*args, cwd=tmp_path, **environment), *words)
+# name -> (arguments, environment, words the one-line message must contain)
+BAD_INPUTS = {
+    "unknown-flag": (
+        ["token", "--sub", "operator:a", "--role", "operator", "--bogus"],
+        {},
+        ["--bogus"],
+    ),
+    "bad-role": (["token", "--sub", "operator:a", "--role", "admin"], {}, ["--role"]),
+    "family-without-visit": (["token", "--sub", "contact:C1", "--role", "family"], {}, ["visit"]),
+    "short-secret": (
+        ["token", "--sub", "operator:a", "--role", "operator"],
+        {"PARLOR_SECRET": "short"},
+        ["PARLOR_SECRET", "32"],
+    ),
+    "no-secret": (["serve"], {"PARLOR_SECRET": None}, ["PARLOR_SECRET", "parlor demo"]),
+    "port-flag": (["serve", "--port", "http"], {}, ["--port"]),
+    "codec-flag": (["serve", "--codec", "AV1"], {"PARLOR_CODEC": "VP8"}, ["PARLOR_CODEC"]),
+    "ice-servers-env": (["serve"], {"PARLOR_ICE_SERVERS": "{not json"}, ["PARLOR_ICE_SERVERS"]),
+    "port-env": (["serve"], {"PARLOR_PORT": "eighty"}, ["port"]),
+    "audit-missing-db": (["audit", "verify", "--db", "typo.db"], {}, ["no database", "typo.db"]),
+}
 
 
-def test_no_secret_at_all_is_refused(tmp_path):
-    result = parlor("serve", "--port", str(free_port()), cwd=tmp_path, PARLOR_DB=str(tmp_path / "parlor.db"))
-    assert_usage_error(result, "PARLOR_SECRET")
+@pytest.fixture(scope="module")
+def bad_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, tuple[subprocess.Popen[str], Path]]]:
+    """Start every refused invocation at once: each is a fresh interpreter, and in sequence
+    their start-up would dominate the suite's time."""
+    command = [str(PARLOR)] if PARLOR.exists() else [sys.executable, "-m", "signaling.cli"]
+    runs = {}
+    for name, (args, env, _) in BAD_INPUTS.items():
+        directory = tmp_path_factory.mktemp(name)
+        values = {"PARLOR_SECRET": SECRET, "PARLOR_DB": str(directory / "parlor.db"), **env}
+        environment = clean_env(**{k: v for k, v in values.items() if v is not None})
+        process = subprocess.Popen(
+            [*command, *args], cwd=directory, env=environment, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        runs[name] = (process, directory)
+    yield runs
+    for process, _ in runs.values():
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_flag_or_environment_is_one_line_and_exit_2(bad_runs, name):
+    process, directory = bad_runs[name]
+    out, err = process.communicate(timeout=30)
+    result = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    assert_usage_error(result, *BAD_INPUTS[name][2])
+    assert not (directory / "parlor.db").exists()  # refused before any store was opened
+    assert not (directory / "typo.db").exists()
 
 
 # -- parlor demo, serve, audit verify ---------------------------------------------------------
-@pytest.fixture
-def demo(tmp_path: Path) -> dict:
-    """`parlor demo` in an empty directory with no PARLOR_SECRET; a relative PARLOR_DB."""
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`parlor demo` in an empty directory with no PARLOR_SECRET; a relative PARLOR_DB.
+    Run once for the module: tests that change the database work on a copy."""
+    directory = tmp_path_factory.mktemp("demo")
     port = free_port()
-    result = parlor("demo", "--port", str(port), cwd=tmp_path, PARLOR_DB="var/parlor.db")
+    result = parlor("demo", "--port", str(port), cwd=directory, PARLOR_DB="var/parlor.db")
     assert result.returncode == 0, result.stderr
-    return {"dir": tmp_path, "port": port, "out": result.stdout}
+    return {"dir": directory, "port": port, "out": result.stdout}
 
 
 def test_demo_stores_a_private_secret_and_prints_the_links(demo):
@@ -124,7 +174,9 @@ def test_demo_stores_a_private_secret_and_prints_the_links(demo):
                                  (kiosk, "/kiosk", "device:K-DEMO", "kiosk"),
                                  (console, "/console", "operator:demo", "operator")):  # fmt: skip
         parts = urlsplit(url)
-        assert f"{parts.scheme}://{parts.netloc}" == base and parts.path == path and parts.query == ""
+        assert (
+            f"{parts.scheme}://{parts.netloc}" == base and parts.path == path and parts.query == ""
+        )
         assert parts.fragment.startswith("token=")
         claims = tokens.verify(parts.fragment.removeprefix("token="))
         assert (claims.actor.sub, claims.actor.role) == (sub, role)
@@ -148,7 +200,7 @@ def test_serve_answers_the_printed_family_link(demo):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30  # generous: aiortc imports are slow on a busy machine
         while True:
             try:
                 status, body = get(f"http://127.0.0.1:{port}/healthz")
@@ -175,14 +227,18 @@ def test_serve_answers_the_printed_family_link(demo):
     assert f"127.0.0.1:{port}" in out
 
 
-def test_audit_verify_exit_codes(demo):
-    good = parlor("audit", "verify", cwd=demo["dir"], PARLOR_DB="var/parlor.db")
+def test_audit_verify_exit_codes(demo, tmp_path):
+    # Only the database is copied: verifying needs no secret (an auditor has none).
+    (tmp_path / "var").mkdir()
+    for file in (demo["dir"] / "var").glob("parlor.db*"):
+        shutil.copy(file, tmp_path / "var" / file.name)
+    good = parlor("audit", "verify", cwd=tmp_path, PARLOR_DB="var/parlor.db")
     assert good.returncode == 0, good.stderr
     report = json.loads(good.stdout)
     assert report["ok"] is True and report["events"] >= 6 and report["first_bad"] is None
 
-    with sqlite3.connect(demo["dir"] / "var" / "parlor.db") as conn:
+    with sqlite3.connect(tmp_path / "var" / "parlor.db") as conn:
         conn.execute("UPDATE audit SET actor = 'operator:mallory' WHERE seq = 2")
-    bad = parlor("audit", "verify", cwd=demo["dir"], PARLOR_DB="var/parlor.db")
+    bad = parlor("audit", "verify", "--db", "var/parlor.db", cwd=tmp_path)
     assert bad.returncode == 1, bad
     assert json.loads(bad.stdout) == {"ok": False, "events": report["events"], "first_bad": 2}

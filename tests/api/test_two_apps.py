@@ -35,7 +35,11 @@ async def roster(srv: Server, facility: str, contact: str) -> None:
     ):
         status, answer = await srv.api("POST", path, body)
         assert status == 201, answer
-    status, _ = await srv.api("POST", f"/api/v1/contacts/{contact}/approvals", {"inmate": f"I-{facility}", "status": "approved"})
+    status, _ = await srv.api(
+        "POST",
+        f"/api/v1/contacts/{contact}/approvals",
+        {"inmate": f"I-{facility}", "status": "approved"},
+    )
     assert status == 200
 
 
@@ -61,7 +65,11 @@ async def test_two_apps_serve_at_once_without_sharing_data(pair):
         _, events = await srv.api("GET", "/api/v1/audit", token="auditor")
         assert [e["seq"] for e in events] == [1, 2, 3, 4, 5]
         assert [e["subject"] for e in events] == [
-            f"facility:{f}", f"device:K-{f}", f"inmate:I-{f}", f"contact:{c}", f"pair:I-{f}:{c}"
+            f"facility:{f}",
+            f"device:K-{f}",
+            f"inmate:I-{f}",
+            f"contact:{c}",
+            f"pair:I-{f}:{c}",
         ]
         _, report = await srv.api("GET", "/api/v1/audit/verify", token="auditor")
         assert report == {"ok": True, "events": len(events), "first_bad": None}

@@ -19,7 +19,9 @@ async def build_chain(path: Path, n: int = EVENTS) -> list[AuditEvent]:
     await store.open()
     try:
         for i in range(1, n + 1):
-            await store.audit(AuditDraft(f"operator:op{i}", "test.event", f"thing:{i}", {"n": i, "text": "é"}))
+            await store.audit(
+                AuditDraft(f"operator:op{i}", "test.event", f"thing:{i}", {"n": i, "text": "é"})
+            )
         return await store.audit_events()
     finally:
         await store.close()
@@ -137,7 +139,11 @@ async def test_truncating_the_tail_is_caught_against_the_head(chain):
 
 async def test_deleting_every_row_is_caught(chain):
     tamper(chain, "DELETE FROM audit")
-    assert verify_chain(*await reread(chain)).to_json() == {"ok": False, "events": 0, "first_bad": 1}
+    assert verify_chain(*await reread(chain)).to_json() == {
+        "ok": False,
+        "events": 0,
+        "first_bad": 1,
+    }
 
 
 async def test_appending_a_correctly_sealed_row_is_caught_against_the_head(chain):
@@ -156,7 +162,11 @@ async def test_resealing_the_last_row_is_caught_against_the_head(chain):
     e = events[-1]
     data = {"n": EVENTS, "text": "rewritten"}
     digest = seal(e.seq, e.at, e.actor, e.action, e.subject, data, e.prev_hash)
-    tamper(chain, "UPDATE audit SET data = ?, hash = ? WHERE seq = ?", (json.dumps(data), digest, e.seq))
+    tamper(
+        chain,
+        "UPDATE audit SET data = ?, hash = ? WHERE seq = ?",
+        (json.dumps(data), digest, e.seq),
+    )
     assert verify_chain(*await reread(chain)).first_bad == EVENTS
 
 

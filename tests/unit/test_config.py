@@ -77,12 +77,12 @@ def test_a_stored_secret_that_is_too_short_is_refused(tmp_path):
     ("value", "word"),
     [
         ("not json", "not JSON"),
-        ("{\"urls\": \"stun:x\"}", "list"),
-        ("[\"stun:x\"]", "urls"),
-        ("[{\"username\": \"u\"}]", "urls"),
-        ("[{\"urls\": 5}]", "urls"),
-        ("[{\"urls\": [\"stun:a\", 5]}]", "urls"),
-        ("[{\"urls\": \"http://x\"}]", "stun:"),
+        ('{"urls": "stun:x"}', "list"),
+        ('["stun:x"]', "urls"),
+        ('[{"username": "u"}]', "urls"),
+        ('[{"urls": 5}]', "urls"),
+        ('[{"urls": ["stun:a", 5]}]', "urls"),
+        ('[{"urls": "http://x"}]', "stun:"),
     ],
 )
 def test_bad_ice_servers_are_refused(tmp_path, value, word):
@@ -131,12 +131,22 @@ def test_flags_beat_the_environment(tmp_path):
                       PARLOR_ICE_ADDRESSES="127.0.0.2", PARLOR_PUBLIC_URL="https://env.example",
                       PARLOR_NODE_ID="env-node")  # fmt: skip
     from_env = load_config(environment)
-    assert (from_env.host, from_env.port, from_env.codec, from_env.node_id) == ("127.0.0.2", 9000, "VP8", "env-node")
+    assert (from_env.host, from_env.port, from_env.codec, from_env.node_id) == (
+        "127.0.0.2",
+        9000,
+        "VP8",
+        "env-node",
+    )
     config = load_config(
         environment, host="127.0.0.1", port=9100, codec="H264", db=str(tmp_path / "flag.db"),
         ice_addresses="127.0.0.1", public_url="https://flag.example/", node_id="flag-node",
     )  # fmt: skip
-    assert (config.host, config.port, config.codec, config.node_id) == ("127.0.0.1", 9100, "H264", "flag-node")
+    assert (config.host, config.port, config.codec, config.node_id) == (
+        "127.0.0.1",
+        9100,
+        "H264",
+        "flag-node",
+    )
     assert config.db == str(tmp_path / "flag.db")
     assert config.ice_addresses == ["127.0.0.1"]
     assert config.base_url == "https://flag.example"
@@ -155,16 +165,22 @@ def test_public_url_must_be_http(tmp_path):
     refused(env(tmp_path, PARLOR_PUBLIC_URL="visits.example.org"), "PARLOR_PUBLIC_URL")
 
 
-@pytest.mark.parametrize("name", ["PARLOR_MAX_DIRECTIVE_SECONDS", "PARLOR_CONFIRM_WINDOW_SECONDS", "PARLOR_TICK_SECONDS"])
+@pytest.mark.parametrize(
+    "name", ["PARLOR_MAX_DIRECTIVE_SECONDS", "PARLOR_CONFIRM_WINDOW_SECONDS", "PARLOR_TICK_SECONDS"]
+)
 @pytest.mark.parametrize("value", ["abc", "0", "-5"])
 def test_bad_durations_are_refused(tmp_path, name, value):
     refused(env(tmp_path, **{name: value}), name)
 
 
 def test_rule_limits_are_configurable(tmp_path):
-    config = load_config(env(tmp_path, PARLOR_MAX_DIRECTIVE_SECONDS="3600", PARLOR_CONFIRM_WINDOW_SECONDS="60"))
+    config = load_config(
+        env(tmp_path, PARLOR_MAX_DIRECTIVE_SECONDS="3600", PARLOR_CONFIRM_WINDOW_SECONDS="60")
+    )
     assert (config.rules.max_directive_seconds, config.rules.confirm_window_seconds) == (3600, 60)
 
 
 def test_unreadable_public_key_is_refused(tmp_path):
-    refused(env(tmp_path, PARLOR_JWT_PUBLIC_KEY=str(tmp_path / "missing.pem")), "PARLOR_JWT_PUBLIC_KEY")
+    refused(
+        env(tmp_path, PARLOR_JWT_PUBLIC_KEY=str(tmp_path / "missing.pem")), "PARLOR_JWT_PUBLIC_KEY"
+    )

@@ -9,7 +9,9 @@ from policy.errors import Malformed
 from policy.visit import Visit, monitor_keys, subject_keys
 
 NOW = 1_700_000_000.0
-VISIT = Visit("V1", "F1", "I1", "K1", ("C1", "C2"), NOW - 60, NOW + 3600, "social", "operator:a", NOW - 600)
+VISIT = Visit(
+    "V1", "F1", "I1", "K1", ("C1", "C2"), NOW - 60, NOW + 3600, "social", "operator:a", NOW - 600
+)
 KIOSK = subject_keys(VISIT)
 C1 = subject_keys(VISIT, contact="C1")
 C2 = subject_keys(VISIT, contact="C2")
@@ -52,11 +54,28 @@ def test_every_scope_kind_parses(scope, kind, broad):
 @pytest.mark.parametrize(
     "scope",
     [
-        None, 5, "", ["contact:C1"],
-        "bogus:X", "Contact:C1", "all", "*",
-        "system:X", "facility", "facility:", "contact:C1:C2", "device::",
-        "pair:I1", "pair:I1:", "pair::C1", "pair:I1:C1:X",
-        "contact:a b", "contact:-x", "visit:" + "x" * 65, "inmate:I1 ", " contact:C1",
+        None,
+        5,
+        "",
+        ["contact:C1"],
+        "bogus:X",
+        "Contact:C1",
+        "all",
+        "*",
+        "system:X",
+        "facility",
+        "facility:",
+        "contact:C1:C2",
+        "device::",
+        "pair:I1",
+        "pair:I1:",
+        "pair::C1",
+        "pair:I1:C1:X",
+        "contact:a b",
+        "contact:-x",
+        "visit:" + "x" * 65,
+        "inmate:I1 ",
+        " contact:C1",
     ],
 )
 def test_bad_scope_shapes_are_malformed(scope):
@@ -76,7 +95,12 @@ def test_contact_subject_keys_add_contact_and_pair():
 
 
 def test_monitor_subject_keys():
-    assert set(monitor_keys(VISIT, "operator:bob")) == {"system", "facility:F1", "visit:V1", "operator:bob"}
+    assert set(monitor_keys(VISIT, "operator:bob")) == {
+        "system",
+        "facility:F1",
+        "visit:V1",
+        "operator:bob",
+    }
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,12 @@ async def policy(clock: Clock) -> AsyncIterator[Policy]:
 
 
 def body(scope: str = "contact:C1", *, expires_in: float | None = DAY, **extra: object) -> dict:
-    data: dict = {"scope": scope, "action": "suspend", "reason": "threats on the call", "legal_basis": "Rule 7.1"}
+    data: dict = {
+        "scope": scope,
+        "action": "suspend",
+        "reason": "threats on the call",
+        "legal_basis": "Rule 7.1",
+    }
     if expires_in is not None:
         data["expires_at"] = format_time(T0 + expires_in)
     return {**data, **extra}
@@ -75,7 +80,13 @@ async def actions(policy: Policy) -> list[str]:
 # -- issue validation -----------------------------------------------------------------------
 async def test_issue_stores_an_active_directive_with_its_audit_event(policy):
     d = await policy.issue(ALICE, body())
-    assert (d.status, d.issued_by, d.issued_at, d.starts_at, d.expires_at) == ("active", "operator:alice", T0, T0, T0 + DAY)
+    assert (d.status, d.issued_by, d.issued_at, d.starts_at, d.expires_at) == (
+        "active",
+        "operator:alice",
+        T0,
+        T0,
+        T0 + DAY,
+    )
     assert d.confirm_by is None
     assert await policy.store.get_directive(d.id) == d  # durable before the caller hears back
     assert (await actions(policy))[-1] == "directive.issued"
@@ -141,8 +152,16 @@ async def test_missing_reason_or_legal_basis_is_malformed(policy, field, value):
 
 @pytest.mark.parametrize(
     "data",
-    [None, [], "x", body(action="ban"), body(action=None), body(scope="bogus:1"), body(expires_at="tomorrow"),
-     body(expires_at="2030-01-01T00:00:00")],  # no UTC offset
+    [
+        None,
+        [],
+        "x",
+        body(action="ban"),
+        body(action=None),
+        body(scope="bogus:1"),
+        body(expires_at="tomorrow"),
+        body(expires_at="2030-01-01T00:00:00"),
+    ],  # no UTC offset
     ids=["none", "list", "str", "bad-action", "no-action", "bad-scope", "bad-time", "naive-time"],
 )
 async def test_malformed_bodies(policy, data):
@@ -265,7 +284,11 @@ async def test_lift_closes_once_and_needs_a_reason(policy):
     with pytest.raises(Malformed):
         await policy.lift(BOB, d.id, {})
     lifted = await policy.lift(BOB, d.id, {"reason": "resolved"})
-    assert (lifted.status, lifted.closed_by, lifted.close_reason) == ("lifted", "operator:bob", "resolved")
+    assert (lifted.status, lifted.closed_by, lifted.close_reason) == (
+        "lifted",
+        "operator:bob",
+        "resolved",
+    )
     assert policy.index.active() == []
     with pytest.raises(Conflict):
         await policy.lift(BOB, d.id, {"reason": "again"})
@@ -318,11 +341,15 @@ async def test_appeal_by_the_affected_contact_decided_by_someone_else(policy):
     d = await policy.issue(ALICE, body("contact:C1"))
     family = Actor("contact:C1", "family", visit=v.id)
     with pytest.raises(Forbidden):
-        await policy.file_appeal(Actor("contact:C2", "family", visit=v.id), d.id, {"text": "not me"})
+        await policy.file_appeal(
+            Actor("contact:C2", "family", visit=v.id), d.id, {"text": "not me"}
+        )
     appeal = await policy.file_appeal(family, d.id, {"text": "please reconsider"})
     with pytest.raises(Forbidden):
         await policy.decide_appeal(ALICE, appeal.id, {"decision": "lift", "note": "my own"})
-    decided, lifted = await policy.decide_appeal(BOB, appeal.id, {"decision": "lift", "note": "granted"})
+    decided, lifted = await policy.decide_appeal(
+        BOB, appeal.id, {"decision": "lift", "note": "granted"}
+    )
     assert decided.status == "lifted" and lifted is not None and lifted.status == "lifted"
     assert policy.evaluate(subject_keys(v, contact="C1")).admitted
     assert (await actions(policy))[-3:] == ["appeal.filed", "appeal.decided", "directive.lifted"]

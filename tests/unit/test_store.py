@@ -40,7 +40,9 @@ async def roster(store: SqliteStore) -> None:
 
 
 def visit(id: str = "V1", contacts: tuple[str, ...] = ("C1",)) -> Visit:
-    return Visit(id, "F1", "I1", "K1", contacts, T0, T0 + 3600, "privileged", "operator:alice", T0 - 5)
+    return Visit(
+        id, "F1", "I1", "K1", contacts, T0, T0 + 3600, "privileged", "operator:alice", T0 - 5
+    )
 
 
 def directive(id: str = "D1", **changes: object) -> Directive:
@@ -123,13 +125,17 @@ async def test_directive_round_trips_and_guarded_update(store):
     assert await store.list_directives(status="active") == [d]
     assert await store.list_directives(status="lifted") == []
 
-    lifted = d.with_changes(status="lifted", closed_at=T0 + 5, closed_by="operator:bob", close_reason="ok")
+    lifted = d.with_changes(
+        status="lifted", closed_at=T0 + 5, closed_by="operator:bob", close_reason="ok"
+    )
     await store.update_directive(lifted, draft(), expect_status="active")
     assert await store.get_directive("D1") == lifted
     events_before = len(await store.audit_events())
     # A second close from a stale copy must change nothing and write no audit event.
     with pytest.raises(Conflict):
-        await store.update_directive(d.with_changes(status="expired"), draft(), expect_status="active")
+        await store.update_directive(
+            d.with_changes(status="expired"), draft(), expect_status="active"
+        )
     assert (await store.get_directive("D1")).status == "lifted"
     assert len(await store.audit_events()) == events_before
 
@@ -166,7 +172,9 @@ async def test_appeal_for_unknown_directive_is_refused(store):
         lambda s: s.add_contact(Contact("C1", "Again", False, {}), draft()),
         lambda s: s.add_visit(visit(), draft()),
         lambda s: s.add_directive(directive(), draft()),
-        lambda s: s.session_started(SessionRecord("S1", "V1", "device:K1", "kiosk", "call", "n", (), T0), draft()),
+        lambda s: s.session_started(
+            SessionRecord("S1", "V1", "device:K1", "kiosk", "call", "n", (), T0), draft()
+        ),
         lambda s: s.add_appeal(Appeal("A1", "D1", "contact:C1", "again", T0), draft()),
     ],
     ids=["facility", "device", "inmate", "contact", "visit", "directive", "session", "appeal"],
@@ -175,7 +183,9 @@ async def test_duplicate_id_is_a_conflict_and_writes_no_audit(store, add):
     await roster(store)
     await store.add_visit(visit(), draft())
     await store.add_directive(directive(), draft())
-    await store.session_started(SessionRecord("S1", "V1", "device:K1", "kiosk", "call", "n", (), T0), draft())
+    await store.session_started(
+        SessionRecord("S1", "V1", "device:K1", "kiosk", "call", "n", (), T0), draft()
+    )
     await store.add_appeal(Appeal("A1", "D1", "contact:C1", "text", T0), draft())
     before = await store.audit_events()
     with pytest.raises(Conflict) as caught:
@@ -219,7 +229,12 @@ async def test_every_write_appends_one_sealed_event(store):
     await roster(store)
     events = await store.audit_events()
     assert [e.seq for e in events] == [1, 2, 3, 4]
-    assert [e.action for e in events] == ["facility.created", "device.created", "inmate.created", "contact.created"]
+    assert [e.action for e in events] == [
+        "facility.created",
+        "device.created",
+        "inmate.created",
+        "contact.created",
+    ]
     assert events[0].prev_hash == GENESIS
     assert all(b.prev_hash == a.hash for a, b in zip(events, events[1:], strict=False))
     assert [e.seq for e in await store.audit_events(after=2)] == [3, 4]

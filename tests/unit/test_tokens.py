@@ -24,7 +24,14 @@ def tokens() -> Tokens:
 
 def claims(**overrides: object) -> dict:
     now = int(time.time())
-    base = {"sub": "operator:alice", "role": "operator", "iat": now, "nbf": now, "exp": now + 600, "jti": "j1"}
+    base = {
+        "sub": "operator:alice",
+        "role": "operator",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        "jti": "j1",
+    }
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -71,7 +78,9 @@ def test_expired_token_is_refused(tokens):
 
 def test_leeway_tolerates_small_clock_skew(tokens):
     skewed = Tokens(SECRET, clock=lambda: time.time() - 70)
-    assert tokens.verify(skewed.issue("operator:alice", "operator", 60)).actor.sub == "operator:alice"
+    assert (
+        tokens.verify(skewed.issue("operator:alice", "operator", 60)).actor.sub == "operator:alice"
+    )
 
 
 def test_not_yet_valid_token_is_refused(tokens):
@@ -107,11 +116,16 @@ def test_public_key_algorithms_without_a_configured_key_are_refused(tokens):
 
 def test_external_eddsa_issuer_is_accepted_and_not_confused_with_hs256():
     private = Ed25519PrivateKey.generate()
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     tokens = Tokens(SECRET, public_key=public_pem)
-    assert tokens.verify(jwt.encode(claims(), private, algorithm="EdDSA")).actor.sub == "operator:alice"
+    assert (
+        tokens.verify(jwt.encode(claims(), private, algorithm="EdDSA")).actor.sub
+        == "operator:alice"
+    )
     # Algorithm confusion: an HS256 token keyed with the (public) PEM must not pass.
     import hashlib
     import hmac
@@ -144,14 +158,19 @@ def test_role_and_subject_must_agree(tokens, sub, role):
 
 def test_family_token_without_a_visit_is_refused(tokens):
     refused(tokens, jwt.encode(claims(sub="contact:C1", role="family"), SECRET, algorithm="HS256"))
-    refused(tokens, jwt.encode(claims(sub="contact:C1", role="family", visit=7), SECRET, algorithm="HS256"))
+    refused(
+        tokens,
+        jwt.encode(claims(sub="contact:C1", role="family", visit=7), SECRET, algorithm="HS256"),
+    )
     with pytest.raises(ValueError):
         tokens.issue("contact:C1", "family", 600)
 
 
 @pytest.mark.parametrize("missing", ["sub", "role", "iat", "nbf", "exp", "jti"])
 def test_every_required_claim_must_be_present(tokens, missing):
-    token = jwt.encode({k: v for k, v in claims().items() if k != missing}, SECRET, algorithm="HS256")
+    token = jwt.encode(
+        {k: v for k, v in claims().items() if k != missing}, SECRET, algorithm="HS256"
+    )
     refused(tokens, token)
 
 
@@ -161,6 +180,10 @@ def test_garbage_is_refused(tokens, token):
 
 
 def test_issue_refuses_bad_arguments(tokens):
-    for args in (("operator:a", "admin", 60), ("alice", "operator", 60), ("operator:a", "operator", 0)):
+    for args in (
+        ("operator:a", "admin", 60),
+        ("alice", "operator", 60),
+        ("operator:a", "operator", 0),
+    ):
         with pytest.raises(ValueError):
             tokens.issue(*args)
