@@ -1,0 +1,306 @@
+// The family call page, /join/{visit}#token=...
+// Step 1: check camera and microphone. Step 2: the call. Step 3: why it ended.
+
+import { CallClient } from "./call.js";
+import { CallView, renderEndScreen } from "./callview.js";
+import {
+  LevelMeter,
+  explainForFamily,
+  classifyMediaError,
+  listDevices,
+  openDevice,
+  openLocalMedia,
+  playTestSound,
+} from "./localmedia.js";
+import { forgetToken, takeToken } from "./token.js";
+import { h } from "./ui.js";
+
+const HEARD_LEVEL = 0.3; // about -42 dBFS: speech, not room noise
+const SEEN_FRAMES = 5;
+
+const $ = (id) => document.getElementById(id);
+const app = $("app");
+const visit = visitFromPath(location.pathname);
+const tokenKey = `parlor.token.visit.${visit}`;
+const token = visit ? takeToken(tokenKey) : null;
+
+const TITLES = {
+  preview: "Check your camera and microphone",
+  joining: "Joining the call",
+  "in-call": "In the call",
+  ended: "Call ended",
+};
+
+/** The preview's local media; handed to the call when the person joins. */
+const preview = {
+  stream: null,
+  cameraProblem: null,
+  meter: null,
+  heard: false,
+  frames: 0,
+};
+
+function visitFromPath(path) {
+  const match = /^\/join\/([^/]+)\/?$/.exec(path);
+  return match ? decodeURIComponent(match[1]) : null;
+}
+
+function setState(state) {
+  app.dataset.state = state;
+  $("preview").hidden = state !== "preview";
+  $("call").hidden = state !== "joining" && state !== "in-call";
+  $("end").hidden = state !== "ended";
+  document.title = `${TITLES[state] ?? "Video visit"} — Parlor`;
+}
+
+// --- step 1: device check -----------------------------------------------------
+
+async function startPreview(devices = {}) {
+  setState("preview");
+  showProblem(null);
+  $("join-button").disabled = true;
+  $("retry-media").hidden = true;
+  stopPreviewMedia();
+  try {
+    const { stream, cameraProblem } = await openLocalMedia(devices);
+    preview.stream = stream;
+    preview.cameraProblem = cameraProblem;
+  } catch (error) {
+    showProblem(explainForFamily(classifyMediaError(error)));
+    $("retry-media").hidden = false;
+    showPicture(false);
+    $("camera-check").textContent = "Not available yet";
+    $("mic-check").textContent = "Not available yet";
+    fillSelect($("camera-select"), [], null, "Not available yet");
+    fillSelect($("microphone-select"), [], null, "Not available yet");
+    return;
+  }
+  showPreviewVideo();
+  startMeter();
+  await fillDeviceLists();
+
+  $("join-button").disabled = false;
+  if (preview.cameraProblem) {
+    showProblem(explainForFamily(preview.cameraProblem, { cameraOnly: true }));
+    $("retry-media").hidden = false;
+  }
+  labelJoinButton();
+}
+
+function labelJoinButton() {
+  const soundOnly = !preview.stream?.getVideoTracks().length;
+  $("join-button").textContent = soundOnly ? "Join with sound only" : "Join call";
+}
+
+function showProblem(text) {
+  const box = $("media-problem");
+  box.hidden = !text;
+  box.textContent = text ?? "";
+}
+
+function showPreviewVideo() {
+  const video = $("preview-video");
+  const check = $("camera-check");
+  const track = preview.stream.getVideoTracks()[0];
+  video.srcObject = preview.stream;
+  showPicture(Boolean(track));
+  preview.frames = 0;
+  if (!track) {
+    check.textContent = "No camera: you will join with sound only.";
+    setCheck(check, false);
+    return;
+  }
+  check.textContent = "Waiting for a picture…";
+  setCheck(check, false);
+  const counted = () => {
+    if (video.srcObject !== preview.stream || track.readyState !== "live") return;
+    preview.frames += 1;
+    if (preview.frames === SEEN_FRAMES) {
+      check.textContent = "Working: we can see you.";
+      setCheck(check, true);
+      app.dataset.cameraFrames = "yes";
+    }
+    if (preview.frames < SEEN_FRAMES) waitForFrame(video, counted);
+  };
+  waitForFrame(video, counted);
+}
+
+function showPicture(on) {
+  $("preview-video").classList.toggle("is-off", !on);
+  $("preview-media").classList.toggle("no-picture", !on);
+  $("preview-caption").textContent = on
+    ? "Your camera. You see yourself as in a mirror."
+    : "No camera picture.";
+}
+
+/** Call `then` when the next video frame is shown (or, failing that, soon). */
+function waitForFrame(video, then) {
+  if (typeof video.requestVideoFrameCallback === "function") {
+    video.requestVideoFrameCallback(() => then());
+  } else {
+    setTimeout(() => (video.videoWidth > 0 ? then() : waitForFrame(video, then)), 200);
+  }
+}
+
+function startMeter() {
+  preview.meter?.stop();
+  preview.meter = null;
+  preview.heard = false;
+  const meter = $("mic-meter");
+  const fill = $("mic-meter-fill");
+  const check = $("mic-check");
+  check.textContent = "Say something. The bar moves when we can hear you.";
+  setCheck(check, false);
+  if (!preview.stream.getAudioTracks().length) return;
+  preview.meter = new LevelMeter(preview.stream, (level) => {
+    fill.style.transform = `scaleX(${level.toFixed(3)})`;
+    meter.setAttribute("aria-valuenow", String(Math.round(level * 100)));
+    if (!preview.heard && level >= HEARD_LEVEL) {
+      preview.heard = true;
+      check.textContent = "Working: we can hear you.";
+      setCheck(check, true);
+    }
+  });
+}
+
+function setCheck(element, ok) {
+  element.classList.toggle("is-ok", ok);
+}
+
+async function fillDeviceLists() {
+  let lists;
+  try {
+    lists = await listDevices();
+  } catch {
+    return;
+  }
+  const current = (kind) => preview.stream.getTracks().find((t) => t.kind === kind)?.getSettings().deviceId;
+  fillSelect($("camera-select"), lists.cameras, current("video"), "No camera found");
+  fillSelect($("microphone-select"), lists.microphones, current("audio"), "No microphone found");
+}
+
+function fillSelect(select, devices, selectedId, emptyText) {
+  select.replaceChildren(
+    ...devices.map((device, index) =>
+      h("option", { value: device.deviceId, selected: device.deviceId === selectedId }, device.label || `Device ${index + 1}`),
+    ),
+  );
+  if (!devices.length) select.append(h("option", { value: "" }, emptyText));
+  select.disabled = devices.length === 0;
+}
+
+/** Switch one kind of device: the preview, the meter and the call use the new one. */
+async function switchDevice(kind, deviceId) {
+  const stream = preview.stream;
+  if (!stream || !deviceId) return;
+  const old = stream.getTracks().filter((t) => t.kind === kind);
+  // Phones often cannot open two cameras at once: release the old one first.
+  for (const track of old) {
+    track.stop();
+    stream.removeTrack(track);
+  }
+  let fresh;
+  try {
+    fresh = await openDevice(kind, deviceId);
+  } catch (error) {
+    showProblem(
+      explainForFamily(classifyMediaError(error), { cameraOnly: kind === "video" }) +
+        " You can also choose a different device above.",
+    );
+    fresh = await openDevice(kind, undefined).catch(() => null);
+  }
+  for (const track of fresh?.getTracks() ?? []) stream.addTrack(track);
+  if (kind === "video") {
+    preview.cameraProblem = fresh ? null : "not-found";
+    showPreviewVideo();
+    labelJoinButton();
+  } else {
+    startMeter();
+  }
+  if (fresh) showProblem(null);
+  $("join-button").disabled = stream.getAudioTracks().length === 0;
+  await fillDeviceLists();
+}
+
+function stopPreviewMedia() {
+  preview.meter?.stop();
+  preview.meter = null;
+  for (const track of preview.stream?.getTracks() ?? []) track.stop();
+  preview.stream = null;
+  $("preview-video").srcObject = null;
+}
+
+// --- step 2: the call ---------------------------------------------------------------
+
+function joinCall() {
+  preview.meter?.stop();
+  preview.meter = null;
+  const stream = preview.stream;
+  const cameraMissing = !stream.getVideoTracks().length;
+  $("preview-video").srcObject = null;
+
+  let client = null;
+  const view = new CallView($("call"), { audience: "family", onLeave: () => client?.leave() });
+  view.showSelf(stream, { cameraMissing });
+  client = new CallClient({ token, visit, localStream: stream });
+  view.bind(client);
+  client.addEventListener("joined", () => {
+    if (app.dataset.state !== "in-call") setState("in-call");
+  });
+  client.addEventListener("ended", (event) => {
+    for (const track of stream.getTracks()) track.stop();
+    preview.stream = null;
+    showEnd(event.detail.ending);
+  });
+  setState("joining");
+  view.focus();
+  client.start();
+}
+
+// --- step 3: the end -------------------------------------------------------------------
+
+function showEnd(ending) {
+  if (ending.code === 4401) forgetToken(tokenKey);
+  renderEndScreen($("end"), ending, {
+    audience: "family",
+    actions: [
+      {
+        id: "rejoin-button",
+        label: "Join again",
+        primary: true,
+        when: (about) => about.canRejoin,
+        onClick: () => location.reload(),
+      },
+    ],
+  });
+  setState("ended");
+  $("end-title").focus();
+}
+
+function showBrokenLink() {
+  $("end").replaceChildren(
+    h("h1", { id: "end-title", tabindex: "-1" }, "This link is not complete."),
+    h(
+      "p",
+      { id: "end-reason", class: "end-reason" },
+      "Open the link you were sent again, exactly as it was sent. If it still does not work, ask the facility for a new link.",
+    ),
+  );
+  setState("ended");
+}
+
+// --- wiring -------------------------------------------------------------------------------
+
+if (!visit || !token) {
+  showBrokenLink();
+} else {
+  $("join-button").addEventListener("click", joinCall);
+  $("retry-media").addEventListener("click", () => startPreview());
+  $("test-sound").addEventListener("click", () => playTestSound().catch(() => {}));
+  $("camera-select").addEventListener("change", (e) => switchDevice("video", e.target.value));
+  $("microphone-select").addEventListener("change", (e) => switchDevice("audio", e.target.value));
+  navigator.mediaDevices?.addEventListener?.("devicechange", () => {
+    if (app.dataset.state === "preview" && preview.stream) fillDeviceLists();
+  });
+  startPreview();
+}
