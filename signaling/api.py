@@ -62,14 +62,21 @@ def authenticate(request: web.Request) -> Actor:
 async def read_json(request: web.Request) -> Any:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise Malformed("body-too-large", f"request bodies are limited to {MAX_BODY} bytes")
-    raw = await request.content.read(MAX_BODY + 1)
+    # StreamReader.read(n) answers with what has arrived so far: a body split over several
+    # TCP segments must be read to its end, or it is cut and refused as bad JSON.
+    raw = b""
+    while len(raw) <= MAX_BODY:
+        chunk = await request.content.read(MAX_BODY + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
     if len(raw) > MAX_BODY:
         raise Malformed("body-too-large", f"request bodies are limited to {MAX_BODY} bytes")
     if not raw.strip():
         return {}
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: also int's 4300-digit limit, bad UTF-8
         raise Malformed("bad-json", "the request body is not valid JSON") from None
 
 

@@ -98,6 +98,7 @@ async def metrics(request: web.Request) -> web.Response:
     m = app[K.METRICS]
     m.live_sessions.set(len(app[K.SESSIONS]))
     m.live_visits.set(len(app[K.SESSIONS].calls))
+    m.asyncio_tasks.set(len(asyncio.all_tasks()))  # a leak of peers or sessions shows here
     return web.Response(body=m.render(), content_type="text/plain", charset="utf-8")
 
 

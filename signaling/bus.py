@@ -20,12 +20,20 @@ What an event from another node does here:
   node that does not hold the session): end that session if it is live here.
 
 Fail closed (SPEC §4): the listening connection also carries a heartbeat (`nodes.last_seen`)
-every `HEARTBEAT_SECONDS`. When a heartbeat fails or takes longer than `HEARTBEAT_TIMEOUT`,
-or the connection drops, the node clears READY at once — well within 1 s — so admissions
-are refused (`unavailable`, close 4503) and `/readyz` answers 503. Live sessions and the
-in-memory directive index are left alone: the node keeps enforcing what it knows. It then
-reconnects on its own, catches up from the cursor, closes the session records it could not
-close meanwhile, and only then sets READY again.
+every `HEARTBEAT_SECONDS`. When the connection drops, READY is cleared at once; when a
+heartbeat fails or goes unanswered for `HEARTBEAT_TIMEOUT`, at the latest 0.8 s after the
+database fell silent. Admissions are then refused (`unavailable`, close 4503) and `/readyz`
+answers 503. Live sessions and the in-memory directive index are left alone: the node keeps
+enforcing what it knows. It then reconnects on its own, catches up from the cursor, closes
+the session records it could not close meanwhile (reason `error`), and only then sets READY
+again. (A stall of this node's own event loop is not counted as the database's silence:
+see `_within_timeout`.)
+
+Other nodes' directives reach this node after their commit: NOTIFY, one read of the log,
+one read of the directive, then the same enforcement. The issuing node answers its API call
+as soon as the directive is committed and enforced locally, so on the other nodes the kill
+completes shortly *after* that answer (milliseconds on a healthy LAN; `bench/kill_latency.py
+--nodes 2` measures it).
 
 Placement: each visit's call lives on one node (`placements`). The first admission claims
 it; an admission reaching another node gets
@@ -43,10 +51,11 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable
 
 from policy.audit import AuditEvent
 from policy.errors import PolicyError, StoreUnavailable
-from policy.pgstore import UNREACHABLE, Listener, PostgresStore
+from policy.pgstore import Listener, PostgresStore
 from policy.service import Policy
 from policy.store import Store
 from policy.visit import Visit
@@ -58,14 +67,19 @@ log = logging.getLogger("parlor.bus")
 
 REDIRECT = 4307  # WebSocket close code: this visit lives on another node; join at `url`
 
-HEARTBEAT_SECONDS = 0.5  # how often a node proves it can reach the database
-HEARTBEAT_TIMEOUT = 0.4  # slower than this counts as lost: READY clears < 1 s after a failure
+HEARTBEAT_SECONDS = 0.4  # how often (start to start) a node proves it can reach the database
+HEARTBEAT_TIMEOUT = 0.4  # slower counts as lost; worst case to READY cleared: 0.4 + 0.4 s < 1 s
 STALE_AFTER = 10.0  # a placement whose node is silent this long can be taken over
 RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)  # then every 1 s until the database answers
 BATCH = 500  # audit events read per catch-up query
 
 SESSION_END_REQUESTED = "session.end-requested"
-DIRECTIVE_CHANGES = ("directive.lifted", "directive.expired", "directive.lapsed", "directive.confirmed")
+DIRECTIVE_CHANGES = (
+    "directive.lifted",
+    "directive.expired",
+    "directive.lapsed",
+    "directive.confirmed",
+)
 
 OPERATOR_ENDED = "Facility staff ended this call."
 
@@ -124,7 +138,8 @@ class PostgresBus(Bus):
         self.cursor = 0  # the last audit sequence number processed
         self._applied: set[str] = set()  # directives issued elsewhere and enforced here
         self._wake = asyncio.Event()
-        self._lock = asyncio.Lock()  # one catch-up at a time: the cursor only moves forward in order
+        # One catch-up at a time: the cursor only moves forward, in order.
+        self._lock = asyncio.Lock()
         self._listener: Listener | None = None
         self._lost = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -151,7 +166,7 @@ class PostgresBus(Bus):
         self._tasks = []
         self._drop_listener()
         # Leave the cluster: the visits placed here can be placed elsewhere at once.
-        with contextlib.suppress(TimeoutError, PolicyError, *UNREACHABLE):
+        with contextlib.suppress(TimeoutError, PolicyError):
             await asyncio.wait_for(self.store.leave(self.node_id), 1.0)
 
     # -- placement ------------------------------------------------------------------------
@@ -164,8 +179,9 @@ class PostgresBus(Bus):
         lost = asyncio.Event()
 
         def on_lost() -> None:  # the connection died: fail closed now, not at the next beat
-            self.ready.clear()
             lost.set()
+            if self._lost is lost:  # (a late callback of a link already replaced changes nothing)
+                self.ready.clear()
 
         listener = await self.store.listen(self._notified, on_lost)
         self._listener, self._lost = listener, lost
@@ -183,26 +199,53 @@ class PostgresBus(Bus):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("node %s lost the database (%s): refusing admissions", self.node_id, exc)
+                log.warning(
+                    "node %s lost the database (%s): refusing admissions", self.node_id, exc
+                )
             self.ready.clear()
             self._drop_listener()
-            await self._rejoin()
+            await self._rejoin(live_at_loss=set(self.sessions.by_id))
 
     async def _beat(self) -> None:
         """Heartbeat until the link fails; return (by raising) the moment it does."""
+        loop = asyncio.get_running_loop()
         while True:
             listener = self._listener
             if listener is None or self._lost.is_set():
                 raise StoreUnavailable("link-lost", "the listening connection closed")
-            try:
-                await asyncio.wait_for(listener.heartbeat(self.node_id, self.url), HEARTBEAT_TIMEOUT)
-            except TimeoutError:
-                raise StoreUnavailable("heartbeat-timeout", "the database did not answer in time") from None
+            started = loop.time()
+            await self._within_timeout(listener.heartbeat(self.node_id, self.url))
+            pause = max(0.0, started + HEARTBEAT_SECONDS - loop.time())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), HEARTBEAT_SECONDS)
+                await asyncio.wait_for(self._lost.wait(), pause)
 
-    async def _rejoin(self) -> None:
+    @staticmethod
+    async def _within_timeout(call: Awaitable[None]) -> None:
+        """Await a heartbeat for HEARTBEAT_TIMEOUT of this event loop's *responsive* time.
+
+        The budget is spent in short steps, and a step is charged what it was meant to last:
+        when our own loop stalls (a busy media relay), the database had no chance to be
+        heard, and a stall is not its silence. A silent database on a healthy loop still
+        fails the heartbeat HEARTBEAT_TIMEOUT after it was sent.
+        """
+        task = asyncio.ensure_future(call)
+        budget = HEARTBEAT_TIMEOUT
+        try:
+            while budget > 0:
+                step = min(budget, 0.05)
+                done, _ = await asyncio.wait({task}, timeout=step)
+                if done:
+                    return task.result()
+                budget -= step
+        finally:
+            if not task.done():
+                task.cancel()
+        raise StoreUnavailable("heartbeat-timeout", "the database did not answer in time")
+
+    async def _rejoin(self, live_at_loss: set[str]) -> None:
         """Reconnect, catch up, close what could not be closed, then admit again."""
+        loop = asyncio.get_running_loop()
+        lost_at = loop.time()
         attempt = 0
         while True:
             await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
@@ -210,24 +253,35 @@ class PostgresBus(Bus):
             try:
                 await self._connect()
                 await self._catch_up()
-                await self._close_stale_records()
+                await self._close_stale_records(live_at_loss)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.debug("node %s: reconnect attempt %d failed: %s", self.node_id, attempt, exc)
+                log.info("node %s: reconnect attempt %d failed: %r", self.node_id, attempt, exc)
                 self._drop_listener()
                 continue
             if self._lost.is_set():
                 self._drop_listener()
                 continue
             self.ready.set()
-            log.warning("node %s is back on the database at audit seq %d: admitting", self.node_id, self.cursor)
+            log.warning(
+                "node %s is back on the database after %.1f s (%d attempts), caught up to "
+                "audit seq %d: admitting",
+                self.node_id,
+                loop.time() - lost_at,
+                attempt,
+                self.cursor,
+            )
             return
 
-    async def _close_stale_records(self) -> None:
-        """Sessions that ended here while the store was unreachable are still live in it."""
+    async def _close_stale_records(self, live_at_loss: set[str]) -> None:
+        """Sessions that ended here while the store was unreachable are still live in it.
+
+        Only sessions that were live when the link was lost and are gone now: an admission
+        that was half-way when the link dropped is not mistaken for one.
+        """
         for record in await self.store.list_sessions(live=True, node=self.node_id):
-            if record.id not in self.sessions.by_id:
+            if record.id in live_at_loss and record.id not in self.sessions.by_id:
                 await self.policy.session_ended(record, "error")
 
     # -- events ---------------------------------------------------------------------------
@@ -243,9 +297,13 @@ class PostgresBus(Bus):
                 await self._catch_up()
             except asyncio.CancelledError:
                 raise
-            except (PolicyError, *UNREACHABLE) as exc:
+            except PolicyError as exc:  # the store turns every connection failure into one
                 # The link notices too; the catch-up after reconnecting resumes from the cursor.
-                log.info("node %s: catch-up interrupted at seq %d: %s", self.node_id, self.cursor, exc)
+                log.info(
+                    "node %s: catch-up interrupted at seq %d: %s", self.node_id, self.cursor, exc
+                )
+            except Exception:  # never let this task die: it is the only reader of the log
+                log.exception("node %s: catch-up failed at seq %d", self.node_id, self.cursor)
 
     async def _catch_up(self) -> None:
         async with self._lock:
@@ -254,11 +312,14 @@ class PostgresBus(Bus):
                 for event in events:
                     try:
                         await self._deliver(event)
-                    except (PolicyError, *UNREACHABLE):
+                    except PolicyError:
                         raise  # retried from this event once the store answers
                     except Exception:
-                        log.exception("node %s: could not apply audit event %d", self.node_id, event.seq)
+                        log.exception(
+                            "node %s: could not apply audit event %d", self.node_id, event.seq
+                        )
                     self.cursor = event.seq
+                    self.store.noticed(event.seq)  # wakes the staff event stream after a gap too
                 if len(events) < BATCH:
                     return
 
@@ -300,5 +361,7 @@ def open_bus(
     """The bus that matches the store: PostgreSQL is a cluster, anything else is one node."""
     if isinstance(store, PostgresStore):
         base = config.node_url or config.base_url
-        return PostgresBus(store, policy, enforcer, sessions, ready, node_id=config.node_id, url=ws_url(base))
+        return PostgresBus(
+            store, policy, enforcer, sessions, ready, node_id=config.node_id, url=ws_url(base)
+        )
     return EmbeddedBus()

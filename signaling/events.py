@@ -39,7 +39,7 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
         return ws
     auth = None
     if msg.type == WSMsgType.TEXT:
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):
             auth = json.loads(msg.data)
     if not isinstance(auth, dict) or auth.get("type") != "auth":
         await ws.send_json({"type": "error", "code": "auth-required", "message": "send {type: auth, token} first"})

@@ -47,6 +47,7 @@ class Metrics:
             registry=self.registry,
         )
         self.loop_lag = Gauge("parlor_event_loop_lag_seconds", "Event-loop lag, last sample", registry=self.registry)
+        self.asyncio_tasks = Gauge("parlor_asyncio_tasks", "Asyncio tasks alive in this process", registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -125,7 +125,7 @@ async def _first_message(ws: web.WebSocketResponse, limit: int) -> dict[str, Any
         raise Refusal("join-timeout", "send a join message first", PROTOCOL_ERROR) from None
     if msg.type != WSMsgType.TEXT:
         raise Refusal("bad-frame", "the first message must be a JSON join message", PROTOCOL_ERROR)
-    if len(msg.data) > limit:
+    if len(msg.data.encode()) > limit:  # bytes, not characters: one character is up to 4 bytes
         raise Refusal("message-too-large", f"messages are limited to {limit} bytes", TOO_LARGE)
     data = _parse(msg.data)
     if data is None or data.get("type") != "join":
@@ -136,7 +136,7 @@ async def _first_message(ws: web.WebSocketResponse, limit: int) -> dict[str, Any
 def _parse(text: str) -> dict[str, Any] | None:
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: also int's 4300-digit limit
         return None
     return data if isinstance(data, dict) and isinstance(data.get("type"), str) else None
 
@@ -279,7 +279,7 @@ async def _serve(app: web.Application, session: Session) -> None:
         if session.ended:
             break
         if msg.type == WSMsgType.TEXT:
-            if len(msg.data) > config.max_message_bytes:
+            if len(msg.data.encode()) > config.max_message_bytes:
                 await session.send({"type": "error", "code": "message-too-large",
                                     "message": f"messages are limited to {config.max_message_bytes} bytes"})  # fmt: skip
                 await enforcer.end_session(session, "error", TOO_LARGE, message="message too large")

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from policy.rfc3339 import format_time
 from signaling import keys as K
 from signaling.kiosk import ParlorClient
 from tests.cluster.pg import PostgresServer, free_port, start_postgres
@@ -49,7 +50,9 @@ async def start_node(tmp_path: Path, db: str, node_id: str, **overrides: Any) ->
     """A Parlor node on its own port, so its URL (and the redirect to it) is known up front."""
     node_dir = tmp_path / node_id
     node_dir.mkdir(exist_ok=True)
-    return await start_server(make_config(node_dir, db=db, node_id=node_id, port=free_port(), **overrides))
+    return await start_server(
+        make_config(node_dir, db=db, node_id=node_id, port=free_port(), **overrides)
+    )
 
 
 @pytest.fixture
@@ -62,6 +65,13 @@ async def cluster(tmp_path: Path, pg_url: str) -> AsyncIterator[tuple[Server, Se
     finally:
         await stop_server(b)
         await stop_server(a)
+
+
+def directive_body(scope: str, action: str = "suspend", **extra: Any) -> dict[str, Any]:
+    return {
+        "scope": scope, "action": action, "reason": "Threats made on the call",
+        "legal_basis": "Rule 51(4) Prison Rules", "expires_at": format_time(time.time() + 3600), **extra,
+    }  # fmt: skip
 
 
 def client(node: Server, visit: dict[str, Any], who: str) -> ParlorClient:
@@ -97,6 +107,18 @@ async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.01
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+async def ended_record(node: Server, session_id: str, timeout: float = 5.0) -> Any:
+    """The session's stored record once its end is recorded (after its socket and peer close)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record = await node.app[K.STORE].get_session(session_id)
+        if record is not None and record.ended_at is not None:
+            return record
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"session {session_id} has no recorded end")
+        await asyncio.sleep(0.01)
 
 
 def ready(node: Server) -> bool:

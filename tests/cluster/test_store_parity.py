@@ -17,7 +17,7 @@ import pytest
 from policy.audit import GENESIS, verify_chain
 from policy.directive import Directive
 from policy.errors import Conflict, StoreUnavailable
-from policy.pgstore import PostgresStore, numbered
+from policy.pgstore import PostgresStore
 from policy.roster import Contact, Device, Facility, Inmate
 from policy.store import Appeal, AuditDraft, SessionRecord, SqliteStore, Store, open_store
 from policy.visit import Visit
@@ -59,7 +59,9 @@ async def roster(store: Store) -> None:
 
 
 def a_visit() -> Visit:
-    return Visit("V1", "F1", "I1", "K1", ("C1",), T0, T0 + 3600.5, "privileged", "operator:alice", T0 - 5)
+    return Visit(
+        "V1", "F1", "I1", "K1", ("C1",), T0, T0 + 3600.5, "privileged", "operator:alice", T0 - 5
+    )
 
 
 def a_directive(**changes: Any) -> Directive:
@@ -93,7 +95,9 @@ async def test_every_record_round_trips(store: Store) -> None:
 
     await store.add_directive(a_directive(), draft())
     assert await store.get_directive("D1") == a_directive()
-    lifted = a_directive(status="lifted", closed_at=T0 + 5, closed_by="operator:bob", close_reason="ok")
+    lifted = a_directive(
+        status="lifted", closed_at=T0 + 5, closed_by="operator:bob", close_reason="ok"
+    )
     await store.update_directive(lifted, draft(), expect_status="active")
     assert await store.list_directives(status="lifted") == [lifted]
 
@@ -105,7 +109,7 @@ async def test_every_record_round_trips(store: Store) -> None:
 async def test_audit_data_reads_back_as_sealed_and_the_chain_verifies(store: Store) -> None:
     payloads: list[dict[str, Any]] = [
         {},
-        {"text": "é ü 中文 \u2028 \"quoted\" \\ back", "emoji": "📞"},
+        {"text": 'é ü 中文 \u2028 "quoted" \\ back', "emoji": "📞"},
         {"nested": {"list": [1, 2.5, None, True, False, "x"], "deep": {"a": {"b": []}}}},
         {"float": 0.1 + 0.2, "big": 2**53 + 1, "negative": -1e-300, "zero": 0.0},
         {"z": 1, "a": 2, "m": {"y": 1, "b": 2}},  # key order must not matter
@@ -160,7 +164,11 @@ async def test_concurrent_writers_on_two_nodes_form_one_chain(postgres: Postgres
         # Three nodes starting at once on an empty database: the advisory lock serialises DDL.
         await asyncio.gather(*(s.open() for s in stores))
         await asyncio.gather(
-            *(s.audit(draft("test.race", f"node:{n}", i=i)) for i in range(40) for n, s in enumerate(stores))
+            *(
+                s.audit(draft("test.race", f"node:{n}", i=i))
+                for i in range(40)
+                for n, s in enumerate(stores)
+            )
         )
         events = await stores[0].audit_events()
         assert [e.seq for e in events] == list(range(1, 121))
@@ -179,12 +187,3 @@ async def test_an_unreachable_database_is_store_unavailable() -> None:
     assert caught.value.kind == "unavailable"
     with pytest.raises(StoreUnavailable):
         await store.list_facilities()
-
-
-def test_placeholders_are_numbered_outside_quotes() -> None:
-    assert numbered("SELECT * FROM t WHERE a = ? AND b = '?' AND c = ?") == (
-        "SELECT * FROM t WHERE a = $1 AND b = '?' AND c = $2"
-    )
-    assert numbered('UPDATE "we?rd" SET x = ? WHERE y = \'it\'\'s?\' AND z = ?') == (
-        'UPDATE "we?rd" SET x = $1 WHERE y = \'it\'\'s?\' AND z = $2'
-    )

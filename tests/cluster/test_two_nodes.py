@@ -6,27 +6,25 @@ Nodes A and B run in this process on their own ports; participants are real aior
 
 from __future__ import annotations
 
-import asyncio
 import time
-from typing import Any
 
 import pytest
 
 from policy.pgstore import PostgresStore
-from policy.rfc3339 import format_time
 from signaling import keys as K
 from signaling.bus import REDIRECT, STALE_AFTER, ws_url
-from tests.cluster.conftest import close_all, client, in_call, wait_for
-from tests.conftest import make_visit, seed
+from tests.cluster.conftest import (
+    client,
+    close_all,
+    directive_body,
+    ended_record,
+    in_call,
+    start_node,
+    wait_for,
+)
+from tests.conftest import make_visit, seed, stop_server
 
 pytestmark = pytest.mark.cluster
-
-
-def directive_body(scope: str, action: str = "suspend", **extra: Any) -> dict[str, Any]:
-    return {
-        "scope": scope, "action": action, "reason": "Contraband shown on camera",
-        "legal_basis": "Rule 51(4) Prison Rules", "expires_at": format_time(time.time() + 3600), **extra,
-    }  # fmt: skip
 
 
 async def test_a_directive_issued_on_b_ends_the_call_relayed_by_a(cluster):
@@ -49,13 +47,17 @@ async def test_a_directive_issued_on_b_ends_the_call_relayed_by_a(cluster):
         before = kiosk.received.frames["video"]
         await wait_for(lambda: kiosk.received.frames["video"] >= before + 5, timeout=5)
 
-        record = await a.app[K.STORE].get_session(c1.joined["session"])
+        record = await ended_record(a, c1.joined["session"])
         assert record.end_reason == f"directive:{directive['id']}" and record.node == "A"
         # A learned it: C1's token cannot rejoin on A.
         again = client(a, visit, "C1")
         refused = await again.connect()
         await again.close()
-        assert refused["type"] == "error" and refused["code"] == "suspended" and again.close_code == 4403
+        assert (
+            refused["type"] == "error"
+            and refused["code"] == "suspended"
+            and again.close_code == 4403
+        )
     finally:
         await close_all([kiosk, c1, c2])
 
@@ -67,7 +69,9 @@ async def test_a_lift_on_b_readmits_on_a(cluster):
     status, directive = await b.api("POST", "/api/v1/directives", directive_body("contact:C1"))
     assert status == 201
     await wait_for(lambda: directive["id"] in a.app[K.POLICY].index.by_id, timeout=5)
-    status, _ = await b.api("POST", f"/api/v1/directives/{directive['id']}/lift", {"reason": "appeal granted"})
+    status, _ = await b.api(
+        "POST", f"/api/v1/directives/{directive['id']}/lift", {"reason": "appeal granted"}
+    )
     assert status == 200
     await wait_for(lambda: directive["id"] not in a.app[K.POLICY].index.by_id, timeout=5)
     c1 = client(a, visit, "C1")
@@ -84,10 +88,15 @@ async def test_audio_only_on_b_restricts_the_call_on_a(cluster):
     visit = await make_visit(a, ["C1"])
     kiosk, c1 = await in_call(a, visit, "device", "C1")
     try:
-        status, directive = await b.api("POST", "/api/v1/directives", directive_body("contact:C1", "audio-only"))
+        status, directive = await b.api(
+            "POST", "/api/v1/directives", directive_body("contact:C1", "audio-only")
+        )
         assert status == 201
         restricted = await c1.wait_for("restricted", timeout=5)
-        assert restricted["action"] == "audio-only" and restricted["directive"]["id"] == directive["id"]
+        assert (
+            restricted["action"] == "audio-only"
+            and restricted["directive"]["id"] == directive["id"]
+        )
         assert not c1.closed.is_set()
     finally:
         await close_all([kiosk, c1])
@@ -101,7 +110,10 @@ async def test_sessions_on_a_are_listed_and_ended_from_b(cluster):
     try:
         status, sessions = await b.api("GET", "/api/v1/sessions", token="auditor")
         assert status == 200
-        assert {(s["id"], s["node"]) for s in sessions} == {(kiosk.joined["session"], "A"), (c1.joined["session"], "A")}
+        assert {(s["id"], s["node"]) for s in sessions} == {
+            (kiosk.joined["session"], "A"),
+            (c1.joined["session"], "A"),
+        }
 
         status, answer = await b.api("POST", f"/api/v1/sessions/{c1.joined['session']}/end", {},
                                      token=b.token("operator:bob", "operator"))  # fmt: skip
@@ -111,20 +123,19 @@ async def test_sessions_on_a_are_listed_and_ended_from_b(cluster):
         assert c1.close_code == 4403
         assert c1.terminated is not None and c1.terminated["reason"] == "operator:bob"
         assert not kiosk.closed.is_set()
-        store = a.app[K.STORE]
-        for _ in range(200):  # A records the end after closing the socket and the peer
-            record = await store.get_session(c1.joined["session"])
-            if record.ended_at is not None:
-                break
-            await asyncio.sleep(0.01)
+        record = await ended_record(a, c1.joined["session"])
         assert record.end_reason == "operator:bob"
         status, sessions = await b.api("GET", "/api/v1/sessions", token="auditor")
         assert [s["id"] for s in sessions] == [kiosk.joined["session"]]
         # Ending it again is an unknown live session, on either node.
         status, _ = await b.api("POST", f"/api/v1/sessions/{c1.joined['session']}/end", {})
         assert status == 404
-        events = [e for e in await b.app[K.STORE].audit_events() if e.action == "session.end-requested"]
-        assert [e.data for e in events] == [{"session": c1.joined["session"], "by": "operator:bob", "node": "A"}]
+        events = [
+            e for e in await b.app[K.STORE].audit_events() if e.action == "session.end-requested"
+        ]
+        assert [e.data for e in events] == [
+            {"session": c1.joined["session"], "by": "operator:bob", "node": "A"}
+        ]
     finally:
         await close_all([kiosk, c1])
 
@@ -153,9 +164,6 @@ async def test_a_participant_reaching_b_for_a_visit_on_a_is_redirected(cluster):
 
 
 async def test_a_visit_placed_on_a_stopped_node_moves(tmp_path, pg_url):
-    from tests.cluster.conftest import start_node
-    from tests.conftest import stop_server
-
     a = await start_node(tmp_path, pg_url, "A")
     b = await start_node(tmp_path, pg_url, "B")
     try:
@@ -187,7 +195,9 @@ async def test_a_silent_nodes_placement_is_taken_over(pg_url):
         first = await store.place("V1", "A", "ws://a/ws", STALE_AFTER)
         assert (first.node, first.url) == ("A", "ws://a/ws")
         assert (await store.place("V1", "B", "ws://b/ws", STALE_AFTER)).node == "A"  # A is alive
-        await store._fetch("UPDATE nodes SET last_seen = last_seen - ? WHERE id = ?", (STALE_AFTER + 1, "A"))
+        await store._fetch(
+            "UPDATE nodes SET last_seen = last_seen - ? WHERE id = ?", (STALE_AFTER + 1, "A")
+        )
         taken = await store.place("V1", "B", "ws://b/ws", STALE_AFTER)
         assert (taken.node, taken.url) == ("B", "ws://b/ws")
         assert (await store.place("V1", "A", "ws://a/ws", STALE_AFTER)).node == "B"
