@@ -220,7 +220,7 @@ async def refresh_token(request: web.Request, actor: Actor) -> web.Response:
         assert decision.blocking is not None
         return web.json_response(
             {"error": {"code": "suspended", "message": "suspended by a directive"},
-             "directive": decision.blocking.notice(appeal_base=app[K.CONFIG].base_url)},
+             "directive": app[K.ENFORCER].notice(actor, decision.blocking)},
             status=409,
         )  # fmt: skip
     if ttl <= 0:

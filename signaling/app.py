@@ -158,9 +158,12 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app[K.CONFIG] = config
     app[K.STORE] = store
     app[K.POLICY] = policy
-    app[K.TOKENS] = Tokens(config.secret, leeway=config.token_leeway, public_key=config.jwt_public_key, clock=clock)
+    tokens = Tokens(config.secret, leeway=config.token_leeway, public_key=config.jwt_public_key, clock=clock)
+    app[K.TOKENS] = tokens
     app[K.SESSIONS] = sessions
-    app[K.ENFORCER] = Enforcer(sessions=sessions, policy=policy, appeal_base=config.base_url, metrics=metrics_)
+    app[K.ENFORCER] = Enforcer(
+        sessions=sessions, policy=policy, appeal_base=config.base_url, metrics=metrics_, tokens=tokens
+    )
     app[K.READY] = asyncio.Event()
     app[K.METRICS] = metrics_
     app[K.LIMITS] = Limits.of(config.join_rate_per_ip, config.join_rate_per_identity, config.api_rate_per_identity)

@@ -14,12 +14,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from policy.actor import Actor
 from policy.directive import Directive
 from policy.rfc3339 import format_time
 from policy.service import Policy
 from signaling.metrics import Metrics
 from signaling.registry import LiveSessions
 from signaling.session import Session
+from signaling.tokens import Tokens
 
 log = logging.getLogger("parlor.enforcer")
 
@@ -33,6 +35,8 @@ VISIT_OVER = 4410
 TOO_LARGE = 4413
 RATE_LIMITED = 4429
 UNAVAILABLE = 4503
+
+APPEAL_GRACE_SECONDS = 30 * 86400  # an appeal may be filed up to 30 days after the directive ends
 
 MESSAGES = {
     "left": "You left the call.",
@@ -48,6 +52,7 @@ class Enforcer:
     policy: Policy
     appeal_base: str = ""
     metrics: Metrics = field(default_factory=Metrics)
+    tokens: Tokens | None = None  # mints the appeal tokens carried in family notices
     applied: set[str] = field(default_factory=set)  # directives already enforced on this node
 
     async def apply(self, directive: Directive) -> list[str]:
@@ -78,13 +83,24 @@ class Enforcer:
             self.metrics.kill_seconds.observe(time.perf_counter() - started)
         return [s.id for s in matching]
 
+    def notice(self, actor: Actor, directive: Directive) -> dict[str, Any]:
+        """What an affected person is told. A family member's appeal link carries a token of
+        their own (in the fragment, never logged) that outlives the visit: appeals are often
+        filed days later, when the join token has long expired."""
+        notice = directive.notice(appeal_base=self.appeal_base)
+        if actor.role == "family" and actor.visit is not None and self.tokens is not None:
+            ttl = directive.expires_at - self.policy.clock() + APPEAL_GRACE_SECONDS
+            token = self.tokens.issue(actor.sub, "family", max(ttl, 3600), visit=actor.visit)
+            notice["appeal_url"] += f"#token={token}"
+        return notice
+
     def restrict(self, session: Session, directive: Directive) -> None:
         session.audio_only = directive
         session.peer.set_video(False)
 
     async def _tell_restricted(self, session: Session, directive: Directive) -> None:
         await session.send(
-            {"type": "restricted", "action": "audio-only", "directive": directive.notice(appeal_base=self.appeal_base)}
+            {"type": "restricted", "action": "audio-only", "directive": self.notice(session.actor, directive)}
         )
 
     async def released(self, directive: Directive) -> None:
@@ -127,7 +143,7 @@ class Enforcer:
                 "message": message or self._message(reason, directive),
             }
             if directive is not None:
-                terminated["directive"] = directive.notice(appeal_base=self.appeal_base)
+                terminated["directive"] = self.notice(session.actor, directive)
             await session.send(terminated)
         try:
             await session.ws.close(code=code, message=reason.encode()[:120])

@@ -41,6 +41,8 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
     if msg.type == WSMsgType.TEXT:
         with contextlib.suppress(ValueError, RecursionError):
             auth = json.loads(msg.data)
+    if ws.closed:  # aiohttp closed it already (a frame over max_msg_size: 1009)
+        return ws
     if not isinstance(auth, dict) or auth.get("type") != "auth":
         await ws.send_json({"type": "error", "code": "auth-required", "message": "send {type: auth, token} first"})
         await ws.close(code=4400, message=b"auth-required")

@@ -74,6 +74,8 @@ class Tokens:
     def verify(self, token: object) -> Claims:
         if not isinstance(token, str) or not token or len(token) > 4096:
             raise TokenError("bad-token", "a token is required")
+        if not token.isascii():  # a JWT is base64url and dots; PyJWT raises UnicodeEncodeError on the rest
+            raise TokenError("bad-token", "the token is not a JWT")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

@@ -15,7 +15,6 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from policy.actor import Actor
-from policy.directive import Directive
 from policy.errors import PolicyError
 from policy.rfc3339 import format_time
 from policy.store import SessionRecord
@@ -49,9 +48,9 @@ MAX_PROTOCOL_ERRORS = 20
 class Refusal(Exception):
     """Admission refused: an `error` with `code`, then close with `close_code`."""
 
-    def __init__(self, code: str, message: str, close_code: int, directive: Directive | None = None) -> None:
+    def __init__(self, code: str, message: str, close_code: int, notice: dict[str, Any] | None = None) -> None:
         super().__init__(message)
-        self.code, self.message, self.close_code, self.directive = code, message, close_code, directive
+        self.code, self.message, self.close_code, self.notice = code, message, close_code, notice
 
 
 class Redirect(Exception):
@@ -87,8 +86,8 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
     except Refusal as refusal:
         app[K.METRICS].refusals.labels(refusal.code).inc()
         error: dict[str, Any] = {"type": "error", "code": refusal.code, "message": refusal.message}
-        if refusal.directive is not None:
-            error["directive"] = refusal.directive.notice(appeal_base=config.base_url)
+        if refusal.notice is not None:
+            error["directive"] = refusal.notice
         if not ws.closed:
             await ws.send_json(error)
             await ws.close(code=refusal.close_code, message=refusal.code.encode())
@@ -171,7 +170,8 @@ async def _admit(app: web.Application, ws: web.WebSocketResponse, join: dict[str
     decision = policy.evaluate(keys)
     if not decision.admitted:
         assert decision.blocking is not None
-        raise Refusal("suspended", decision.blocking.notice()["reason"], REFUSED, decision.blocking)
+        notice = app[K.ENFORCER].notice(actor, decision.blocking)
+        raise Refusal("suspended", f"suspended until {notice['expires_at']}: {decision.blocking.reason}", REFUSED, notice)
 
     if visit.id not in sessions.calls:  # a call live here is placed here
         try:

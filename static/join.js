@@ -261,6 +261,7 @@ function joinCall() {
 
 function showEnd(ending) {
   if (ending.code === 4401) forgetToken(tokenKey);
+  keepNotice(ending.directive);
   renderEndScreen($("end"), ending, {
     audience: "family",
     actions: [
@@ -275,6 +276,16 @@ function showEnd(ending) {
   });
   setState("ended");
   $("end-title").focus();
+}
+
+/** Keep the directive notice for the appeal page (same tab), which cannot read directives. */
+function keepNotice(directive) {
+  if (!directive?.id) return;
+  try {
+    sessionStorage.setItem(`parlor.notice.${directive.id}`, JSON.stringify({ ...directive, visit }));
+  } catch {
+    // storage disabled: the appeal page then shows the reference alone
+  }
 }
 
 function showBrokenLink() {

@@ -74,13 +74,26 @@ class Server:
         return ParlorClient(self.url, token, visit, **kw)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 async def start_server(config: Config) -> Server:
+    """Start an app; a config with port 0 gets a free port first, so the links it writes work."""
+    if config.port == 0:
+        from dataclasses import replace
+
+        config = replace(config, port=free_port())
     app = create_app(config)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", config.port)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = config.port
     return Server(app=app, runner=runner, url=f"http://127.0.0.1:{port}", http=aiohttp.ClientSession())
 
 

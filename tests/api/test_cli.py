@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import stat
 import subprocess
@@ -20,6 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from signaling.tokens import Tokens
+from tests.conftest import free_port
 
 PARLOR = Path(sys.executable).with_name("parlor")
 SECRET = "cli-test-secret-that-is-long-enough-0123456789"
@@ -53,11 +53,6 @@ def assert_usage_error(result: subprocess.CompletedProcess[str], *words: str) ->
     for word in words:
         assert word in lines[0], lines[0]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> tuple[int, bytes]:

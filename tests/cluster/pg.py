@@ -12,12 +12,13 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 import asyncpg
+
+from tests.conftest import free_port
 
 
 def find_bindir() -> Path | None:
@@ -31,11 +32,6 @@ def find_bindir() -> Path | None:
             return bindir
     return None
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PostgresServer:

@@ -94,7 +94,9 @@ async def test_directive_ends_exactly_the_matching_sessions(server, scope, actio
             assert notice["reason"] == "Contraband passed on camera"
             assert notice["legal_basis"] == "Rule 51(4) Prison Rules"
             assert notice["expires_at"] == directive["expires_at"]
-            assert notice["appeal_url"].endswith(f"/appeal/{directive['id']}")
+            url, _, fragment = notice["appeal_url"].partition("#")
+            assert url == f"{server.url}/appeal/{directive['id']}"
+            assert fragment.startswith("token=") == (client.joined["role"] == "family")
         for name in set(clients) - expected:
             assert await frames_flow(clients[name]), f"{name} stopped receiving media"
             assert clients[name].close_code is None
@@ -151,6 +153,13 @@ async def test_suspended_contact_cannot_come_back_by_any_path(server):
         assert answer["type"] == "error" and answer["code"] == "suspended"
         assert answer["directive"]["id"] == directive["id"]
         assert again.close_code == 4403
+    # the refusal tells them how to appeal, with a token of their own that outlives the visit
+    appeal_token = answer["directive"]["appeal_url"].split("#token=", 1)[1]
+    claims = server.tokens.verify(appeal_token)
+    assert claims.expires_at >= time.time() + 30 * 86400
+    status, appeal = await server.api("POST", f"/api/v1/directives/{directive['id']}/appeals",
+                                      {"text": "Please review"}, token=appeal_token)  # fmt: skip
+    assert status == 201 and appeal["filed_by"] == "contact:C1"
     # 3. token refresh
     status, body = await server.api("POST", "/api/v1/tokens/refresh", token=family_token)
     assert status == 409 and body["error"]["code"] == "suspended"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,15 @@ import aiohttp
 import jwt
 import pytest
 
-from tests.conftest import SECRET, make_config, make_visit, seed, start_server, stop_server
+from tests.conftest import (
+    SECRET,
+    free_port,
+    make_config,
+    make_visit,
+    seed,
+    start_server,
+    stop_server,
+)
 from tests.integration.test_directives import LIGHT, directive_body
 
 
@@ -218,11 +225,6 @@ async def test_directives_survive_a_restart_and_apply_before_admission(tmp_path)
     finally:
         await stop_server(server)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def wait_healthy(url: str, timeout: float = 20.0) -> None:
