@@ -24,11 +24,13 @@ from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCSessionDescription,
     VideoStreamTrack,
 )
 
 from relay import RelayPeer, RelayStats, Room, pin_ice_addresses, pinned_ice_addresses
+from relay.forwarder import ForwardedTrack
 
 WIDTH, HEIGHT = 160, 120
 
@@ -52,7 +54,7 @@ class PatternTrack(VideoStreamTrack):
         pts, time_base = await self.next_timestamp()
         frame = av.VideoFrame(*self._size, "yuv420p")
         frame.planes[0].update(self._luma[self._count % len(self._luma)])
-        for plane, data in zip(frame.planes[1:], self._chroma):
+        for plane, data in zip(frame.planes[1:], self._chroma, strict=True):
             plane.update(data)
         self._count += 1
         frame.pts = pts
@@ -205,7 +207,30 @@ class Visit:
         await peer.accept_answer(client.pc.localDescription.sdp)
         self.negotiated_at[peer.peer_id] = time.monotonic()
 
-    async def wait_for(self, condition, timeout: float = 5.0) -> float:  # type: ignore[no-untyped-def]
+    def senders(self, subscriber: str, publisher: str, kind: str) -> list[RTCRtpSender]:
+        """The server senders forwarding ``publisher``'s ``kind`` to ``subscriber``.
+
+        Looked up by the track they read, so call it while forwarding runs.
+        """
+        return [
+            t.sender
+            for t in self.peers[subscriber].connection.getTransceivers()
+            if isinstance(t.sender.track, ForwardedTrack)
+            and t.sender.track.source.publisher_id == publisher
+            and t.kind == kind
+        ]
+
+    @staticmethod
+    async def packets_sent(senders: list[RTCRtpSender]) -> int:
+        """RTP packets the relay has sent through ``senders`` (outbound-rtp)."""
+        total = 0
+        for sender in senders:
+            for stat in (await sender.getStats()).values():
+                if getattr(stat, "type", "") == "outbound-rtp":
+                    total += stat.packetsSent
+        return total
+
+    async def wait_for(self, condition, timeout: float = 10.0) -> float:  # type: ignore[no-untyped-def]
         """Poll ``condition()`` until true; return the seconds it took."""
         start = time.monotonic()
         while not condition():
@@ -224,10 +249,8 @@ class Visit:
         )
 
     async def close(self) -> None:
-        for peer in self.peers.values():
-            await peer.close()
-        for client in self.clients.values():
-            await client.close()
+        await asyncio.gather(*(peer.close() for peer in self.peers.values()))
+        await asyncio.gather(*(client.close() for client in self.clients.values()))
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ relay needs from it. A failure here means: update relay/aiortc_internals.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import inspect
 
@@ -25,6 +26,8 @@ from aiortc import (
     RTCSessionDescription,
     VideoStreamTrack,
 )
+from aiortc.rtcrtpparameters import RTCRtpSendParameters
+from aiortc.rtcrtpreceiver import RemoteStreamTrack
 
 from relay import aiortc_internals as internals
 from relay.codec import VisitCodec
@@ -70,6 +73,9 @@ async def test_private_names_exist() -> None:
         internals.SENDER_ENCODER,
     ):
         assert hasattr(sender, name), f"{UPDATE}: RTCRtpSender has no {name}"
+    assert hasattr(RemoteStreamTrack("video"), internals.REMOTE_TRACK_QUEUE), (
+        f"{UPDATE}: RemoteStreamTrack keeps no queue of decoded frames"
+    )
     assert "_send_keyframe" in inspect.getsource(RTCRtpSender._handle_rtcp_packet), (
         f"{UPDATE}: RTCRtpSender no longer answers PLI/FIR through _send_keyframe"
     )
@@ -120,14 +126,18 @@ async def test_encoded_frames_bypass_the_decoder_and_keyframe_requests_cross() -
         assert timestamps == sorted(timestamps) and timestamps[0] == 0
         video_receiver = next(t.receiver for t in receiving.getTransceivers() if t.kind == "video")
         assert not internals.decoder_running(video_receiver), f"{UPDATE}: decoder thread runs"
-        assert video_receiver.track._queue.qsize() <= 1, f"{UPDATE}: frames were decoded"
+        assert internals.decoded_frames_queued(video_receiver) == 0, (
+            f"{UPDATE}: frames were decoded"
+        )
 
         # A PLI sent with request_picture_loss reaches the publisher's sender,
         # whose keyframe requests route_keyframe_requests redirects.
         video_sender = next(t.sender for t in publisher.getTransceivers() if t.kind == "video")
         requested = asyncio.Event()
         internals.route_keyframe_requests(video_sender, requested.set)
-        await internals.request_picture_loss(video_receiver)
+        request = internals.request_picture_loss(video_receiver)
+        assert request is not None, f"{UPDATE}: the receiver lists no synchronization source"
+        await request
         await asyncio.wait_for(requested.wait(), 2)
 
         # The publisher really encoded (so it has a context) and kept history.
@@ -231,3 +241,171 @@ async def test_host_address_provider_drives_aioice_gathering() -> None:
     finally:
         internals.set_host_address_provider(None)
         assert aioice.ice.get_host_addresses is internals.ORIGINAL_GET_HOST_ADDRESSES
+
+
+# --- RTP numbering of server offers -------------------------------------------
+
+MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
+AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+# Chromium's numbering (its offers): ids and payload types unlike aiortc's own.
+CHROME_IDS = {AUDIO_LEVEL: 1, ABS_SEND_TIME: 2, TRANSPORT_CC: 3, MID: 4}
+CHROME_PTS = {"audio/opus": 111, "video/VP8": 96}
+CHROME_RTX = {96: 97}
+
+
+def chrome_numbered(sdp: str) -> str:
+    """An aiortc offer renumbered like Chromium's (plus an extension aiortc lacks)."""
+    from aiortc import RTCRtpHeaderExtensionParameters
+    from aiortc import sdp as aiortc_sdp
+
+    description = aiortc_sdp.SessionDescription.parse(sdp)
+    for media in description.media:
+        media.rtp.headerExtensions = [
+            RTCRtpHeaderExtensionParameters(id=CHROME_IDS[e.uri], uri=e.uri)
+            for e in media.rtp.headerExtensions
+        ] + [RTCRtpHeaderExtensionParameters(id=CHROME_IDS[TRANSPORT_CC], uri=TRANSPORT_CC)]
+        old = {c.payloadType: c for c in media.rtp.codecs}
+        for codec in media.rtp.codecs:
+            if codec.mimeType.endswith("/rtx"):
+                base = CHROME_PTS[old[int(str(codec.parameters["apt"]))].mimeType]
+                codec.payloadType, codec.parameters["apt"] = CHROME_RTX[base], base
+        for codec in media.rtp.codecs:
+            if not codec.mimeType.endswith("/rtx"):
+                codec.payloadType = CHROME_PTS[codec.mimeType]
+        media.fmt = [c.payloadType for c in media.rtp.codecs]
+    return str(description)
+
+
+def numbering_of(sdp: str) -> tuple[dict[int, set[str]], dict[int, set[str]]]:
+    """id -> URIs and payload type -> codec names over every m-line of an SDP."""
+    ids: dict[int, set[str]] = {}
+    pts: dict[int, set[str]] = {}
+    for line in sdp.splitlines():
+        if line.startswith("a=extmap:"):
+            ident, uri = line[len("a=extmap:") :].split()[:2]
+            ids.setdefault(int(ident.split("/")[0]), set()).add(uri)
+        elif line.startswith("a=rtpmap:"):
+            pt, name = line[len("a=rtpmap:") :].split()[:2]
+            pts.setdefault(int(pt), set()).add(name.split("/")[0])
+    return ids, pts
+
+
+async def test_server_offers_keep_the_clients_rtp_numbering() -> None:
+    """A re-offer renumbered with renumber_offer is applied as written by aiortc.
+
+    aiortc's createOffer writes its own fixed header-extension ids (mid=1,
+    audio-level=2, abs-send-time=3) and payload types on every m-line; a
+    browser that numbered them otherwise refuses the re-offer (id reassigned
+    under BUNDLE) or, for payload types, switches what it sends to numbers
+    aiortc's already-started receivers do not know. The relay rewrites the
+    offer; this checks that aiortc then starts the new sender with the
+    client's numbers (it adopts the answer's) and that media flows both ways.
+    """
+    client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    for track in (AudioStreamTrack(), SmallVideo()):
+        sending = client.addTransceiver(track, direction="sendrecv")
+        sending.setCodecPreferences(VisitCodec("VP8").preferences(track.kind))
+    server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    received: dict[str, int] = {"server": 0, "client": 0}
+
+    async def count(track: aiortc.MediaStreamTrack, who: str) -> None:
+        with contextlib.suppress(aiortc.MediaStreamError):
+            while True:
+                await track.recv()
+                received[who] += 1
+
+    tasks = []
+    server.on("track", lambda t: tasks.append(asyncio.ensure_future(count(t, "server"))))
+    client.on("track", lambda t: tasks.append(asyncio.ensure_future(count(t, "client"))))
+    try:
+        await client.setLocalDescription(await client.createOffer())
+        client_offer = chrome_numbered(client.localDescription.sdp)
+        await client.setLocalDescription(RTCSessionDescription(sdp=client_offer, type="offer"))
+        for kind in ("audio", "video"):
+            server.addTransceiver(kind, direction="recvonly").setCodecPreferences(
+                VisitCodec("VP8").preferences(kind)
+            )
+        await server.setRemoteDescription(RTCSessionDescription(sdp=client_offer, type="offer"))
+        await server.setLocalDescription(await server.createAnswer())
+        await client.setRemoteDescription(server.localDescription)
+
+        # The server adds a forwarded video m-line: a re-offer.
+        forwarded = server.addTransceiver(SmallVideo(), direction="sendonly")
+        forwarded.setCodecPreferences(VisitCodec("VP8").preferences("video"))
+        started: list = []
+        real_send = forwarded.sender.send
+
+        async def send(parameters: RTCRtpSendParameters) -> None:
+            started.append(parameters)
+            await real_send(parameters)
+
+        forwarded.sender.send = send  # type: ignore[method-assign]
+        plain = (await internals.create_offer(server, None)).sdp
+        plain_ids, _ = numbering_of(plain)
+        assert plain_ids.get(1) == {MID}, "aiortc's offers no longer use its fixed ids"
+        numbering = internals.rtp_numbering(client_offer)
+        offer = (await internals.create_offer(server, numbering)).sdp
+        assert offer == internals.renumber_offer(plain, numbering)
+        ids, pts = numbering_of(offer)
+        assert ids == {1: {AUDIO_LEVEL}, 2: {ABS_SEND_TIME}, 4: {MID}}, ids
+        assert pts == {111: {"opus"}, 96: {"VP8"}, 97: {"rtx"}}, pts
+        assert "a=fmtp:97 apt=96" in offer
+        await server.setLocalDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        await client.setRemoteDescription(server.localDescription)
+        await client.setLocalDescription(await client.createAnswer())
+        await server.setRemoteDescription(client.localDescription)
+        # aiortc starts the new sender in a task; an offer made before that task
+        # runs (the relay's next re-offer) must not change what it starts with.
+        await internals.create_offer(server, numbering)
+        before = received["server"]
+
+        for _ in range(300):
+            if started and received["client"] >= 5 and received["server"] >= before + 5:
+                break
+            await asyncio.sleep(0.01)
+        assert started, f"{UPDATE}: the forwarded sender was never started"
+        sent = started[0]
+        assert sent.codecs[0].mimeType == "video/VP8" and sent.codecs[0].payloadType == 96, (
+            f"{UPDATE}: the sender does not use the answer's payload type"
+        )
+        assert {e.uri: e.id for e in sent.headerExtensions} == {MID: 4, ABS_SEND_TIME: 2}, (
+            f"{UPDATE}: the sender does not use the answer's header-extension ids"
+        )
+        assert received["client"] >= 5, "the forwarded video did not reach the client"
+        assert received["server"] >= before + 5, "the client's media stopped reaching the server"
+    finally:
+        for task in tasks:
+            task.cancel()
+        await client.close()
+        await server.close()
+
+
+async def test_renumber_offer_drops_unknown_extensions_and_allocates_free_payload_types() -> None:
+    client = (
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\na=sendrecv\r\n"
+        "a=extmap:5 urn:ietf:params:rtp-hdrext:sdes:mid\r\na=mid:0\r\na=rtcp-mux\r\n"
+        "a=rtpmap:96 G722/8000\r\na=rtpmap:97 opus/48000/2\r\n"
+        "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n"
+        "a=fingerprint:sha-256 00:11\r\na=setup:actpass\r\n"
+    )
+    numbering = internals.rtp_numbering(client)
+    assert numbering.extensions == {MID: 5}
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("audio")
+    pc.addTransceiver("video")  # VP8, H264 + RTX: the client offered no video
+    sdp = (await pc.createOffer()).sdp
+    await pc.close()
+    renumbered = internals.renumber_offer(sdp, numbering)
+    ids, pts = numbering_of(renumbered)
+    assert ids == {5: {MID}}, "extensions the client never offered must be dropped"
+    assert pts[97] == {"opus"} and pts[96] == {"G722"}, pts  # the client's own numbers
+    video = renumbered.split("m=video", 1)[1]
+    video_pts = [int(pt) for pt in video.splitlines()[0].split()[2:]]
+    assert len(video_pts) == len(set(video_pts)) and not {96, 97} & set(video_pts)
+    rtx_lines = [
+        line for line in video.splitlines() if line.startswith("a=fmtp:") and "apt=" in line
+    ]
+    assert rtx_lines and all(int(line.rsplit("apt=", 1)[1]) in video_pts for line in rtx_lines)

@@ -78,7 +78,9 @@ async def test_new_subscriber_starts_at_a_keyframe_and_asks_for_one() -> None:
 
     assert await track.recv() is key
     assert await track.recv() is after
-    assert stats.frames_dropped == 2 and stats.packets_forwarded == 2 and stats.bytes_forwarded == 50
+    assert (
+        stats.frames_dropped == 2 and stats.packets_forwarded == 2 and stats.bytes_forwarded == 50
+    )
 
 
 async def test_a_subscriber_that_falls_behind_resyncs_at_the_next_keyframe() -> None:
@@ -92,7 +94,7 @@ async def test_a_subscriber_that_falls_behind_resyncs_at_the_next_keyframe() -> 
     for _ in range(VIDEO_QUEUE_FRAMES * 3):
         forwarder.push(packet(), False, 10)
 
-    assert len(track._queue) == 0  # overflow discarded the lot
+    assert track.queued == 0  # overflow discarded the lot
     assert stats.frames_dropped == VIDEO_QUEUE_FRAMES * 3 + 1
     assert upstream.requests == 2
     key = packet(5)
@@ -136,22 +138,22 @@ async def test_gates_pause_resume_and_stop() -> None:
     forwarder.subscribe(track)
     forwarder.push(packet(), True, 10)
     track.pause()
-    assert len(track._queue) == 0
+    assert track.queued == 0
     forwarder.push(packet(), True, 10)
-    assert len(track._queue) == 0
+    assert track.queued == 0
     track.resume()
     forwarder.push(packet(), False, 10)
-    assert len(track._queue) == 0  # waits for a keyframe after resuming
+    assert track.queued == 0  # waits for a keyframe after resuming
     forwarder.push(packet(), True, 10)
-    assert len(track._queue) == 1
+    assert track.queued == 1
 
     forwarder.set_active(False)
-    assert len(track._queue) == 0
+    assert track.queued == 0
     forwarder.push(packet(), True, 10)
-    assert len(track._queue) == 0
+    assert track.queued == 0
     forwarder.set_active(True)
     forwarder.push(packet(), True, 10)
-    assert len(track._queue) == 1
+    assert track.queued == 1
 
     await track.recv()
     waiting = asyncio.ensure_future(track.recv())

@@ -168,7 +168,9 @@ async def test_closed_peer_refuses_offers() -> None:
         ("candidate:1 1 udp 2122260223 127.0.0.1 5000 typ host", "0", "zero"),
     ],
 )
-async def test_bad_candidates_raise_value_error(candidate: object, mid: object, index: object) -> None:
+async def test_bad_candidates_raise_value_error(
+    candidate: object, mid: object, index: object
+) -> None:
     peer = RelayPeer("A", ice_servers=[])
     await peer.accept_offer(await client_offer())
     with pytest.raises(ValueError):
@@ -233,7 +235,10 @@ async def test_pin_validation_and_unpinning() -> None:
 
 async def test_ice_servers_become_the_rtc_configuration() -> None:
     config = rtc_configuration(
-        [{"urls": "stun:127.0.0.1:3478"}, {"urls": ["turn:127.0.0.1"], "username": "u", "credential": "p"}]
+        [
+            {"urls": "stun:127.0.0.1:3478"},
+            {"urls": ["turn:127.0.0.1"], "username": "u", "credential": "p"},
+        ]
     )
     assert [s.urls for s in config.iceServers] == ["stun:127.0.0.1:3478", ["turn:127.0.0.1"]]
     assert config.iceServers[1].username == "u"
@@ -260,7 +265,9 @@ async def test_codec_names_and_room_codec_checks() -> None:
         await peer.close()
 
 
-async def test_transcoding_fallback_when_passthrough_is_unavailable(visit, monkeypatch, caplog) -> None:
+async def test_transcoding_fallback_when_passthrough_is_unavailable(
+    visit, monkeypatch, caplog
+) -> None:
     def unavailable(*args: object) -> None:
         raise aiortc_internals.AiortcInternalsChanged("simulated aiortc change")
 
@@ -281,4 +288,3 @@ async def test_answer_carries_only_the_visit_codecs() -> None:
     audio = answer.split("m=audio")[1].split("m=video")[0]
     assert "opus/48000/2" in audio and "PCMU" not in audio
     await peer.close()
-

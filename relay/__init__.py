@@ -1,0 +1,23 @@
+"""Parlor's media plane: forwarding encoded media between a visit's peers.
+
+``RelayPeer`` is one participant's server-side peer connection, ``Room`` the
+forwarding graph of one visit. Media is forwarded as encoded frames, never
+decoded nor re-encoded (see ``relay.forwarder``). Imports only the standard
+library, aiortc, aioice and av.
+"""
+
+from relay.ice import pin_ice_addresses, pinned_ice_addresses
+from relay.negotiation import PeerClosed, UnsupportedOffer
+from relay.peer import RelayPeer
+from relay.room import Room
+from relay.stats import RelayStats
+
+__all__ = [
+    "PeerClosed",
+    "RelayPeer",
+    "RelayStats",
+    "Room",
+    "UnsupportedOffer",
+    "pin_ice_addresses",
+    "pinned_ice_addresses",
+]

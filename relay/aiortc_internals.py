@@ -1,0 +1,523 @@
+"""Every use of aiortc's and aioice's private internals, in one place.
+
+aiortc (pinned ``>=1.16,<1.17``) has no public API for the three things an
+SFU needs: receiving *encoded* frames without decoding them, hearing a
+subscriber's keyframe request, and sending a keyframe request upstream. It
+also cannot restrict ICE to chosen local addresses, and its re-offers
+renumber RTP header extensions and payload types the client already
+negotiated (see ``create_offer``). Each workaround below
+names the private attribute it relies on, checks that the attribute is there
+before touching it and raises :class:`AiortcInternalsChanged` otherwise, so an
+aiortc upgrade fails loudly (``tests/relay/test_aiortc_internals.py``) instead
+of silently decoding, transcoding or stalling.
+
+Nothing outside this module touches a name-mangled attribute, an underscore
+method of aiortc, or aiortc's undocumented modules (``aiortc.sdp``,
+``aiortc.codecs``, ``aiortc.rtcpeerconnection``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aioice.ice
+import aiortc
+from aiortc import (
+    RTCPeerConnection,
+    RTCRtpCodecCapability,
+    RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc import rtcpeerconnection as aiortc_peerconnection
+from aiortc import sdp as aiortc_sdp
+from aiortc.codecs import CODECS
+
+SUPPORTED_AIORTC = ("1.16.",)
+
+# Private names this module relies on (name-mangled attributes and methods).
+RECEIVER_DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
+RECEIVER_DECODER_THREAD = "_RTCRtpReceiver__decoder_thread"
+RECEIVER_STARTED = "_RTCRtpReceiver__started"
+RECEIVER_SEND_PLI = "_send_rtcp_pli"
+SENDER_SEND_KEYFRAME = "_send_keyframe"
+SENDER_HANDLE_RTCP = "_handle_rtcp_packet"
+SENDER_STREAM_ID = "_stream_id"
+SENDER_RTP_HISTORY = "_RTCRtpSender__rtp_history"
+SENDER_ENCODER = "_RTCRtpSender__encoder"
+TRANSCEIVER_CODECS = "_codecs"  # what the transceiver's sender/receiver start with
+TRANSCEIVER_HEADER_EXTENSIONS = "_headerExtensions"
+REMOTE_TRACK_QUEUE = "_queue"  # RemoteStreamTrack's asyncio.Queue of decoded frames
+
+# The function aioice calls to list local addresses; captured once so that
+# unpinning can restore it.
+ORIGINAL_GET_HOST_ADDRESSES: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
+
+EncodedFrameHandler = Callable[[RTCRtpCodecParameters, bytes, int], None]
+HostAddressProvider = Callable[[bool, bool], list[str]]
+
+
+class AiortcInternalsChanged(RuntimeError):
+    """aiortc/aioice no longer has the private shape this relay depends on."""
+
+
+def _require(obj: object, name: str) -> None:
+    if not hasattr(obj, name):
+        raise AiortcInternalsChanged(
+            f"aiortc {aiortc.__version__}: {type(obj).__name__} has no attribute "
+            f"{name!r}; relay/aiortc_internals.py must be updated for this aiortc "
+            f"version (supported: {', '.join(SUPPORTED_AIORTC)}x)"
+        )
+
+
+def version_supported() -> bool:
+    """True when the installed aiortc is one this module was written against."""
+    return aiortc.__version__.startswith(SUPPORTED_AIORTC)
+
+
+# --- receiving encoded frames -------------------------------------------------
+
+
+class _EncodedFrameSink:
+    """Stands in for the receiver's decoder queue.
+
+    ``RTCRtpReceiver._handle_rtp_packet`` puts ``(codec, JitterFrame)`` on its
+    decoder queue for a decoder thread. This object takes that place: ``put``
+    hands the still-encoded frame straight to the relay on the event loop, and
+    ``get`` (called by the decoder thread aiortc starts in ``receive()``)
+    returns ``None`` at once, so that thread exits before creating a decoder.
+    """
+
+    def __init__(self, on_frame: EncodedFrameHandler, on_end: Callable[[], None]) -> None:
+        self._on_frame = on_frame
+        self._on_end = on_end
+        self._ended = False
+
+    def put(self, item: Any) -> None:
+        if item is None:
+            if not self._ended:
+                self._ended = True
+                self._on_end()
+            return
+        codec, frame = item
+        self._on_frame(codec, frame.data, frame.timestamp)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> None:
+        return None
+
+
+def install_encoded_frame_sink(
+    receiver: RTCRtpReceiver, on_frame: EncodedFrameHandler, on_end: Callable[[], None]
+) -> None:
+    """Make ``receiver`` hand complete encoded frames to ``on_frame``, undecoded.
+
+    Must be called before aiortc starts the receiver (before negotiation
+    completes). ``on_frame(codec, data, timestamp)`` runs on the event loop
+    for every frame the jitter buffer completes; ``timestamp`` is the RTP
+    timestamp re-based to start at 0. ``on_end`` runs when the receiver stops.
+    """
+    _require(receiver, RECEIVER_DECODER_QUEUE)
+    _require(receiver, RECEIVER_DECODER_THREAD)
+    _require(receiver, RECEIVER_STARTED)
+    if getattr(receiver, RECEIVER_STARTED):
+        raise RuntimeError("the receiver has already started decoding")
+    setattr(receiver, RECEIVER_DECODER_QUEUE, _EncodedFrameSink(on_frame, on_end))
+
+
+def decoder_running(receiver: RTCRtpReceiver) -> bool:
+    """True when aiortc's decoder thread for ``receiver`` is alive."""
+    _require(receiver, RECEIVER_DECODER_THREAD)
+    thread = getattr(receiver, RECEIVER_DECODER_THREAD)
+    return isinstance(thread, threading.Thread) and thread.is_alive()
+
+
+def decoded_frames_queued(receiver: RTCRtpReceiver) -> int:
+    """Decoded frames waiting on ``receiver``'s track (the end marker aside)."""
+    track = receiver.track
+    if track is None:
+        return 0
+    _require(track, REMOTE_TRACK_QUEUE)
+    queue = getattr(track, REMOTE_TRACK_QUEUE)
+    items = list(getattr(queue, "_queue", ()))  # asyncio.Queue keeps a deque
+    return sum(1 for item in items if item is not None)
+
+
+def request_picture_loss(receiver: RTCRtpReceiver) -> Awaitable[None] | None:
+    """An RTCP PLI to the remote sender of each SSRC ``receiver`` hears.
+
+    Returns the coroutine that sends it, or None while no packet has arrived
+    (then the first frame to come is a keyframe anyway).
+    ``getSynchronizationSources`` may include the RTX SSRC; a PLI naming it
+    is ignored by the remote, so sending to every active SSRC is harmless.
+    """
+    _require(receiver, RECEIVER_SEND_PLI)
+    send_pli = getattr(receiver, RECEIVER_SEND_PLI)
+    ssrcs = [source.source for source in receiver.getSynchronizationSources()]
+    if not ssrcs:
+        return None
+
+    async def send() -> None:
+        for ssrc in ssrcs:
+            await send_pli(ssrc)
+
+    return send()
+
+
+# --- sending encoded frames ---------------------------------------------------
+
+
+def route_keyframe_requests(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Call ``callback`` when the remote end of ``sender`` asks for a keyframe.
+
+    aiortc's sender answers an RTCP PLI or FIR by calling its own
+    ``_send_keyframe``, which only flags its encoder; in passthrough the
+    encoder is never used, so the request would be lost.
+    """
+    _require(sender, SENDER_SEND_KEYFRAME)
+    _require(sender, SENDER_HANDLE_RTCP)
+    setattr(sender, SENDER_SEND_KEYFRAME, callback)
+
+
+def set_stream_id(sender: RTCRtpSender, stream_id: str) -> None:
+    """Set the msid stream id that ``sender``'s m-line will carry.
+
+    Browsers group received tracks by this id (``event.streams[0].id``); the
+    relay sets it to the publisher's id so audio and video of one participant
+    land in one MediaStream.
+    """
+    _require(sender, SENDER_STREAM_ID)
+    setattr(sender, SENDER_STREAM_ID, stream_id)
+
+
+def forget_sent_packets(sender: RTCRtpSender) -> None:
+    """Drop ``sender``'s retransmission history, so a NACK resends nothing."""
+    _require(sender, SENDER_RTP_HISTORY)
+    history = getattr(sender, SENDER_RTP_HISTORY)
+    if not isinstance(history, dict):
+        raise AiortcInternalsChanged(f"{SENDER_RTP_HISTORY} is no longer a dict")
+    history.clear()
+
+
+def encoding_context(sender: RTCRtpSender) -> object | None:
+    """The codec context ``sender``'s encoder has opened, or None.
+
+    aiortc opens a libvpx/libx264 context only when it encodes a decoded
+    frame; in passthrough this stays None for video.
+    """
+    _require(sender, SENDER_ENCODER)
+    encoder = getattr(sender, SENDER_ENCODER)
+    return None if encoder is None else getattr(encoder, "codec", None)
+
+
+# --- SDP and codecs -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MediaSection:
+    """One m-line of a session description, as far as the relay cares."""
+
+    kind: str
+    mid: str | None
+    direction: str | None
+    codecs: list[RTCRtpCodecParameters]
+    port: int
+    has_ice_credentials: bool
+    rtcp_mux: bool
+    has_fingerprint: bool
+    dtls_role: str | None
+    """"client"/"server" from ``a=setup``, "auto" for actpass, None if absent."""
+
+
+@dataclass(frozen=True)
+class DescriptionSummary:
+    """What the relay checks in a session description before applying it."""
+
+    media: list[MediaSection]
+    bundle: list[str] | None
+    """The mids of the first BUNDLE group, None without one."""
+
+
+def parse_description(sdp: str) -> DescriptionSummary:
+    """Parse ``sdp`` with aiortc's own parser (any failure -> ValueError)."""
+    try:
+        description = aiortc_sdp.SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc's parser raises whatever it trips on
+        raise ValueError(f"malformed SDP: {exc!r}") from exc
+    bundle = next((g for g in description.group if g.semantic == "BUNDLE"), None)
+    media = [
+        MediaSection(
+            kind=media.kind,
+            mid=media.rtp.muxId,
+            direction=media.direction,
+            codecs=list(media.rtp.codecs),
+            port=media.port,
+            has_ice_credentials=bool(
+                media.ice and media.ice.usernameFragment and media.ice.password
+            ),
+            rtcp_mux=media.rtcp_mux,
+            has_fingerprint=bool(media.dtls and media.dtls.fingerprints),
+            dtls_role=media.dtls.role if media.dtls else None,
+        )
+        for media in description.media
+    ]
+    return DescriptionSummary(
+        media=media, bundle=None if bundle is None else [str(mid) for mid in bundle.items]
+    )
+
+
+def common_codecs(
+    kind: str,
+    remote: list[RTCRtpCodecParameters],
+    preferences: list[RTCRtpCodecCapability],
+) -> list[RTCRtpCodecParameters]:
+    """The codecs aiortc would negotiate for an m-line, exactly as it does.
+
+    Empty means ``setRemoteDescription`` would raise ``OperationError``.
+    """
+    try:
+        common = aiortc_peerconnection.find_common_codecs(CODECS[kind], remote)
+        return aiortc_peerconnection.filter_preferred_codecs(common, preferences)
+    except AttributeError as exc:
+        raise AiortcInternalsChanged(f"aiortc codec negotiation moved: {exc}") from exc
+
+
+# --- RTP numbering of server offers -------------------------------------------
+
+# Applying an answer, aiortc adopts the answer's numbering: in
+# ``setRemoteDescription`` ``find_common_header_extensions`` keeps the remote
+# extension entries and ``find_common_codecs`` the remote dynamic payload
+# types, and each new sender is started with those. So rewriting the numbers
+# of aiortc's own offer before ``setLocalDescription`` is enough; checked by
+# tests/relay/test_aiortc_internals.py.
+FIRST_DYNAMIC_PAYLOAD_TYPE = 96
+LAST_DYNAMIC_PAYLOAD_TYPE = 127
+
+
+@dataclass(frozen=True)
+class RtpNumbering:
+    """The RTP header-extension ids and payload types a client's offer set up.
+
+    With BUNDLE every m-line shares one extension-id space and one
+    payload-type space, and a browser refuses an offer that gives an id
+    already in use a new meaning (Chromium: "RTP extension ID reassignment
+    not supported"). aiortc's ``createOffer`` ignores what was negotiated and
+    writes its own fixed numbers; :func:`renumber_offer` puts the client's
+    back.
+    """
+
+    extensions: dict[str, int]
+    """URI -> id, over all the client's m-lines (the first id seen wins)."""
+    sections: list[tuple[str, str | None, list[RTCRtpCodecParameters]]]
+    """(kind, mid, codecs) of each of the client's audio/video m-lines."""
+
+    def codecs_for(self, kind: str, mid: str | None) -> list[RTCRtpCodecParameters]:
+        """The client's codecs for an m-line: its own first, then same-kind ones."""
+        same = [codecs for k, m, codecs in self.sections if k == kind and m == mid]
+        other = [codecs for k, m, codecs in self.sections if k == kind and m != mid]
+        return [codec for codecs in same + other for codec in codecs]
+
+    def payload_types(self) -> set[int]:
+        return {
+            codec.payloadType
+            for _, _, codecs in self.sections
+            for codec in codecs
+            if codec.payloadType is not None
+        }
+
+
+async def create_offer(
+    pc: RTCPeerConnection, numbering: RtpNumbering | None
+) -> RTCSessionDescription:
+    """``pc.createOffer()`` in the client's numbering, without its side effect.
+
+    aiortc's ``createOffer`` also resets every transceiver's codecs and
+    header extensions to its own defaults, and a sender is started with
+    whatever they are when aiortc gets round to it: a sender whose answer was
+    applied but which had not started yet (``setRemoteDescription`` starts
+    senders in a task) would then send with aiortc's ids and payload types,
+    which the client does not use for them, and which collide on the shared
+    BUNDLE transport (aiortc's transport then dies parsing a client packet).
+    So transceivers already negotiated get their negotiated values back
+    (``createOffer`` does not await, so nothing runs in between), and the
+    offer is rewritten with :func:`renumber_offer` when ``numbering`` is set.
+    """
+    saved = []
+    for transceiver in pc.getTransceivers():
+        _require(transceiver, TRANSCEIVER_CODECS)
+        _require(transceiver, TRANSCEIVER_HEADER_EXTENSIONS)
+        saved.append(
+            (
+                transceiver,
+                list(getattr(transceiver, TRANSCEIVER_CODECS)),
+                list(getattr(transceiver, TRANSCEIVER_HEADER_EXTENSIONS)),
+            )
+        )
+    offer = await pc.createOffer()
+    for transceiver, codecs, extensions in saved:
+        if codecs:  # negotiated before (a new transceiver has none yet)
+            setattr(transceiver, TRANSCEIVER_CODECS, codecs)
+            setattr(transceiver, TRANSCEIVER_HEADER_EXTENSIONS, extensions)
+    if numbering is None:
+        return offer
+    return RTCSessionDescription(sdp=renumber_offer(offer.sdp, numbering), type="offer")
+
+
+def rtp_numbering(sdp: str) -> RtpNumbering:
+    """The header-extension ids and payload types of a client's offer (ValueError)."""
+    try:
+        description = aiortc_sdp.SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc's parser raises whatever it trips on
+        raise ValueError(f"malformed SDP: {exc!r}") from exc
+    extensions: dict[str, int] = {}
+    sections: list[tuple[str, str | None, list[RTCRtpCodecParameters]]] = []
+    for media in description.media:
+        if media.kind not in CODECS:
+            continue
+        for extension in media.rtp.headerExtensions:
+            extensions.setdefault(extension.uri, extension.id)
+        sections.append((media.kind, media.rtp.muxId, list(media.rtp.codecs)))
+    return RtpNumbering(extensions=extensions, sections=sections)
+
+
+def renumber_offer(sdp: str, numbering: RtpNumbering) -> str:
+    """Rewrite an offer aiortc made so that it keeps the client's RTP numbering.
+
+    Every ``a=extmap`` takes the id the client gave its URI; an extension the
+    client never offered is dropped. Every codec takes the payload type of
+    the client's matching codec (that m-line's own first, so a negotiated
+    m-line keeps exactly what it had; RTX follows its base codec). A codec
+    the client does not know gets a dynamic payload type no client codec
+    uses, the same one on every m-line. Apply the result with
+    ``setLocalDescription``: aiortc then starts each new sender with the
+    numbers of the client's answer, which are these.
+    """
+    try:
+        description = aiortc_sdp.SessionDescription.parse(sdp)
+    except Exception as exc:
+        raise ValueError(f"malformed SDP: {exc!r}") from exc
+    taken = numbering.payload_types()
+    allocated: dict[tuple[Any, ...], int] = {}
+
+    def allocate(key: tuple[Any, ...]) -> int:
+        if key not in allocated:
+            used = taken | set(allocated.values())
+            free = [
+                pt
+                for pt in range(FIRST_DYNAMIC_PAYLOAD_TYPE, LAST_DYNAMIC_PAYLOAD_TYPE + 1)
+                if pt not in used
+            ]
+            if not free:
+                raise ValueError("no free RTP payload type left for the offer")
+            allocated[key] = free[0]
+        return allocated[key]
+
+    for media in description.media:
+        if media.kind not in CODECS:
+            continue
+        media.rtp.headerExtensions = [
+            RTCRtpHeaderExtensionParameters(id=numbering.extensions[ext.uri], uri=ext.uri)
+            for ext in media.rtp.headerExtensions
+            if ext.uri in numbering.extensions
+        ]
+        client = numbering.codecs_for(media.kind, media.rtp.muxId)
+        renumbered: dict[int, int] = {}  # aiortc's payload type -> the client's
+        kept: list[RTCRtpCodecParameters] = []
+        for codec in media.rtp.codecs:
+            old = codec.payloadType
+            if old is None or is_rtx_codec(codec):
+                continue
+            match = next((c for c in client if _compatible(codec, c)), None)
+            if match is not None and match.payloadType is not None:
+                payload_type = match.payloadType
+            elif old < FIRST_DYNAMIC_PAYLOAD_TYPE:
+                payload_type = old  # static: means the same everywhere
+            else:
+                payload_type = allocate((media.kind, *_codec_key(codec)))
+            if payload_type in renumbered.values():
+                continue  # two of aiortc's codecs match one of the client's: keep one
+            renumbered[old] = payload_type
+            codec.payloadType = payload_type
+            kept.append(codec)
+        for rtx in media.rtp.codecs:
+            base = rtx.parameters.get("apt") if is_rtx_codec(rtx) else None
+            if not isinstance(base, int) or base not in renumbered:
+                continue
+            new_base = renumbered[base]
+            match = next(
+                (
+                    c
+                    for c in client
+                    if is_rtx_codec(c)
+                    and c.parameters.get("apt") == new_base
+                    and c.clockRate == rtx.clockRate
+                ),
+                None,
+            )
+            if match is not None and match.payloadType is not None:
+                rtx.payloadType = match.payloadType
+            else:
+                rtx.payloadType = allocate((media.kind, "rtx", rtx.clockRate, new_base))
+            rtx.parameters["apt"] = new_base
+            kept.append(rtx)
+        media.rtp.codecs = kept
+        media.fmt = [codec.payloadType for codec in kept]
+    return str(description)
+
+
+def is_rtx_codec(codec: RTCRtpCodecParameters) -> bool:
+    return codec.mimeType.lower().endswith("/rtx")
+
+
+def _compatible(ours: RTCRtpCodecParameters, theirs: RTCRtpCodecParameters) -> bool:
+    try:
+        return bool(aiortc_peerconnection.is_codec_compatible(ours, theirs))
+    except AttributeError as exc:
+        raise AiortcInternalsChanged(f"aiortc codec negotiation moved: {exc}") from exc
+
+
+def _codec_key(codec: RTCRtpCodecParameters) -> tuple[Any, ...]:
+    return (
+        codec.mimeType.lower(),
+        codec.clockRate,
+        codec.channels,
+        tuple(sorted((str(k), str(v)) for k, v in codec.parameters.items())),
+    )
+
+
+def candidate_from_sdp(line: str) -> aiortc.RTCIceCandidate:
+    """Parse an ``a=candidate`` value (without the ``candidate:`` prefix)."""
+    try:
+        return aiortc_sdp.candidate_from_sdp(line)
+    except Exception as exc:
+        raise ValueError(f"malformed ICE candidate: {line!r}") from exc
+
+
+# --- ICE ----------------------------------------------------------------------
+
+
+def set_host_address_provider(provider: HostAddressProvider | None) -> None:
+    """Replace the function aioice uses to list local host addresses.
+
+    aioice gathers on every interface except loopback and offers no option to
+    choose; ``provider(use_ipv4, use_ipv6)`` answers instead. ``None``
+    restores aioice's own function.
+    """
+    _require(aioice.ice, "get_host_addresses")
+    if provider is None:
+        aioice.ice.get_host_addresses = ORIGINAL_GET_HOST_ADDRESSES  # type: ignore[assignment]
+        return
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return provider(use_ipv4, use_ipv6)
+
+    aioice.ice.get_host_addresses = get_host_addresses
+
+
+def host_addresses(use_ipv4: bool = True, use_ipv6: bool = True) -> list[str]:
+    """The addresses aioice would gather host candidates on right now."""
+    return aioice.ice.get_host_addresses(use_ipv4, use_ipv6)

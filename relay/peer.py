@@ -1,0 +1,494 @@
+"""RelayPeer: the server side of one participant's peer connection.
+
+Negotiation, as built:
+
+* The client's first offer (sendrecv audio + video) is answered
+  ``recvonly`` (``inactive`` for a receive-only peer such as a staff
+  monitor): those m-lines carry only what the client publishes.
+* Media from other participants travels on m-lines the *server* adds:
+  ``Room.add``/``Room.remove`` wire or unwire forwarding at once and report
+  which peers changed; ``create_offer`` then adds one ``sendonly`` audio and
+  video transceiver per publisher (msid stream id = the publisher's id, so
+  a browser groups them into one MediaStream per participant) and marks the
+  ones of departed publishers ``inactive``. m-lines are never reused.
+* Every server transceiver is restricted to the visit's codec (and Opus) with
+  ``setCodecPreferences`` before aiortc negotiates it.
+* Every server offer keeps the RTP header-extension ids and payload types of
+  the client's offer (``aiortc_internals.create_offer``): aiortc would
+  renumber them, and browsers refuse an id that changes meaning.
+* A client re-offer (e.g. ICE restart) is answered the same way. aiortc
+  cannot restart ICE: the answer keeps the server's ICE credentials and the
+  existing transport goes on as before.
+
+Media never passes through a decoder here: each publishing receiver hands
+its encoded frames to a :class:`~relay.forwarder.Forwarder` (see
+``aiortc_internals.install_encoded_frame_sink``); each sender reads a
+:class:`~relay.forwarder.ForwardedTrack`. Only if that hook is unavailable
+does the peer fall back, with a warning, to decoding and re-encoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from functools import partial
+
+import av
+from aiortc import (
+    MediaStreamError,
+    RTCPeerConnection,
+    RTCRtpCodecParameters,
+    RTCRtpReceiver,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+
+from relay import aiortc_internals
+from relay.aiortc_internals import AiortcInternalsChanged, MediaSection
+from relay.codec import VisitCodec
+from relay.forwarder import ForwardedTrack, Forwarder
+from relay.ice import rtc_configuration
+from relay.negotiation import (
+    MEDIA_KINDS,
+    PeerClosed,
+    UnsupportedOffer,
+    check_description,
+    is_mdns_candidate,
+    without_mdns_candidates,
+)
+from relay.stats import RelayStats
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Subscription:
+    """One publisher track forwarded to this peer."""
+
+    publisher_id: str
+    kind: str
+    track: ForwardedTrack
+    transceiver: RTCRtpTransceiver | None = None
+    """None until the next server offer adds it to the connection."""
+
+
+class RelayPeer:
+    """One participant's server-side peer connection and its forwarding."""
+
+    def __init__(
+        self,
+        peer_id: str,
+        *,
+        codec: str = "VP8",
+        ice_servers: list[dict] | None = None,
+        publish: bool = True,
+        totals: RelayStats | None = None,
+    ) -> None:
+        self.peer_id = peer_id
+        self.codec = VisitCodec.named(codec)
+        self.publish = publish
+        self._pc = RTCPeerConnection(rtc_configuration(ice_servers))
+        self._stats = RelayStats()
+        self._stat_targets = (self._stats,) if totals is None else (self._stats, totals)
+        self._forwarders = {
+            kind: Forwarder(
+                kind,
+                peer_id,
+                partial(self._request_keyframe_upstream, kind),
+                self._stat_targets,
+            )
+            for kind in MEDIA_KINDS
+        }
+        self._receivers: dict[str, RTCRtpReceiver] = {}
+        self._subscriptions: dict[tuple[str, str], Subscription] = {}
+        self._unnegotiated: list[Subscription] = []
+        self._departed: list[Subscription] = []
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._readers: set[str] = set()
+        self._time_bases: dict[int, fractions.Fraction] = {}
+        self._forwarding = True
+        self._video = True
+        self._closed = False
+        self._broken = False
+        self._numbering: aiortc_internals.RtpNumbering | None = None
+        """RTP numbering of the client's last offer; every server offer keeps it."""
+
+    # --- state ---------------------------------------------------------------
+
+    @property
+    def connection_state(self) -> str:
+        return self._pc.connectionState
+
+    @property
+    def connection(self) -> RTCPeerConnection:
+        """The aiortc connection, for inspection only: negotiate through this class."""
+        return self._pc
+
+    @property
+    def forwarding(self) -> bool:
+        return self._forwarding
+
+    @property
+    def video_enabled(self) -> bool:
+        return self._video
+
+    @property
+    def transcoding(self) -> bool:
+        return any(forwarder.decoded for forwarder in self._forwarders.values())
+
+    @property
+    def counters(self) -> RelayStats:
+        """This peer's own counters (live object)."""
+        return self._stats
+
+    def published_kinds(self) -> list[str]:
+        """Kinds this peer's client sends to the relay (after its offer)."""
+        return [kind for kind in MEDIA_KINDS if kind in self._receivers]
+
+    def stats(self) -> dict:
+        """Counters and state, for logs, ``/metrics`` and tests.
+
+        ``video_encoders`` counts server senders that opened a video encoder
+        and ``decoders_running`` receivers with a live decoder thread: both
+        stay 0 unless the transcoding fallback is in use.
+        """
+        transceivers = self._pc.getTransceivers()
+        return {
+            "peer_id": self.peer_id,
+            "connection_state": self.connection_state,
+            "forwarding": self._forwarding,
+            "video": self._video,
+            "publish": self.publish,
+            "transcoding": self.transcoding,
+            "subscriptions": len(self._subscriptions),
+            "queued": sum(s.track.queued for s in self._subscriptions.values()),
+            "video_encoders": sum(
+                1
+                for t in transceivers
+                if t.kind == "video" and aiortc_internals.encoding_context(t.sender) is not None
+            ),
+            "decoders_running": sum(
+                1 for t in transceivers if aiortc_internals.decoder_running(t.receiver)
+            ),
+            **self._stats.as_dict(),
+        }
+
+    # --- negotiation ---------------------------------------------------------
+
+    async def accept_offer(self, sdp: str) -> str:
+        """Apply a client offer (first or re-offer) and return the answer SDP.
+
+        Raises UnsupportedOffer for anything unusable; the connection is left
+        as it was when the offer fails the checks made before aiortc sees it.
+        """
+        if self._closed:
+            raise UnsupportedOffer("the session's media connection is closed")
+        if self._broken:
+            raise UnsupportedOffer("a refused offer left the media connection unusable; rejoin")
+        if self._pc.signalingState != "stable":
+            raise UnsupportedOffer("an offer crossed the server's pending offer; answer it first")
+        media = check_description(sdp, self.codec)
+        self._prepare_transceivers(media)
+        try:
+            await self._pc.setRemoteDescription(
+                RTCSessionDescription(sdp=without_mdns_candidates(sdp), type="offer")
+            )
+            await self._pc.setLocalDescription(await self._pc.createAnswer())
+        except Exception as exc:
+            # aiortc may have changed the connection half-way: do not build on it.
+            self._broken = True
+            logger.info("peer %s: offer refused by aiortc: %r", self.peer_id, exc)
+            raise UnsupportedOffer(f"offer cannot be applied: {exc}") from exc
+        self._numbering = aiortc_internals.rtp_numbering(sdp)
+        self._start_transcoding_readers()
+        return self._pc.localDescription.sdp
+
+    async def create_offer(self) -> str:
+        """A server offer that adds and retires forwarded tracks.
+
+        Call after ``Room.add``/``Room.remove`` named this peer; feed the
+        client's answer to :meth:`accept_answer`. Raises PeerClosed.
+        """
+        if self._closed or self._broken:
+            raise PeerClosed(self.peer_id)
+        for subscription in self._unnegotiated:
+            subscription.transceiver = self._add_sender(subscription)
+        self._unnegotiated.clear()
+        retiring = [s.transceiver for s in self._departed if s.transceiver is not None]
+        self._departed.clear()
+        for transceiver in retiring:
+            transceiver.direction = "inactive"
+            aiortc_internals.forget_sent_packets(transceiver.sender)
+        try:
+            # Not pc.createOffer(): aiortc would renumber RTP header extensions
+            # and payload types, which a browser refuses under BUNDLE.
+            offer = await aiortc_internals.create_offer(self._pc, self._numbering)
+            await self._pc.setLocalDescription(offer)
+        except Exception:
+            if self._closed:  # closed while the offer was being made
+                raise PeerClosed(self.peer_id) from None
+            raise
+        for transceiver in retiring:
+            self._run_soon(transceiver.sender.stop())
+        return self._pc.localDescription.sdp
+
+    async def accept_answer(self, sdp: str) -> None:
+        """Apply the client's answer to :meth:`create_offer`; raises UnsupportedOffer."""
+        if self._closed:
+            raise UnsupportedOffer("the session's media connection is closed")
+        if self._pc.signalingState != "have-local-offer":
+            raise UnsupportedOffer("no server offer is waiting for an answer")
+        offer = aiortc_internals.parse_description(self._pc.localDescription.sdp).media
+        check_description(sdp, self.codec, answer_to=offer)
+        try:
+            await self._pc.setRemoteDescription(
+                RTCSessionDescription(sdp=without_mdns_candidates(sdp), type="answer")
+            )
+        except Exception as exc:
+            logger.info("peer %s: answer refused by aiortc: %r", self.peer_id, exc)
+            raise UnsupportedOffer(f"answer cannot be applied: {exc}") from exc
+
+    async def add_candidate(
+        self, candidate: str, sdp_mid: str | None, sdp_mline_index: int | None
+    ) -> None:
+        """Add a trickled remote ICE candidate; ValueError if it is malformed.
+
+        An empty candidate (end of candidates) and mDNS ``.local`` candidates
+        are ignored (see ``negotiation.without_mdns_candidates``).
+        """
+        if not isinstance(candidate, str):
+            raise ValueError("candidate must be a string")
+        if sdp_mid is not None and not isinstance(sdp_mid, str):
+            raise ValueError("sdpMid must be a string or null")
+        if sdp_mline_index is not None and (
+            not isinstance(sdp_mline_index, int) or isinstance(sdp_mline_index, bool)
+        ):
+            raise ValueError("sdpMLineIndex must be an integer or null")
+        if sdp_mid is None and sdp_mline_index is None:
+            raise ValueError("candidate needs sdpMid or sdpMLineIndex")
+        text = candidate.strip()
+        if text.startswith("a="):
+            text = text[2:]
+        if text.startswith("candidate:"):
+            text = text[len("candidate:") :]
+        if not text or self._closed or is_mdns_candidate(text):
+            return
+        parsed = aiortc_internals.candidate_from_sdp(text)
+        parsed.sdpMid = sdp_mid
+        parsed.sdpMLineIndex = sdp_mline_index
+        try:
+            await self._pc.addIceCandidate(parsed)
+        except Exception as exc:
+            raise ValueError(f"candidate refused: {exc}") from exc
+
+    # --- forwarding control --------------------------------------------------
+
+    def stop_forwarding(self) -> None:
+        """Stop all media from and to this peer, now (synchronous).
+
+        After this returns the relay forwards nothing more from this peer's
+        client and sends nothing more to it (an RTP frame already handed to
+        the socket is on the wire); retransmission history is dropped so a
+        NACK cannot resend either. Irreversible; ``close()`` follows.
+        """
+        if not self._forwarding:
+            return
+        self._forwarding = False
+        for forwarder in self._forwarders.values():
+            forwarder.set_active(False)
+        for subscription in self._subscriptions.values():
+            subscription.track.pause()
+        for transceiver in self._pc.getTransceivers():
+            try:
+                aiortc_internals.forget_sent_packets(transceiver.sender)
+            except AiortcInternalsChanged:
+                logger.exception("peer %s: cannot drop retransmission history", self.peer_id)
+
+    def set_video(self, enabled: bool) -> None:
+        """Turn video from and to this peer off or on; audio continues.
+
+        Synchronous like :meth:`stop_forwarding`. When video comes back each
+        subscriber restarts at a (requested) keyframe.
+        """
+        self._video = bool(enabled)
+        if not self._forwarding:
+            return
+        self._forwarders["video"].set_active(self._video)
+        for subscription in self._subscriptions.values():
+            if subscription.kind != "video":
+                continue
+            if self._video:
+                subscription.track.resume()
+            else:
+                subscription.track.pause()
+
+    async def close(self) -> None:
+        """Stop forwarding, then close the connection. Idempotent."""
+        self.stop_forwarding()
+        if not self._closed:
+            self._closed = True
+            for forwarder in self._forwarders.values():
+                forwarder.close()
+            for subscription in self._subscriptions.values():
+                subscription.track.stop()
+            for task in list(self._tasks):
+                task.cancel()
+        try:
+            await self._pc.close()
+        except Exception:
+            # aiortc cannot always close a connection a bad offer left half-set.
+            logger.exception("peer %s: closing the peer connection failed", self.peer_id)
+
+    # --- wiring (called by Room) ---------------------------------------------
+
+    def forwarder(self, kind: str) -> Forwarder:
+        return self._forwarders[kind]
+
+    def subscribe_to(self, publisher: RelayPeer) -> bool:
+        """Forward ``publisher``'s tracks to this peer; True if any were new.
+
+        The tracks reach the client after the next :meth:`create_offer`;
+        each starts at a keyframe, requested now.
+        """
+        added = False
+        for kind in publisher.published_kinds():
+            key = (publisher.peer_id, kind)
+            if key in self._subscriptions:
+                continue
+            accepting = self._forwarding and (kind == "audio" or self._video)
+            track = ForwardedTrack(
+                publisher.forwarder(kind), accepting=accepting, stats=self._stat_targets
+            )
+            subscription = Subscription(publisher.peer_id, kind, track)
+            self._subscriptions[key] = subscription
+            self._unnegotiated.append(subscription)
+            publisher.forwarder(kind).subscribe(track)
+            added = True
+        return added
+
+    def unsubscribe_from(self, publisher_id: str) -> bool:
+        """Stop forwarding ``publisher_id``'s tracks here, now.
+
+        True if negotiated tracks were retired (a server offer is needed).
+        """
+        retired = False
+        for kind in MEDIA_KINDS:
+            subscription = self._subscriptions.pop((publisher_id, kind), None)
+            if subscription is None:
+                continue
+            subscription.track.source.unsubscribe(subscription.track)
+            subscription.track.stop()
+            if subscription in self._unnegotiated:
+                self._unnegotiated.remove(subscription)
+            else:
+                self._departed.append(subscription)
+                retired = True
+        return retired
+
+    # --- internals -----------------------------------------------------------
+
+    def _prepare_transceivers(self, media: list[MediaSection]) -> None:
+        """Create, before aiortc sees the offer, a transceiver per new m-line.
+
+        aiortc negotiates codecs inside ``setRemoteDescription`` for the
+        transceivers it creates itself, too late for ``setCodecPreferences``;
+        it reuses a same-kind transceiver that has no mid yet, so the relay
+        creates those first. The first audio and the first video m-line
+        publish; any further ones (and all of a receive-only peer) are
+        inactive.
+        """
+        known = {t.mid for t in self._pc.getTransceivers() if t.mid is not None}
+        for m in media:
+            if m.kind not in MEDIA_KINDS or m.mid in known:
+                continue
+            publishing = self.publish and m.kind not in self._receivers
+            transceiver = self._pc.addTransceiver(
+                m.kind, direction="recvonly" if publishing else "inactive"
+            )
+            transceiver.setCodecPreferences(self.codec.preferences(m.kind))
+            if publishing:
+                self._receive(m.kind, transceiver.receiver)
+
+    def _receive(self, kind: str, receiver: RTCRtpReceiver) -> None:
+        self._receivers[kind] = receiver
+        forwarder = self._forwarders[kind]
+        try:
+            aiortc_internals.install_encoded_frame_sink(
+                receiver,
+                partial(self._on_encoded_frame, forwarder),
+                partial(self._on_receiver_end, kind),
+            )
+        except AiortcInternalsChanged:
+            logger.warning(
+                "peer %s: encoded-frame passthrough unavailable, TRANSCODING %s "
+                "(decode + re-encode per subscriber)",
+                self.peer_id,
+                kind,
+                exc_info=True,
+            )
+            forwarder.decoded = True
+
+    def _on_encoded_frame(
+        self, forwarder: Forwarder, codec: RTCRtpCodecParameters, data: bytes, timestamp: int
+    ) -> None:
+        if not forwarder.active or not data:
+            return
+        time_base = self._time_bases.get(codec.clockRate)
+        if time_base is None:
+            time_base = self._time_bases.setdefault(
+                codec.clockRate, fractions.Fraction(1, codec.clockRate)
+            )
+        packet = av.Packet(data)
+        packet.pts = timestamp
+        packet.time_base = time_base
+        keyframe = forwarder.kind == "video" and self.codec.is_keyframe(data)
+        forwarder.push(packet, keyframe, len(data))
+
+    def _on_receiver_end(self, kind: str) -> None:
+        logger.debug("peer %s: %s receiver ended", self.peer_id, kind)
+
+    def _start_transcoding_readers(self) -> None:
+        """Fallback only: read decoded frames from receivers not hooked."""
+        for kind, receiver in self._receivers.items():
+            forwarder = self._forwarders[kind]
+            if forwarder.decoded and receiver.track is not None and kind not in self._readers:
+                self._readers.add(kind)
+                self._run_soon(self._read_decoded(forwarder, receiver))
+
+    async def _read_decoded(self, forwarder: Forwarder, receiver: RTCRtpReceiver) -> None:
+        track = receiver.track
+        try:
+            while True:
+                frame = await track.recv()
+                forwarder.push(frame, True, 0)
+        except MediaStreamError:
+            return
+
+    def _add_sender(self, subscription: Subscription) -> RTCRtpTransceiver:
+        transceiver = self._pc.addTransceiver(subscription.track, direction="sendonly")
+        transceiver.setCodecPreferences(self.codec.preferences(subscription.kind))
+        aiortc_internals.set_stream_id(transceiver.sender, subscription.publisher_id)
+        if not subscription.track.source.decoded:
+            aiortc_internals.route_keyframe_requests(
+                transceiver.sender, subscription.track.on_keyframe_request
+            )
+        return transceiver
+
+    def _request_keyframe_upstream(self, kind: str) -> None:
+        receiver = self._receivers.get(kind)
+        if receiver is None or not self._forwarding or self._closed:
+            return
+        request = aiortc_internals.request_picture_loss(receiver)
+        if request is None:
+            return
+        for stats in self._stat_targets:
+            stats.keyframe_requests_forwarded += 1
+        self._run_soon(request)
+
+    def _run_soon(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,322 @@
+"""Real calls in real Chromium, through the real server and its relay.
+
+The family page (`/join/{visit}`) and the kiosk page (`/kiosk`) run in one
+Chromium (fake camera and microphone) against the app of tests/conftest.py,
+media through the relay on 127.0.0.1. Every call here goes through the
+server's re-offers: each page is sent one to add the other's media, and a late
+joiner makes the relay re-offer to everybody. What is checked is what a person
+would see: a remote picture that plays (size, clock, decoded frames from
+`getStats`), and the end screen a directive brings.
+
+Screenshots go to tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
+
+from policy.rfc3339 import format_time
+from tests.browser.test_pages_static import CHROMIUM, CHROMIUM_ARGS, RECORD_CSP, Watched
+from tests.conftest import (
+    ARTIFACTS,
+    Server,
+    make_config,
+    make_visit,
+    seed,
+    start_server,
+    stop_server,
+)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium"),
+    pytest.mark.asyncio(loop_scope="module"),  # one Chromium for the module
+]
+LIGHT = {"size": (160, 120), "fps": 10}  # the aiortc participant: enough video, little CPU
+
+# The tile's <video>, its MediaStream's video track, that track's receiver on
+# the page's peer connection, and the receiver's inbound-rtp statistics.
+REMOTE_VIDEO = """async (selector) => {
+  const video = document.querySelector(selector);
+  const track = video?.srcObject?.getVideoTracks?.()[0];
+  if (!track) return null;
+  const receiver = window.__parlorPc?.getReceivers().find((r) => r.track === track);
+  let inbound = null;
+  let stats = null;
+  if (receiver) {
+    stats = await receiver.getStats();
+    stats.forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "video") inbound = r; });
+  }
+  return {
+    width: video.videoWidth,
+    height: video.videoHeight,
+    time: video.currentTime,
+    paused: video.paused,
+    framesDecoded: inbound?.framesDecoded ?? 0,
+    codec: inbound && stats.get(inbound.codecId)?.mimeType || null,
+  };
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def seeded_server(tmp_path: Path, **config: Any) -> Server:
+    """The conftest app on a port known in advance (it writes absolute appeal links), seeded."""
+    srv = await start_server(make_config(tmp_path, port=free_port(), **config))
+    await seed(srv)
+    return srv
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def live(tmp_path: Path) -> AsyncIterator[Server]:
+    srv = await seeded_server(tmp_path)
+    try:
+        yield srv
+    finally:
+        await stop_server(srv)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def live_h264(tmp_path: Path) -> AsyncIterator[Server]:
+    srv = await seeded_server(tmp_path, codec="H264")
+    try:
+        yield srv
+    finally:
+        await stop_server(srv)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def chromium() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield launched
+        await launched.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def browser(chromium: Browser) -> AsyncIterator[Browser]:
+    """The module's Chromium; the pages a test opened are closed after it (their calls end)."""
+    before = set(chromium.contexts)
+    yield chromium
+    for context in set(chromium.contexts) - before:
+        await context.close()
+
+
+async def open_watched(browser: Browser, url: str) -> Watched:
+    """A page in its own context; besides errors it records call.js's warnings
+    ("parlor: signaling step failed" is how a refused server offer shows)."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    await context.add_init_script(RECORD_CSP)
+    watched = Watched(await context.new_page())
+
+    def warning(message: ConsoleMessage) -> None:
+        if message.type == "warning" and message.text.startswith("parlor:"):
+            watched.errors.append(f"console warning: {message.text}")
+
+    watched.page.on("console", warning)
+    await watched.page.goto(url)
+    return watched
+
+
+async def state(page: Page, value: str, timeout: float = 15_000) -> None:
+    await page.wait_for_selector(f'#app[data-state="{value}"]', timeout=timeout)
+
+
+async def shoot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+async def start_call(
+    browser: Browser, srv: Server, visit: dict[str, Any]
+) -> tuple[Watched, Watched]:
+    """The family joins through the device check while the kiosk joins by itself."""
+
+    async def family() -> Watched:
+        watched = await open_watched(
+            browser, f"{srv.url}/join/{visit['id']}#token={visit['join']['C1']['token']}"
+        )
+        await state(watched.page, "preview")
+        await watched.page.wait_for_selector("#join-button:enabled", timeout=15_000)
+        await watched.page.click("#join-button")
+        await state(watched.page, "in-call")
+        return watched
+
+    async def kiosk() -> Watched:
+        watched = await open_watched(
+            browser, f"{srv.url}/kiosk#token={visit['join']['device']['token']}"
+        )
+        await state(watched.page, "in-call")
+        return watched
+
+    return await asyncio.gather(family(), kiosk())
+
+
+async def remote_video(page: Page, selector: str) -> dict[str, Any] | None:
+    return await page.evaluate(REMOTE_VIDEO, selector)
+
+
+async def assert_plays(page: Page, selector: str, timeout: float = 15.0) -> dict[str, Any]:
+    """The remote <video> shows a picture that moves: size, clock and decoded frames advance."""
+    deadline = time.monotonic() + timeout
+    first: dict[str, Any] | None = None
+    last: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        last = await remote_video(page, selector)
+        if last and last["width"] > 0 and last["framesDecoded"] > 0:
+            if first is None:
+                first = last
+            elif (
+                last["time"] > first["time"] + 0.3
+                and last["framesDecoded"] >= first["framesDecoded"] + 5
+            ):
+                assert not last["paused"]
+                return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{selector} does not play on {page.url}: first {first}, last {last}")
+
+
+async def sole_remote(page: Page) -> str:
+    await page.wait_for_selector(
+        "figure.tile[data-participant] video.remote-video", state="attached"
+    )
+    ids = await page.eval_on_selector_all(
+        "figure.tile[data-participant]", "els => els.map(e => e.dataset.participant)"
+    )
+    assert len(ids) == 1, ids
+    return f'figure.tile[data-participant="{ids[0]}"] video.remote-video'
+
+
+def media_faults(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What went wrong on the server side: any error (e.g. a failed
+    renegotiation), and any warning of aiortc or the relay (e.g. a transport
+    that died parsing a client's RTP header extensions)."""
+    return [
+        f"{r.levelname} {r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.levelno >= logging.ERROR
+        or (r.levelno >= logging.WARNING and r.name.split(".")[0] in ("aiortc", "relay"))
+    ]
+
+
+async def both_play(pages: list[Watched], selectors: list[str]) -> list[dict[str, Any]]:
+    return await asyncio.gather(
+        *(assert_plays(w.page, sel) for w, sel in zip(pages, selectors, strict=True))
+    )
+
+
+async def test_family_and_kiosk_see_each_other(
+    live: Server, browser: Browser, caplog: pytest.LogCaptureFixture
+) -> None:
+    visit = await make_visit(live, ["C1"])
+    family, kiosk = await start_call(browser, live, visit)
+    pages = [family, kiosk]
+    seen = await both_play(pages, [await sole_remote(w.page) for w in pages])
+    assert [s["codec"] for s in seen] == ["video/VP8", "video/VP8"], seen
+    await shoot(family.page, "call-pages-family-vp8")
+    await shoot(kiosk.page, "call-pages-kiosk-vp8")
+    for watched in pages:
+        assert await watched.problems() == []
+    assert media_faults(caplog) == []
+
+
+async def test_late_joiner_reaches_both_pages_and_old_streams_keep_playing(
+    live: Server, browser: Browser, caplog: pytest.LogCaptureFixture
+) -> None:
+    visit = await make_visit(live, ["C1", "C2"])
+    family, kiosk = await start_call(browser, live, visit)
+    pages = [family, kiosk]
+    before = [await sole_remote(w.page) for w in pages]
+    await both_play(pages, before)
+
+    # A third participant (aiortc, light media) joins: the relay re-offers to both pages.
+    late = live.client(visit["join"]["C2"]["token"], visit["id"], **LIGHT)
+    joined = await late.connect()
+    try:
+        assert joined["type"] == "joined", joined
+        tile = f'figure.tile[data-participant="{joined["session"]}"] video.remote-video'
+        seen = await both_play(pages, [tile, tile])
+        assert all((s["width"], s["height"]) == LIGHT["size"] for s in seen), seen
+        # What was negotiated before the re-offer still plays, both ways.
+        await both_play(pages, before)
+        await shoot(family.page, "call-pages-family-three")
+        await shoot(kiosk.page, "call-pages-kiosk-three")
+        await late.wait_frames("video", count=20, timeout=10)  # it sees the pages, too
+        for watched in pages:
+            assert await watched.problems() == []
+        assert media_faults(caplog) == []
+    finally:
+        await late.close()
+
+
+async def test_h264_call_plays_on_both_pages(
+    live_h264: Server, browser: Browser, caplog: pytest.LogCaptureFixture
+) -> None:
+    visit = await make_visit(live_h264, ["C1"])
+    family, kiosk = await start_call(browser, live_h264, visit)
+    pages = [family, kiosk]
+    seen = await both_play(pages, [await sole_remote(w.page) for w in pages])
+    assert [s["codec"] for s in seen] == ["video/H264", "video/H264"], seen
+    await shoot(family.page, "call-pages-family-h264")
+    await shoot(kiosk.page, "call-pages-kiosk-h264")
+    for watched in pages:
+        assert await watched.problems() == []
+    assert media_faults(caplog) == []
+
+
+async def test_suspending_the_contact_ends_the_family_call_only(
+    live: Server, browser: Browser, caplog: pytest.LogCaptureFixture
+) -> None:
+    visit = await make_visit(live, ["C1"])
+    family, kiosk = await start_call(browser, live, visit)
+    await both_play([family, kiosk], [await sole_remote(w.page) for w in (family, kiosk)])
+
+    reason, basis = "Contraband passed on camera", "Rule 51(4) Prison Rules"
+    status, directive = await live.api(
+        "POST",
+        "/api/v1/directives",
+        {"scope": "contact:C1", "action": "suspend", "reason": reason, "legal_basis": basis,
+         "expires_at": format_time(time.time() + 3600)},
+    )  # fmt: skip
+    assert status == 201, directive
+    issued = time.monotonic()
+    page = family.page
+    await state(page, "ended", timeout=2_000)
+    assert time.monotonic() - issued < 2.0
+    assert reason in (await page.text_content("#end-reason") or "")
+    assert basis in (await page.text_content("#end-legal-basis") or "")
+    assert await page.is_visible("#appeal-link")
+    appeal = await page.get_attribute("#appeal-link", "href") or ""
+    assert appeal.startswith(live.url) and directive["id"] in appeal, appeal
+    await shoot(page, "call-pages-family-suspended")
+
+    # The kiosk keeps its call: it takes the server's offer that retires the
+    # family's media, stays in the call and connected.
+    await kiosk.page.wait_for_function(
+        """() => { const pc = window.__parlorPc;
+                   return pc?.signalingState === "stable" && pc.getTransceivers()
+                     .filter((t) => t.currentDirection === "inactive").length === 2; }""",
+        timeout=5_000,
+    )
+    await asyncio.sleep(0.5)
+    assert await kiosk.page.get_attribute("#app", "data-state") == "in-call"
+    assert await kiosk.page.evaluate("window.__parlorPc?.connectionState") == "connected"
+    await shoot(kiosk.page, "call-pages-kiosk-after-suspend")
+    assert await kiosk.problems() == []
+    assert media_faults(caplog) == []
