@@ -35,5 +35,11 @@ bench: $(VENV)/.installed-test
 	$(PY) bench/relay.py
 	$(PY) bench/kill_latency.py
 
+# The long fuzzing profile (tests/hardening/test_fuzz.py): at least FUZZ_FRAMES signaling
+# frames, plus REST bodies and event-stream auths, against a live call; prints JSON counts.
+FUZZ_FRAMES ?= 100000
+fuzz: $(VENV)/.installed-test
+	PARLOR_FUZZ_FRAMES=$(FUZZ_FRAMES) $(PY) -m pytest -q -p no:cacheprovider -s tests/hardening/test_fuzz.py
+
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -106,7 +106,7 @@ async def _seed_demo(config: Config, join_links: Any) -> dict[str, Any]:
         contact = await store.get_contact("C-DEMO")
         if contact is not None and contact.approvals.get("I-DEMO") != "approved":
             await policy.set_approval(DEMO_ACTOR, "C-DEMO", {"inmate": "I-DEMO", "status": "approved"})
-        now = time.time()
+        now = float(int(time.time()))  # whole seconds: the printed times read cleanly
         visit = await policy.create_visit(
             DEMO_ACTOR,
             {"inmate": "I-DEMO", "device": "K-DEMO", "contacts": ["C-DEMO"],
