@@ -603,7 +603,7 @@ async def measure_first_frame(mode: str, footage: Footage, joins: int, settle: f
             await joiner.close()
             del clients[joiner.peer_id]
             await renegotiate(server, clients, reply["offers"])
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.6)  # joins do not come in bursts
     finally:
         for client in clients.values():
             with contextlib.suppress(Exception):

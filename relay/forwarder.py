@@ -39,11 +39,20 @@ class KeyframeRequester:
 
     A request inside the interval is not dropped but deferred to the end of
     it (and merged with any others), so a subscriber that starts just after
-    another one's keyframe went by still gets its own keyframe.
+    another one's keyframe went by still gets its own keyframe. A deferred
+    request is sent only if ``still_needed()`` says a keyframe has not come
+    meanwhile: a wasted keyframe costs bandwidth and, worse, the next
+    subscriber's window.
     """
 
-    def __init__(self, send: Callable[[], None], interval: float = KEYFRAME_REQUEST_INTERVAL):
+    def __init__(
+        self,
+        send: Callable[[], None],
+        still_needed: Callable[[], bool] = lambda: True,
+        interval: float = KEYFRAME_REQUEST_INTERVAL,
+    ) -> None:
         self._send = send
+        self._still_needed = still_needed
         self._interval = interval
         self._last: float | None = None
         self._deferred: asyncio.TimerHandle | None = None
@@ -56,15 +65,19 @@ class KeyframeRequester:
         if self._last is None or now - self._last >= self._interval:
             self._fire()
         else:
-            self._deferred = loop.call_at(self._last + self._interval, self._fire)
+            self._deferred = loop.call_at(self._last + self._interval, self._fire_deferred)
 
     def cancel(self) -> None:
         if self._deferred is not None:
             self._deferred.cancel()
             self._deferred = None
 
-    def _fire(self) -> None:
+    def _fire_deferred(self) -> None:
         self._deferred = None
+        if self._still_needed():
+            self._fire()
+
+    def _fire(self) -> None:
         self._last = asyncio.get_running_loop().time()
         self._send()
 
@@ -90,7 +103,9 @@ class Forwarder:
         self.decoded = False
         """True in the transcoding fallback: items are decoded frames."""
         self._subscribers: list[ForwardedTrack] = []
-        self._keyframes = KeyframeRequester(request_keyframe_upstream)
+        self._keyframes = KeyframeRequester(request_keyframe_upstream, self._keyframe_needed)
+        self._keyframe_asked = False
+        """A subscriber's decoder asked (PLI/FIR) and no keyframe came since."""
         self._stats = stats
 
     @property
@@ -104,6 +119,8 @@ class Forwarder:
         for stats in self._stats:
             stats.packets_received += 1
             stats.bytes_received += size
+        if keyframe:
+            self._keyframe_asked = False
         for track in self._subscribers:
             track.deliver(item, keyframe)
 
@@ -115,10 +132,21 @@ class Forwarder:
         if track in self._subscribers:
             self._subscribers.remove(track)
 
-    def request_keyframe(self) -> None:
-        """Ask the publisher for a keyframe (rate-limited, video only)."""
+    def request_keyframe(self, *, asked_by_subscriber: bool = False) -> None:
+        """Ask the publisher for a keyframe (rate-limited, video only).
+
+        ``asked_by_subscriber``: the request is a subscriber's PLI/FIR, which
+        only a keyframe satisfies (the relay cannot see the decoder's state).
+        """
         if self.active and self.kind == "video" and not self.decoded:
+            if asked_by_subscriber:
+                self._keyframe_asked = True
             self._keyframes.request()
+
+    def _keyframe_needed(self) -> bool:
+        return self.active and (
+            self._keyframe_asked or any(t.needs_keyframe and t.accepting for t in self._subscribers)
+        )
 
     def set_active(self, active: bool) -> None:
         """Open or close the publisher-side gate.
@@ -173,6 +201,11 @@ class ForwardedTrack(MediaStreamTrack):
     @property
     def accepting(self) -> bool:
         return self._accepting
+
+    @property
+    def needs_keyframe(self) -> bool:
+        """Waiting for a keyframe before it can forward anything."""
+        return self._needs_keyframe
 
     @property
     def queued(self) -> int:
@@ -254,7 +287,7 @@ class ForwardedTrack(MediaStreamTrack):
     def on_keyframe_request(self) -> None:
         """The subscriber sent a PLI or FIR: pass it on to the publisher."""
         if self._accepting and self.readyState == "live":
-            self.source.request_keyframe()
+            self.source.request_keyframe(asked_by_subscriber=True)
 
     def stop(self) -> None:
         super().stop()

@@ -340,8 +340,10 @@ async def list_audit(request: web.Request, actor: Actor) -> web.Response:
         limit = min(int(request.query.get("limit", "500")), 5000)
     except ValueError:
         raise Malformed("bad-query", "after and limit must be integers") from None
-    if after < 0 or limit < 1:  # a negative LIMIT means "no limit" to SQLite: it would lift the cap
-        raise Malformed("bad-query", "after must be >= 0 and limit >= 1")
+    # a negative LIMIT means "no limit" to SQLite: it would lift the cap; past 2**63 - 1 the
+    # driver raises OverflowError (a 500)
+    if not 0 <= after < 2**63 or limit < 1:
+        raise Malformed("bad-query", "after must be between 0 and 2**63 - 1, and limit >= 1")
     events = await request.app[K.STORE].audit_events(after=after, limit=limit)
     return web.json_response([e.to_json() for e in events])
 

@@ -157,13 +157,14 @@ class Enforcer:
             for peer in renegotiate:
                 other = call.session_of(peer)
                 if other is not None:
-                    await self._renegotiate(other)
+                    await self.renegotiate(other)
         try:
             await self.policy.session_ended(session.record, reason)
         except Exception:  # the session is over either way; the orphan sweep closes the record
             log.exception("could not record the end of session %s", session.id)
 
-    async def _renegotiate(self, session: Session) -> None:
+    async def renegotiate(self, session: Session) -> None:
+        """Send a session a server offer; a failure ends that session alone, never the caller's."""
         try:
             async with session.lock:
                 await session.renegotiate()

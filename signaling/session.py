@@ -13,7 +13,7 @@ from policy.actor import Actor
 from policy.directive import Directive
 from policy.store import SessionRecord
 from policy.visit import Visit
-from relay import RelayPeer
+from relay import PeerClosed, RelayPeer
 
 log = logging.getLogger("parlor.session")
 
@@ -72,5 +72,9 @@ class Session:
             return
         self.offer_outstanding = True
         self.renegotiate_again = False
-        sdp = await self.peer.create_offer()
+        try:
+            sdp = await self.peer.create_offer()
+        except PeerClosed:  # it is being torn down; its own handler ends the session
+            self.offer_outstanding = False
+            return
         await self.send({"type": "offer", "sdp": sdp})

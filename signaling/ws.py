@@ -389,6 +389,5 @@ async def _offer(app: web.Application, session: Session, sdp: object) -> str | N
         for peer in call.room.add(session.peer):
             other = call.session_of(peer)
             if other is not None and not other.ended:
-                async with other.lock:
-                    await other.renegotiate()
+                await app[K.ENFORCER].renegotiate(other)
     return None

@@ -131,6 +131,29 @@ async def test_keyframe_requests_are_rate_limited_but_never_lost() -> None:
     assert upstream.requests == 3
 
 
+async def test_a_deferred_request_is_dropped_once_a_keyframe_came() -> None:
+    upstream = Upstream()
+    forwarder = Forwarder("video", "A", upstream, (RelayStats(),))
+    first = ForwardedTrack(forwarder, accepting=True, stats=(RelayStats(),))
+    forwarder.subscribe(first)
+    second = ForwardedTrack(forwarder, accepting=True, stats=(RelayStats(),))
+    forwarder.subscribe(second)  # inside the window: deferred
+    assert upstream.requests == 1
+    forwarder.push(packet(), True, 10)  # the keyframe the first request brought
+    await asyncio.sleep(0.6)
+    assert upstream.requests == 1, "the deferred request was no longer needed"
+
+    second.on_keyframe_request()  # a subscriber's PLI: only a keyframe satisfies it
+    assert upstream.requests == 2
+    second.on_keyframe_request()
+    await asyncio.sleep(0.6)
+    assert upstream.requests == 3
+    second.on_keyframe_request()
+    forwarder.push(packet(), True, 10)
+    await asyncio.sleep(0.6)
+    assert upstream.requests == 3
+
+
 async def test_gates_pause_resume_and_stop() -> None:
     upstream = Upstream()
     forwarder = Forwarder("video", "A", upstream, (RelayStats(),))
