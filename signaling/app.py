@@ -53,6 +53,8 @@ async def security_headers(request: web.Request, handler: Callable) -> web.Strea
         if request.path.startswith("/api/") and exc.status >= 400:
             response = error_response(exc.status, exc.reason.lower().replace(" ", "-"), exc.reason)
         else:
+            exc.headers.setdefault("X-Content-Type-Options", "nosniff")
+            exc.headers.setdefault("Referrer-Policy", "no-referrer")
             raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)

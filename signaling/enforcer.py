@@ -136,6 +136,9 @@ class Enforcer:
         session.peer.stop_forwarding()
         call = self.sessions.remove(session)
         renegotiate = call.room.remove(session.peer) if call is not None else []
+        # The record is written while the (possibly slow) close handshakes run, so a client that
+        # never answers its close frame cannot keep the session listed as live.
+        recorded = asyncio.ensure_future(self._record_end(session, reason))
         if reason != "left":
             terminated: dict[str, Any] = {
                 "type": "terminated",
@@ -158,6 +161,9 @@ class Enforcer:
                 other = call.session_of(peer)
                 if other is not None:
                     await self.renegotiate(other)
+        await recorded
+
+    async def _record_end(self, session: Session, reason: str) -> None:
         try:
             await self.policy.session_ended(session.record, reason)
         except Exception:  # the session is over either way; the orphan sweep closes the record

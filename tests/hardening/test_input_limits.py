@@ -260,7 +260,7 @@ async def test_pages_send_csp_nosniff_and_no_referrer(server):
             assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
             assert response.headers.get("X-Content-Type-Options") == "nosniff", path
             assert response.headers.get("Referrer-Policy") == "no-referrer", path
-    for path in ("/static/call.js", "/api/v1/openapi.json", "/healthz", "/api/v1/facilities"):
+    for path in ("/static/call.js", "/api/v1/openapi.json", "/healthz", "/api/v1/facilities", "/nope", "/static/nope.js"):
         async with server.http.get(server.url + path) as response:
             assert response.headers.get("X-Content-Type-Options") == "nosniff", path
             assert response.headers.get("Referrer-Policy") == "no-referrer", path
