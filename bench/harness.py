@@ -39,6 +39,15 @@ import aiohttp
 REPO = Path(__file__).resolve().parent.parent
 PROBLEM = re.compile(r'"level":\s*"(error|critical)"|\b(ERROR|CRITICAL|Traceback)\b')
 WARNING = re.compile(r'"level":\s*"warning"|\bWARNING\b')
+# Log lines worth counting: how many peer connections the server lost, and to what.
+SIGNS = {
+    # aioice 0.13 checks consent every ~5 s with one try and a 0.5 s timeout, and closes the
+    # connection after 6 failures: a loop that lags > 0.5 s for ~30 s drops its calls.
+    "ice_consent_expired": "Consent to send expired",
+    "signaling_failed": "signaling failed",
+    "peer_connection_closed_error": "RTCPeerConnection is closed",
+    "task_exception_never_retrieved": "Task exception was never retrieved",
+}
 # Benches open hundreds of sessions from one address and seed through one operator token:
 # lift the per-address join and per-identity API rate limits for the bench server only.
 BENCH_LIMITS = {"PARLOR_JOIN_RATE_PER_IP": "100000:10000", "PARLOR_JOIN_RATE_PER_IDENTITY": "100000:10000",
@@ -86,7 +95,8 @@ class ServerProcess:
     process: asyncio.subprocess.Process | None = None
     http: aiohttp.ClientSession | None = None
     operator_token: str = ""
-    env: dict[str, str] = field(default_factory=dict)  # applied last, e.g. a cluster node's PARLOR_DB
+    # Applied last, e.g. a cluster node's PARLOR_DB.
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -179,16 +189,18 @@ class ServerProcess:
             process.kill()
             return await process.wait()
 
-    def problems(self, limit: int = 20) -> dict[str, Any]:
-        """Lines of the server's log that look like errors, with their tracebacks' last lines."""
+    def problems(self, limit: int = 5, width: int = 400) -> dict[str, Any]:
+        """Counts of the server log's error and warning lines, the first few (cut to `width`
+        characters; the whole log stays in the temp dir), and counts of known signs."""
         try:
             lines = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             return {"count": 0, "lines": [], "log": str(self.log_path)}
         hits = [line for line in lines if PROBLEM.search(line)]
         warnings = [line for line in lines if WARNING.search(line)]
-        return {"count": len(hits), "lines": hits[:limit], "warnings": len(warnings),
-                "warning_lines": warnings[:5], "log": str(self.log_path)}  # fmt: skip
+        return {"count": len(hits), "lines": [h[:width] for h in hits[:limit]], "warnings": len(warnings),
+                "warning_lines": [w[:width] for w in warnings[:limit]], "log": str(self.log_path),
+                "signs": {sign: sum(1 for line in lines if text in line) for sign, text in SIGNS.items()}}  # fmt: skip
 
     async def metrics(self) -> dict[str, float]:
         """The server's Prometheus samples without labels, e.g. parlor_kill_seconds_sum."""
@@ -384,7 +396,8 @@ class Fleet:
                         "preencoded": preencoded,
                         "decode_frames": decode_frames,
                         "concurrency": concurrency,
-                        "deadline": max(10.0, timeout - 15.0),  # joins still pending then are given up
+                        # joins still pending then are given up
+                        "deadline": max(10.0, timeout - 15.0),
                     },
                     timeout,
                 )  # fmt: skip
@@ -540,8 +553,10 @@ def _bench_client_class() -> type:
                 "video": deque(maxlen=3000),
             }
             self.closed_at: float | None = None
-            self.decode = True  # False: note RTP arrivals only, drop the packets (no jitter buffer, no decoder)
-            self.decode_frames: int | None = None  # stop decoding once this many of each kind decoded
+            # decode False: note RTP arrivals only and drop the packets (no jitter buffer, no
+            # decoder); decode_frames: turn decoding off once that many of each kind are decoded.
+            self.decode = True
+            self.decode_frames: int | None = None
 
         def _tracks(self, joined: dict[str, Any]) -> tuple[Any, Any]:
             if not self.preencoded:
@@ -596,7 +611,8 @@ def _bench_client_class() -> type:
                     got.video_sizes.add((frame.width, frame.height))
                 wanted = self.decode_frames
                 if wanted is not None and min(got.frames["audio"], got.frames["video"]) >= wanted:
-                    self.decode = False  # proven decodable; decoding 2N streams would swamp this process
+                    # Proven decodable. Decoding 2N streams would swamp this process.
+                    self.decode = False
 
         async def _read(self) -> None:
             try:
@@ -679,7 +695,9 @@ async def worker_main(server: str, name: str, lifetime: float) -> int:
             async with gate:
                 began = time.monotonic()
                 try:
-                    first = await asyncio.wait_for(client.connect(timeout=30), max(1.0, deadline - began))
+                    first = await asyncio.wait_for(
+                        client.connect(timeout=30), max(1.0, deadline - began)
+                    )
                     # Hold the gate until ICE and DTLS are through: a burst of handshakes on a
                     # busy host makes aioice's consent checks (one try, 0.5 s) fail.
                     while first.get("type") == "joined" and client.pc is not None:
@@ -724,10 +742,15 @@ async def worker_main(server: str, name: str, lifetime: float) -> int:
         def missing() -> list[Any]:
             return [
                 {
-                    "call": c.call, "role": c.role, "frames": dict(c.received.frames),
+                    "call": c.call,
+                    "role": c.role,
+                    "frames": dict(c.received.frames),
                     "rtp_packets": {k: len(v) for k, v in c.rtp.items()},
-                    "pc": None if c.pc is None else f"{c.pc.connectionState}/{c.pc.iceConnectionState}",
-                    "closed": c.closed.is_set(), "close_code": c.close_code,
+                    "pc": None
+                    if c.pc is None
+                    else f"{c.pc.connectionState}/{c.pc.iceConnectionState}",
+                    "closed": c.closed.is_set(),
+                    "close_code": c.close_code,
                     "messages": [m.get("type") for m in c.messages][-6:],
                 }  # fmt: skip
                 for c in clients

@@ -91,6 +91,10 @@ class RelayPeer:
         self.codec = VisitCodec.named(codec)
         self.publish = publish
         self._pc = RTCPeerConnection(rtc_configuration(ice_servers))
+        self.lost = asyncio.Event()
+        """Set when the connection fails or closes on its own (e.g. ICE consent expired): the
+        owner ends the session, since no media can flow any more."""
+        self._pc.on("connectionstatechange", self._on_connection_state)
         self._stats = RelayStats()
         self._stat_targets = (self._stats,) if totals is None else (self._stats, totals)
         self._forwarders = {
@@ -324,6 +328,10 @@ class RelayPeer:
                 subscription.track.resume()
             else:
                 subscription.track.pause()
+
+    def _on_connection_state(self) -> None:
+        if self._pc.connectionState in ("failed", "closed") and not self._closed:
+            self.lost.set()
 
     async def close(self) -> None:
         """Stop forwarding, then close the connection. Idempotent."""

@@ -182,8 +182,10 @@ async def _admit(app: web.Application, ws: web.WebSocketResponse, join: dict[str
             raise Redirect(owner)
     call = sessions.calls.get(visit.id)
     if call is None:
-        call = Call(visit=visit, room=Room(visit.id, codec=config.codec), names=await _names(policy, visit))
-        sessions.calls[visit.id] = call
+        names = await _names(policy, visit)
+        # Re-read after the await: a concurrent first join may have created the call meanwhile,
+        # and two Call objects for one visit would never forward media between them.
+        call = sessions.calls.setdefault(visit.id, Call(visit=visit, room=Room(visit.id, codec=config.codec), names=names))
     if mode == "participant" and len(call.participants()) >= config.max_participants and not any(
         s.actor.sub == actor.sub for s in call.participants()
     ):
@@ -210,8 +212,8 @@ async def _admit(app: web.Application, ws: web.WebSocketResponse, join: dict[str
     )  # fmt: skip
     if decision.audio_only is not None:
         app[K.ENFORCER].restrict(session, decision.audio_only)
-    if call.visit.id not in sessions.calls:  # the call emptied while we awaited the store
-        sessions.calls[visit.id] = call
+    # The call may have emptied (and been dropped) while we awaited the store: adopt the live one.
+    call = sessions.calls.setdefault(visit.id, call)
     replaced = sessions.add(session, call)
     if replaced is not None:
         await app[K.ENFORCER].end_session(replaced, "replaced", REPLACED)
@@ -274,6 +276,24 @@ async def _names(policy: Any, visit: Visit) -> dict[str, str]:
 async def _serve(app: web.Application, session: Session) -> None:
     """Read client messages until the socket closes or the session is ended."""
     config, enforcer = app[K.CONFIG], app[K.ENFORCER]
+    watcher = asyncio.ensure_future(_end_when_lost(app, session))
+    try:
+        await _read_messages(app, session, config, enforcer)
+    finally:
+        if session.peer.lost.is_set():
+            await watcher  # it is ending the session: let it finish
+        else:
+            watcher.cancel()
+
+
+async def _end_when_lost(app: web.Application, session: Session) -> None:
+    """A peer connection that dies on its own (ICE consent expired, DTLS failure) ends its
+    session: the client is told and may rejoin, and the session is not listed as live."""
+    await session.peer.lost.wait()
+    await app[K.ENFORCER].end_session(session, "error", 1011, message="The media connection was lost.")
+
+
+async def _read_messages(app: web.Application, session: Session, config: Any, enforcer: Any) -> None:
     errors = 0
     async for msg in session.ws:
         if session.ended:

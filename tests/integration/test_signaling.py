@@ -222,3 +222,43 @@ async def test_server_created_no_video_encoder(server):
         assert receivers and not any(decoder_running(receiver) for receiver in receivers)
     finally:
         await asyncio.gather(kiosk.close(), c1.close())
+
+
+async def test_simultaneous_first_joins_share_one_call(server):
+    """Two participants joining at the same instant must land in the same call."""
+    await seed(server)
+    visit = await make_visit(server, ["C1"])
+    kiosk = server.client(visit["join"]["device"]["token"], visit["id"], **LIGHT)
+    c1 = server.client(visit["join"]["C1"]["token"], visit["id"], **LIGHT)
+    try:
+        answers = await asyncio.gather(kiosk.connect(), c1.connect())
+        assert [a["type"] for a in answers] == ["joined", "joined"]
+        await kiosk.wait_frames("video", 5)
+        await c1.wait_frames("video", 5)
+    finally:
+        await asyncio.gather(kiosk.close(), c1.close())
+
+
+async def test_a_session_whose_media_connection_dies_is_ended(server):
+    """If the peer connection fails on its own (e.g. ICE consent expires), the session ends
+    (close 1011, reason error) instead of lingering as live."""
+    await seed(server)
+    visit = await make_visit(server, ["C1", "C2"])
+    c1 = server.client(visit["join"]["C1"]["token"], visit["id"], **LIGHT)
+    c2 = server.client(visit["join"]["C2"]["token"], visit["id"], **LIGHT)
+    try:
+        joined = await c1.connect()
+        await c2.connect()
+        await c2.wait_frames("video", 3)
+        from signaling import keys as K
+
+        session = server.app[K.SESSIONS].by_id[joined["session"]]
+        await session.peer._pc.close()  # the connection dies under the session, not through Parlor
+        await asyncio.wait_for(c1.closed.wait(), 5)
+        assert c1.close_code == 1011 and c1.terminated["reason"] == "error"
+        status, sessions = await server.api("GET", "/api/v1/sessions")
+        assert joined["session"] not in {s["id"] for s in sessions}
+        assert (await c2.wait_for("participant-left"))["participant"] == joined["session"]
+        assert c2.close_code is None
+    finally:
+        await asyncio.gather(c1.close(), c2.close())
