@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,10 +25,12 @@ import pytest_asyncio
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
 from policy.rfc3339 import format_time
-from tests.browser.test_pages_static import CHROMIUM, CHROMIUM_ARGS, RECORD_CSP, Watched
+from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, RECORD_CSP
+from tests.browser.test_pages_static import Watched
 from tests.conftest import (
     ARTIFACTS,
     Server,
+    free_port,
     make_config,
     make_visit,
     seed,
@@ -67,11 +68,6 @@ REMOTE_VIDEO = """async (selector) => {
   };
 }"""
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def seeded_server(tmp_path: Path, **config: Any) -> Server:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,23 +23,19 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright
 
-from tests.conftest import Server, make_config, make_visit, seed, start_server, stop_server
+from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, DESKTOP, RECORD_CSP
+from tests.conftest import (
+    Server,
+    free_port,
+    make_config,
+    make_visit,
+    seed,
+    start_server,
+    stop_server,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--allow-loopback-in-peer-connection",
-]
-DESKTOP = {"width": 1280, "height": 800}
 LIGHT = {"size": (160, 120), "fps": 10}  # aiortc participants: enough video, little CPU
 
 pytestmark = [
@@ -49,18 +44,7 @@ pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),  # one Chromium for the module
 ]
 
-RECORD_CSP = """
-window.__cspViolations = [];
-document.addEventListener('securitypolicyviolation', (e) => {
-  window.__cspViolations.push(e.violatedDirective + ' ' + e.blockedURI);
-});
-"""
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest_asyncio.fixture(loop_scope="module")

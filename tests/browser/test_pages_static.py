@@ -24,23 +24,12 @@ import pytest_asyncio
 from aiohttp import WSMsgType, web
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
+from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, DESKTOP, RECORD_CSP
+
 ROOT = Path(__file__).resolve().parents[2]
 STATIC = ROOT / "static"
 ARTIFACTS = ROOT / "tests" / "artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
 CSP = "default-src 'self'; media-src 'self' blob: mediastream:; connect-src 'self' ws: wss:"
-CHROMIUM_ARGS = [
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--allow-loopback-in-peer-connection",
-]
-DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
 pytestmark = [
@@ -48,14 +37,6 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium"),
 ]
 
-# Collects CSP violations from the first moment of each page; Playwright's init
-# scripts are injected by the browser, so the page's own CSP does not stop them.
-RECORD_CSP = """
-window.__cspViolations = [];
-document.addEventListener('securitypolicyviolation', (e) => {
-  window.__cspViolations.push(e.violatedDirective + ' ' + e.blockedURI);
-});
-"""
 
 
 def iso(moment: datetime) -> str:
