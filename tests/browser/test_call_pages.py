@@ -22,19 +22,16 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
+from playwright.async_api import Browser, ConsoleMessage, Page
 
 from policy.rfc3339 import format_time
-from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, RECORD_CSP
+from tests.browser.chromium import CHROMIUM, RECORD_CSP
+from tests.browser.conftest import seeded_server
 from tests.browser.test_pages_static import Watched
 from tests.conftest import (
     ARTIFACTS,
     Server,
-    free_port,
-    make_config,
     make_visit,
-    seed,
-    start_server,
     stop_server,
 )
 
@@ -69,23 +66,6 @@ REMOTE_VIDEO = """async (selector) => {
 }"""
 
 
-
-async def seeded_server(tmp_path: Path, **config: Any) -> Server:
-    """The conftest app on a port known in advance (it writes absolute appeal links), seeded."""
-    srv = await start_server(make_config(tmp_path, port=free_port(), **config))
-    await seed(srv)
-    return srv
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def live(tmp_path: Path) -> AsyncIterator[Server]:
-    srv = await seeded_server(tmp_path)
-    try:
-        yield srv
-    finally:
-        await stop_server(srv)
-
-
 @pytest_asyncio.fixture(loop_scope="module")
 async def live_h264(tmp_path: Path) -> AsyncIterator[Server]:
     srv = await seeded_server(tmp_path, codec="H264")
@@ -93,25 +73,6 @@ async def live_h264(tmp_path: Path) -> AsyncIterator[Server]:
         yield srv
     finally:
         await stop_server(srv)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def chromium() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        yield launched
-        await launched.close()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def browser(chromium: Browser) -> AsyncIterator[Browser]:
-    """The module's Chromium; the pages a test opened are closed after it (their calls end)."""
-    before = set(chromium.contexts)
-    yield chromium
-    for context in set(chromium.contexts) - before:
-        await context.close()
 
 
 async def open_watched(browser: Browser, url: str) -> Watched:

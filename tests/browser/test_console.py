@@ -15,23 +15,16 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
-from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page
 
-from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, DESKTOP, RECORD_CSP
+from tests.browser.chromium import CHROMIUM, DESKTOP, RECORD_CSP
 from tests.conftest import (
     Server,
-    free_port,
-    make_config,
     make_visit,
-    seed,
-    start_server,
-    stop_server,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,38 +38,6 @@ pytestmark = [
 ]
 
 
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def live(tmp_path: Path) -> AsyncIterator[Server]:
-    """The conftest server, seeded, on a port known before start-up: the server writes
-    absolute links (a directive's appeal_url) from its configured address, and with
-    port 0 those would point nowhere."""
-    srv = await start_server(make_config(tmp_path, port=free_port()))
-    await seed(srv)
-    try:
-        yield srv
-    finally:
-        await stop_server(srv)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def chromium() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        yield launched
-        await launched.close()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def browser(chromium: Browser) -> AsyncIterator[Browser]:
-    """The module's Chromium; the contexts a test opened are closed after it (their calls end)."""
-    before = set(chromium.contexts)
-    yield chromium
-    for context in set(chromium.contexts) - before:
-        await context.close()
 
 
 class Watched:

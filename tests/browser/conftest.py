@@ -1,0 +1,48 @@
+"""Fixtures of the browser tests against the real server: one Chromium per module and a
+seeded server (tests/conftest.py binds it to a known port, so the links it writes work)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest_asyncio
+from playwright.async_api import Browser, async_playwright
+
+from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS
+from tests.conftest import Server, make_config, seed, start_server, stop_server
+
+
+async def seeded_server(tmp_path: Path, **config: Any) -> Server:
+    srv = await start_server(make_config(tmp_path, **config))
+    await seed(srv)
+    return srv
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def live(tmp_path: Path) -> AsyncIterator[Server]:
+    srv = await seeded_server(tmp_path)
+    try:
+        yield srv
+    finally:
+        await stop_server(srv)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def chromium() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield launched
+        await launched.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def browser(chromium: Browser) -> AsyncIterator[Browser]:
+    """The module's Chromium; the pages a test opened are closed after it (their calls end)."""
+    before = set(chromium.contexts)
+    yield chromium
+    for context in set(chromium.contexts) - before:
+        await context.close()
