@@ -229,6 +229,7 @@ class CallSpec:
     visit: str
     kiosk_token: str
     family_token: str
+    server: str | None = None  # the node its clients join (a cluster bench); None: the worker's
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -377,6 +378,7 @@ class Fleet:
         fps: int,
         preencoded: bool,
         concurrency: int,
+        audio_ptime: int = 20,
         timeout: float,
         decode_frames: int | None = None,
     ) -> list[dict[str, Any]]:
@@ -394,6 +396,7 @@ class Fleet:
                         "size": list(size),
                         "fps": fps,
                         "preencoded": preencoded,
+                        "audio_ptime": audio_ptime,
                         "decode_frames": decode_frames,
                         "concurrency": concurrency,
                         # joins still pending then are given up
@@ -438,11 +441,13 @@ class Fleet:
 # -- the worker process -------------------------------------------------------------------
 @functools.cache
 def encoded_loop(
-    kind: str, width: int, height: int, fps: int, seconds: float = 3.0
+    kind: str, width: int, height: int, fps: int, seconds: float = 3.0, ptime: int = 20
 ) -> tuple[bytes, ...]:
     """A few seconds of encoded media to send in a loop: VP8 frames of the kiosk's moving test
     pattern (a keyframe every second, so the loop's seam and late subscribers are fine), or
-    20 ms Opus frames of its tone. Encoded once per process, sent by every client."""
+    Opus frames of its tone: 20 ms as aiortc (and a browser) sends them, or `ptime` ms
+    (libopus' frame_duration), fewer packets for the same sound. Encoded once per process,
+    sent by every client."""
     import fractions
 
     import av
@@ -464,6 +469,14 @@ def encoded_loop(
                 raise RuntimeError("the test-pattern track waited while pre-encoding")
         return out
 
+    if kind == "audio" and ptime != 20:
+        opus = av.CodecContext.create("libopus", "w")
+        opus.sample_rate, opus.layout, opus.format, opus.bit_rate = 48000, "stereo", "s16", 64000
+        opus.options = {"frame_duration": str(ptime), "application": "voip"}
+        encoded = []
+        for frame in frames(ToneTrack(), int(seconds * 50)):
+            encoded.extend(bytes(p) for p in opus.encode(frame))
+        return tuple(encoded)
     if kind == "audio":
         from aiortc.codecs import get_encoder
         from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -541,9 +554,11 @@ def _bench_client_class() -> type:
     class BenchClient(ParlorClient):
         """A `ParlorClient` that also keeps every frame's arrival instant and when its socket closed."""
 
-        def __init__(self, *args: Any, call: int, role: str, preencoded: bool, **kw: Any) -> None:
+        def __init__(
+            self, *args: Any, call: int, role: str, preencoded: bool, ptime: int = 20, **kw: Any
+        ) -> None:
             super().__init__(*args, **kw)
-            self.call, self.role, self.preencoded = call, role, preencoded
+            self.call, self.role, self.preencoded, self.ptime = call, role, preencoded, ptime
             self.arrivals: dict[str, deque[float]] = {
                 "audio": deque(maxlen=3000),
                 "video": deque(maxlen=1000),
@@ -562,9 +577,11 @@ def _bench_client_class() -> type:
             if not self.preencoded:
                 return super()._tracks(joined)
             (width, height), fps = self.size, self.fps
+            ptime = self.ptime
             audio = loop_track(
-                "audio", encoded_loop("audio", width, height, fps), 48000, 960, 0.020
-            )
+                "audio", encoded_loop("audio", width, height, fps, ptime=ptime), 48000,
+                48 * ptime, ptime / 1000,
+            )  # fmt: skip
             video = loop_track(
                 "video", encoded_loop("video", width, height, fps), 90000, 90000 // fps, 1 / fps
             )
@@ -688,8 +705,9 @@ async def worker_main(server: str, name: str, lifetime: float) -> int:
 
         async def one(call: dict[str, Any], role: str, token: str) -> None:
             client = client_class(
-                server, token, call["visit"], size=size, fps=int(command["fps"]),
+                call.get("server") or server, token, call["visit"], size=size, fps=int(command["fps"]),
                 call=call["index"], role=role, preencoded=bool(command.get("preencoded", True)),
+                ptime=int(command.get("audio_ptime", 20)),
             )  # fmt: skip
             client.decode_frames = command.get("decode_frames")
             async with gate:

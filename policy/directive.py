@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from policy.errors import Malformed
-from policy.rfc3339 import format_time
+from policy.rfc3339 import format_time, parse_time
 from policy.roster import check_id
 
 ACTIONS = ("suspend", "end", "audio-only")
@@ -99,6 +99,28 @@ class Directive:
             "sessions_ended": self.sessions_ended,
             "appeal_url": f"{appeal_base}/appeal/{self.id}",
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Directive:
+        """The inverse of `to_json` (the derived fields are ignored): how a node reads a
+        directive that another node announced on the bus."""
+
+        def moment(name: str) -> float:
+            return parse_time(data[name], name)
+
+        def maybe(name: str) -> float | None:
+            return None if data.get(name) is None else moment(name)
+
+        return cls(
+            id=str(data["id"]), scope=str(data["scope"]), action=str(data["action"]),
+            reason=str(data["reason"]), legal_basis=str(data["legal_basis"]),
+            issued_by=str(data["issued_by"]), issued_at=moment("issued_at"),
+            starts_at=moment("starts_at"), expires_at=moment("expires_at"),
+            status=str(data["status"]), confirm_by=maybe("confirm_by"),
+            confirmed_by=data.get("confirmed_by"), confirmed_at=maybe("confirmed_at"),
+            closed_at=maybe("closed_at"), closed_by=data.get("closed_by"),
+            close_reason=data.get("close_reason"), sessions_ended=int(data.get("sessions_ended") or 0),
+        )  # fmt: skip
 
     def notice(self, *, appeal_base: str = "") -> dict[str, Any]:
         """What an affected person is told: SPEC §4 'the people affected are told'."""

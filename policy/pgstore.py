@@ -2,9 +2,13 @@
 
 The domain SQL is `policy.store`'s, written once with `?` placeholders and rewritten here to
 `$n`. Every write is one transaction that also appends its audit event under a row lock on
-`audit_head` and sends `pg_notify('parlor_events', '<seq>')`: PostgreSQL delivers a
+`audit_head` and sends `pg_notify('parlor_events', <the event>)`: PostgreSQL delivers a
 notification only when its transaction commits, so a node never hears of an event it cannot
 read, and the lock gives every event of the cluster one sequence number in commit order.
+The payload is the whole event as JSON, so a listening node can act on it without reading
+it back (one database round trip less between a directive on one node and the kill on
+another); an event too large for a payload (8000 bytes) is announced by its sequence
+number alone, and the listener reads it from the table.
 
 Two tables exist only here, because only a cluster needs them: `nodes` (each node's
 heartbeat, in the database's clock so node clocks may disagree) and `placements` (which node
@@ -27,11 +31,12 @@ from typing import Any
 
 import asyncpg
 
-from policy.audit import GENESIS, AuditEvent
+from policy.audit import GENESIS, AuditEvent, canonical_json
 from policy.errors import Conflict, StoreUnavailable
 from policy.store import SCHEMA, SCHEMA_VERSION, AuditDraft, Statement, Store, seal_next
 
 CHANNEL = "parlor_events"
+NOTIFY_LIMIT = 7999  # bytes: PostgreSQL refuses a longer payload
 
 # pg_advisory_xact_lock key for schema creation: CREATE TABLE IF NOT EXISTS is not safe
 # when two nodes start at once on an empty database.
@@ -57,6 +62,26 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections
 )
+
+
+def announcement(event: AuditEvent) -> str:
+    """The NOTIFY payload of a committed event: the event itself, or its number if too large."""
+    payload = canonical_json(event.to_json())
+    return payload if len(payload.encode()) <= NOTIFY_LIMIT else str(event.seq)
+
+
+def announced(payload: str) -> tuple[int, AuditEvent | None]:
+    """Read a NOTIFY payload back: (seq, event), (seq, None) or (0, None) if unreadable."""
+    if payload.isdigit():
+        return int(payload), None
+    try:
+        fields = json.loads(payload)
+        event = AuditEvent(**{name: fields[name] for name in AuditEvent.__dataclass_fields__})
+    except (ValueError, TypeError, KeyError):
+        return 0, None
+    if not isinstance(event.seq, int) or not isinstance(event.data, dict):
+        return 0, None
+    return event.seq, event
 
 
 @functools.lru_cache(maxsize=512)
@@ -107,7 +132,7 @@ class Placement:
 class Listener:
     """A dedicated connection that LISTENs for committed events and carries the heartbeat.
 
-    `on_event(seq)` runs for every notification; `on_lost()` runs once when the connection
+    `listen`'s `on_event` runs for every notification; `on_lost()` runs once when the connection
     dies (server shutdown, network reset) — or when `close` is called.
     """
 
@@ -210,7 +235,7 @@ class PostgresStore(Store):
                     " SELECT pg_notify($9, $10)",
                     event.seq, event.at, event.actor, event.action, event.subject,
                     json.dumps(event.data, sort_keys=True), event.prev_hash, event.hash, CHANNEL,
-                    str(event.seq),
+                    announcement(event),
                 )  # fmt: skip
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise Conflict("already-exists", f"conflicts with an existing record: {exc}") from exc
@@ -234,14 +259,20 @@ class PostgresStore(Store):
         return int(row["seq"]) if row else 0
 
     async def listen(
-        self, on_event: Callable[[int], None], on_lost: Callable[[], None]
+        self,
+        on_event: Callable[[int, AuditEvent | None], None],
+        on_lost: Callable[[], None],
     ) -> Listener:
-        """Open a dedicated connection that LISTENs on the events channel."""
+        """Open a dedicated connection that LISTENs on the events channel.
+
+        `on_event(seq, event)` runs for every committed event; `event` is None when the
+        payload carried only the sequence number (or could not be read: seq is then 0).
+        """
 
         def notified(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            seq = int(payload) if payload.isdigit() else 0
+            seq, event = announced(payload)
             self.noticed(seq)  # committed: whoever tails the audit log may read it now
-            on_event(seq)
+            on_event(seq, event)
 
         try:
             conn = await asyncpg.connect(self.url, timeout=2.0)

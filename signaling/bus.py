@@ -29,11 +29,16 @@ the session records it could not close meanwhile (reason `error`), and only then
 again. (A stall of this node's own event loop is not counted as the database's silence:
 see `_within_timeout`.)
 
-Other nodes' directives reach this node after their commit: NOTIFY, one read of the log,
-one read of the directive, then the same enforcement. The issuing node answers its API call
-as soon as the directive is committed and enforced locally, so on the other nodes the kill
-completes shortly *after* that answer (milliseconds on a healthy LAN; `bench/kill_latency.py
---nodes 2` measures it).
+Other nodes' directives reach this node after their commit, in the notification itself: its
+payload is the committed event (see `policy.pgstore`), and the event of a new directive
+carries the directive. When the announced event is the next one after the cursor, it is
+applied straight from the payload — no database round trip between the notification and
+`Enforcer.apply`, which stops the media before it first awaits anything. Otherwise (a gap,
+a payload too large to carry the event, a reconnect) the events are read from the log, and
+a directive's *current* state is read from its table, since a later event may have changed
+it. The issuing node answers its API call as soon as the directive is committed and
+enforced locally, so on the other nodes the kill completes shortly *after* that answer
+(`bench/kill_latency.py --nodes 2` measures by how much).
 
 Placement: each visit's call lives on one node (`placements`). The first admission claims
 it; an admission reaching another node gets
@@ -54,6 +59,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable
 
 from policy.audit import AuditEvent
+from policy.directive import Directive
 from policy.errors import PolicyError, StoreUnavailable
 from policy.pgstore import Listener, PostgresStore
 from policy.service import Policy
@@ -137,6 +143,8 @@ class PostgresBus(Bus):
         self.node_id, self.url = node_id, url
         self.cursor = 0  # the last audit sequence number processed
         self._applied: set[str] = set()  # directives issued elsewhere and enforced here
+        self._announced: dict[int, AuditEvent] = {}  # events carried by notifications, by seq
+        self._must_read = False  # a notification did not carry its event: read the log
         self._wake = asyncio.Event()
         # One catch-up at a time: the cursor only moves forward, in order.
         self._lock = asyncio.Lock()
@@ -151,7 +159,7 @@ class PostgresBus(Bus):
         self.cursor = await self.store.audit_head()
         await self.policy.load()
         await self._connect()
-        await self._catch_up()
+        await self._catch_up(read=True)
         self._tasks = [
             asyncio.create_task(self._link(), name=f"parlor-bus-link-{self.node_id}"),
             asyncio.create_task(self._events(), name=f"parlor-bus-events-{self.node_id}"),
@@ -252,7 +260,7 @@ class PostgresBus(Bus):
             attempt += 1
             try:
                 await self._connect()
-                await self._catch_up()
+                await self._catch_up(read=True)
                 await self._close_stale_records(live_at_loss)
             except asyncio.CancelledError:
                 raise
@@ -285,9 +293,14 @@ class PostgresBus(Bus):
                 await self.policy.session_ended(record, "error")
 
     # -- events ---------------------------------------------------------------------------
-    def _notified(self, seq: int) -> None:
-        if seq == 0 or seq > self.cursor:
-            self._wake.set()
+    def _notified(self, seq: int, event: AuditEvent | None) -> None:
+        if seq != 0 and seq <= self.cursor:
+            return
+        if event is not None and len(self._announced) < BATCH:
+            self._announced[seq] = event
+        else:
+            self._must_read = True
+        self._wake.set()
 
     async def _events(self) -> None:
         while True:
@@ -305,33 +318,52 @@ class PostgresBus(Bus):
             except Exception:  # never let this task die: it is the only reader of the log
                 log.exception("node %s: catch-up failed at seq %d", self.node_id, self.cursor)
 
-    async def _catch_up(self) -> None:
+    async def _catch_up(self, *, read: bool = False) -> None:
+        """Apply every event after the cursor, in order: announced ones as they came, the rest
+        (and all of them when `read`: start, reconnect) read from the log."""
         async with self._lock:
             while True:
+                announced = self._announced.pop(self.cursor + 1, None)
+                if announced is not None:  # the next event, as committed: no read needed
+                    await self._apply(announced, as_announced=True)
+                    continue
+                self._announced = {seq: e for seq, e in self._announced.items() if seq > self.cursor}
+                if not (read or self._must_read or self._announced):
+                    return  # nothing heard of that is not applied
+                read, self._must_read = False, False
                 events = await self.store.audit_events(after=self.cursor, limit=BATCH)
                 for event in events:
-                    try:
-                        await self._deliver(event)
-                    except PolicyError:
-                        raise  # retried from this event once the store answers
-                    except Exception:
-                        log.exception(
-                            "node %s: could not apply audit event %d", self.node_id, event.seq
-                        )
-                    self.cursor = event.seq
-                    self.store.noticed(event.seq)  # wakes the staff event stream after a gap too
+                    await self._apply(event, as_announced=False)
                 if len(events) < BATCH:
                     return
+                read = True  # a full batch: there may be more
 
-    async def _deliver(self, event: AuditEvent) -> None:
-        """Apply one event. Replays are harmless: every branch is idempotent."""
+    async def _apply(self, event: AuditEvent, *, as_announced: bool) -> None:
+        try:
+            await self._deliver(event, as_announced=as_announced)
+        except PolicyError:
+            self._must_read = True  # retried from this event, read from the log, once it answers
+            raise
+        except Exception:
+            log.exception("node %s: could not apply audit event %d", self.node_id, event.seq)
+        self.cursor = event.seq
+        self.store.noticed(event.seq)  # wakes the staff event stream after a gap too
+
+    async def _deliver(self, event: AuditEvent, *, as_announced: bool = False) -> None:
+        """Apply one event. Replays are harmless: every branch is idempotent.
+
+        `as_announced`: the event came in its notification and is the newest this node has
+        heard of, so a new directive's state is the one the event carries.
+        """
         if event.action == "directive.issued" or event.action in DIRECTIVE_CHANGES:
             directive_id = event.subject.removeprefix("directive:")
             if event.action == "directive.issued" and (
                 directive_id in self._applied or directive_id in self.policy.index.by_id
             ):
                 return  # issued on this node (its API handler enforced it) or already applied
-            directive = await self.store.get_directive(directive_id)  # its current state
+            directive = carried(event) if as_announced else None
+            if directive is None:
+                directive = await self.store.get_directive(directive_id)  # its current state
             if directive is None:
                 return
             self.policy.learn(directive)
@@ -348,6 +380,16 @@ class PostgresBus(Bus):
             if session is not None and not session.ended:
                 by = str(event.data.get("by") or event.actor)
                 await self.enforcer.end_session(session, by, REFUSED, message=OPERATOR_ENDED)
+
+
+def carried(event: AuditEvent) -> Directive | None:
+    """The new directive an announced `directive.issued` event carries (None: read it)."""
+    if event.action != "directive.issued":
+        return None
+    try:
+        return Directive.from_json(event.data)
+    except (PolicyError, KeyError, TypeError, ValueError):
+        return None
 
 
 def open_bus(

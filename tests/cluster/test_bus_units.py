@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
 
-from policy.pgstore import PostgresStore, numbered, postgres_ddl
+from policy.audit import AuditEvent
+from policy.directive import Directive
+from policy.pgstore import PostgresStore, announced, announcement, numbered, postgres_ddl
 from policy.store import SCHEMA, SqliteStore
 from signaling.bus import REDIRECT, EmbeddedBus, PostgresBus, open_bus, ws_url
 from signaling.config import ConfigError, load_config
@@ -77,3 +80,106 @@ def test_postgres_types_keep_sqlites_widths() -> None:
     assert not any(" REAL" in d or " INTEGER" in d for d in ddl)
     assert any("seq BIGINT PRIMARY KEY" in d for d in ddl)
     assert any("expires_at DOUBLE PRECISION NOT NULL" in d for d in ddl)
+
+
+# -- announcements: the event rides in its notification ----------------------------------------
+def _event(seq: int, action: str = "session.started", data: dict | None = None) -> AuditEvent:
+    subject = f"directive:{data['id']}" if data and "id" in data else f"session:S{seq}"
+    return AuditEvent(seq, "2026-01-01T00:00:00.000000Z", "operator:alice", action, subject,
+                      data or {}, "0" * 64, f"{seq:064x}")  # fmt: skip
+
+
+def test_an_event_is_announced_whole_and_read_back() -> None:
+    event = _event(42, "directive.issued", {"reason": "menaces — «threats»", "n": [1, 2]})
+    assert announced(announcement(event)) == (42, event)
+
+
+def test_an_event_too_large_for_a_notification_is_announced_by_number() -> None:
+    # 3,000 characters but 9,000 bytes: PostgreSQL's limit is in bytes
+    event = _event(43, data={"text": "€" * 3000})
+    assert announcement(event) == "43"
+    assert announced("43") == (43, None)
+
+
+@pytest.mark.parametrize("payload", ["", "{", "[]", '{"seq": 1}', "null", '{"seq": "7"}'])
+def test_an_unreadable_announcement_means_read_the_log(payload: str) -> None:
+    assert announced(payload) == (0, None)
+
+
+class LogOnly:
+    """A store that only has an audit log and directives, and counts the reads."""
+
+    def __init__(self, events: list[AuditEvent], directives: dict) -> None:
+        self.events, self.directives = events, directives
+        self.reads: list[str] = []
+        self.head_seq = 0
+
+    def noticed(self, seq: int) -> None:
+        self.head_seq = max(self.head_seq, seq)
+
+    async def audit_events(self, *, after: int = 0, limit: int | None = None) -> list[AuditEvent]:
+        self.reads.append(f"log>{after}")
+        return [e for e in self.events if e.seq > after][:limit]
+
+    async def get_directive(self, directive_id: str):
+        self.reads.append(f"directive:{directive_id}")
+        return self.directives.get(directive_id)
+
+
+def _bus(tmp_path: Path, store: LogOnly) -> tuple[PostgresBus, Enforcer]:
+    from policy.service import Policy
+
+    policy = Policy(store=SqliteStore(tmp_path / "unused.db"))
+    sessions = LiveSessions()
+    enforcer = Enforcer(sessions=sessions, policy=policy)
+    bus = PostgresBus(store, policy, enforcer, sessions, asyncio.Event(), node_id="A", url="ws://a")  # type: ignore[arg-type]
+    return bus, enforcer
+
+
+def _suspension(id: str) -> Directive:
+    now = time.time()
+    return Directive(id=id, scope="contact:C1", action="suspend", reason="threats",
+                     legal_basis="Rule 7.1", issued_by="operator:bob", issued_at=now - 1,
+                     starts_at=now - 1, expires_at=now + 3600)  # fmt: skip
+
+
+async def test_the_next_announced_directive_is_enforced_without_reading_the_database(tmp_path) -> None:
+    directive = _suspension("D1")
+    issued = _event(6, "directive.issued", directive.to_json())
+    store = LogOnly([issued], {})  # the directive is not even readable: the payload is enough
+    bus, enforcer = _bus(tmp_path, store)
+    bus.cursor = 5
+    bus._notified(6, issued)
+    await bus._catch_up()
+    assert store.reads == []
+    assert bus.cursor == 6 and "D1" in enforcer.applied
+    assert bus.policy.index.by_id["D1"].to_json() == directive.to_json()  # to the microsecond
+
+
+async def test_a_gap_or_a_bare_number_is_read_from_the_log(tmp_path) -> None:
+    d2, d3 = _suspension("D2"), _suspension("D3")
+    events = [_event(6), _event(7, "directive.issued", d2.to_json()), _event(8, "directive.issued", d3.to_json())]
+    store = LogOnly(events, {"D2": d2, "D3": d3})
+    bus, enforcer = _bus(tmp_path, store)
+    bus.cursor = 5
+    bus._notified(8, events[2])  # 6 and 7 were never announced here
+    await bus._catch_up()
+    assert store.reads[0] == "log>5" and bus.cursor == 8
+    assert {"D2", "D3"} <= enforcer.applied
+    # from the log, a directive's *current* state is read: a later event may have changed it
+    assert "directive:D2" in store.reads
+    store.reads.clear()
+    store.events.append(_event(9))
+    bus._notified(9, None)  # too large to carry: announced by number
+    await bus._catch_up()
+    assert store.reads == ["log>8"] and bus.cursor == 9
+
+
+async def test_an_event_seen_already_is_not_applied_again(tmp_path) -> None:
+    store = LogOnly([], {})
+    bus, _ = _bus(tmp_path, store)
+    bus.cursor = 10
+    bus._notified(9, _event(9))
+    bus._notified(10, _event(10))
+    await bus._catch_up()
+    assert store.reads == [] and bus.cursor == 10 and not bus._announced

@@ -185,7 +185,7 @@ async def test_a_silent_nodes_placement_is_taken_over(pg_url):
     store = PostgresStore(pg_url)
     await store.open()
 
-    def gone(_seq: int) -> None:
+    def gone(_seq: int, _event: object) -> None:
         return None
 
     listener = await store.listen(gone, lambda: None)

@@ -220,3 +220,29 @@ def test_notice_tells_the_affected_person_what_spec_requires():
     assert set(notice) == {"id", "action", "reason", "legal_basis", "expires_at", "appeal_url"}
     assert notice["appeal_url"] == "https://v.example/appeal/D1"
     assert notice["expires_at"].endswith("Z")
+
+
+# -- the form another node reads (the bus announces `to_json`) --------------------------------
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"issued_at": NOW - 10.123456, "expires_at": NOW + 3600.5},
+        {"confirm_by": NOW + 600, "confirmed_by": "operator:bob",
+         "confirmed_at": NOW + 60.25, "sessions_ended": 7},  # fmt: skip
+        {"status": "lifted", "closed_at": NOW + 5, "closed_by": "operator:bob",
+         "close_reason": "appeal upheld", "reason": "menaces — «threats»"},  # fmt: skip
+    ],
+)
+def test_a_directive_reads_back_from_its_json(changes: dict[str, object]) -> None:
+    original = directive("D1", "contact:C1", **changes)
+    assert Directive.from_json(original.to_json(appeal_base="https://x")) == original
+
+
+def test_a_directive_missing_a_field_does_not_read_back() -> None:
+    data = directive("D1", "contact:C1").to_json()
+    del data["expires_at"]
+    with pytest.raises(KeyError):
+        Directive.from_json(data)
+    with pytest.raises(Malformed):
+        Directive.from_json({**directive("D1", "contact:C1").to_json(), "starts_at": "soon"})
