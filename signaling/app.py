@@ -25,6 +25,7 @@ from signaling.api import ROUTES, error_response, guarded
 from signaling.bus import open_bus
 from signaling.config import Config
 from signaling.enforcer import Enforcer
+from signaling.memory import trim_after_sessions_end
 from signaling.metrics import Metrics
 from signaling.openapi import document
 from signaling.ratelimit import Limits
@@ -114,7 +115,7 @@ async def measure_loop_lag(app: web.Application, interval: float = 0.5) -> None:
     while True:
         started = loop.time()
         await asyncio.sleep(interval)
-        app[K.METRICS].loop_lag.set(max(0.0, loop.time() - started - interval))
+        app[K.METRICS].lagged(max(0.0, loop.time() - started - interval))
 
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -134,7 +135,11 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         )  # fmt: skip
     await app[K.BUS].start()  # from here on, other nodes' directives reach this node
     app[K.READY].set()
-    tasks = [asyncio.create_task(scheduler.run(app)), asyncio.create_task(measure_loop_lag(app))]
+    tasks = [
+        asyncio.create_task(scheduler.run(app)),
+        asyncio.create_task(measure_loop_lag(app)),
+        asyncio.create_task(trim_after_sessions_end(app[K.SESSIONS], app[K.METRICS])),
+    ]
     try:
         yield
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -9,6 +10,8 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from relay import RelayStats
+
+LAG_SAMPLES = 6  # event-loop lag samples (one per 0.5 s) behind `Metrics.mean_loop_lag`
 
 
 class RelayCollector(Collector):
@@ -48,6 +51,22 @@ class Metrics:
         )
         self.loop_lag = Gauge("parlor_event_loop_lag_seconds", "Event-loop lag, last sample", registry=self.registry)
         self.asyncio_tasks = Gauge("parlor_asyncio_tasks", "Asyncio tasks alive in this process", registry=self.registry)
+        self.recent_lags: deque[float] = deque(maxlen=LAG_SAMPLES)
+        self.memory_trims = Counter(
+            "parlor_memory_trims_total", "malloc_trim calls after sessions ended", registry=self.registry
+        )
+        self.memory_trimmed_bytes = Counter(
+            "parlor_memory_trimmed_bytes_total", "Resident bytes malloc_trim gave back", registry=self.registry
+        )
+
+    def lagged(self, seconds: float) -> None:
+        """Record one event-loop lag sample."""
+        self.loop_lag.set(seconds)
+        self.recent_lags.append(seconds)
+
+    def mean_loop_lag(self) -> float:
+        """The event-loop lag over the last few samples (admission control reads it)."""
+        return sum(self.recent_lags) / len(self.recent_lags) if self.recent_lags else 0.0
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -36,13 +36,16 @@ class LiveSessions:
     by_id: dict[str, Session] = field(default_factory=dict)
     by_key: dict[str, set[Session]] = field(default_factory=lambda: defaultdict(set))
     by_identity: dict[tuple[str, str, str], Session] = field(default_factory=dict)
+    by_sub: dict[str, set[Session]] = field(default_factory=lambda: defaultdict(set))
     calls: dict[str, Call] = field(default_factory=dict)
+    ended: int = 0  # sessions removed since start (signaling.memory trims after they end)
 
     def add(self, session: Session, call: Call) -> Session | None:
         """Register a session; return the older session of the same identity it replaces."""
         replaced = self.by_identity.get(session.identity)
         self.by_id[session.id] = session
         self.by_identity[session.identity] = session
+        self.by_sub[session.actor.sub].add(session)
         for key in session.keys:
             self.by_key[key].add(session)
         call.sessions.add(session)
@@ -50,9 +53,15 @@ class LiveSessions:
 
     def remove(self, session: Session) -> Call | None:
         """Unregister (synchronously); return the session's call, dropped when it empties."""
-        self.by_id.pop(session.id, None)
+        if self.by_id.pop(session.id, None) is not None:
+            self.ended += 1
         if self.by_identity.get(session.identity) is session:
             del self.by_identity[session.identity]
+        mine = self.by_sub.get(session.actor.sub)
+        if mine is not None:
+            mine.discard(session)
+            if not mine:
+                del self.by_sub[session.actor.sub]
         for key in session.keys:
             bucket = self.by_key.get(key)
             if bucket is not None:

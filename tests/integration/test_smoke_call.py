@@ -60,3 +60,4 @@ async def test_metrics_count_joins_refusals_directives_and_forwarded_media(serve
     assert value("parlor_relay_packets_forwarded") > 20
     assert value("parlor_relay_bytes_forwarded") > 1000
     assert "parlor_event_loop_lag_seconds" in text
+    assert value("parlor_memory_trims_total") == 0  # nobody has left yet: nothing to trim
