@@ -49,6 +49,9 @@ class Config:
     join_rate_per_identity: Rate = Rate(20, 0.5)
     api_rate_per_identity: Rate = Rate(300, 20.0)
     allowed_origins: tuple[str, ...] = ()  # besides the public URL's and the server's own
+    max_sessions_per_subject: int = 10  # live sessions of one person or device on this node
+    max_calls: int = 0  # calls this node starts relaying at most (0: no fixed limit)
+    overload_lag_seconds: float = 0.15  # mean event-loop lag above which no new call starts
 
     @property
     def base_url(self) -> str:
@@ -193,6 +196,14 @@ def load_config(env: Mapping[str, str], **flags: Any) -> Config:
     origins = pick("allowed_origins", "PARLOR_ALLOWED_ORIGINS")
     if origins:
         extra["allowed_origins"] = tuple(o.strip().rstrip("/") for o in origins.split(",") if o.strip())
+    for name, var, low, high in (("max_sessions_per_subject", "PARLOR_MAX_SESSIONS_PER_SUBJECT", 1, 1000),
+                                 ("max_calls", "PARLOR_MAX_CALLS", 0, 100_000)):  # fmt: skip
+        text = pick(name, var)
+        if text is not None:
+            extra[name] = _int(str(text), var, low, high)
+    lag = pick("overload_lag", "PARLOR_OVERLOAD_LAG_SECONDS")
+    if lag is not None:
+        extra["overload_lag_seconds"] = _seconds(str(lag), "PARLOR_OVERLOAD_LAG_SECONDS")
     tick = pick("tick", "PARLOR_TICK_SECONDS")
     if tick is not None:
         extra["tick_seconds"] = _seconds(str(tick), "PARLOR_TICK_SECONDS")

@@ -173,7 +173,18 @@ async def _admit(app: web.Application, ws: web.WebSocketResponse, join: dict[str
         notice = app[K.ENFORCER].notice(actor, decision.blocking)
         raise Refusal("suspended", f"suspended until {notice['expires_at']}: {decision.blocking.reason}", REFUSED, notice)
 
-    if visit.id not in sessions.calls:  # a call live here is placed here
+    if (
+        (actor.sub, visit.id, mode) not in sessions.by_identity  # a replacement adds nothing
+        and len(sessions.by_sub.get(actor.sub, ())) >= config.max_sessions_per_subject
+    ):
+        raise Refusal(
+            "too-many-sessions",
+            f"at most {config.max_sessions_per_subject} live sessions per person or device; "
+            "leave another call first",
+            RATE_LIMITED,
+        )
+    if visit.id not in sessions.calls:  # a new call: placed here, unless this node is full
+        _refuse_if_overloaded(app)
         try:
             owner = await app[K.BUS].place(visit)
         except PolicyError as exc:
@@ -239,6 +250,22 @@ async def _admit(app: web.Application, ws: web.WebSocketResponse, join: dict[str
         joined = {"type": "participant-joined", "participant": session.public()}
         await asyncio.gather(*(s.send(joined) for s in call.sessions if s is not session and not s.ended))
     return session
+
+
+def _refuse_if_overloaded(app: web.Application) -> None:
+    """Admission control: a node that is full or falling behind starts no new call.
+
+    A busy event loop delays every packet of every call on the node; past a point, ICE consent
+    checks time out and all of its calls drop at once. So before that point, new calls are
+    refused with `overloaded` (close 4503: retry, e.g. through the load balancer to another
+    node) while the calls already here, their participants and monitors, go on.
+    """
+    config, sessions, metrics = app[K.CONFIG], app[K.SESSIONS], app[K.METRICS]
+    if config.max_calls and len(sessions.calls) >= config.max_calls:
+        raise Refusal("overloaded", f"this server is at its limit of {config.max_calls} calls; try again shortly", UNAVAILABLE)
+    lag = metrics.mean_loop_lag()
+    if lag > config.overload_lag_seconds:
+        raise Refusal("overloaded", f"this server is too busy to start a call (event loop {lag * 1000:.0f} ms late); try again shortly", UNAVAILABLE)
 
 
 async def _identity_keys(app: web.Application, actor: Actor, visit: Visit, mode: str) -> tuple[str, ...]:

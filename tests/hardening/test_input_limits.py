@@ -9,8 +9,9 @@ import json
 import aiohttp
 import pytest
 
+from signaling import keys as K
 from signaling.ratelimit import Rate
-from tests.conftest import make_visit, seed
+from tests.conftest import make_visit, seed, wait_until
 from tests.hardening.wire import exchange, join, read_until_closed, running, ws_url
 
 KIB = 1024
@@ -173,6 +174,81 @@ async def test_the_participant_over_the_cap_is_refused_visit_full(tmp_path):
             assert (await monitor.connect(offer=False))["type"] == "joined"
         finally:
             await asyncio.gather(*(c.close() for c in [*clients, late, again, monitor]))
+
+
+async def test_one_person_holds_at_most_the_configured_sessions(tmp_path):
+    """Replacing one's own session (same visit, same mode) never counts against the cap."""
+    async with running(tmp_path, max_sessions_per_subject=2) as server:
+        await seed(server)
+        visits = [
+            await make_visit(server, ["C1"]),
+            await make_visit(server, ["D1"], inmate="I2", device="K2"),
+            await make_visit(server, ["C2"], device="K3"),
+        ]
+        olga = server.token("operator:olga", "operator")
+        first, second, third, again = (
+            server.client(olga, v["id"], mode="monitor") for v in [*visits, visits[1]]
+        )
+        other = server.client(server.token("operator:omar", "operator"), visits[2]["id"], mode="monitor")
+        try:
+            assert (await first.connect(offer=False))["type"] == "joined"
+            assert (await second.connect(offer=False))["type"] == "joined"
+            refused = await third.connect(offer=False)
+            assert refused["code"] == "too-many-sessions" and third.close_code == 4429
+            assert "at most 2 live sessions" in refused["message"]
+            assert (await other.connect(offer=False))["type"] == "joined"  # someone else: fine
+            assert (await again.connect(offer=False))["type"] == "joined"  # replaces `second`
+            await asyncio.wait_for(second.closed.wait(), 5)
+            assert second.close_code == 4409
+            await first.close()
+            await wait_until(lambda: len(server.app[K.SESSIONS].by_sub.get("operator:olga", ())) == 1)
+            third = server.client(olga, visits[2]["id"], mode="monitor")
+            assert (await third.connect(offer=False))["type"] == "joined"  # room again
+        finally:
+            await asyncio.gather(*(c.close() for c in (first, second, third, again, other)))
+
+
+async def test_a_full_node_starts_no_new_call_but_keeps_its_calls_whole(tmp_path):
+    async with running(tmp_path, max_calls=1) as server:
+        await seed(server)
+        here = await make_visit(server, ["C1"])
+        new = await make_visit(server, ["D1"], inmate="I2", device="K2")
+        kiosk = server.client(here["join"]["device"]["token"], here["id"])
+        family = server.client(here["join"]["C1"]["token"], here["id"])
+        monitor = server.client(server.token("operator:olga", "operator"), here["id"], mode="monitor")
+        refused = server.client(new["join"]["device"]["token"], new["id"])
+        try:
+            assert (await kiosk.connect(offer=False))["type"] == "joined"
+            answer = await refused.connect(offer=False)
+            assert answer["code"] == "overloaded" and refused.close_code == 4503
+            assert "limit of 1 calls" in answer["message"]
+            # the call already here is completed and watched as usual
+            assert (await family.connect(offer=False))["type"] == "joined"
+            assert (await monitor.connect(offer=False))["type"] == "joined"
+            metrics = server.app[K.METRICS].registry
+            assert metrics.get_sample_value("parlor_refusals_total", {"code": "overloaded"}) == 1
+        finally:
+            await asyncio.gather(*(c.close() for c in (kiosk, family, monitor, refused)))
+
+
+async def test_a_node_whose_event_loop_lags_starts_no_new_call(tmp_path):
+    async with running(tmp_path, overload_lag_seconds=0.2) as server:
+        await seed(server)
+        visit = await make_visit(server, ["C1"])
+        metrics = server.app[K.METRICS]
+        for _ in range(6):
+            metrics.lagged(0.35)  # as measure_loop_lag records it
+        slow = server.client(visit["join"]["device"]["token"], visit["id"])
+        later = server.client(visit["join"]["device"]["token"], visit["id"])
+        try:
+            answer = await slow.connect(offer=False)
+            assert answer["code"] == "overloaded" and slow.close_code == 4503
+            assert "350 ms late" in answer["message"]
+            for _ in range(6):
+                metrics.lagged(0.01)
+            assert (await later.connect(offer=False))["type"] == "joined"
+        finally:
+            await asyncio.gather(slow.close(), later.close())
 
 
 # -- rate limits -----------------------------------------------------------------------------

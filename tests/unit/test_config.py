@@ -166,7 +166,13 @@ def test_public_url_must_be_http(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["PARLOR_MAX_DIRECTIVE_SECONDS", "PARLOR_CONFIRM_WINDOW_SECONDS", "PARLOR_TICK_SECONDS"]
+    "name",
+    [
+        "PARLOR_MAX_DIRECTIVE_SECONDS",
+        "PARLOR_CONFIRM_WINDOW_SECONDS",
+        "PARLOR_TICK_SECONDS",
+        "PARLOR_OVERLOAD_LAG_SECONDS",
+    ],
 )
 @pytest.mark.parametrize("value", ["abc", "0", "-5"])
 def test_bad_durations_are_refused(tmp_path, name, value):
@@ -184,3 +190,24 @@ def test_unreadable_public_key_is_refused(tmp_path):
     refused(
         env(tmp_path, PARLOR_JWT_PUBLIC_KEY=str(tmp_path / "missing.pem")), "PARLOR_JWT_PUBLIC_KEY"
     )
+
+
+def test_load_limits_are_configurable(tmp_path):
+    config = load_config(env(tmp_path))
+    assert (config.max_sessions_per_subject, config.max_calls) == (10, 0)
+    assert config.overload_lag_seconds == 0.15
+    config = load_config(
+        env(tmp_path, PARLOR_MAX_SESSIONS_PER_SUBJECT="3", PARLOR_MAX_CALLS="40",
+            PARLOR_OVERLOAD_LAG_SECONDS="0.3")  # fmt: skip
+    )
+    assert (config.max_sessions_per_subject, config.max_calls) == (3, 40)
+    assert config.overload_lag_seconds == 0.3
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("PARLOR_MAX_SESSIONS_PER_SUBJECT", "0"), ("PARLOR_MAX_SESSIONS_PER_SUBJECT", "many"),
+     ("PARLOR_MAX_CALLS", "-1"), ("PARLOR_MAX_CALLS", "1e3")],  # fmt: skip
+)
+def test_bad_load_limits_are_refused(tmp_path, name, value):
+    refused(env(tmp_path, **{name: value}), name)
