@@ -33,9 +33,15 @@ window before any directive (the baseline). The clients' and the server's event-
 reported as well: a late loop delays every timestamp taken on it.
 
 `--nodes 2` measures the cluster (SPEC §8): a throwaway PostgreSQL (tests/cluster/pg.py)
-and two `parlor serve` nodes on it. Every call lives on node A; every directive is issued on
-node B, so the kill crosses the bus (NOTIFY, catch-up read, enforcement on A) and the kill
-latency is measured from B's answer. Needs the PostgreSQL server binaries.
+and two `parlor serve` nodes on it. Every directive is issued on node B. The calls are spread
+over both nodes (every other call of each facility joins B; the 1-call round's call is on A),
+so each round ends sessions on A, where the kill crossed the bus (NOTIFY carrying the event,
+enforcement on A), and on B, the single-node path, in the same run: `by_node` reports them
+apart, all measured from B's answer. `--all-on-a` puts every call on A instead (B then relays
+nothing and answers fast). Needs the PostgreSQL server binaries.
+
+`--audio-ptime 60` makes the clients send 60 ms Opus packets instead of a browser's 20 ms: a
+third of the audio packets, so a small machine holds more calls. The JSON says which.
 
 JSON to stdout, progress to stderr. `--quick`: 10 calls, about a minute.
 """

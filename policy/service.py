@@ -311,16 +311,27 @@ class Policy:
         self.index.put(closed)
         return closed
 
-    async def record_enforcement(self, actor: Actor, directive: Directive, session_ids: list[str]) -> Directive:
-        """Remember how many live sessions a directive ended (for its answer and the report)."""
-        updated = directive.with_changes(sessions_ended=directive.sessions_ended + len(session_ids))
-        await self.store.update_directive(
-            updated,
-            AuditDraft(actor.sub, "directive.enforced", f"directive:{directive.id}", {"sessions": session_ids}),
-        )
-        if updated.status == "active":
-            self.index.put(updated)
-        return updated
+    async def record_enforcement(
+        self, actor: Actor, directive: Directive, session_ids: list[str], *, node: str | None = None
+    ) -> Directive:
+        """Remember how many live sessions a directive ended (for its answer and the report).
+
+        Each node adds the sessions it ended to the stored count, in place, so the counts of
+        several nodes add up and a lift committed meanwhile is never written back over.
+        Returns the directive as stored now.
+        """
+        data: dict[str, Any] = {"sessions": session_ids}
+        if node is not None:
+            data["node"] = node
+        await self.store.count_enforcement(
+            directive.id, len(session_ids),
+            AuditDraft(actor.sub, "directive.enforced", f"directive:{directive.id}", data),
+        )  # fmt: skip
+        current = await self.store.get_directive(directive.id)
+        if current is None:  # cannot happen: directives are never deleted
+            return directive.with_changes(sessions_ended=directive.sessions_ended + len(session_ids))
+        self.index.put(current)  # newer than ours: e.g. lifted meanwhile on another node
+        return current
 
     # -- appeals ------------------------------------------------------------------------
     async def file_appeal(self, actor: Actor, directive_id: str, body: object) -> Appeal:

@@ -358,6 +358,16 @@ class Store(ABC):
             return await self._write([(sql, params)], audit)
         return await self._write([(sql + " AND status = ?", params + (expect_status,), True)], audit)
 
+    async def count_enforcement(
+        self, directive_id: str, ended: int, audit: AuditDraft
+    ) -> AuditEvent:
+        """Add `ended` to a directive's count of ended sessions, in place: whatever else
+        changed meanwhile (a lift, another node's count) stays as it is."""
+        return await self._write(
+            [("UPDATE directives SET sessions_ended = sessions_ended + ? WHERE id = ?", (ended, directive_id))],
+            audit,
+        )
+
     async def get_directive(self, directive_id: str) -> Directive | None:
         row = await self._one("SELECT * FROM directives WHERE id = ?", (directive_id,))
         return _directive(row) if row else None

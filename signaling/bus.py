@@ -58,6 +58,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable
 
+from policy.actor import SYSTEM
 from policy.audit import AuditEvent
 from policy.directive import Directive
 from policy.errors import PolicyError, StoreUnavailable
@@ -151,6 +152,7 @@ class PostgresBus(Bus):
         self._listener: Listener | None = None
         self._lost = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Future[None]] = set()  # enforcement counts being written
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -166,6 +168,8 @@ class PostgresBus(Bus):
         ]
 
     async def stop(self) -> None:
+        if self._background:  # counts of sessions just ended: let them land, briefly
+            await asyncio.wait(self._background, timeout=1.0)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -292,6 +296,21 @@ class PostgresBus(Bus):
             if record.id in live_at_loss and record.id not in self.sessions.by_id:
                 await self.policy.session_ended(record, "error")
 
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _count(self, directive: Directive, ended: list[str]) -> None:
+        """Add the sessions this node ended to the directive's stored count (and the audit log)."""
+        try:
+            await self.policy.record_enforcement(SYSTEM, directive, ended, node=self.node_id)
+        except PolicyError as exc:  # the sessions are ended either way; only the count is short
+            log.warning(
+                "node %s: could not record that directive %s ended %d sessions here: %s",
+                self.node_id, directive.id, len(ended), exc,
+            )  # fmt: skip
+
     # -- events ---------------------------------------------------------------------------
     def _notified(self, seq: int, event: AuditEvent | None) -> None:
         if seq != 0 and seq <= self.cursor:
@@ -370,7 +389,9 @@ class PostgresBus(Bus):
             if event.action == "directive.issued":
                 if directive.status == "active":
                     self._applied.add(directive.id)
-                    await self.enforcer.apply(directive)
+                    ended = await self.enforcer.apply(directive)
+                    if ended:  # counted in the background: the next event need not wait
+                        self._spawn(self._count(directive, ended))
                 return
             if directive.status != "active":
                 self._applied.discard(directive.id)

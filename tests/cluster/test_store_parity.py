@@ -100,6 +100,10 @@ async def test_every_record_round_trips(store: Store) -> None:
     )
     await store.update_directive(lifted, draft(), expect_status="active")
     assert await store.list_directives(status="lifted") == [lifted]
+    # counting ended sessions adds in place and leaves the lift alone
+    await store.count_enforcement("D1", 2, draft())
+    await store.count_enforcement("D1", 3, draft())
+    assert await store.get_directive("D1") == lifted.with_changes(sessions_ended=5)
 
     appeal = Appeal("A1", "D1", "contact:C1", "Ich habe nichts getan — 申し立て", T0 + 10)
     await store.add_appeal(appeal, draft())

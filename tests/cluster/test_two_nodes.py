@@ -6,6 +6,7 @@ Nodes A and B run in this process on their own ports; participants are real aior
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -49,6 +50,19 @@ async def test_a_directive_issued_on_b_ends_the_call_relayed_by_a(cluster):
 
         record = await ended_record(a, c1.joined["session"])
         assert record.end_reason == f"directive:{directive['id']}" and record.node == "A"
+        # B ended nothing itself; A counts the session it ended, and says so in the audit log
+        assert directive["sessions_ended"] == 0
+
+        for _ in range(250):
+            stored = await b.app[K.STORE].get_directive(directive["id"])
+            if stored is not None and stored.sessions_ended == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert stored is not None and stored.sessions_ended == 1
+        enforced = [e for e in await a.app[K.STORE].audit_events() if e.action == "directive.enforced"]
+        assert [(e.actor, e.data) for e in enforced] == [
+            ("system:parlor", {"sessions": [c1.joined["session"]], "node": "A"})
+        ]
         # A learned it: C1's token cannot rejoin on A.
         again = client(a, visit, "C1")
         refused = await again.connect()

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from policy.actor import Actor
+from policy.actor import SYSTEM, Actor
 from policy.errors import Conflict, Forbidden, Malformed, NotFound, RuleBroken
 from policy.rfc3339 import format_time
 from policy.service import Policy, Rules
@@ -269,6 +269,22 @@ async def test_a_directive_closed_elsewhere_is_adopted(policy, clock):
     clock.now = T0 + 60
     assert await policy.close_due() == []
     assert policy.index.active() == []
+
+
+async def test_counting_ended_sessions_never_writes_a_lift_back(policy, clock):
+    """Sessions were being ended when someone (here: another node) lifted the directive."""
+    d = await policy.issue(ALICE, body())
+    other = Policy(store=policy.store, clock=clock)
+    await other.load()
+    await other.lift(BOB, d.id, {"reason": "wrong person"})
+    counted = await policy.record_enforcement(ALICE, d, ["S1", "S2"])
+    assert (counted.status, counted.sessions_ended) == ("lifted", 2)
+    assert await policy.store.get_directive(d.id) == counted
+    assert policy.index.active() == []  # and this node now knows it was lifted
+    again = await other.record_enforcement(SYSTEM, d, ["S3"], node="B")
+    assert again.sessions_ended == 3  # two nodes' counts add up
+    events = [e for e in await policy.store.audit_events() if e.action == "directive.enforced"]
+    assert [e.data for e in events] == [{"sessions": ["S1", "S2"]}, {"sessions": ["S3"], "node": "B"}]
 
 
 async def test_load_rebuilds_the_index_from_the_store(policy):
