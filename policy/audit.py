@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,17 +72,35 @@ class ChainReport:
     ok: bool
     events: int
     first_bad: int | None
+    head: tuple[int, str] = (0, GENESIS)  # the last event verified: (seq, hash)
+    anchors: int = 0  # externally recorded (seq, hash) pairs the chain was checked against
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "events": self.events, "first_bad": self.first_bad}
+        return {
+            "ok": self.ok,
+            "events": self.events,
+            "first_bad": self.first_bad,
+            "head": {"seq": self.head[0], "hash": self.head[1]},
+            "anchors_checked": self.anchors,
+        }
 
 
-def verify_chain(events: Iterable[AuditEvent], head: tuple[int, str] | None = None) -> ChainReport:
+def verify_chain(
+    events: Iterable[AuditEvent],
+    head: tuple[int, str] | None = None,
+    anchors: Mapping[int, str] | None = None,
+) -> ChainReport:
     """Recompute every link; report the first event whose seal or link does not hold.
 
     `head` is the store's record of the last event (seq, hash). Without it, deleting the newest
     events, or appending a correctly sealed one, leaves a chain that is consistent in itself.
+
+    The chain has no key: whoever can write the database could rewrite history and seal it
+    again. `anchors` ({seq: hash}, recorded outside the database, e.g. a report's printed head)
+    catch that: a rewritten event changes the hash of every event after it.
     """
+    anchors = dict(anchors or {})
+    checked = len(anchors)
     prev = GENESIS
     expected_seq = 1
     count = 0
@@ -93,7 +111,8 @@ def verify_chain(events: Iterable[AuditEvent], head: tuple[int, str] | None = No
             event.seq, event.at, event.actor, event.action, event.subject, event.data, prev
         )
         broken = event.seq != expected_seq or event.prev_hash != prev or event.hash != recomputed
-        if broken and first_bad is None:
+        anchored = anchors.pop(event.seq, event.hash)
+        if (broken or anchored != event.hash) and first_bad is None:
             first_bad = event.seq
         prev = event.hash
         expected_seq = event.seq + 1
@@ -102,7 +121,12 @@ def verify_chain(events: Iterable[AuditEvent], head: tuple[int, str] | None = No
         # Same length, different hash: the last event was replaced. Otherwise the first event
         # missing from the chain (truncated) or the first beyond the head (appended).
         first_bad = head[0] if last_seq == head[0] else min(last_seq, head[0]) + 1
-    return ChainReport(ok=first_bad is None, events=count, first_bad=first_bad)
+    if anchors and first_bad is None:  # anchored events that are no longer there
+        first_bad = min(anchors)
+    return ChainReport(
+        ok=first_bad is None, events=count, first_bad=first_bad, head=(last_seq, prev),
+        anchors=checked,
+    )
 
 
 __all__ = ["AuditEvent", "ChainReport", "GENESIS", "audit_time", "format_time", "seal", "verify_chain"]

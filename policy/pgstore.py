@@ -162,10 +162,13 @@ class Listener:
 class PostgresStore(Store):
     """A connection pool; each write is one transaction that appends and announces its event."""
 
-    def __init__(self, url: str, clock: Any = time.time, *, pool_size: int = 10) -> None:
+    def __init__(
+        self, url: str, clock: Any = time.time, *, pool_size: int = 10, read_only: bool = False
+    ) -> None:
         super().__init__(clock)
         self.url = url
         self.pool_size = pool_size
+        self.read_only = read_only  # an auditor's view: every transaction is READ ONLY
         self._pool: asyncpg.Pool | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -178,7 +181,11 @@ class PostgresStore(Store):
                 max_inactive_connection_lifetime=0,
                 timeout=5.0,
                 command_timeout=10.0,
+                server_settings={"default_transaction_read_only": "on"} if self.read_only else None,
             )
+            if self.read_only:
+                self.head_seq = await self.audit_head()
+                return
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
                 for ddl in SCHEMA:

@@ -445,9 +445,12 @@ class SqliteStore(Store):
     fsync off the event loop; synchronous=FULL makes an acknowledged write survive power loss.
     """
 
-    def __init__(self, path: str | os.PathLike[str], clock: Any = time.time) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], clock: Any = time.time, *, read_only: bool = False
+    ) -> None:
         super().__init__(clock)
         self.path = Path(path)
+        self.read_only = read_only  # an auditor's view: SQLite refuses every write
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -456,6 +459,15 @@ class SqliteStore(Store):
         await self._run(self._open_sync)
 
     def _open_sync(self) -> None:
+        if self.read_only:
+            conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout=5000")
+            self._conn = conn
+            self.head_seq = conn.execute("SELECT seq FROM audit_head WHERE id = 1").fetchone()[0]
+            return
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
@@ -529,10 +541,13 @@ class SqliteStore(Store):
         return [dict(row) for row in self._conn.execute(sql, params).fetchall()]
 
 
-def open_store(url: str, clock: Any = time.time) -> Store:
-    """Choose the implementation from PARLOR_DB: a `postgresql://` URL or a SQLite path."""
+def open_store(url: str, clock: Any = time.time, *, read_only: bool = False) -> Store:
+    """Choose the implementation from PARLOR_DB: a `postgresql://` URL or a SQLite path.
+
+    `read_only`: the database itself refuses writes (and nothing is created): for auditors.
+    """
     if url.startswith(("postgresql://", "postgres://")):
         from policy.pgstore import PostgresStore
 
-        return PostgresStore(url, clock)
-    return SqliteStore(url, clock)
+        return PostgresStore(url, clock, read_only=read_only)
+    return SqliteStore(url, clock, read_only=read_only)

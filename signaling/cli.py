@@ -148,11 +148,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if not db.startswith(("postgresql://", "postgres://")) and not os.path.exists(db):
         raise Usage(f"no database at {db} (set PARLOR_DB or pass --db)")
 
+    anchors: dict[int, str] = {}
+    for text in args.anchor or []:
+        seq, _, digest = text.partition(":")
+        if not seq.isdigit() or int(seq) < 1 or len(digest) != 64:
+            raise Usage(f"--anchor takes SEQ:HASH as printed in a report's head, got {text!r}")
+        anchors[int(seq)] = digest.lower()
+
     async def verify() -> dict[str, Any]:
-        store = open_store(db)
+        store = open_store(db, read_only=True)  # the database itself refuses any write
         await store.open()
         try:
-            return verify_chain(*await store.audit_chain()).to_json()
+            return verify_chain(*await store.audit_chain(), anchors=anchors).to_json()
         finally:
             await store.close()
 
@@ -260,7 +267,15 @@ def parser() -> argparse.ArgumentParser:
 
     audit = commands.add_parser("audit", help="audit chain tools")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
-    verify = audit_commands.add_parser("verify", help="recompute the hash chain; exit 1 if broken")
+    verify = audit_commands.add_parser(
+        "verify",
+        help="recompute the hash chain, read-only; print its head (record it elsewhere); exit 1 if broken",
+    )
+    verify.add_argument(
+        "--anchor", action="append", metavar="SEQ:HASH",
+        help="an event's hash recorded outside the database (a previous run's head): "
+        "catches a history rewritten and sealed again; repeatable",
+    )  # fmt: skip
     store_flags(verify)
     verify.set_defaults(run=cmd_audit)
 

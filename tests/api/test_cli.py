@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from policy.audit import GENESIS, seal
 from signaling.tokens import Tokens
 from tests.conftest import free_port
 
@@ -236,4 +237,46 @@ def test_audit_verify_exit_codes(demo, tmp_path):
         conn.execute("UPDATE audit SET actor = 'operator:mallory' WHERE seq = 2")
     bad = parlor("audit", "verify", "--db", "var/parlor.db", cwd=tmp_path)
     assert bad.returncode == 1, bad
-    assert json.loads(bad.stdout) == {"ok": False, "events": report["events"], "first_bad": 2}
+    assert json.loads(bad.stdout) == {
+        "ok": False, "events": report["events"], "first_bad": 2,
+        "head": report["head"], "anchors_checked": 0,
+    }  # fmt: skip
+
+
+def test_audit_verify_is_read_only_and_checks_anchors(demo, tmp_path):
+    (tmp_path / "var").mkdir()
+    for file in (demo["dir"] / "var").glob("parlor.db*"):
+        shutil.copy(file, tmp_path / "var" / file.name)
+    db = tmp_path / "var" / "parlor.db"
+    good = json.loads(parlor("audit", "verify", "--db", str(db), cwd=tmp_path).stdout)
+    head = good["head"]
+    assert head["seq"] == good["events"] and len(head["hash"]) == 64
+    anchor = f"{head['seq']}:{head['hash']}"
+    anchored = parlor("audit", "verify", "--db", str(db), "--anchor", anchor, cwd=tmp_path)
+    assert anchored.returncode == 0 and json.loads(anchored.stdout)["anchors_checked"] == 1
+
+    # Someone with write access rewrites event 2 and seals the whole chain again: in itself
+    # the chain verifies; against the head an auditor recorded earlier, it does not.
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT * FROM audit ORDER BY seq").fetchall()
+        prev = GENESIS
+        for seq, at, actor, action, subject, data, _, _ in rows:
+            if seq == 2:
+                actor = "operator:mallory"
+            digest = seal(seq, at, actor, action, subject, json.loads(data), prev)
+            conn.execute(
+                "UPDATE audit SET actor = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                (actor, prev, digest, seq),
+            )
+            prev = digest
+        conn.execute("UPDATE audit_head SET hash = ? WHERE id = 1", (prev,))
+    assert parlor("audit", "verify", "--db", str(db), cwd=tmp_path).returncode == 0
+    caught = parlor("audit", "verify", "--db", str(db), "--anchor", anchor, cwd=tmp_path)
+    assert caught.returncode == 1 and json.loads(caught.stdout)["first_bad"] == head["seq"]
+
+    # verifying never writes: the database refuses it (a read-only connection)
+    before = db.read_bytes()
+    assert parlor("audit", "verify", "--db", str(db), cwd=tmp_path).returncode == 0
+    assert db.read_bytes() == before
+    refused = parlor("audit", "verify", "--db", str(db), "--anchor", "2:nothex", cwd=tmp_path)
+    assert refused.returncode == 2 and "SEQ:HASH" in refused.stderr

@@ -8,10 +8,12 @@ and (PostgreSQL) concurrent writers on two connections pools still form one unbr
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from policy.audit import GENESIS, verify_chain
@@ -191,3 +193,26 @@ async def test_an_unreachable_database_is_store_unavailable() -> None:
     assert caught.value.kind == "unavailable"
     with pytest.raises(StoreUnavailable):
         await store.list_facilities()
+
+
+async def test_a_read_only_store_reads_the_chain_and_the_database_refuses_writes(
+    store: Store, tmp_path: Path
+) -> None:
+    """What `parlor audit verify` opens: an auditor's tool must not be able to change anything."""
+    await roster(store)
+    url = str(store.path) if isinstance(store, SqliteStore) else store.url  # type: ignore[attr-defined]
+    reader = open_store(url, read_only=True)
+    await reader.open()
+    try:
+        events, head = await reader.audit_chain()
+        assert verify_chain(events, head).ok and head[0] == 4 == reader.head_seq
+        refused = (
+            (sqlite3.OperationalError,)
+            if isinstance(reader, SqliteStore)
+            else (asyncpg.exceptions.ReadOnlySQLTransactionError,)
+        )
+        with pytest.raises(refused, match="read-?only"):
+            await reader.add_facility(Facility("F9", "Nope"), draft("facility.created", "facility:F9"))
+    finally:
+        await reader.close()
+    assert await store.get_facility("F9") is None

@@ -52,11 +52,18 @@ async def chain(tmp_path: Path) -> Path:
 async def test_an_untouched_chain_verifies(chain):
     report = verify_chain(*await reread(chain))
     assert (report.ok, report.events, report.first_bad) == (True, EVENTS, None)
-    assert report.to_json() == {"ok": True, "events": EVENTS, "first_bad": None}
+    last = (await reread(chain))[0][-1]
+    assert report.to_json() == {
+        "ok": True, "events": EVENTS, "first_bad": None,
+        "head": {"seq": EVENTS, "hash": last.hash}, "anchors_checked": 0,
+    }  # fmt: skip
 
 
 def test_an_empty_chain_verifies():
-    assert verify_chain([]).to_json() == {"ok": True, "events": 0, "first_bad": None}
+    assert verify_chain([]).to_json() == {
+        "ok": True, "events": 0, "first_bad": None,
+        "head": {"seq": 0, "hash": GENESIS}, "anchors_checked": 0,
+    }  # fmt: skip
 
 
 def test_seal_is_the_sha256_of_the_canonical_form():
@@ -139,11 +146,8 @@ async def test_truncating_the_tail_is_caught_against_the_head(chain):
 
 async def test_deleting_every_row_is_caught(chain):
     tamper(chain, "DELETE FROM audit")
-    assert verify_chain(*await reread(chain)).to_json() == {
-        "ok": False,
-        "events": 0,
-        "first_bad": 1,
-    }
+    report = verify_chain(*await reread(chain))
+    assert (report.ok, report.events, report.first_bad) == (False, 0, 1)
 
 
 async def test_appending_a_correctly_sealed_row_is_caught_against_the_head(chain):
@@ -186,3 +190,27 @@ def test_in_memory_events_verify_without_a_store():
         prev = digest
     assert verify_chain(events).ok
     assert verify_chain(events[1:]).first_bad == 2  # the chain must start at genesis, seq 1
+
+
+# -- anchors: heads recorded outside the database -----------------------------------------------
+async def test_a_chain_rewritten_and_sealed_again_is_caught_by_an_anchor(chain):
+    events, head = await reread(chain)
+    anchors = {3: events[2].hash, EVENTS: events[-1].hash}
+    assert verify_chain(events, head, anchors).to_json()["anchors_checked"] == 2
+    assert verify_chain(events, head, anchors).ok
+    # rewrite event 2 and re-seal everything after it, head included: consistent in itself
+    forged, prev = [], GENESIS
+    for e in events:
+        actor = "operator:mallory" if e.seq == 2 else e.actor
+        digest = seal(e.seq, e.at, actor, e.action, e.subject, e.data, prev)
+        forged.append(AuditEvent(e.seq, e.at, actor, e.action, e.subject, e.data, prev, digest))
+        prev = digest
+    assert verify_chain(forged, (EVENTS, prev)).ok
+    report = verify_chain(forged, (EVENTS, prev), anchors)
+    assert (report.ok, report.first_bad) == (False, 3)  # the first anchored event it changed
+
+
+async def test_an_anchor_past_the_end_means_events_were_removed(chain):
+    events, _ = await reread(chain)
+    report = verify_chain(events[:-2], None, {EVENTS: events[-1].hash})
+    assert (report.ok, report.first_bad) == (False, EVENTS)
