@@ -127,6 +127,8 @@ async def sample(
         "sessions": int(metrics.get("parlor_live_sessions", -1)),
         "tasks": int(metrics.get("parlor_asyncio_tasks", -1)),
         "cpu_s": round(sum(process.cpu_times()[:2]), 1),
+        "memory_trims": int(metrics.get("parlor_memory_trims_total", -1)),
+        "trimmed_mb": round(metrics.get("parlor_memory_trimmed_bytes_total", 0) / 2**20, 1),
     }
 
 
@@ -218,6 +220,8 @@ async def soak(minutes: float) -> dict[str, Any]:
         "fds": {"start": before["fds"], "end": after["fds"]},
         "leaked": leaks,
         "server_cpu_s": after["cpu_s"] - before["cpu_s"],
+        # signaling/memory.py: malloc_trim after sessions end gives freed native memory back
+        "memory_trims": {"count": after["memory_trims"], "returned_mb": after["trimmed_mb"]},
         "server_log_problems": problems["count"],
         "server_log_problem_lines": problems["lines"][:5],
         "targets": {

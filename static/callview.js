@@ -117,7 +117,7 @@ export class CallView {
       el.monitored,
       el.audioOnly,
       el.status,
-      h("div", { class: "stage" }, el.waiting, el.tiles, self),
+      (el.stage = h("div", { class: "stage", id: "stage", "data-remote": "0" }, el.waiting, el.tiles, self)),
       el.selfState,
       h("div", { class: "controls", role: "group", "aria-label": "Call controls" }, el.mic, el.camera, el.leave),
       el.announcer,
@@ -343,6 +343,9 @@ export class CallView {
   #layout() {
     const count = this.#tiles.size;
     this.#el.tiles.dataset.count = String(count);
+    // One person on screen: your picture floats in a corner. Two or more: it would cover one
+    // of them, so it takes its own place below them (style.css, .stage[data-remote="many"]).
+    this.#el.stage.dataset.remote = count >= 2 ? "many" : String(count);
     this.#el.waiting.hidden = count > 0;
   }
 

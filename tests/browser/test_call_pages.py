@@ -172,6 +172,19 @@ def media_faults(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
+async def self_view_covers(page: Any) -> list[str]:
+    """The remote tiles the self-view overlaps on screen (by their participant id)."""
+    return await page.evaluate(
+        """() => {
+          const own = document.querySelector(".self-view").getBoundingClientRect();
+          return [...document.querySelectorAll("figure.tile")].filter((tile) => {
+            const r = tile.getBoundingClientRect();
+            return own.left < r.right && r.left < own.right && own.top < r.bottom && r.top < own.bottom;
+          }).map((tile) => tile.dataset.participant);
+        }"""
+    )
+
+
 async def both_play(pages: list[Watched], selectors: list[str]) -> list[dict[str, Any]]:
     return await asyncio.gather(
         *(assert_plays(w.page, sel) for w, sel in zip(pages, selectors, strict=True))
@@ -212,6 +225,8 @@ async def test_late_joiner_reaches_both_pages_and_old_streams_keep_playing(
         assert all((s["width"], s["height"]) == LIGHT["size"] for s in seen), seen
         # What was negotiated before the re-offer still plays, both ways.
         await both_play(pages, before)
+        for watched in pages:  # with two people on screen, your own picture covers neither
+            assert await self_view_covers(watched.page) == [], await self_view_covers(watched.page)
         await shoot(family.page, "call-pages-family-three")
         await shoot(kiosk.page, "call-pages-kiosk-three")
         await late.wait_frames("video", count=20, timeout=10)  # it sees the pages, too
