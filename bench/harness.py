@@ -99,6 +99,8 @@ class ServerProcess:
     operator_token: str = ""
     # Applied last, e.g. a cluster node's PARLOR_DB.
     env: dict[str, str] = field(default_factory=dict)
+    # Each answer's Server-Timing (ms by phase), by the instant its request was sent.
+    timings: dict[float, dict[str, float]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -171,6 +173,8 @@ class ServerProcess:
             raw = await response.read()
             answered_at = time.monotonic()
             status = response.status
+            if "Server-Timing" in response.headers:
+                self.timings[sent_at] = server_timing(response.headers["Server-Timing"])
         try:
             answer = json.loads(raw) if raw else None
         except ValueError:
@@ -216,6 +220,18 @@ class ServerProcess:
                 with contextlib.suppress(ValueError):
                     samples[name] = float(value)
         return samples
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """'commit;dur=12.5, enforce;dur=0.4' -> {'commit': 12.5, 'enforce': 0.4} (ms)."""
+    timing = {}
+    for part in header.split(","):
+        name, _, rest = part.strip().partition(";dur=")
+        try:
+            timing[name] = float(rest)
+        except ValueError:
+            continue
+    return timing
 
 
 # -- the roster ---------------------------------------------------------------------------

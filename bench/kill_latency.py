@@ -92,6 +92,8 @@ FPS = 10
 
 DEFINITIONS = {
     "api_ms": "request sent -> answer read, in the conductor process (which carries no media)",
+    "api_server_timing_ms": "the issuing node's Server-Timing header: commit (validate + store), enforce (its "
+    "own matching sessions closed), record (their count written); the largest of the round's answers",
     "kill_latency_ms": "per affected session: arrival of the last RTP media packet (before the client's "
     "jitter buffer and decoder) - API answer instant, clamped at 0; min_raw unclamped "
     "(negative = the last packet came before the answer). The spec's 'last forwarded media packet'.",
@@ -297,6 +299,7 @@ async def run_round(
         "affected_calls": len(affected_calls),
         "affected_sessions": sum(1 for r in records if r["call"] in affected_calls),
         "api_ms": percentiles([(a[3] - a[2]) * 1000 for a in answers]),
+        "api_server_timing_ms": _phases([(issuer or server).timings.get(a[2], {}) for a in answers]),
         "kill_latency_ms": clamped(kill),
         "kill_latency_decoded_ms": clamped(kill_decoded) if decoding else None,
         "kill_latency_from_request_ms": raw(kill_from_request),
@@ -338,6 +341,12 @@ async def run_round(
         result["note"] = "1 affected call = 2 sessions: p50/p99 are over 2 samples"
     live -= affected_calls
     return result
+
+
+def _phases(timings: list[dict[str, float]]) -> dict[str, Any]:
+    """The issuing node's own account of its answers (Server-Timing): max per phase."""
+    names = sorted({name for timing in timings for name in timing})
+    return {name: max(t.get(name, 0.0) for t in timings) for name in names}
 
 
 def _directive_calls(spec: dict[str, Any]) -> list[list[CallSpec]]:

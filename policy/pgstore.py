@@ -169,6 +169,7 @@ class PostgresStore(Store):
         self.url = url
         self.pool_size = pool_size
         self.read_only = read_only  # an auditor's view: every transaction is READ ONLY
+        self._writers: set[int] = set()  # server PIDs of the connections this store wrote on
         self._pool: asyncpg.Pool | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -223,6 +224,9 @@ class PostgresStore(Store):
         pool = self._ready_pool()
         try:
             async with pool.acquire() as conn, conn.transaction():
+                # Before the NOTIFY can be delivered: this process's listener must recognise
+                # its own events (see `listen`).
+                self._writers.add(conn.get_server_pid())
                 for sql, params, *guard in statements:
                     status = await conn.execute(numbered(sql), *params)
                     if guard and _rowcount(status) == 0:
@@ -267,19 +271,20 @@ class PostgresStore(Store):
 
     async def listen(
         self,
-        on_event: Callable[[int, AuditEvent | None], None],
+        on_event: Callable[[int, AuditEvent | None, bool], None],
         on_lost: Callable[[], None],
     ) -> Listener:
         """Open a dedicated connection that LISTENs on the events channel.
 
-        `on_event(seq, event)` runs for every committed event; `event` is None when the
-        payload carried only the sequence number (or could not be read: seq is then 0).
+        `on_event(seq, event, own)` runs for every committed event; `event` is None when the
+        payload carried only the sequence number (or could not be read: seq is then 0); `own`
+        is true when this store wrote it (PostgreSQL tells which backend sent a notification).
         """
 
-        def notified(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        def notified(_conn: Any, pid: int, _channel: str, payload: str) -> None:
             seq, event = announced(payload)
             self.noticed(seq)  # committed: whoever tails the audit log may read it now
-            on_event(seq, event)
+            on_event(seq, event, pid in self._writers)
 
         try:
             conn = await asyncpg.connect(self.url, timeout=2.0)

@@ -57,6 +57,7 @@ import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable
+from dataclasses import replace
 
 from policy.actor import SYSTEM
 from policy.audit import AuditEvent
@@ -81,6 +82,7 @@ RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)  # then every 1 s until the databa
 BATCH = 500  # audit events read per catch-up query
 
 SESSION_END_REQUESTED = "session.end-requested"
+OWN = "(this node's own)"  # an announced event this node wrote: nothing to deliver
 DIRECTIVE_CHANGES = (
     "directive.lifted",
     "directive.expired",
@@ -312,9 +314,14 @@ class PostgresBus(Bus):
             )  # fmt: skip
 
     # -- events ---------------------------------------------------------------------------
-    def _notified(self, seq: int, event: AuditEvent | None) -> None:
+    def _notified(self, seq: int, event: AuditEvent | None, own: bool = False) -> None:
         if seq != 0 and seq <= self.cursor:
             return
+        if own and event is not None:
+            # Written by this node, whose own code path acts on it (the API handler enforces
+            # the directive it issued): the bus only moves the cursor past it. Otherwise the
+            # two would race, and the answer would not count the sessions this node ended.
+            event = replace(event, action=OWN)
         if event is not None and len(self._announced) < BATCH:
             self._announced[seq] = event
         else:

@@ -183,3 +183,17 @@ async def test_an_event_seen_already_is_not_applied_again(tmp_path) -> None:
     bus._notified(10, _event(10))
     await bus._catch_up()
     assert store.reads == [] and bus.cursor == 10 and not bus._announced
+
+
+async def test_an_event_this_node_wrote_only_moves_the_cursor(tmp_path) -> None:
+    """The API handler that issued it enforces it and counts what it ended; the bus must not
+    race it (it would win: its path has no database round trip)."""
+    directive = _suspension("D4")
+    issued = _event(6, "directive.issued", directive.to_json())
+    store = LogOnly([issued], {})
+    bus, enforcer = _bus(tmp_path, store)
+    bus.cursor = 5
+    bus._notified(6, issued, True)
+    await bus._catch_up()
+    assert store.reads == [] and bus.cursor == 6 and store.head_seq == 6
+    assert "D4" not in enforcer.applied and "D4" not in bus.policy.index.by_id

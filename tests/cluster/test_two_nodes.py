@@ -76,6 +76,34 @@ async def test_a_directive_issued_on_b_ends_the_call_relayed_by_a(cluster):
         await close_all([kiosk, c1, c2])
 
 
+async def test_a_directive_ends_calls_on_both_nodes_and_each_counts_its_own(cluster):
+    """The issuing node enforces its own directive (its answer counts the sessions it ended:
+    the bus, which hears the same commit, leaves that to it); the other node counts its own."""
+    a, b = cluster
+    await seed(a)
+    on_a = await make_visit(a, ["C1"])
+    on_b = await make_visit(a, ["C2"], device="K3")
+    calls = [*await in_call(a, on_a, "device", "C1"), *await in_call(b, on_b, "device", "C2")]
+    try:
+        status, directive = await b.api("POST", "/api/v1/directives", directive_body("inmate:I1"))
+        # B's own two, plus A's if A's count landed first (the answer reads the stored count)
+        assert status == 201 and directive["sessions_ended"] in (2, 4)
+        for c in calls:
+            await wait_for(lambda c=c: c.closed.is_set(), timeout=5)
+            assert c.close_code == 4403 and c.terminated["directive"]["id"] == directive["id"]
+        for _ in range(250):
+            stored = await b.app[K.STORE].get_directive(directive["id"])
+            if stored is not None and stored.sessions_ended == 4:
+                break
+            await asyncio.sleep(0.02)
+        assert stored is not None and stored.sessions_ended == 4
+        enforced = [e for e in await b.app[K.STORE].audit_events() if e.action == "directive.enforced"]
+        counts = sorted((e.actor.split(":")[0], e.data.get("node"), len(e.data["sessions"])) for e in enforced)
+        assert counts == [("operator", None, 2), ("system", "A", 2)]  # B's API handler, A's bus
+    finally:
+        await close_all(calls)
+
+
 async def test_a_lift_on_b_readmits_on_a(cluster):
     a, b = cluster
     await seed(a)
@@ -199,7 +227,7 @@ async def test_a_silent_nodes_placement_is_taken_over(pg_url):
     store = PostgresStore(pg_url)
     await store.open()
 
-    def gone(_seq: int, _event: object) -> None:
+    def gone(_seq: int, _event: object, _own: bool) -> None:
         return None
 
     listener = await store.listen(gone, lambda: None)
