@@ -106,7 +106,7 @@ DEFINITIONS = {
     "baseline": "the same gap figures over a quiet window before any directive",
     "by_node": "--nodes 2: the same figures for the affected sessions on A (the kill crossed the bus "
     "from B) and on B (the issuing node: the single-node path, measured in the same run)",
-    "server_enforce_mean_ms": "server's own parlor_kill_seconds (commit -> last affected session closed), "
+    "server_enforce_mean_ms": "server's own parlor_kill_seconds (commit -> last affected session told and recorded), "
     "mean over the round's directives",
 }
 

@@ -153,6 +153,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(
             *(enforcer.end_session(s, "error", 1001, message="The server is restarting.") for s in list(app[K.SESSIONS].by_id.values()))
         )
+        await enforcer.drain()
         await store.close()
 
 

@@ -3,7 +3,9 @@
 `end_session` is the one way a session ends, whatever the reason. `apply` is what happens
 to live calls when a directive is issued: the matching sessions are found through the
 subject-key index, their forwarding is stopped synchronously (no media flows past this
-point), then each is told why and closed, then its peer connection is torn down.
+point), then each is told why and its end recorded; that is when the directive's answer goes
+out. The close handshakes, the peer connections' teardown and the renegotiation of those who
+stay in the call go on after it (a busy client's close frame must not hold up the operator).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from policy.directive import Directive
 from policy.rfc3339 import format_time
 from policy.service import Policy
 from signaling.metrics import Metrics
-from signaling.registry import LiveSessions
+from signaling.registry import Call, LiveSessions
 from signaling.session import Session
 from signaling.tokens import Tokens
 
@@ -54,6 +56,7 @@ class Enforcer:
     metrics: Metrics = field(default_factory=Metrics)
     tokens: Tokens | None = None  # mints the appeal tokens carried in family notices
     applied: set[str] = field(default_factory=set)  # directives already enforced on this node
+    closing: set[asyncio.Future[None]] = field(default_factory=set)  # detached closes running
 
     async def apply(self, directive: Directive) -> list[str]:
         """Enforce a directive in force on this node's live sessions; return the ended ids.
@@ -75,7 +78,9 @@ class Enforcer:
             session.peer.stop_forwarding()
         await asyncio.gather(
             *(
-                self.end_session(session, f"directive:{directive.id}", REFUSED, directive=directive)
+                self.end_session(
+                    session, f"directive:{directive.id}", REFUSED, directive=directive, detach=True
+                )
                 for session in matching
             )
         )
@@ -128,8 +133,14 @@ class Enforcer:
         *,
         directive: Directive | None = None,
         message: str | None = None,
+        detach: bool = False,
     ) -> None:
-        """End one session: stop its media, tell it why, close it, record the end reason."""
+        """End one session: stop its media, tell it why, close it, record the end reason.
+
+        `detach`: return once the session is told and its end recorded, and leave the close
+        handshake, the peer connection's teardown and the others' renegotiation to run on
+        (`self.closing`). A directive's answer need not wait for a busy client's close frame.
+        """
         if session.ended:
             return
         session.ended = True
@@ -148,6 +159,18 @@ class Enforcer:
             if directive is not None:
                 terminated["directive"] = self.notice(session.actor, directive)
             await session.send(terminated)
+        closing = self._close(session, code, reason, call, renegotiate)
+        if detach:
+            task = asyncio.ensure_future(closing)
+            self.closing.add(task)
+            task.add_done_callback(self.closing.discard)
+        else:
+            await closing
+        await recorded
+
+    async def _close(
+        self, session: Session, code: int, reason: str, call: Call | None, renegotiate: list[Any]
+    ) -> None:
         try:
             await session.ws.close(code=code, message=reason.encode()[:120])
         except (ConnectionError, RuntimeError):
@@ -161,7 +184,11 @@ class Enforcer:
                 other = call.session_of(peer)
                 if other is not None:
                     await self.renegotiate(other)
-        await recorded
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait (a while) for the detached closes still running: before shutting down."""
+        if self.closing:
+            await asyncio.wait(set(self.closing), timeout=timeout)
 
     async def _record_end(self, session: Session, reason: str) -> None:
         try:

@@ -45,7 +45,7 @@ class Metrics:
         )
         self.kill_seconds = Histogram(
             "parlor_kill_seconds",
-            "From a directive's commit to the last affected session closed on this node",
+            "From a directive's commit to the last affected session on this node told and recorded (media stops first)",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=self.registry,
         )

@@ -253,3 +253,45 @@ async def test_operator_ends_one_session(server):
         assert c2.close_code is None
     finally:
         await asyncio.gather(c1.close(), c2.close())
+
+
+async def test_the_answer_does_not_wait_for_the_affected_connections_to_wind_down(server):
+    """The directive's answer waits until the affected are told and their end is recorded, not
+    for their close handshakes and peer-connection teardown: on a busy node those take long,
+    and a stuck client must not hold up the operator."""
+    import aiohttp
+
+    await seed(server)
+    visit = await make_visit(server, ["C1"])
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(server.url.replace("http", "ws", 1) + "/ws")
+        await ws.send_json({"type": "join", "token": visit["join"]["C1"]["token"], "visit": visit["id"]})
+        joined = await ws.receive_json(timeout=5)
+        assert joined["type"] == "joined"
+        session = server.app[K.SESSIONS].by_id[joined["session"]]
+        torn_down = asyncio.Event()
+        close_peer = session.peer.close
+
+        async def slow_teardown() -> None:  # a peer connection that takes its time to close
+            await asyncio.sleep(3)
+            await close_peer()
+            torn_down.set()
+
+        session.peer.close = slow_teardown  # type: ignore[method-assign]
+        started = time.monotonic()
+        status, directive = await server.api("POST", "/api/v1/directives", {
+            "scope": "contact:C1", "action": "suspend", "reason": "r", "legal_basis": "Rule 1",
+            "expires_at": format_time(time.time() + 600)})  # fmt: skip
+        answered = time.monotonic() - started
+        assert status == 201 and directive["sessions_ended"] == 1
+        assert answered < 2.0 and not torn_down.is_set(), f"the answer took {answered:.1f} s"
+        record = await server.app[K.STORE].get_session(joined["session"])
+        assert record is not None and record.end_reason == f"directive:{directive['id']}"
+        assert joined["session"] not in server.app[K.SESSIONS].by_id
+        told = await ws.receive_json(timeout=5)
+        while told["type"] != "terminated":  # time-remaining came right after joined
+            told = await ws.receive_json(timeout=5)
+        assert told["directive"]["id"] == directive["id"]
+        await server.app[K.ENFORCER].drain(timeout=10)
+        assert torn_down.is_set() and not server.app[K.ENFORCER].closing
+        await ws.close()
