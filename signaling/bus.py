@@ -55,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable
 from dataclasses import replace
@@ -70,6 +71,7 @@ from policy.visit import Visit
 from signaling.config import Config
 from signaling.enforcer import REFUSED, Enforcer
 from signaling.registry import LiveSessions
+from signaling.session import Session
 
 log = logging.getLogger("parlor.bus")
 
@@ -267,6 +269,8 @@ class PostgresBus(Bus):
             try:
                 await self._connect()
                 await self._catch_up(read=True)
+                if self._background:  # sessions the catch-up ended: their records first
+                    await asyncio.wait(set(self._background), timeout=5.0)
                 await self._close_stale_records(live_at_loss)
             except asyncio.CancelledError:
                 raise
@@ -303,8 +307,12 @@ class PostgresBus(Bus):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _count(self, directive: Directive, ended: list[str]) -> None:
-        """Add the sessions this node ended to the directive's stored count (and the audit log)."""
+    async def _finish(self, directive: Directive, matching: list[Session], started: float) -> None:
+        """Tell and record what `Enforcer.stop` stopped; add the sessions this node ended to
+        the directive's stored count (and the audit log)."""
+        ended = await self.enforcer.complete(directive, matching, started)
+        if not ended:
+            return
         try:
             await self.policy.record_enforcement(SYSTEM, directive, ended, node=self.node_id)
         except PolicyError as exc:  # the sessions are ended either way; only the count is short
@@ -396,9 +404,11 @@ class PostgresBus(Bus):
             if event.action == "directive.issued":
                 if directive.status == "active":
                     self._applied.add(directive.id)
-                    ended = await self.enforcer.apply(directive)
-                    if ended:  # counted in the background: the next event need not wait
-                        self._spawn(self._count(directive, ended))
+                    # Media stops now; telling, recording and counting run on, so that the
+                    # next event (another directive, say) need not wait for them.
+                    matching = self.enforcer.stop(directive)
+                    if matching:
+                        self._spawn(self._finish(directive, matching, time.perf_counter()))
                 return
             if directive.status != "active":
                 self._applied.discard(directive.id)

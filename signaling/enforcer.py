@@ -64,18 +64,32 @@ class Enforcer:
         A directive that starts later is applied by the scheduler when it starts; one
         already applied here (e.g. seen again on the cluster bus) is not applied twice.
         """
+        started = time.perf_counter()
+        matching = self.stop(directive)
+        return await self.complete(directive, matching, started) if matching else []
+
+    def stop(self, directive: Directive) -> list[Session]:
+        """The synchronous half of `apply`: no media flows to or from a matching session (or,
+        for audio-only, no video) once this returns. Returns the sessions `complete` finishes."""
         if directive.id in self.applied or not directive.in_force(self.policy.clock()):
             return []
         self.applied.add(directive.id)
         matching = [s for s in self.sessions.matching(directive.scope) if not s.ended]
-        if directive.action == "audio-only":
-            for session in matching:
+        for session in matching:  # media stops for every affected session before anyone is told
+            if directive.action == "audio-only":
                 self.restrict(session, directive)
+            else:
+                session.peer.stop_forwarding()
+        return matching
+
+    async def complete(
+        self, directive: Directive, matching: list[Session], started: float | None = None
+    ) -> list[str]:
+        """The rest of `apply`: tell the restricted, or end (tell and record) the stopped;
+        return the ended ids."""
+        if directive.action == "audio-only":
             await asyncio.gather(*(self._tell_restricted(s, directive) for s in matching))
             return []
-        started = time.perf_counter()
-        for session in matching:  # media stops for every affected session before anyone is told
-            session.peer.stop_forwarding()
         await asyncio.gather(
             *(
                 self.end_session(
@@ -84,7 +98,7 @@ class Enforcer:
                 for session in matching
             )
         )
-        if matching:
+        if matching and started is not None:
             self.metrics.kill_seconds.observe(time.perf_counter() - started)
         return [s.id for s in matching]
 

@@ -109,6 +109,19 @@ async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.01
         await asyncio.sleep(interval)
 
 
+async def counted(node: Server, directive_id: str, sessions: int, timeout: float = 5.0) -> None:
+    """Wait until the stored directive counts `sessions` ended sessions (each node adds its
+    own, some of them in the background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stored = await node.app[K.STORE].get_directive(directive_id)
+        if stored is not None and stored.sessions_ended == sessions:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"sessions_ended is {stored and stored.sessions_ended}, not {sessions}")
+        await asyncio.sleep(0.02)
+
+
 async def ended_record(node: Server, session_id: str, timeout: float = 5.0) -> Any:
     """The session's stored record once its end is recorded (after its socket and peer close)."""
     deadline = time.monotonic() + timeout

@@ -6,7 +6,6 @@ Nodes A and B run in this process on their own ports; participants are real aior
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -17,6 +16,7 @@ from signaling.bus import REDIRECT, STALE_AFTER, ws_url
 from tests.cluster.conftest import (
     client,
     close_all,
+    counted,
     directive_body,
     ended_record,
     in_call,
@@ -53,12 +53,7 @@ async def test_a_directive_issued_on_b_ends_the_call_relayed_by_a(cluster):
         # B ended nothing itself; A counts the session it ended, and says so in the audit log
         assert directive["sessions_ended"] == 0
 
-        for _ in range(250):
-            stored = await b.app[K.STORE].get_directive(directive["id"])
-            if stored is not None and stored.sessions_ended == 1:
-                break
-            await asyncio.sleep(0.02)
-        assert stored is not None and stored.sessions_ended == 1
+        await counted(b, directive["id"], 1)
         enforced = [e for e in await a.app[K.STORE].audit_events() if e.action == "directive.enforced"]
         assert [(e.actor, e.data) for e in enforced] == [
             ("system:parlor", {"sessions": [c1.joined["session"]], "node": "A"})
@@ -91,12 +86,7 @@ async def test_a_directive_ends_calls_on_both_nodes_and_each_counts_its_own(clus
         for c in calls:
             await wait_for(lambda c=c: c.closed.is_set(), timeout=5)
             assert c.close_code == 4403 and c.terminated["directive"]["id"] == directive["id"]
-        for _ in range(250):
-            stored = await b.app[K.STORE].get_directive(directive["id"])
-            if stored is not None and stored.sessions_ended == 4:
-                break
-            await asyncio.sleep(0.02)
-        assert stored is not None and stored.sessions_ended == 4
+        await counted(b, directive["id"], 4)
         enforced = [e for e in await b.app[K.STORE].audit_events() if e.action == "directive.enforced"]
         counts = sorted((e.actor.split(":")[0], e.data.get("node"), len(e.data["sessions"])) for e in enforced)
         assert counts == [("operator", None, 2), ("system", "A", 2)]  # B's API handler, A's bus
