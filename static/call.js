@@ -490,8 +490,8 @@ function fmtp(codec) {
   return params;
 }
 
-/** Wait for ICE gathering to finish, but never longer than `limitMs`. */
-function iceGatheringDone(pc, limitMs) {
+/** Wait for ICE gathering to finish, but never longer than `limitMs` (also the monitor's). */
+export function iceGatheringDone(pc, limitMs) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
   return new Promise((resolve) => {
     const timer = setTimeout(done, limitMs);

@@ -8,6 +8,7 @@
 //
 // MonitorView draws one tile per participant with the client's media.
 
+import { iceGatheringDone } from "./call.js";
 import { h } from "./ui.js";
 
 const ICE_GATHERING_LIMIT_MS = 2000;
@@ -160,22 +161,6 @@ export class MonitorClient extends EventTarget {
   #emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
-}
-
-function iceGatheringDone(pc, limitMs) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, limitMs);
-    function done() {
-      clearTimeout(timer);
-      pc.removeEventListener("icegatheringstatechange", check);
-      resolve();
-    }
-    function check() {
-      if (pc.iceGatheringState === "complete") done();
-    }
-    pc.addEventListener("icegatheringstatechange", check);
-  });
 }
 
 const ENDINGS = {
