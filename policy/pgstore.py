@@ -169,7 +169,7 @@ class PostgresStore(Store):
         self.url = url
         self.pool_size = pool_size
         self.read_only = read_only  # an auditor's view: every transaction is READ ONLY
-        self._writers: set[int] = set()  # server PIDs of the connections this store wrote on
+        self._writers: set[int] = set()  # server PIDs of its open connections it wrote on
         self._pool: asyncpg.Pool | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -214,6 +214,15 @@ class PostgresStore(Store):
             except Exception:  # unreachable or slow: drop the connections instead
                 pool.terminate()
 
+    def _wrote_on(self, conn: Any) -> None:
+        """Remember the server PID of a connection this store writes on, before its NOTIFY can
+        be delivered, so that `listen` recognises this process's own events; and forget it
+        when the connection closes, before the server can give the PID to another node's."""
+        pid = conn.get_server_pid()
+        if pid not in self._writers:
+            self._writers.add(pid)
+            conn.add_termination_listener(lambda _conn: self._writers.discard(pid))
+
     def _ready_pool(self) -> asyncpg.Pool:
         if self._pool is None:
             raise StoreUnavailable("store-closed", "the store is not open")
@@ -224,9 +233,7 @@ class PostgresStore(Store):
         pool = self._ready_pool()
         try:
             async with pool.acquire() as conn, conn.transaction():
-                # Before the NOTIFY can be delivered: this process's listener must recognise
-                # its own events (see `listen`).
-                self._writers.add(conn.get_server_pid())
+                self._wrote_on(conn)
                 for sql, params, *guard in statements:
                     status = await conn.execute(numbered(sql), *params)
                     if guard and _rowcount(status) == 0:

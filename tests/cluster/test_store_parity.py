@@ -216,3 +216,22 @@ async def test_a_read_only_store_reads_the_chain_and_the_database_refuses_writes
     finally:
         await reader.close()
     assert await store.get_facility("F9") is None
+
+
+async def test_a_store_forgets_the_pid_of_a_connection_it_no_longer_has(
+    postgres: PostgresServer,
+) -> None:
+    """A node recognises its own notifications by the sending backend's PID. Once its
+    connection closes, the server may give that PID to another node's backend, whose
+    events must then not pass for this node's own."""
+    database = await postgres.create_database()
+    store = PostgresStore(postgres.url(database))
+    await store.open()
+    try:
+        await roster(store)
+        assert len(store._writers) >= 1
+    finally:
+        await store.close()
+        await postgres.drop_database(database)
+    await asyncio.sleep(0)  # termination listeners run on the next loop iteration
+    assert store._writers == set()
