@@ -58,7 +58,6 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable
-from dataclasses import replace
 
 from policy.actor import SYSTEM
 from policy.audit import AuditEvent
@@ -68,6 +67,7 @@ from policy.pgstore import Listener, PostgresStore
 from policy.service import Policy
 from policy.store import Store
 from policy.visit import Visit
+from signaling.background import Background
 from signaling.config import Config
 from signaling.enforcer import REFUSED, Enforcer
 from signaling.registry import LiveSessions
@@ -84,7 +84,6 @@ RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)  # then every 1 s until the databa
 BATCH = 500  # audit events read per catch-up query
 
 SESSION_END_REQUESTED = "session.end-requested"
-OWN = "(this node's own)"  # an announced event this node wrote: nothing to deliver
 DIRECTIVE_CHANGES = (
     "directive.lifted",
     "directive.expired",
@@ -147,8 +146,8 @@ class PostgresBus(Bus):
         self.ready = ready
         self.node_id, self.url = node_id, url
         self.cursor = 0  # the last audit sequence number processed
-        self._applied: set[str] = set()  # directives issued elsewhere and enforced here
-        self._announced: dict[int, AuditEvent] = {}  # events carried by notifications, by seq
+        # Events carried by notifications, by seq, each with whether this node wrote it.
+        self._announced: dict[int, tuple[AuditEvent, bool]] = {}
         self._must_read = False  # a notification did not carry its event: read the log
         self._wake = asyncio.Event()
         # One catch-up at a time: the cursor only moves forward, in order.
@@ -156,7 +155,7 @@ class PostgresBus(Bus):
         self._listener: Listener | None = None
         self._lost = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Future[None]] = set()  # enforcement counts being written
+        self._background = Background()  # enforcements being finished and counted
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -172,8 +171,7 @@ class PostgresBus(Bus):
         ]
 
     async def stop(self) -> None:
-        if self._background:  # counts of sessions just ended: let them land, briefly
-            await asyncio.wait(self._background, timeout=1.0)
+        await self._background.drain(1.0)  # counts of sessions just ended: let them land
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -269,8 +267,7 @@ class PostgresBus(Bus):
             try:
                 await self._connect()
                 await self._catch_up(read=True)
-                if self._background:  # sessions the catch-up ended: their records first
-                    await asyncio.wait(set(self._background), timeout=5.0)
+                await self._background.drain(5.0)  # sessions the catch-up ended: records first
                 await self._close_stale_records(live_at_loss)
             except asyncio.CancelledError:
                 raise
@@ -302,11 +299,6 @@ class PostgresBus(Bus):
             if record.id in live_at_loss and record.id not in self.sessions.by_id:
                 await self.policy.session_ended(record, "error")
 
-    def _spawn(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     async def _finish(self, directive: Directive, matching: list[Session], started: float) -> None:
         """Tell and record what `Enforcer.stop` stopped; add the sessions this node ended to
         the directive's stored count (and the audit log)."""
@@ -325,13 +317,8 @@ class PostgresBus(Bus):
     def _notified(self, seq: int, event: AuditEvent | None, own: bool = False) -> None:
         if seq != 0 and seq <= self.cursor:
             return
-        if own and event is not None:
-            # Written by this node, whose own code path acts on it (the API handler enforces
-            # the directive it issued): the bus only moves the cursor past it. Otherwise the
-            # two would race, and the answer would not count the sessions this node ended.
-            event = replace(event, action=OWN)
         if event is not None and len(self._announced) < BATCH:
-            self._announced[seq] = event
+            self._announced[seq] = (event, own)
         else:
             self._must_read = True
         self._wake.set()
@@ -359,7 +346,8 @@ class PostgresBus(Bus):
             while True:
                 announced = self._announced.pop(self.cursor + 1, None)
                 if announced is not None:  # the next event, as committed: no read needed
-                    await self._apply(announced, as_announced=True)
+                    event, own = announced
+                    await self._apply(event, as_announced=True, own=own)
                     continue
                 self._announced = {seq: e for seq, e in self._announced.items() if seq > self.cursor}
                 if not (read or self._must_read or self._announced):
@@ -372,9 +360,13 @@ class PostgresBus(Bus):
                     return
                 read = True  # a full batch: there may be more
 
-    async def _apply(self, event: AuditEvent, *, as_announced: bool) -> None:
+    async def _apply(self, event: AuditEvent, *, as_announced: bool, own: bool = False) -> None:
+        """Deliver one event and move the cursor past it. An event this node wrote is not
+        delivered: its own code path acted on it (the API handler enforces the directive it
+        issued); the two would race, and the answer would not count the sessions it ended."""
         try:
-            await self._deliver(event, as_announced=as_announced)
+            if not own:
+                await self._deliver(event, as_announced=as_announced)
         except PolicyError:
             self._must_read = True  # retried from this event, read from the log, once it answers
             raise
@@ -391,10 +383,8 @@ class PostgresBus(Bus):
         """
         if event.action == "directive.issued" or event.action in DIRECTIVE_CHANGES:
             directive_id = event.subject.removeprefix("directive:")
-            if event.action == "directive.issued" and (
-                directive_id in self._applied or directive_id in self.policy.index.by_id
-            ):
-                return  # issued on this node (its API handler enforced it) or already applied
+            if event.action == "directive.issued" and directive_id in self.policy.index.by_id:
+                return  # already known here: issued on this node, or applied before
             directive = carried(event) if as_announced else None
             if directive is None:
                 directive = await self.store.get_directive(directive_id)  # its current state
@@ -403,15 +393,14 @@ class PostgresBus(Bus):
             self.policy.learn(directive)
             if event.action == "directive.issued":
                 if directive.status == "active":
-                    self._applied.add(directive.id)
                     # Media stops now; telling, recording and counting run on, so that the
                     # next event (another directive, say) need not wait for them.
                     matching = self.enforcer.stop(directive)
                     if matching:
-                        self._spawn(self._finish(directive, matching, time.perf_counter()))
+                        self._background.spawn(
+                            self._finish(directive, matching, time.perf_counter())
+                        )
                 return
-            if directive.status != "active":
-                self._applied.discard(directive.id)
             await self.enforcer.released(directive)
         elif event.action == SESSION_END_REQUESTED:
             session = self.sessions.by_id.get(str(event.data.get("session")))

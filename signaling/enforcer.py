@@ -20,6 +20,7 @@ from policy.actor import Actor
 from policy.directive import Directive
 from policy.rfc3339 import format_time
 from policy.service import Policy
+from signaling.background import Background
 from signaling.metrics import Metrics
 from signaling.registry import Call, LiveSessions
 from signaling.session import Session
@@ -56,7 +57,7 @@ class Enforcer:
     metrics: Metrics = field(default_factory=Metrics)
     tokens: Tokens | None = None  # mints the appeal tokens carried in family notices
     applied: set[str] = field(default_factory=set)  # directives already enforced on this node
-    closing: set[asyncio.Future[None]] = field(default_factory=set)  # detached closes running
+    closing: Background = field(default_factory=Background)  # detached closes running
 
     async def apply(self, directive: Directive) -> list[str]:
         """Enforce a directive in force on this node's live sessions; return the ended ids.
@@ -175,9 +176,7 @@ class Enforcer:
             await session.send(terminated)
         closing = self._close(session, code, reason, call, renegotiate)
         if detach:
-            task = asyncio.ensure_future(closing)
-            self.closing.add(task)
-            task.add_done_callback(self.closing.discard)
+            self.closing.spawn(closing)
         else:
             await closing
         await recorded
@@ -201,8 +200,7 @@ class Enforcer:
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait (a while) for the detached closes still running: before shutting down."""
-        if self.closing:
-            await asyncio.wait(set(self.closing), timeout=timeout)
+        await self.closing.drain(timeout)
 
     async def _record_end(self, session: Session, reason: str) -> None:
         try:

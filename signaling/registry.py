@@ -75,6 +75,11 @@ class LiveSessions:
                 del self.calls[session.visit.id]
         return call
 
+    def would_exceed(self, identity: tuple[str, str, str], limit: int) -> bool:
+        """Would a new session of `identity` (`Session.identity`) give its subject more than
+        `limit` live sessions? Replacing the subject's own session adds none."""
+        return identity not in self.by_identity and len(self.by_sub.get(identity[0], ())) >= limit
+
     def matching(self, scope: str) -> list[Session]:
         return list(self.by_key.get(scope, ()))
 

@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import secrets
-from typing import Any
+from typing import Any, TypeGuard
 
 from aiohttp import WSMsgType, web
 
@@ -173,10 +173,7 @@ async def _admit(app: web.Application, ws: web.WebSocketResponse, join: dict[str
         notice = app[K.ENFORCER].notice(actor, decision.blocking)
         raise Refusal("suspended", f"suspended until {notice['expires_at']}: {decision.blocking.reason}", REFUSED, notice)
 
-    if (
-        (actor.sub, visit.id, mode) not in sessions.by_identity  # a replacement adds nothing
-        and len(sessions.by_sub.get(actor.sub, ())) >= config.max_sessions_per_subject
-    ):
+    if sessions.would_exceed((actor.sub, visit.id, mode), config.max_sessions_per_subject):
         raise Refusal(
             "too-many-sessions",
             f"at most {config.max_sessions_per_subject} live sessions per person or device; "
@@ -374,7 +371,7 @@ async def _dispatch(app: web.Application, session: Session, data: dict[str, Any]
         return await _offer(app, session, data.get("sdp"))
     if kind == "answer":
         sdp = data.get("sdp")
-        if not isinstance(sdp, str) or len(sdp) > MAX_SDP:
+        if not _sdp_ok(sdp):
             return "bad-sdp"
         async with session.lock:
             if not session.offer_outstanding:
@@ -407,8 +404,12 @@ async def _dispatch(app: web.Application, session: Session, data: dict[str, Any]
     return "unknown-type"
 
 
+def _sdp_ok(sdp: object) -> TypeGuard[str]:
+    return isinstance(sdp, str) and len(sdp) <= MAX_SDP
+
+
 async def _offer(app: web.Application, session: Session, sdp: object) -> str | None:
-    if not isinstance(sdp, str) or len(sdp) > MAX_SDP:
+    if not _sdp_ok(sdp):
         return "bad-sdp"
     enforcer = app[K.ENFORCER]
     decision = app[K.POLICY].evaluate(session.keys)  # ICE restarts and renegotiations are admissions too
