@@ -40,10 +40,9 @@ async def tick(app: web.Application) -> float:
             await enforcer.released(directive)
     now = policy.clock()
     for directive in policy.index.active():  # directives issued to start later begin on time
-        if directive.id not in enforcer.applied and directive.in_force(now):
-            ended = await enforcer.apply(directive)
-            if ended:
-                await policy.record_enforcement(SYSTEM, directive, ended)
+        ended = await enforcer.apply(directive)  # nothing if not in force yet, or applied already
+        if ended:
+            await policy.record_enforcement(SYSTEM, directive, ended)
     deadlines = []
     for call in list(sessions.calls.values()):
         left = call.visit.ends_at - now
