@@ -67,7 +67,7 @@ export class CallClient extends EventTarget {
     this.#visit = visit;
     this.#stream = localStream;
     this.#hasCamera = localStream.getVideoTracks().some((t) => t.readyState === "live");
-    this.#url = url ?? `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+    this.#url = url ?? socketUrl("/ws");
   }
 
   get joined() {
@@ -119,32 +119,18 @@ export class CallClient extends EventTarget {
         ? { phase: "reconnecting", attempt: this.#attempt, of: RETRY_DELAYS_MS.length }
         : { phase: "connecting" },
     );
-    let ws;
-    try {
-      ws = new WebSocket(this.#url);
-    } catch {
+    const ws = openSocket(this.#url, (current) => current === this.#ws, {
+      open: () => this.#send({ type: "join", token: this.#token, visit: this.#visit }),
+      message: (message) => {
+        if (message && typeof message.type === "string") this.#handle(message);
+      },
+      close: (event) => this.#onClose(event),
+    });
+    if (!ws) {
       this.#retryLater();
       return;
     }
     this.#ws = ws;
-    ws.addEventListener("open", () => {
-      if (ws !== this.#ws) return;
-      this.#send({ type: "join", token: this.#token, visit: this.#visit });
-    });
-    ws.addEventListener("message", (event) => {
-      if (ws !== this.#ws) return;
-      let message;
-      try {
-        message = JSON.parse(event.data);
-      } catch {
-        return;
-      }
-      if (message && typeof message.type === "string") this.#handle(message);
-    });
-    ws.addEventListener("close", (event) => {
-      if (ws !== this.#ws) return;
-      this.#onClose(event);
-    });
   }
 
   #send(message) {
@@ -169,29 +155,14 @@ export class CallClient extends EventTarget {
         this.#enqueue(() => this.#startPeer(), { retryOnFailure: true });
         break;
       case "answer":
-        this.#enqueue(
-          async () => {
-            if (this.#pc?.signalingState === "have-local-offer") {
-              await this.#pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
-            }
-          },
-          { retryOnFailure: true },
-        );
+        this.#enqueue(() => applyAnswer(this.#pc, message.sdp), { retryOnFailure: true });
         break;
       case "offer":
         this.#enqueue(() => this.#acceptOffer(message.sdp));
         break;
       case "candidate":
         if (!message.candidate) break;
-        this.#enqueue(() =>
-          this.#pc
-            ?.addIceCandidate({
-              candidate: message.candidate,
-              sdpMid: message.sdpMid,
-              sdpMLineIndex: message.sdpMLineIndex,
-            })
-            .catch(() => {}),
-        );
+        this.#enqueue(() => addRemoteCandidate(this.#pc, message));
         break;
       case "participant-joined":
         this.#emit("participant-joined", { participant: message.participant });
@@ -284,9 +255,8 @@ export class CallClient extends EventTarget {
   #retryLater() {
     if (this.#ending || this.#retryTimer) return;
     this.#closePeer();
-    const ws = this.#ws;
+    closeSocket(this.#ws);
     this.#ws = null;
-    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
 
     const endsAt = this.#joined?.ends_at ? Date.parse(this.#joined.ends_at) : NaN;
     if (Date.now() >= endsAt) {
@@ -320,15 +290,12 @@ export class CallClient extends EventTarget {
 
     pc.addEventListener("track", (event) => {
       if (pc !== this.#pc) return;
-      // The relay names each stream after the participant who publishes it.
-      const participantId = event.streams[0]?.id ?? `track:${event.track.id}`;
-      this.#emit("track", { participantId, track: event.track });
+      this.#emit("track", { participantId: trackOwner(event), track: event.track });
     });
     pc.addEventListener("icecandidate", (event) => {
       // Candidates found before the offer went out are inside its SDP.
       if (pc !== this.#pc || !this.#offerSent || !event.candidate) return;
-      const { candidate, sdpMid, sdpMLineIndex } = event.candidate;
-      this.#send({ type: "candidate", candidate, sdpMid, sdpMLineIndex });
+      this.#send(candidateMessage(event.candidate));
     });
     pc.addEventListener("connectionstatechange", () => {
       if (pc !== this.#pc) return;
@@ -453,9 +420,8 @@ export class CallClient extends EventTarget {
     clearTimeout(this.#retryTimer);
     this.#retryTimer = null;
     this.#closePeer();
-    const ws = this.#ws;
+    closeSocket(this.#ws);
     this.#ws = null;
-    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
     this.#emit("ended", { ending });
   }
 
@@ -505,4 +471,71 @@ export function iceGatheringDone(pc, limitMs) {
     }
     pc.addEventListener("icegatheringstatechange", check);
   });
+}
+
+// --- shared with the monitor (console-monitor.js) and the event stream (console-events.js)
+
+/** The WebSocket URL of `path` on this origin (wss: on an https: page). */
+export function socketUrl(path) {
+  return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${path}`;
+}
+
+/**
+ * Open a WebSocket and pass its events on while `isCurrent(ws)` holds:
+ * `open()`, `message(data)` with the parsed JSON (text that is not JSON is
+ * dropped) and `close(event)`. Returns null if the browser refuses the URL.
+ */
+export function openSocket(url, isCurrent, { open, message, close }) {
+  let ws;
+  try {
+    ws = new WebSocket(url);
+  } catch {
+    return null;
+  }
+  ws.addEventListener("open", () => {
+    if (isCurrent(ws)) open();
+  });
+  ws.addEventListener("message", (event) => {
+    if (!isCurrent(ws)) return;
+    let data;
+    try {
+      data = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    message(data);
+  });
+  ws.addEventListener("close", (event) => {
+    if (isCurrent(ws)) close(event);
+  });
+  return ws;
+}
+
+/** Close `ws` (1000 unless told otherwise) if it is still connecting or open. */
+export function closeSocket(ws, code = 1000, reason = undefined) {
+  if (ws && ws.readyState <= WebSocket.OPEN) ws.close(code, reason);
+}
+
+/** Apply the server's `answer`, if an offer of ours is waiting for one. */
+export async function applyAnswer(pc, sdp) {
+  if (pc?.signalingState === "have-local-offer") {
+    await pc.setRemoteDescription({ type: "answer", sdp });
+  }
+}
+
+/** Add an ICE candidate from the server's `candidate` message; a bad one is ignored. */
+export function addRemoteCandidate(pc, message) {
+  return pc
+    ?.addIceCandidate({ candidate: message.candidate, sdpMid: message.sdpMid, sdpMLineIndex: message.sdpMLineIndex })
+    .catch(() => {});
+}
+
+/** Whose media a `track` event carries: the relay names each stream after the participant who publishes it. */
+export function trackOwner(event) {
+  return event.streams[0]?.id ?? `track:${event.track.id}`;
+}
+
+/** The `candidate` message that sends a local ICE candidate to the server. */
+export function candidateMessage({ candidate, sdpMid, sdpMLineIndex }) {
+  return { type: "candidate", candidate, sdpMid, sdpMLineIndex };
 }

@@ -2,7 +2,7 @@
 // microphone/camera toggles, notices, and the end screen. Shared by the
 // family page and the kiosk; it listens to a CallClient and draws.
 
-import { describeEnd, formatCountdown, formatDateTime, h, listNames, WARNING_MS } from "./ui.js";
+import { describeEnd, formatCountdown, formatDateTime, h, listNames, putTrack, removeTile, WARNING_MS } from "./ui.js";
 
 const STATUS_TEXT = {
   connecting: "Connecting to your call…",
@@ -298,8 +298,7 @@ export class CallView {
   #addTrack(id, track) {
     if (id === this.#selfId) return;
     const tile = this.#tile(id);
-    for (const old of tile.stream.getTracks().filter((t) => t.kind === track.kind)) tile.stream.removeTrack(old);
-    tile.stream.addTrack(track);
+    putTrack(tile.stream, track);
     tile.video.srcObject = tile.stream;
     if (track.kind === "video") {
       const showVideo = () => this.#showVideo(tile, track);
@@ -331,11 +330,7 @@ export class CallView {
   }
 
   #removeTile(id) {
-    const tile = this.#tiles.get(id);
-    if (!tile) return;
-    tile.video.srcObject = null;
-    tile.element.remove();
-    this.#tiles.delete(id);
+    if (!removeTile(this.#tiles, id)) return;
     this.#layout();
     this.#showNames();
   }

@@ -6,7 +6,7 @@
 import { ApiError } from "./console-api.js";
 import { busy, checkedValue, choiceGroup, clearErrorsOnEdit, field, problemBox, showProblems, showSummary } from "./console-dialog.js";
 import { formatWhen } from "./console-time.js";
-import { h } from "./ui.js";
+import { h, placeAfter } from "./ui.js";
 
 /** The server's refusal, said as one: "Refused: <the API's message>." */
 function refusal(error) {
@@ -59,10 +59,7 @@ export class AppealsView {
         entry.element.querySelector(".appeal-directive").replaceWith(this.#directiveSummary(appeal, directive));
         entry.directiveSignature = signature;
       }
-      if (previous ? previous.nextSibling !== entry.element : this.#el.list.firstChild !== entry.element) {
-        if (previous) previous.after(entry.element);
-        else this.#el.list.prepend(entry.element);
-      }
+      placeAfter(this.#el.list, previous, entry.element);
       previous = entry.element;
     }
     for (const [id, entry] of this.#cards) {

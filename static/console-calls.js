@@ -7,7 +7,7 @@ import { busy, openDialog, problemBox, showSummary } from "./console-dialog.js";
 import { openDirectiveDialog } from "./console-directive-form.js";
 import { MonitorClient, MonitorView } from "./console-monitor.js";
 import { formatCountdown } from "./console-time.js";
-import { h, listNames } from "./ui.js";
+import { h, listNames, placeAfter } from "./ui.js";
 
 export class CallsView {
   #panel;
@@ -105,11 +105,7 @@ export class CallsView {
         this.#cards.set(call.visit.id, entry);
       }
       // Keep the order of `calls` (newest first) without moving unchanged cards needlessly.
-      const want = previous ? previous.nextSibling : this.#el.grid.firstChild;
-      if (want !== entry.element) {
-        if (previous) previous.after(entry.element);
-        else this.#el.grid.prepend(entry.element);
-      }
+      placeAfter(this.#el.grid, previous, entry.element);
       previous = entry.element;
     }
     for (const [visitId, entry] of this.#cards) {

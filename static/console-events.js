@@ -9,6 +9,8 @@
 //   event   the audit event {seq, at, actor, action, subject, data}
 //   fatal   {code, message}   the token was refused: reconnecting cannot help
 
+import { closeSocket, openSocket, socketUrl } from "./call.js";
+
 const RETRY_DELAYS_MS = [500, 1000, 2000, 4000, 8000, 15000];
 const FINAL_CLOSE_CODES = new Set([4401, 4403]);
 
@@ -27,7 +29,7 @@ export class EventStream extends EventTarget {
   constructor({ token, url }) {
     super();
     this.#token = token;
-    this.#url = url ?? `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/v1/events`;
+    this.#url = url ?? socketUrl("/api/v1/events");
   }
 
   /** The sequence number of the last event received (null before the first). */
@@ -45,62 +47,50 @@ export class EventStream extends EventTarget {
     window.removeEventListener("online", this.#onOnline);
     clearTimeout(this.#retryTimer);
     this.#retryTimer = null;
-    const ws = this.#ws;
+    closeSocket(this.#ws);
     this.#ws = null;
-    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
     this.#emit("status", { phase: "stopped" });
   }
 
   /** Drop the current connection as if the network had failed (used by tests and "Reconnect now"). */
   drop() {
-    const ws = this.#ws;
-    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(4000, "dropped");
+    closeSocket(this.#ws, 4000, "dropped");
   }
 
   #connect() {
     this.#retryTimer = null;
     if (this.#stopped) return;
     this.#emit("status", this.#attempt ? { phase: "reconnecting", attempt: this.#attempt } : { phase: "connecting" });
-    let ws;
-    try {
-      ws = new WebSocket(this.#url);
-    } catch {
+    const ws = openSocket(this.#url, (current) => current === this.#ws, {
+      open: () => {
+        const auth = { type: "auth", token: this.#token };
+        if (this.#lastSeq !== null) auth.after = this.#lastSeq;
+        ws.send(JSON.stringify(auth));
+      },
+      message: (data) => this.#handle(data),
+      close: (event) => this.#onClose(event),
+    });
+    if (!ws) {
       this.#retryLater();
       return;
     }
     this.#ws = ws;
     this.#error = null;
-    ws.addEventListener("open", () => {
-      if (ws !== this.#ws) return;
-      const auth = { type: "auth", token: this.#token };
-      if (this.#lastSeq !== null) auth.after = this.#lastSeq;
-      ws.send(JSON.stringify(auth));
-    });
-    ws.addEventListener("message", (message) => {
-      if (ws !== this.#ws) return;
-      let data;
-      try {
-        data = JSON.parse(message.data);
-      } catch {
-        return;
-      }
-      this.#handle(data);
-    });
-    ws.addEventListener("close", (event) => {
-      if (ws !== this.#ws) return;
-      this.#ws = null;
-      if (this.#stopped) return;
-      if (FINAL_CLOSE_CODES.has(event.code)) {
-        this.#stopped = true;
-        this.#emit("fatal", {
-          code: this.#error?.code ?? String(event.code),
-          message: this.#error?.message ?? "The server refused this sign-in.",
-        });
-        this.#emit("status", { phase: "stopped", message: this.#error?.message });
-        return;
-      }
-      this.#retryLater();
-    });
+  }
+
+  #onClose(event) {
+    this.#ws = null;
+    if (this.#stopped) return;
+    if (FINAL_CLOSE_CODES.has(event.code)) {
+      this.#stopped = true;
+      this.#emit("fatal", {
+        code: this.#error?.code ?? String(event.code),
+        message: this.#error?.message ?? "The server refused this sign-in.",
+      });
+      this.#emit("status", { phase: "stopped", message: this.#error?.message });
+      return;
+    }
+    this.#retryLater();
   }
 
   #handle(data) {

@@ -8,8 +8,17 @@
 //
 // MonitorView draws one tile per participant with the client's media.
 
-import { iceGatheringDone } from "./call.js";
-import { h } from "./ui.js";
+import {
+  addRemoteCandidate,
+  applyAnswer,
+  candidateMessage,
+  closeSocket,
+  iceGatheringDone,
+  openSocket,
+  socketUrl,
+  trackOwner,
+} from "./call.js";
+import { h, putTrack, removeTile } from "./ui.js";
 
 const ICE_GATHERING_LIMIT_MS = 2000;
 
@@ -28,7 +37,7 @@ export class MonitorClient extends EventTarget {
     super();
     this.#token = token;
     this.#visit = visit;
-    this.#url = url ?? `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+    this.#url = url ?? socketUrl("/ws");
   }
 
   get ended() {
@@ -37,21 +46,17 @@ export class MonitorClient extends EventTarget {
 
   start() {
     this.#emit("status", { phase: "connecting" });
-    const ws = new WebSocket(this.#url);
+    const ws = openSocket(this.#url, (current) => current === this.#ws, {
+      open: () => this.#send({ type: "join", token: this.#token, visit: this.#visit, mode: "monitor" }),
+      message: (message) => {
+        if (message && typeof message.type === "string") this.#handle(message);
+      },
+      close: (event) => {
+        this.#finish({ code: event.code, reason: this.#error?.code ?? event.reason, message: this.#error?.message ?? "" });
+      },
+    });
+    if (!ws) throw new SyntaxError(`the browser refused the WebSocket URL ${this.#url}`);
     this.#ws = ws;
-    ws.addEventListener("open", () => this.#send({ type: "join", token: this.#token, visit: this.#visit, mode: "monitor" }));
-    ws.addEventListener("message", (event) => {
-      let message;
-      try {
-        message = JSON.parse(event.data);
-      } catch {
-        return;
-      }
-      if (message && typeof message.type === "string") this.#handle(message);
-    });
-    ws.addEventListener("close", (event) => {
-      this.#finish({ code: event.code, reason: this.#error?.code ?? event.reason, message: this.#error?.message ?? "" });
-    });
   }
 
   /** Stop monitoring: the server answers a `leave` with close 1000. */
@@ -69,11 +74,7 @@ export class MonitorClient extends EventTarget {
         this.#enqueue(() => this.#offer(message.ice_servers ?? []));
         break;
       case "answer":
-        this.#enqueue(async () => {
-          if (this.#pc?.signalingState === "have-local-offer") {
-            await this.#pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
-          }
-        });
+        this.#enqueue(() => applyAnswer(this.#pc, message.sdp));
         break;
       case "offer":
         this.#enqueue(async () => {
@@ -85,13 +86,7 @@ export class MonitorClient extends EventTarget {
         });
         break;
       case "candidate":
-        if (message.candidate) {
-          this.#enqueue(() =>
-            this.#pc
-              ?.addIceCandidate({ candidate: message.candidate, sdpMid: message.sdpMid, sdpMLineIndex: message.sdpMLineIndex })
-              .catch(() => {}),
-          );
-        }
+        if (message.candidate) this.#enqueue(() => addRemoteCandidate(this.#pc, message));
         break;
       case "participant-joined":
         this.#emit("participant-joined", { participant: message.participant });
@@ -115,14 +110,11 @@ export class MonitorClient extends EventTarget {
     const pc = new RTCPeerConnection({ iceServers });
     this.#pc = pc;
     pc.addEventListener("track", (event) => {
-      // The relay names each stream after the session that publishes it.
-      const participantId = event.streams[0]?.id ?? `track:${event.track.id}`;
-      this.#emit("track", { participantId, track: event.track });
+      this.#emit("track", { participantId: trackOwner(event), track: event.track });
     });
     pc.addEventListener("icecandidate", (event) => {
       if (!this.#offerSent || !event.candidate) return;
-      const { candidate, sdpMid, sdpMLineIndex } = event.candidate;
-      this.#send({ type: "candidate", candidate, sdpMid, sdpMLineIndex });
+      this.#send(candidateMessage(event.candidate));
     });
     pc.addEventListener("connectionstatechange", () => {
       const phase = { connected: "connected", disconnected: "unstable", failed: "failed" }[pc.connectionState];
@@ -152,9 +144,8 @@ export class MonitorClient extends EventTarget {
     this.#ended = ending;
     this.#pc?.close();
     this.#pc = null;
-    const ws = this.#ws;
+    closeSocket(this.#ws);
     this.#ws = null;
-    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
     this.#emit("ended", ending);
   }
 
@@ -254,8 +245,7 @@ export class MonitorView {
 
   #addTrack(id, track) {
     const tile = this.#tile(id);
-    for (const old of tile.stream.getTracks().filter((t) => t.kind === track.kind)) tile.stream.removeTrack(old);
-    tile.stream.addTrack(track);
+    putTrack(tile.stream, track);
     track.addEventListener("ended", () => tile.stream.removeTrack(track));
     this.#play(tile.video);
   }
@@ -280,11 +270,7 @@ export class MonitorView {
   }
 
   #removeTile(id) {
-    const tile = this.#tiles.get(id);
-    if (!tile) return;
-    tile.video.srcObject = null;
-    tile.element.remove();
-    this.#tiles.delete(id);
+    removeTile(this.#tiles, id);
   }
 
   #ended({ code, reason, message }) {

@@ -1,5 +1,5 @@
 // Words and numbers shown to people: countdowns, dates, and why a call ended.
-// Pure functions plus one small element builder; no state, no network.
+// Pure functions plus a few small DOM helpers; no state, no network.
 
 /** The last five minutes of a visit are shown in a warning colour. */
 export const WARNING_MS = 5 * 60 * 1000;
@@ -126,4 +126,34 @@ export function h(tag, attrs = {}, ...children) {
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
   return el;
+}
+
+/**
+ * Put `element` in `container` right after `previous` (first when `previous`
+ * is null), leaving it alone if it is already there.
+ */
+export function placeAfter(container, previous, element) {
+  const want = previous ? previous.nextSibling : container.firstChild;
+  if (want === element) return;
+  if (previous) previous.after(element);
+  else container.prepend(element);
+}
+
+/** Put `track` into `stream` in place of any track of the same kind. */
+export function putTrack(stream, track) {
+  for (const old of stream.getTracks().filter((t) => t.kind === track.kind)) stream.removeTrack(old);
+  stream.addTrack(track);
+}
+
+/**
+ * Remove the video tile `id` ({element, video}) from `tiles` and the page.
+ * Returns false if there was no such tile.
+ */
+export function removeTile(tiles, id) {
+  const tile = tiles.get(id);
+  if (!tile) return false;
+  tile.video.srcObject = null;
+  tile.element.remove();
+  tiles.delete(id);
+  return true;
 }
