@@ -33,7 +33,14 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
-from bench.harness import ServerProcess, free_port, progress, workdir  # noqa: E402
+from bench.harness import (  # noqa: E402
+    ServerProcess,
+    api_ok,
+    free_port,
+    progress,
+    seed_visit,
+    workdir,
+)
 from policy.rfc3339 import format_time  # noqa: E402
 
 VISIT_HOURS = 3.5  # visits last at most 4 hours; every round's contact has one open now
@@ -44,39 +51,26 @@ def directive_body(contact: str) -> dict[str, Any]:
             "legal_basis": "Rule 51(4) Prison Rules", "expires_at": format_time(time.time() + 6 * 3600)}  # fmt: skip
 
 
-async def _ok(server: ServerProcess, method: str, path: str, body: Any, expect: int) -> Any:
-    status, answer, _, _ = await server.api(method, path, body)
-    if status != expect:
-        raise RuntimeError(f"{method} {path} answered {status}: {answer}")
-    return answer
-
-
 async def _seed(server: ServerProcess, contacts: list[str]) -> dict[str, dict[str, str]]:
     """Facility, kiosk, inmate; per round a contact approved for the inmate and a visit open
     now (before any directive: a suspended contact cannot be put on a visit)."""
-    await _ok(server, "POST", "/api/v1/facilities", {"id": "F1", "name": "North"}, 201)
-    await _ok(server, "POST", "/api/v1/devices", {"id": "K1", "facility": "F1"}, 201)
-    await _ok(server, "POST", "/api/v1/inmates", {"id": "I1", "facility": "F1", "name": "Sam"}, 201)
+    await api_ok(server, "POST", "/api/v1/facilities", {"id": "F1", "name": "North"}, 201)
+    await api_ok(server, "POST", "/api/v1/devices", {"id": "K1", "facility": "F1"}, 201)
+    await api_ok(
+        server, "POST", "/api/v1/inmates", {"id": "I1", "facility": "F1", "name": "Sam"}, 201
+    )
     visits = {}
     now = time.time()
     for contact in contacts:
-        await _ok(
+        visit = await seed_visit(
             server,
-            "POST",
-            "/api/v1/contacts",
-            {"id": contact, "name": f"Contact {contact}", "minor": False},
-            201,
+            inmate="I1",
+            device="K1",
+            contact=contact,
+            name=f"Contact {contact}",
+            hours=VISIT_HOURS,
+            now=now,
         )
-        await _ok(
-            server,
-            "POST",
-            f"/api/v1/contacts/{contact}/approvals",
-            {"inmate": "I1", "status": "approved"},
-            200,
-        )
-        visit = await _ok(server, "POST", "/api/v1/visits",
-                          {"inmate": "I1", "device": "K1", "contacts": [contact], "kind": "social",
-                           "starts_at": format_time(now - 60), "ends_at": format_time(now + VISIT_HOURS * 3600)}, 201)  # fmt: skip
         visits[contact] = {"visit": visit["id"], "token": visit["join"][contact]["token"]}
     return visits
 
@@ -133,7 +127,7 @@ async def run(rounds: int, root: Path) -> dict[str, Any]:
     server = ServerProcess(root, port=port, secret=secret)
     await server.start()
     try:
-        listed = {d["id"]: d for d in await _ok(server, "GET", "/api/v1/directives", None, 200)}
+        listed = {d["id"]: d for d in await api_ok(server, "GET", "/api/v1/directives", None, 200)}
         present = [c for c, d in acknowledged.items() if d in listed]
         active = [c for c, d in acknowledged.items() if listed.get(d, {}).get("status") == "active"]
         checks = await asyncio.gather(
@@ -145,7 +139,7 @@ async def run(rounds: int, root: Path) -> dict[str, Any]:
             for (c, _), (ok, detail) in zip(acknowledged.items(), checks, strict=True)
             if not ok
         }
-        verify = await _ok(server, "GET", "/api/v1/audit/verify", None, 200)
+        verify = await api_ok(server, "GET", "/api/v1/audit/verify", None, 200)
         problems = server.problems()
     finally:
         await server.stop()

@@ -253,11 +253,50 @@ class CallSpec:
         return self.__dict__.copy()
 
 
-async def _ok(server: ServerProcess, method: str, path: str, body: Any, expect: int) -> Any:
+async def api_ok(server: ServerProcess, method: str, path: str, body: Any, expect: int) -> Any:
+    """The answer to an API call that must have status `expect`."""
     status, answer, _, _ = await server.api(method, path, body)
     if status != expect:
         raise RuntimeError(f"{method} {path} answered {status}: {answer}")
     return answer
+
+
+async def seed_visit(
+    server: ServerProcess,
+    *,
+    inmate: str,
+    device: str,
+    contact: str,
+    name: str,
+    hours: float = 1.0,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Contact `contact` (`name`, not a minor), approved for `inmate`, and a social visit of
+    theirs on `device` from a minute before `now` (default: when the visit is posted) for
+    `hours`; the API's answer for the visit."""
+    from policy.rfc3339 import format_time
+
+    await api_ok(
+        server,
+        "POST",
+        "/api/v1/contacts",
+        {"id": contact, "name": name, "minor": False},
+        201,
+    )
+    await api_ok(
+        server,
+        "POST",
+        f"/api/v1/contacts/{contact}/approvals",
+        {"inmate": inmate, "status": "approved"},
+        200,
+    )
+    now = time.time() if now is None else now
+    return await api_ok(
+        server, "POST", "/api/v1/visits",
+        {"inmate": inmate, "device": device, "contacts": [contact], "kind": "social",
+         "starts_at": format_time(now - 60), "ends_at": format_time(now + hours * 3600)},
+        201,
+    )  # fmt: skip
 
 
 async def seed_calls(
@@ -265,10 +304,8 @@ async def seed_calls(
 ) -> list[CallSpec]:
     """Facilities from `layout` (id -> number of calls); per call a kiosk, an inmate, an
     approved contact and a visit open now for an hour. All through the REST API."""
-    from policy.rfc3339 import format_time
-
     for facility in layout:
-        await _ok(
+        await api_ok(
             server,
             "POST",
             "/api/v1/facilities",
@@ -281,35 +318,19 @@ async def seed_calls(
     async def one(index: int, facility: str) -> CallSpec:
         device, inmate, contact = f"K{index:04d}", f"I{index:04d}", f"C{index:04d}"
         async with gate:
-            await _ok(server, "POST", "/api/v1/devices", {"id": device, "facility": facility}, 201)
-            await _ok(
+            await api_ok(
+                server, "POST", "/api/v1/devices", {"id": device, "facility": facility}, 201
+            )
+            await api_ok(
                 server,
                 "POST",
                 "/api/v1/inmates",
                 {"id": inmate, "facility": facility, "name": f"Inmate {index}"},
                 201,
             )
-            await _ok(
-                server,
-                "POST",
-                "/api/v1/contacts",
-                {"id": contact, "name": f"Contact {index}", "minor": False},
-                201,
+            visit = await seed_visit(
+                server, inmate=inmate, device=device, contact=contact, name=f"Contact {index}"
             )
-            await _ok(
-                server,
-                "POST",
-                f"/api/v1/contacts/{contact}/approvals",
-                {"inmate": inmate, "status": "approved"},
-                200,
-            )
-            now = time.time()
-            visit = await _ok(
-                server, "POST", "/api/v1/visits",
-                {"inmate": inmate, "device": device, "contacts": [contact], "kind": "social",
-                 "starts_at": format_time(now - 60), "ends_at": format_time(now + 3600)},
-                201,
-            )  # fmt: skip
         return CallSpec(
             index=index, facility=facility, device=device, inmate=inmate, contact=contact, visit=visit["id"],
             kiosk_token=visit["join"]["device"]["token"], family_token=visit["join"][contact]["token"],

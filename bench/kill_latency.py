@@ -158,6 +158,17 @@ def gap_summary(
     return summary
 
 
+def gap_fields(gaps: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A `gap_summary`'s figures as flat report fields, each name led by `prefix`."""
+    return {
+        f"{prefix}gap_over_200ms": gaps["rtp"]["gap_over_200ms"],
+        f"{prefix}max_gap_ms": gaps["rtp"]["max_gap_ms"],
+        f"{prefix}p99_gap_ms": gaps["rtp"]["p99_gap_ms"],
+        f"{prefix}decoded_gap_over_200ms": gaps["decoded"]["gap_over_200ms"],
+        f"{prefix}decoded_max_gap_ms": gaps["decoded"]["max_gap_ms"],
+    }
+
+
 def lag_summary(lags: list[dict[str, Any]]) -> dict[str, Any]:
     values = [lag * 1000 for worker in lags for lag in worker["lag"]]
     stats = percentiles(values)
@@ -311,11 +322,7 @@ async def run_round(
         "affected_not_closed": still_open,
         "affected_told_and_closed_4403": ok,
         "unaffected_sessions": gaps["sessions"],
-        "unaffected_gap_over_200ms": gaps["rtp"]["gap_over_200ms"],
-        "unaffected_max_gap_ms": gaps["rtp"]["max_gap_ms"],
-        "unaffected_p99_gap_ms": gaps["rtp"]["p99_gap_ms"],
-        "unaffected_decoded_gap_over_200ms": gaps["decoded"]["gap_over_200ms"],
-        "unaffected_decoded_max_gap_ms": gaps["decoded"]["max_gap_ms"],
+        **gap_fields(gaps, "unaffected_"),
         "unaffected_closed": sum(1 for r in unaffected if r["closed"]),
         "client_loop_lag": lag_summary(lags),
         "server_loop_lag_max_ms": watch.max_lag_ms(start, end),
@@ -506,11 +513,7 @@ async def run_calls(n: int, args: argparse.Namespace, run: dict[str, Any]) -> di
         run["baseline"] = {
             "window_s": round(quiet_to - quiet_from, 2),
             "sessions": baseline["sessions"],
-            "gap_over_200ms": baseline["rtp"]["gap_over_200ms"],
-            "max_gap_ms": baseline["rtp"]["max_gap_ms"],
-            "p99_gap_ms": baseline["rtp"]["p99_gap_ms"],
-            "decoded_gap_over_200ms": baseline["decoded"]["gap_over_200ms"],
-            "decoded_max_gap_ms": baseline["decoded"]["max_gap_ms"],
+            **gap_fields(baseline),
             "client_loop_lag": lag_summary(lags),
             "server_loop_lag_max_ms": watch.max_lag_ms(quiet_from, quiet_to),
         }

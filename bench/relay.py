@@ -172,28 +172,38 @@ def _fit(luma: bytes, plane: Any) -> bytes:
     return b"".join(luma[y * WIDTH : (y + 1) * WIDTH] + pad for y in range(HEIGHT))
 
 
-class PrecodedVideo(MediaStreamTrack):
-    """Sends the pre-encoded VP8 loop at 30 fps; a PLI makes the next frame a keyframe."""
-
-    kind = "video"
+class _Precoded(MediaStreamTrack):
+    """A track of pre-encoded packets, the `_index`th sent `offset` seconds after the first."""
 
     def __init__(self, footage: Footage) -> None:
         super().__init__()
         self._footage = footage
         self._index = 0
-        self._keyframe = True
         self._start: float | None = None
 
-    def request_keyframe(self) -> None:
-        self._keyframe = True
-
-    async def recv(self) -> av.Packet:
+    async def _wait_turn(self, offset: float) -> None:
         if self.readyState != "live":
             raise MediaStreamError
         if self._start is None:
             self._start = time.monotonic()
         else:
-            await asyncio.sleep(max(0.0, self._start + self._index / FPS - time.monotonic()))
+            await asyncio.sleep(max(0.0, self._start + offset - time.monotonic()))
+
+
+class PrecodedVideo(_Precoded):
+    """Sends the pre-encoded VP8 loop at 30 fps; a PLI makes the next frame a keyframe."""
+
+    kind = "video"
+
+    def __init__(self, footage: Footage) -> None:
+        super().__init__(footage)
+        self._keyframe = True
+
+    def request_keyframe(self) -> None:
+        self._keyframe = True
+
+    async def recv(self) -> av.Packet:
+        await self._wait_turn(self._index / FPS)
         position = self._index % LOOP_FRAMES
         if self._keyframe:
             data, self._keyframe = self._footage.keyframes[position], False
@@ -207,22 +217,11 @@ class PrecodedVideo(MediaStreamTrack):
         return packet
 
 
-class PrecodedAudio(MediaStreamTrack):
+class PrecodedAudio(_Precoded):
     kind = "audio"
 
-    def __init__(self, footage: Footage) -> None:
-        super().__init__()
-        self._footage = footage
-        self._index = 0
-        self._start: float | None = None
-
     async def recv(self) -> av.Packet:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            await asyncio.sleep(max(0.0, self._start + self._index * 0.02 - time.monotonic()))
+        await self._wait_turn(self._index * 0.02)
         packet = av.Packet(self._footage.opus[self._index % len(self._footage.opus)])
         packet.pts, packet.time_base = self._index * 960, AUDIO_TIME_BASE
         self._index += 1

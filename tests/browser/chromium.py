@@ -1,6 +1,15 @@
-"""How the browser tests run Chromium: Debian's build, fake devices, loopback WebRTC."""
+"""How the browser tests run Chromium: Debian's build, fake devices, loopback WebRTC; and the
+watched pages they open in it."""
 
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
+
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -24,3 +33,60 @@ document.addEventListener('securitypolicyviolation', (e) => {
   window.__cspViolations.push(e.violatedDirective + ' ' + e.blockedURI);
 });
 """
+
+
+@asynccontextmanager
+async def launch_chromium() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        await browser.close()
+
+
+class Watched:
+    """A page plus everything it complained about (console errors, page errors, CSP)."""
+
+    def __init__(self, page: Page) -> None:
+        self.context, self.page = page.context, page
+        self.errors: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.errors.append(f"pageerror: {error}"))
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.errors.append(f"console: {message.text}")
+
+    async def problems(self, allow: str | None = None) -> list[str]:
+        csp = await self.page.evaluate("window.__cspViolations || []")
+        found = self.errors + [f"csp: {v}" for v in csp]
+        return [p for p in found if not (allow and re.search(allow, p))]
+
+
+async def watched_page(
+    browser: Browser,
+    viewport: dict[str, int] = DESKTOP,
+    *,
+    init_scripts: Iterable[str] = (),
+    timeout: float | None = None,
+    **options: Any,
+) -> Watched:
+    """A blank watched page in a context of its own that records CSP violations; then
+    `init_scripts` run in each document, `timeout` (ms) replaces Playwright's default."""
+    context = await browser.new_context(viewport=viewport, **options)
+    if timeout is not None:
+        context.set_default_timeout(timeout)
+    await context.add_init_script(RECORD_CSP)
+    for script in init_scripts:
+        await context.add_init_script(script)
+    return Watched(await context.new_page())
+
+
+async def open_page(
+    browser: Browser, url: str, viewport: dict[str, int] = DESKTOP, **options: Any
+) -> Watched:
+    """`watched_page` (same options), gone to `url`."""
+    watched = await watched_page(browser, viewport, **options)
+    await watched.page.goto(url)
+    return watched

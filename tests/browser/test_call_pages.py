@@ -25,9 +25,8 @@ import pytest_asyncio
 from playwright.async_api import Browser, ConsoleMessage, Page
 
 from policy.rfc3339 import format_time
-from tests.browser.chromium import CHROMIUM, RECORD_CSP
+from tests.browser.chromium import CHROMIUM, Watched, watched_page
 from tests.browser.conftest import seeded_server
-from tests.browser.test_pages_static import Watched
 from tests.conftest import (
     ARTIFACTS,
     Server,
@@ -78,9 +77,7 @@ async def live_h264(tmp_path: Path) -> AsyncIterator[Server]:
 async def open_watched(browser: Browser, url: str) -> Watched:
     """A page in its own context; besides errors it records call.js's warnings
     ("parlor: signaling step failed" is how a refused server offer shows)."""
-    context = await browser.new_context(viewport={"width": 1280, "height": 800})
-    await context.add_init_script(RECORD_CSP)
-    watched = Watched(await context.new_page())
+    watched = await watched_page(browser)
 
     def warning(message: ConsoleMessage) -> None:
         if message.type == "warning" and message.text.startswith("parlor:"):

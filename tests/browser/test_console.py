@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page
+from playwright.async_api import Browser, Page
 
-from tests.browser.chromium import CHROMIUM, DESKTOP, RECORD_CSP
+from tests.browser.chromium import CHROMIUM, Watched
+from tests.browser.chromium import open_page as open_watched
 from tests.conftest import (
     Server,
     make_visit,
@@ -40,34 +41,9 @@ pytestmark = [
 
 
 
-class Watched:
-    """A page plus everything it complained about (console errors, page errors, CSP)."""
-
-    def __init__(self, context: BrowserContext, page: Page) -> None:
-        self.context, self.page = context, page
-        self.errors: list[str] = []
-        page.on("console", self._console)
-        page.on("pageerror", lambda error: self.errors.append(f"pageerror: {error}"))
-
-    def _console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
-            self.errors.append(f"console: {message.text}")
-
-    async def problems(self, allow: str | None = None) -> list[str]:
-        csp = await self.page.evaluate("window.__cspViolations || []")
-        found = self.errors + [f"csp: {v}" for v in csp]
-        return [p for p in found if not (allow and re.search(allow, p))]
-
-
-async def open_page(
-    browser: Browser, url: str, viewport: dict[str, int] = DESKTOP, **options: Any
-) -> Watched:
-    context = await browser.new_context(viewport=viewport, **options)
-    context.set_default_timeout(10_000)
-    await context.add_init_script(RECORD_CSP)
-    watched = Watched(context, await context.new_page())
-    await watched.page.goto(url)
-    return watched
+async def open_page(browser: Browser, url: str, **options: Any) -> Watched:
+    """A watched page (tests/browser/chromium.py) whose waits give up after 10 s."""
+    return await open_watched(browser, url, timeout=10_000, **options)
 
 
 async def open_console(browser: Browser, srv: Server, token: str, **options: Any) -> Watched:
@@ -277,7 +253,7 @@ async def test_grid_suspend_contact_family_notice_and_appeal(
 
         # Contact 2's link was not affected: the appeal page says so in plain words.
         # A new tab (its own sessionStorage) with Contact 2's V1 link.
-        other = Watched(family.context, await family.context.new_page())
+        other = Watched(await family.context.new_page())
         await other.page.goto(f"{live.url}/appeal/{directive_id}#token={v1['join']['C2']['token']}")
         await other.page.wait_for_selector('#app[data-state="ready"]')
         await other.page.fill("#appeal-text", "Please let my brother call again.")

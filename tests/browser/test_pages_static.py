@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp import WSMsgType, web
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
+from playwright.async_api import Browser, Page
 
-from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, DESKTOP, RECORD_CSP
+from tests.browser.chromium import CHROMIUM, DESKTOP, Watched, launch_chromium, open_page
 
 ROOT = Path(__file__).resolve().parents[2]
 STATIC = ROOT / "static"
@@ -187,41 +187,8 @@ async def stub() -> AsyncIterator[StubServer]:
 
 @pytest_asyncio.fixture
 async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
+    async with launch_chromium() as chromium:
         yield chromium
-        await chromium.close()
-
-
-class Watched:
-    """A page plus everything it complained about."""
-
-    def __init__(self, page: Page) -> None:
-        self.page = page
-        self.errors: list[str] = []
-        page.on("console", self._console)
-        page.on("pageerror", lambda error: self.errors.append(f"pageerror: {error}"))
-
-    def _console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
-            self.errors.append(f"console: {message.text}")
-
-    async def problems(self, allow: str | None = None) -> list[str]:
-        csp = await self.page.evaluate("window.__cspViolations || []")
-        found = self.errors + [f"csp: {v}" for v in csp]
-        return [p for p in found if not (allow and re.search(allow, p))]
-
-
-async def open_page(
-    browser: Browser, url: str, viewport: dict[str, int] = DESKTOP, **options: Any
-) -> Watched:
-    context = await browser.new_context(viewport=viewport, **options)
-    await context.add_init_script(RECORD_CSP)
-    watched = Watched(await context.new_page())
-    await watched.page.goto(url)
-    return watched
 
 
 async def shoot(page: Page, name: str) -> None:
@@ -378,12 +345,12 @@ async def test_missing_camera_offers_sound_only_and_offers_no_video(
         await ws.send_json(joined())
 
     stub.signaling = FakeSignaling(on_join)
-    context = await browser.new_context(viewport=DESKTOP)
-    await context.add_init_script(RECORD_CSP)
-    await context.add_init_script(refuse_media("video", "NotFoundError"))
-    watched = Watched(await context.new_page())
+    watched = await open_page(
+        browser,
+        f"{stub.base}/join/V1#token=t",
+        init_scripts=[refuse_media("video", "NotFoundError")],
+    )
     page = watched.page
-    await page.goto(f"{stub.base}/join/V1#token=t")
     await state(page, "preview")
     await page.wait_for_selector("#media-problem:visible")
     assert "could not find a camera" in (await page.text_content("#media-problem") or "")
@@ -406,12 +373,15 @@ async def test_missing_camera_offers_sound_only_and_offers_no_video(
 
 @pytest.mark.asyncio
 async def test_refused_devices_explain_what_to_do(stub: StubServer, browser: Browser) -> None:
-    context = await browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
-    await context.add_init_script(RECORD_CSP)
-    await context.add_init_script(refuse_media("audio video", "NotAllowedError"))
-    watched = Watched(await context.new_page())
+    watched = await open_page(
+        browser,
+        f"{stub.base}/join/V1#token=t",
+        viewport=PHONE,
+        init_scripts=[refuse_media("audio video", "NotAllowedError")],
+        is_mobile=True,
+        has_touch=True,
+    )
     page = watched.page
-    await page.goto(f"{stub.base}/join/V1#token=t")
     await state(page, "preview")
     await page.wait_for_selector("#media-problem:visible")
     text = await page.text_content("#media-problem") or ""
