@@ -157,6 +157,24 @@ def test_feedback_round_trips_every_arrival(
     check_covers(packets, arrivals, first, max(arrivals))
 
 
+def test_one_tracker_per_transport_sees_bundled_streams_as_one_sequence() -> None:
+    # Under BUNDLE the browser numbers audio and video packets with one
+    # counter: one tracker fed by both reports nothing lost, where a tracker
+    # fed only the video packets would report every audio packet lost.
+    transport = TwccTracker()
+    video_only = TwccTracker()
+    arrivals = {}
+    for sequence in range(60):
+        arrivals[sequence] = 2_000 * sequence
+        transport.record(sequence, arrivals[sequence])
+        if sequence % 3:  # every third packet is audio
+            video_only.record(sequence, arrivals[sequence])
+    [feedback] = check_covers(transport.feedback(200_000, SENDER, MEDIA), arrivals, 0, 59)
+    assert NOT_RECEIVED not in feedback.statuses
+    [per_stream] = decode(video_only.feedback(200_000, SENDER, MEDIA))
+    assert per_stream.statuses.count(NOT_RECEIVED) == 19
+
+
 def test_sequence_numbers_unwrap_across_65535() -> None:
     arrivals = {65530 + i: 1_000_000 + 1_000 * i for i in range(12) if i != 7}
     tracker = TwccTracker()
