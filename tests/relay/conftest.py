@@ -24,13 +24,12 @@ from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCPeerConnection,
-    RTCRtpSender,
     RTCSessionDescription,
     VideoStreamTrack,
 )
 
 from relay import RelayPeer, RelayStats, Room, pin_ice_addresses, pinned_ice_addresses
-from relay.forwarder import ForwardedTrack
+from relay.leg import Leg
 
 WIDTH, HEIGHT = 160, 120
 
@@ -207,28 +206,18 @@ class Visit:
         await peer.accept_answer(client.pc.localDescription.sdp)
         self.negotiated_at[peer.peer_id] = time.monotonic()
 
-    def senders(self, subscriber: str, publisher: str, kind: str) -> list[RTCRtpSender]:
-        """The server senders forwarding ``publisher``'s ``kind`` to ``subscriber``.
-
-        Looked up by the track they read, so call it while forwarding runs.
-        """
+    def legs(self, subscriber: str, publisher: str, kind: str) -> list[Leg]:
+        """The relay's legs forwarding ``publisher``'s ``kind`` to ``subscriber``."""
         return [
-            t.sender
-            for t in self.peers[subscriber].connection.getTransceivers()
-            if isinstance(t.sender.track, ForwardedTrack)
-            and t.sender.track.source.publisher_id == publisher
-            and t.kind == kind
+            leg
+            for leg in self.peers[subscriber].legs()
+            if leg.publisher_id == publisher and leg.kind == kind
         ]
 
     @staticmethod
-    async def packets_sent(senders: list[RTCRtpSender]) -> int:
-        """RTP packets the relay has sent through ``senders`` (outbound-rtp)."""
-        total = 0
-        for sender in senders:
-            for stat in (await sender.getStats()).values():
-                if getattr(stat, "type", "") == "outbound-rtp":
-                    total += stat.packetsSent
-        return total
+    def packets_sent(legs: list[Leg]) -> int:
+        """RTP packets the relay has sent on ``legs`` (retransmissions excluded)."""
+        return sum(leg.sent.packets for leg in legs)
 
     async def wait_for(self, condition, timeout: float = 10.0) -> float:  # type: ignore[no-untyped-def]
         """Poll ``condition()`` until true; return the seconds it took."""

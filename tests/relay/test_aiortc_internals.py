@@ -343,8 +343,12 @@ async def test_server_offers_keep_the_clients_rtp_numbering() -> None:
 
         forwarded.sender.send = send  # type: ignore[method-assign]
         plain = (await internals.create_offer(server, None)).sdp
-        plain_ids, _ = numbering_of(plain)
+        plain_ids, _ = numbering_of("m=video" + plain.rsplit("m=video", 1)[1])
         assert plain_ids.get(1) == {MID}, "aiortc's offers no longer use its fixed ids"
+        negotiated_ids, _ = numbering_of(plain.rsplit("m=video", 1)[0])
+        assert negotiated_ids == {1: {AUDIO_LEVEL}, 2: {ABS_SEND_TIME}, 4: {MID}}, (
+            "a negotiated m-line lost the ids it was negotiated with"
+        )
         numbering = internals.rtp_numbering(client_offer)
         offer = (await internals.create_offer(server, numbering)).sdp
         assert offer == internals.renumber_offer(plain, numbering)
