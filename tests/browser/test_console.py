@@ -39,8 +39,6 @@ pytestmark = [
 ]
 
 
-
-
 async def open_page(browser: Browser, url: str, **options: Any) -> Watched:
     """A watched page (tests/browser/chromium.py) whose waits give up after 10 s."""
     return await open_watched(browser, url, timeout=10_000, **options)

@@ -33,7 +33,6 @@ def find_bindir() -> Path | None:
     return None
 
 
-
 class PostgresServer:
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir

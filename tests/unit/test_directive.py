@@ -228,10 +228,19 @@ def test_notice_tells_the_affected_person_what_spec_requires():
     [
         {},
         {"issued_at": NOW - 10.123456, "expires_at": NOW + 3600.5},
-        {"confirm_by": NOW + 600, "confirmed_by": "operator:bob",
-         "confirmed_at": NOW + 60.25, "sessions_ended": 7},  # fmt: skip
-        {"status": "lifted", "closed_at": NOW + 5, "closed_by": "operator:bob",
-         "close_reason": "appeal upheld", "reason": "menaces — «threats»"},  # fmt: skip
+        {
+            "confirm_by": NOW + 600,
+            "confirmed_by": "operator:bob",
+            "confirmed_at": NOW + 60.25,
+            "sessions_ended": 7,
+        },  # fmt: skip
+        {
+            "status": "lifted",
+            "closed_at": NOW + 5,
+            "closed_by": "operator:bob",
+            "close_reason": "appeal upheld",
+            "reason": "menaces — «threats»",
+        },  # fmt: skip
     ],
 )
 def test_a_directive_reads_back_from_its_json(changes: dict[str, object]) -> None:
