@@ -54,11 +54,14 @@ if TYPE_CHECKING:
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
-NOT_FORWARDED_URIS = frozenset({MID_URI, TRANSPORT_CC_URI, ABS_SEND_TIME_URI})
+NOT_FORWARDED_URIS = frozenset({MID_URI, TRANSPORT_CC_URI})
 """Extensions a leg never copies from the publisher: the MID names the publisher's m-line,
-not the subscriber's (the relay's SDP declares each leg's SSRC, which receivers route by);
-the transport-wide sequence number counts the publisher's transport, not the relay's; and
-abs-send-time is the relay's own send time, written per packet."""
+not the subscriber's (the relay's SDP declares each leg's SSRC, which receivers route by),
+and the transport-wide sequence number counts the publisher's transport, not the relay's.
+(abs-send-time is copied, then overwritten in place with the relay's own send time.)"""
+HISTORY_PACKETS = 256
+"""Packets a video leg keeps for NACKs: ~1.5 s at 1.5 Mbit/s, 0.6 s at 4 Mbit/s, longer
+than a NACK takes to come back; each packet kept is ~1.2 kB of the relay's memory."""
 MAX_JUMP = 3000
 """A publisher sequence number further ahead than this is a restart, not loss."""
 OFFSET_CHANGES = 64
@@ -189,7 +192,8 @@ class Leg:
         self._source: int | None = None
         """The publisher SSRC the leg forwards now."""
         self._rtx_sequence = random.randrange(0x8000)
-        self.history = RetransmissionHistory()
+        self.history: RetransmissionHistory | None = None
+        """Created at :meth:`start` if the subscriber negotiated NACK for the leg."""
         self.sent = SendStats()
         self.signals = LegSignals()
         self._octets_at_report = 0
@@ -217,6 +221,8 @@ class Leg:
         self.cname = parameters.rtcp.cname or ""
         self.mid = parameters.muxId
         self.ssrc, self.rtx_ssrc = ssrcs
+        if "nack" in codec.feedback and self.history is None:
+            self.history = RetransmissionHistory(HISTORY_PACKETS)
         self.remap()
         if self.transport is None:
             self.transport = transport
@@ -299,7 +305,8 @@ class Leg:
             if not write_abs_send_time(data, self._abs_send_time_id, value):
                 data = set_extension(data, self._abs_send_time_id, value.to_bytes(3, "big"))
         sent = bytes(data)
-        self.history.store(out, sent, now_us)
+        if self.history is not None:
+            self.history.store(out, sent, now_us)
         payload = header.payload_end - header.payload_start
         self.sent.on_packet(payload, timestamp, now_us)
         for stats in self._stats:
@@ -328,11 +335,11 @@ class Leg:
 
     def on_nack(self, lost: list[int], now_us: int) -> None:
         """Resend what the subscriber lost, from the history (as RTX when negotiated)."""
-        transport = self.transport
-        if transport is None or not self.open:
+        transport, history = self.transport, self.history
+        if transport is None or not self.open or history is None:
             return
         for sequence_number in lost:
-            packet = self.history.get(sequence_number, now_us)
+            packet = history.get(sequence_number, now_us)
             if packet is None:
                 for stats in self._stats:
                     stats.nacks_unanswered += 1

@@ -13,7 +13,7 @@ import asyncio
 import pytest
 
 from relay.payload import h264_is_keyframe, vp8_is_keyframe
-from relay.rtp import sequence_delta
+from relay.rtp import parse_header, sequence_delta
 
 pytestmark = pytest.mark.asyncio
 
@@ -202,3 +202,21 @@ async def test_transport_cc_feedback_reports_every_packet_the_relay_received(rtp
     assert missing == [], f"{len(missing)} packets reported lost on a lossless loopback"
     stats = rtp_visit.peers["A"].stats()
     assert stats["transport_feedback_sent"] >= 10
+
+
+async def test_a_tap_gets_every_media_packet_of_a_track_and_can_be_removed(rtp_visit) -> None:
+    a, peer_a = await rtp_visit.join("A")
+    await rtp_visit.join("B")
+    tapped: list[tuple[str, bytes, float]] = []
+    remove = peer_a.add_tap("audio", lambda kind, packet, at: tapped.append((kind, packet, at)))
+    await rtp_visit.wait_for(lambda: len(tapped) >= 20)
+    remove()
+    count = len(tapped)
+    await asyncio.sleep(0.2)
+
+    assert len(tapped) == count, "the tap kept receiving after its removal"
+    sent = {payload for _, payload in a.sent_payloads["audio"]}
+    for kind, packet, at in tapped:
+        assert kind == "audio" and parse_header(packet).ssrc == a.sent_ssrc("audio")
+        assert any(packet.endswith(payload) for payload in sent), "not a packet A published"
+        assert at > 0
