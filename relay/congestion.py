@@ -11,15 +11,19 @@ Two estimators meet at the relay:
 
 The relay does not re-encode, so a publisher must not send more than its most constrained
 subscriber can take, but capping it at the subscribers' REMB all the time would bring back
-the slow REMB ramp the transport-cc feedback is there to avoid (a receiver's REMB trails the
-rate it receives). So the rule, evaluated about once a second per publisher video track:
+the slow REMB ramp the transport-cc feedback is there to avoid: a receiver's REMB trails
+the rate it receives by seconds whenever the publisher ramps up (libwebrtc's receive-side
+AIMD grows about 8 % a second), and dips under it at every keyframe. What does mean
+congestion is a REMB that *falls*: the AIMD estimator lowers it only when it detects
+overuse (to 0.85 × what it receives). So the rule, evaluated about once a second per
+publisher video track:
 
 1. A leg (publisher track → one subscriber) is **congested** when
 
-   * its subscriber's REMB, shared out over what the relay sends that subscriber in
+   * its subscriber's REMB fell (by more than :data:`REMB_DROP`, within
+     :data:`REMB_MAX_AGE_US`) and, shared out over what the relay sends that subscriber in
      proportion to this leg's part of it, is below :data:`CONGESTED_RATIO` of what the
-     publisher sends now (a receiver that detects overuse drops its REMB below the rate it
-     receives; an uncongested one reports at or above it); or
+     publisher sends now; or
    * its subscriber's receiver reports lose more than :data:`LOSS_THRESHOLD` (10 %, where
      GoogCC itself starts backing off; the 3 % a lossy link has is repaired by NACK).
 
@@ -40,6 +44,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CONGESTED_RATIO = 0.85
+REMB_DROP = 0.95
+"""A REMB below this share of the subscriber's previous one is a fall (overuse detected)."""
 LOSS_THRESHOLD = 0.10
 HOLD_US = 4_000_000
 REMB_MAX_AGE_US = 3_000_000
@@ -70,8 +76,17 @@ class SubscriberSignals:
 
     remb_bps: int | None = None
     remb_at_us: int = 0
+    remb_fell_at_us: int | None = None
+    """When the subscriber's REMB last fell (its estimator detected overuse)."""
     rate_bps: int = 0
     """What the relay sent the subscriber over the last interval, all legs together."""
+
+    def on_remb(self, bitrate: int, now_us: int) -> None:
+        """A REMB from the subscriber."""
+        if self.remb_bps is not None and bitrate < REMB_DROP * self.remb_bps:
+            self.remb_fell_at_us = now_us
+        self.remb_bps = bitrate
+        self.remb_at_us = now_us
 
 
 def leg_cap(
@@ -83,7 +98,14 @@ def leg_cap(
         part = leg.rate_bps / subscriber.rate_bps if subscriber.rate_bps > 0 else 1.0
         share = int(subscriber.remb_bps * min(part, 1.0))
     congested: int | None = None
-    if share is not None and publisher_bps > 0 and share < CONGESTED_RATIO * publisher_bps:
+    fell = subscriber.remb_fell_at_us
+    if (
+        share is not None
+        and fell is not None
+        and now_us - fell <= REMB_MAX_AGE_US
+        and publisher_bps > 0
+        and share < CONGESTED_RATIO * publisher_bps
+    ):
         congested = share
     if leg.fraction_lost > LOSS_THRESHOLD and now_us - leg.lost_at_us <= REMB_MAX_AGE_US:
         by_loss = int(leg.rate_bps * (1 - leg.fraction_lost / 2))

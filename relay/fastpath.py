@@ -280,8 +280,7 @@ class MediaTransport:
                     if leg is not None:
                         leg.on_keyframe_request()
             elif isinstance(part, Remb):
-                self.subscriber.remb_bps = part.bitrate
-                self.subscriber.remb_at_us = now_us
+                self.subscriber.on_remb(part.bitrate, now_us)
 
     def _on_sender_report(self, report: SenderReport, now_us: int) -> None:
         for uptrack in self.uptracks:

@@ -4,8 +4,10 @@ The relay is the publisher's receiver. Per packet, in the datagram callback of t
 publisher's transport (``relay.fastpath``), an up-track:
 
 * unwraps the publisher's RTX into the original sequence space (a padding-only RTX probe
-  carries nothing and ends there) and forwards a retransmission only if it repairs a loss
-  the relay saw: Chromium also probes bandwidth by resending old packets;
+  carries nothing and ends there) and forwards a retransmission only if the relay does not
+  have that packet yet: Chromium also probes bandwidth by resending packets as RTX, which
+  may come before the original (lost on the way) was even missed, and must then be
+  forwarded as the original;
 * counts it for the receiver reports the relay sends the publisher and NACKs what the
   relay itself lost (``relay.retransmission.NackGenerator``): a packet lost upstream is
   lost for every subscriber, so it is asked for once, here;
@@ -41,6 +43,7 @@ Tap = Callable[[str, bytes, float], None]
 padding dropped) and its arrival time (``time.time()``), on the event loop. A tap must
 return at once (queue the packet for a thread, e.g. a recorder writing it off the loop)."""
 
+SEEN_MASK = 1023
 _NTP_HALF = 1 << 63
 _NTP_WRAP = 1 << 64
 
@@ -111,6 +114,9 @@ class UpTrack:
         self._keyframe_asked = False
         """A subscriber's decoder asked (PLI/FIR) and no keyframe came since."""
         self._next_sequence = -1
+        self._seen = [-1] * (SEEN_MASK + 1)
+        """The sequence number last received in each slot (``seq & SEEN_MASK``): a packet
+        already received (a probe resending it, a duplicate) is not forwarded twice."""
         self._taps: list[Tap] = []
         self._octets = 0
         self._octets_at_report = 0
@@ -146,6 +152,7 @@ class UpTrack:
             self.ssrc = ssrc
             self.receive = None
             self._next_sequence = -1
+            self._seen = [-1] * (SEEN_MASK + 1)
 
     @property
     def transport_cc(self) -> bool:
@@ -189,16 +196,18 @@ class UpTrack:
                 stats.packets_received += 1
                 stats.bytes_received += len(packet)
         sequence = header.sequence_number
+        seen = self._seen
+        slot = sequence & SEEN_MASK
+        if seen[slot] == sequence:
+            return  # had it already: Chromium's probes resend old packets as RTX
+        seen[slot] = sequence
         receive = self.receive
         if receive is None:
             receive = self.receive = ReceiveStats(header.ssrc, self.clock_rate)
         receive.on_packet(sequence, header.timestamp, now_us, retransmission=retransmission)
         nacks = self.nacks
         if nacks is not None:
-            recovered = nacks.recovered
             nacks.on_packet(sequence, now_us)
-            if retransmission and nacks.recovered == recovered:
-                return  # not a loss the relay saw: a probe, or a duplicate
             expected = self._next_sequence
             if sequence != expected and self.transport is not None:
                 self.transport.watch_losses(self)

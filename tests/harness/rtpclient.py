@@ -42,7 +42,7 @@ from relay.rtcp import (
     build_sender_report,
     parse_compound,
 )
-from relay.rtp import MalformedPacket, parse_header
+from relay.rtp import MalformedPacket, parse_header, wrap_rtx
 from relay.twcc import TransportFeedback
 from tests.harness.footage import Footage
 
@@ -370,6 +370,18 @@ class RtpClient:
         if self.skip is not None and self.skip(kind, sequence):
             return
         self._send_rtp(packet)
+
+    def sent_packet(self, sequence: int) -> bytes | None:
+        """The video packet sent (or skipped) with ``sequence``, as it went out (plaintext)."""
+        return self._history.get(sequence)
+
+    def send_rtx(self, sequence: int) -> None:
+        """Resend video packet ``sequence`` as RTX, unasked (as Chromium probes bandwidth)."""
+        sender = self._senders["video"]
+        packet = self._history[sequence]
+        rtx = wrap_rtx(packet, sender["rtx_pt"], sender["rtx_ssrc"], sender["rtx_sequence"])
+        sender["rtx_sequence"] = (sender["rtx_sequence"] + 1) & 0xFFFF
+        self._send_rtp(bytes(rtx))
 
     def send_padding(self, count: int = 1) -> list[int]:
         """Send ``count`` padding-only video packets (as a browser probes); their numbers."""

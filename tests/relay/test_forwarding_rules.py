@@ -77,15 +77,21 @@ def leg(rate: int, lost: float = 0.0, at: int = 0) -> LegSignals:
     return LegSignals(rate_bps=rate, fraction_lost=lost, lost_at_us=at)
 
 
-def subscriber(remb: int | None, rate: int, at: int = 0) -> SubscriberSignals:
-    return SubscriberSignals(remb_bps=remb, remb_at_us=at, rate_bps=rate)
+def subscriber(remb: int | None, rate: int, at: int = 0, fell: bool = True) -> SubscriberSignals:
+    """A subscriber whose last REMB was ``remb`` (and ``fell``: lower than the one before)."""
+    return SubscriberSignals(
+        remb_bps=remb, remb_at_us=at, rate_bps=rate, remb_fell_at_us=at if fell else None
+    )
 
 
 def test_no_cap_while_no_subscriber_is_congested() -> None:
-    # A receiver whose REMB is at or above what it receives is not congested, even if it
-    # trails the publisher's ramp a little: the transport-cc estimator ramps freely.
+    # A receiver whose REMB is at or above what it receives is not congested.
     healthy = [(leg(1_000_000), subscriber(1_100_000, 1_000_000))]
     assert publisher_remb(healthy, 1_000_000, 0, transport_cc=True) == UNCAPPED_BITRATE
+    # Nor is one whose REMB trails the publisher's ramp without ever falling: that is the
+    # receive-side estimator growing 8 % a second, not overuse.
+    trailing = [(leg(1_500_000), subscriber(500_000, 1_500_000, fell=False))]
+    assert publisher_remb(trailing, 1_500_000, 0, transport_cc=True) == UNCAPPED_BITRATE
     lossy_link = [(leg(1_000_000, lost=0.03), subscriber(None, 1_000_000))]
     assert publisher_remb(lossy_link, 1_000_000, 0, transport_cc=True) == UNCAPPED_BITRATE
 
@@ -165,3 +171,12 @@ async def test_a_deferred_request_is_dropped_once_no_longer_needed() -> None:
     needed[0] = False  # the keyframe came meanwhile
     await asyncio.sleep(0.15)
     assert upstream.requests == 1
+
+
+def test_a_remb_that_falls_marks_overuse() -> None:
+    signals = SubscriberSignals()
+    signals.on_remb(1_000_000, 0)
+    signals.on_remb(1_080_000, 1_000_000)
+    assert signals.remb_fell_at_us is None
+    signals.on_remb(900_000, 2_000_000)
+    assert signals.remb_fell_at_us == 2_000_000

@@ -155,6 +155,43 @@ async def test_the_relay_nacks_its_own_losses_and_the_repair_reaches_subscribers
     assert continuous(ordered), "the repaired packets did not fill the subscriber's gaps"
 
 
+async def test_an_rtx_probe_carrying_a_lost_packet_is_forwarded_once(rtp_visit) -> None:
+    """Chromium probes bandwidth by resending recent packets as RTX. One may carry a packet
+    lost on the way before the relay even saw the gap: it must be forwarded as the
+    original (else the subscriber waits for it until its decoder gives up, 3 s). A probe
+    carrying a packet the relay has must not reach the subscriber twice."""
+    a, _ = await rtp_visit.join("A")
+    await rtp_visit.join("B")
+    received = rtp_visit.received("B", "A", "video")
+    await rtp_visit.wait_for(lambda: received.frames >= 10)
+    loop = asyncio.get_running_loop()
+    lost: list[int] = []
+
+    def lose_a_frame_end(kind: str, sequence: int) -> bool:
+        # The last packet of a frame: nothing follows it for 33 ms, so the relay has seen
+        # no gap yet when the probe comes.
+        if kind == "video" and not lost and a.sent_payloads["video"][-1][0] == sequence:
+            history = a.sent_packet(sequence)
+            if history is not None and history[1] & 0x80:
+                lost.append(sequence)
+                loop.call_soon(a.send_rtx, sequence)
+                return True
+        return False
+
+    a.skip = lose_a_frame_end
+    await rtp_visit.wait_for(lambda: bool(lost))
+    a.skip = None
+    delivered = received.sequence[-1]
+    a.send_rtx((a.sent_payloads["video"][-1][0] - 5) & 0xFFFF)  # a probe of a packet B has
+    await rtp_visit.wait_for(
+        lambda: len(received.sequence) > received.sequence.index(delivered) + 20
+    )
+
+    assert continuous(received.sequence), gaps(received.sequence)
+    assert received.retransmitted == [], "a probe reached the subscriber as a duplicate"
+    assert lost[0] not in a.nacks_received, "the relay NACKed a packet it had"
+
+
 async def test_sender_reports_carry_the_true_counts_and_keep_lip_sync(rtp_visit) -> None:
     await rtp_visit.join("A")
     await rtp_visit.join("B")
