@@ -81,6 +81,8 @@ class Reception:
     frames: int = 0
     """Packets with the marker bit: complete frames sent."""
     first_at: float | None = None
+    first_frame_at: float | None = None
+    """When the first complete frame ended (its marker packet), ``time.monotonic()``."""
     last_at: float | None = None
     sequence: list[int] = field(default_factory=list)
     """Every sequence number in arrival order (kept while ``keep`` is on)."""
@@ -457,6 +459,8 @@ class RtpClient:
         reception.octets += end - start
         if header.marker and reception.kind == "video":
             reception.frames += 1
+            if reception.first_frame_at is None:
+                reception.first_frame_at = now
         elif reception.kind == "audio":
             reception.frames += 1
         if reception.first_at is None:

@@ -51,7 +51,7 @@ async def test_late_joiner_gets_video_fast(server):
         started = time.monotonic()
         await late.connect()
         await late.wait_frames("video", 1, timeout=5)
-        assert time.monotonic() - started < 3.0  # the figure itself is measured in bench/relay.py
+        assert time.monotonic() - started < 3.0  # the figure itself is measured in bench/sfu.py
         assert {m["role"] for m in late.joined["participants"]} == {"kiosk", "family"}
     finally:
         await asyncio.gather(kiosk.close(), c1.close(), late.close())
