@@ -68,6 +68,8 @@ SENDER_RTP_HISTORY = "_RTCRtpSender__rtp_history"
 SENDER_ENCODER = "_RTCRtpSender__encoder"
 TRANSCEIVER_CODECS = "_codecs"  # what the transceiver's sender/receiver start with
 TRANSCEIVER_HEADER_EXTENSIONS = "_headerExtensions"
+RECEIVER_BITRATE_ESTIMATOR = "_RTCRtpReceiver__remote_bitrate_estimator"
+RECEIVER_NACK_GENERATOR = "_RTCRtpReceiver__nack_generator"
 REMOTE_TRACK_QUEUE = "_queue"  # RemoteStreamTrack's asyncio.Queue of decoded frames
 
 # The function aioice calls to list local addresses; captured once so that
@@ -432,9 +434,13 @@ def take_over_receiver(
     The parameters carry the negotiated codecs and header extensions and the remote
     SSRCs the SDP declares (``encodings``, with their RTX SSRC). Never started, the
     receiver runs no decoder thread, jitter buffer, NACK generator or RTCP task: the relay
-    receives its packets below aiortc (:class:`DatagramPath`).
+    receives its packets below aiortc (:class:`DatagramPath`). What a video receiver
+    allocates for them up front (a REMB estimator's rate buckets, ~100 kB) is let go.
     """
     _require(receiver, "receive")
+    for name in (RECEIVER_BITRATE_ESTIMATOR, RECEIVER_NACK_GENERATOR):
+        _require(receiver, name)
+        setattr(receiver, name, None)  # aiortc checks both for None before use
 
     async def receive(parameters: aiortc.RTCRtpReceiveParameters) -> None:
         started(parameters)

@@ -565,6 +565,11 @@ async def test_private_packet_path_names_exist() -> None:
     for name in (internals.SENDER_SSRC, internals.SENDER_RTX_SSRC):
         assert hasattr(transceiver.sender, name), f"{UPDATE}: RTCRtpSender has no {name}"
     assert hasattr(pc, internals.PC_CNAME), f"{UPDATE}: RTCPeerConnection keeps no CNAME"
+    for name in (internals.RECEIVER_BITRATE_ESTIMATOR, internals.RECEIVER_NACK_GENERATOR):
+        assert hasattr(transceiver.receiver, name), f"{UPDATE}: RTCRtpReceiver has no {name}"
+    handle = inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
+    assert "self.__remote_bitrate_estimator is not None" in handle, UPDATE
+    assert "self.__nack_generator is not None" in handle, UPDATE
     connect = inspect.getsource(RTCPeerConnection._RTCPeerConnection__connect)  # type: ignore[attr-defined]
     assert "sender.send(" in connect and "receiver.receive(" in connect, (
         f"{UPDATE}: aiortc no longer starts senders and receivers in __connect"
