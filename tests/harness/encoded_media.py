@@ -3,8 +3,9 @@
 Video is a moving test pattern with a noisy patch (so frames have real
 sizes and span several packets) encoded by aiortc's own VP8 or H264
 encoder and packetizer; audio is a tone encoded by aiortc's Opus encoder.
-Packets are built byte by byte (:func:`tests.harness.rtp_packets.rtp_packet`)
-and given the arrival times a relay would see: capture time + network
+Packets are built byte by byte (:func:`tests.harness.rtp_packets.rtp_packet`),
+with the header extensions Chromium sends (abs-send-time, transport-wide
+sequence number; audio level on audio), and given the arrival times a relay would see: capture time + network
 delay + jitter (seeded), packets of one frame a little apart. Sender
 reports carry the sender's own NTP clock, offset from the arrival clock by
 ``sender_clock_offset_us`` (senders' clocks are never the relay's).
@@ -63,6 +64,12 @@ class SentTrack:
 def _ntp(unix_us: int) -> int:
     seconds, micros = divmod(unix_us, 1_000_000)
     return ((seconds + _NTP_UNIX_OFFSET) << 32) | ((micros << 32) // 1_000_000)
+
+
+def _browser_extensions(send_us: int, sequence: int) -> list[tuple[int, bytes]]:
+    """abs-send-time (id 2, 6.18 fixed-point s) and transport-wide sequence (id 3), as Chromium."""
+    abs_send_time = ((send_us << 18) // 1_000_000) & 0xFFFFFF
+    return [(2, abs_send_time.to_bytes(3, "big")), (3, (sequence & 0xFFFF).to_bytes(2, "big"))]
 
 
 def _pattern(width: int, height: int, index: int, rng: random.Random) -> av.VideoFrame:
@@ -174,6 +181,7 @@ def video_track(
                     timestamp=timestamp,
                     ssrc=track.ssrc,
                     marker=number == len(payloads) - 1,
+                    extensions=_browser_extensions(arrival_us, sequence),
                     payload=payload,
                 )
                 track.packets.append((arrival_us + number * 100, packet))
@@ -226,14 +234,15 @@ def audio_track(
         for payload in payloads:
             capture_us = start_us + sent * 20_000
             if sent not in drop:
+                arrival_us = capture_us + delay_us + rng.randrange(jitter_us + 1)
                 packet = rtp_packet(
                     payload_type=111,
                     sequence_number=sequence,
                     timestamp=rtp_start + timestamp,
                     ssrc=track.ssrc,
+                    extensions=[*_browser_extensions(arrival_us, sequence), (1, b"\x9e")],
                     payload=payload,
                 )
-                arrival_us = capture_us + delay_us + rng.randrange(jitter_us + 1)
                 track.packets.append((arrival_us, packet))
             sequence += 1
             sent += 1
