@@ -187,6 +187,8 @@ class _VideoDepacketizer(Depacketizer):
         self._arrival_us = 0
         self._expected: int | None = None
         """The sequence number after the last packet seen."""
+        self._gap_before = False
+        """Packets are missing between the previous frame and this one."""
         self._need_keyframe = True
 
     def push(
@@ -199,8 +201,7 @@ class _VideoDepacketizer(Depacketizer):
         else:
             if self._payloads:
                 self._finish(out, ended=not gap)
-            if gap:
-                self._need_keyframe = True  # a whole frame (or a piece of one) is lost
+            self._gap_before = gap  # a whole frame may be lost: _finish decides
             if payload:
                 predecessor = self._expected is not None and not gap
                 self._started = self._starts_frame(payload, predecessor)
@@ -238,25 +239,60 @@ class _VideoDepacketizer(Depacketizer):
             self._need_keyframe = True
             return
         data, keyframe = frame
+        if self._gap_before and not self._follows(payloads[0]):
+            self._need_keyframe = True  # a whole frame was lost, not only padding
         if self._need_keyframe and not keyframe:
             self.skipped += 1
             return
         self._need_keyframe = False
+        self._decoded(payloads[0])
         self.frames += 1
         out.append(EncodedFrame(self._timestamp, data, keyframe, self._arrival_us))
 
     def _starts_frame(self, payload: bytes, predecessor: bool) -> bool:
         raise NotImplementedError
 
+    def _follows(self, first_payload: bytes) -> bool:
+        """True when the payload proves this frame directly follows the last one returned."""
+        return False
+
+    def _decoded(self, first_payload: bytes) -> None:
+        """Remember what :meth:`_follows` needs of a frame that was returned."""
+
     def _assemble(self, payloads: list[bytes]) -> tuple[bytes, bool] | None:
         raise NotImplementedError
 
 
 class Vp8Depacketizer(_VideoDepacketizer):
-    """VP8 (RFC 7741)."""
+    """VP8 (RFC 7741).
+
+    A gap in sequence numbers between two frames is not always a loss: a
+    relay may not pass on padding-only packets, which take sequence numbers
+    too. Browsers number VP8 frames (PictureID, RFC 7741 §4.2), so a frame
+    whose PictureID follows the last one returned loses nothing, as in
+    libwebrtc's own VP8 receiver.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._picture_id: tuple[int, int] | None = None
+        """(PictureID, its modulus) of the last frame returned."""
 
     def _starts_frame(self, payload: bytes, predecessor: bool) -> bool:
         return payload[0] & 0x1F == 0x10  # S=1, PID=0
+
+    def _follows(self, first_payload: bytes) -> bool:
+        current = vp8_picture_id(first_payload)
+        last = self._picture_id
+        return (
+            current is not None
+            and last is not None
+            and current[1] == last[1]
+            and current[0] == (last[0] + 1) % last[1]
+        )
+
+    def _decoded(self, first_payload: bytes) -> None:
+        self._picture_id = vp8_picture_id(first_payload)
 
     def _assemble(self, payloads: list[bytes]) -> tuple[bytes, bool] | None:
         data = b"".join(p[vp8_descriptor_length(p, 0, len(p)) :] for p in payloads)
@@ -325,10 +361,15 @@ class H264Depacketizer(_VideoDepacketizer):
         return b"".join(START_CODE + unit for unit in units), keyframe
 
 
-def h264_parameter_sets(access_unit: bytes) -> bytes:
-    """The SPS and PPS NAL units of an Annex B access unit, in Annex B."""
-    units = access_unit.split(START_CODE)
-    return b"".join(START_CODE + unit for unit in units if unit and unit[0] & 0x1F in (7, 8))
+def vp8_picture_id(payload: bytes) -> tuple[int, int] | None:
+    """``(PictureID, 128 or 32768)`` from a VP8 payload descriptor, None if absent."""
+    if len(payload) < 3 or not payload[0] & 0x80 or not payload[1] & 0x80:
+        return None
+    if payload[2] & 0x80:
+        if len(payload) < 4:
+            return None
+        return ((payload[2] & 0x7F) << 8) | payload[3], 1 << 15
+    return payload[2] & 0x7F, 1 << 7
 
 
 _OPUS_FRAME_SAMPLES = (

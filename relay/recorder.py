@@ -68,6 +68,7 @@ from relay.recordfile import (
     TRACK,
     TrackInfo,
 )
+from relay.rtp import MalformedPacket, parse_header
 
 RECORDABLE_VISIT_KINDS = frozenset({"social"})
 """Visit kinds that may be recorded. Privileged (attorney, clergy) never is."""
@@ -126,14 +127,33 @@ def _monotonic_us() -> int:
     return time.monotonic_ns() // 1000
 
 
+def _padding_as_header(packet: bytes) -> bytes:
+    """A padding-only packet as its bare 12-byte header (b"" if malformed), else the packet.
+
+    Padding carries no media but takes a sequence number: the remux must
+    see it to tell it from a lost packet (H264 has no other way), and 12
+    bytes say that.
+    """
+    try:
+        header = parse_header(packet)
+    except MalformedPacket:
+        return b""
+    if header.payload_start != header.payload_end:
+        return packet  # media that happens to be padded
+    return bytes((0x80,)) + packet[1:12]
+
+
 class TrackTap:
     """What the SFU calls for one publisher track: ``tap(packet, arrival_us)``.
 
-    Call it on the event loop for every RTP packet forwarded from the
-    publisher, with the publisher's plaintext packet (after SRTP and RTX
-    unwrapping, before any per-leg rewrite) and its arrival time on the
-    recorder's clock. A ``bytearray`` or ``memoryview`` is copied (the SFU
-    may rewrite it in place afterwards); ``bytes`` is kept as is.
+    Call it on the event loop for every RTP packet received from the
+    publisher on the track's SSRC, with the plaintext packet (after SRTP and
+    RTX unwrapping, before any per-leg rewrite) and its arrival time on the
+    recorder's clock: **padding-only packets too** (they are kept as their
+    12-byte header), or the remux takes the hole they leave in the
+    sequence numbers for a loss and drops H264 video up to the next
+    keyframe. A ``bytearray`` or ``memoryview`` is copied (the SFU may
+    rewrite it in place afterwards); ``bytes`` is kept as is.
     """
 
     __slots__ = ("track_id", "_recorder", "_append")
@@ -150,8 +170,10 @@ class TrackTap:
             return
         if type(packet) is not bytes:
             packet = bytes(packet)
+        if packet[0] & 0x20:  # P bit: maybe a padding-only packet (bandwidth probe)
+            packet = _padding_as_header(packet)
         size = len(packet)
-        if size > MAX_BODY:
+        if not size or size > MAX_BODY:
             recorder._dropped += 1
             return
         recorder._queued_bytes += size + _RECORD_OVERHEAD

@@ -37,6 +37,16 @@ _NTP_UNIX_OFFSET = 2_208_988_800
 _TIME_BASE_VIDEO = fractions.Fraction(1, VIDEO_CLOCK)
 
 
+def is_padding_only(packet: bytes) -> bool:
+    """True for a packet whose padding is all there is after its header (RFC 3550 §5.1)."""
+    if not packet[0] & 0x20:
+        return False
+    header = 12 + 4 * (packet[0] & 0x0F)
+    if packet[0] & 0x10:
+        header += 4 + 4 * int.from_bytes(packet[header + 2 : header + 4], "big")
+    return len(packet) - header == packet[-1]
+
+
 @dataclass
 class SentTrack:
     """One publisher track as sent: its packets, reports and what they carry."""
@@ -122,6 +132,7 @@ def video_track(
     bitrate: int = 600_000,
     keyframe_at: tuple[int, ...] = (),
     drop: frozenset[tuple[int, int]] = frozenset(),
+    padding_after: frozenset[int] = frozenset(),
     delay_us: int = 20_000,
     jitter_us: int = 2_000,
     sender_clock_offset_us: int = 1_700_000_000_000_000,
@@ -132,7 +143,9 @@ def video_track(
 
     ``keyframe_at``: frame indexes encoded as keyframes besides the first
     (what a PLI would get). ``drop``: ``(frame index, packet index)`` pairs
-    left out, as if lost on the way.
+    left out, as if lost on the way. ``padding_after``: frame indexes
+    followed by a padding-only packet (a bandwidth probe on the media SSRC,
+    as senders without RTX send), which takes the next sequence number.
     """
     rng = random.Random(seed)
     payload_type = PAYLOAD_TYPES[codec]
@@ -185,6 +198,18 @@ def video_track(
                     payload=payload,
                 )
                 track.packets.append((arrival_us + number * 100, packet))
+            sequence += 1
+        if index in padding_after:
+            probe = rtp_packet(
+                payload_type=payload_type,
+                sequence_number=sequence,
+                timestamp=timestamp,
+                ssrc=track.ssrc,
+                extensions=_browser_extensions(arrival_us, sequence),
+                payload=b"",
+                padding=224,
+            )
+            track.packets.append((arrival_us + len(payloads) * 100, probe))
             sequence += 1
     if sender_report_every_us:
         _sender_reports(

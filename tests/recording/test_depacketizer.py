@@ -128,19 +128,33 @@ INTER = bytes([0x51, 0x01, 0x00]) + bytes(30)
 
 def test_vp8_frames_start_at_s_and_partition_0() -> None:
     packets = [
-        (10, 0, False, vp8_payload(True, KEY[:20])),
-        (11, 0, True, vp8_payload(False, KEY[20:])),
-        (12, 3000, True, vp8_payload(True, INTER)),
-        (14, 6000, True, vp8_payload(True, INTER)),  # 13 (a frame) is lost: skipped
-        (15, 9000, False, vp8_payload(False, INTER[:5])),  # no start: dropped
-        (16, 9000, True, vp8_payload(False, INTER[5:])),
-        (17, 12000, True, vp8_payload(True, KEY)),
+        (10, 0, False, vp8_payload(True, KEY[:20], 1)),
+        (11, 0, True, vp8_payload(False, KEY[20:], 1)),
+        (12, 3000, True, vp8_payload(True, INTER, 2)),
+        (14, 6000, True, vp8_payload(True, INTER, 4)),  # 13 (frame 3) is lost: skipped
+        (15, 9000, False, vp8_payload(False, INTER[:5], 5)),  # no start: dropped
+        (16, 9000, True, vp8_payload(False, INTER[5:], 5)),
+        (17, 12000, True, vp8_payload(True, KEY, 6)),
     ]
     depacketizer = Vp8Depacketizer()
     frames = feed(depacketizer, packets)
     assert [(f.timestamp, f.keyframe) for f in frames] == [(0, True), (3000, False), (12000, True)]
     assert frames[0].data == KEY
     assert (depacketizer.dropped, depacketizer.skipped) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("second_picture_id", "kept"),
+    [(0x7FFF, [0, 3000]), (0x0001, [0])],  # 0x7FFE + 1 follows; a jump means a lost frame
+)
+def test_vp8_picture_ids_tell_a_hole_left_by_padding_from_a_lost_frame(
+    second_picture_id: int, kept: list[int]
+) -> None:
+    packets = [
+        (1, 0, True, vp8_payload(True, KEY, 0x7FFE)),
+        (3, 3000, True, vp8_payload(True, INTER, second_picture_id)),  # 2 was padding, untapped
+    ]
+    assert [f.timestamp for f in feed(Vp8Depacketizer(), packets)] == kept
 
 
 def test_a_missing_marker_ends_the_frame_when_the_next_packet_follows() -> None:

@@ -116,6 +116,24 @@ async def test_the_record_file_holds_the_call_in_arrival_order(tmp_path: Path) -
     assert recorder_threads() == []
 
 
+async def test_a_padding_only_packet_is_kept_as_its_header(tmp_path: Path) -> None:
+    recorder = Recorder(tmp_path, "V-1", "social")
+    tap = recorder.track("contact:C1", "video", "VP8", 90000, 96)
+    probe = rtp_packet(sequence_number=9, extensions=[(3, b"\x00\x01")], payload=b"", padding=200)
+    padded_media = rtp_packet(sequence_number=10, padding=4)
+    tap(probe, 1)
+    tap(padded_media, 2)
+    tap(b"\xa0", 3)  # P bit, no header: malformed, dropped
+    status = await recorder.close()
+
+    _, items = records(status.path)
+    assert [body for kind, _, _, body in items if kind == RTP] == [
+        b"\x80" + probe[1:12],
+        padded_media,
+    ]
+    assert status.dropped_packets == 1
+
+
 async def test_bad_track_descriptions_are_refused_with_a_reason(tmp_path: Path) -> None:
     recorder = Recorder(tmp_path, "V-1", "social")
     for arguments in [

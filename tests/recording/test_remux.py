@@ -13,7 +13,7 @@ import pytest
 
 from relay.recordfile import RecordReader
 from relay.remux import OPUS_HEAD, TRUNCATED, RemuxError, remux, remux_in_subprocess
-from tests.harness.encoded_media import SentTrack, audio_track, video_track
+from tests.harness.encoded_media import SentTrack, audio_track, is_padding_only, video_track
 from tests.recording.conftest import B_START_US, decode, record, recorded
 
 GST_PYTHON = "/usr/bin/python3"
@@ -256,3 +256,31 @@ def test_a_video_track_without_a_keyframe_is_left_out(tmp_path: Path) -> None:
     result = remux((recorded(tmp_path, [video, audio])).path)
     assert [t.kind for t in result.tracks] == ["audio"]
     assert set(decode(result.path)) == {A_AUDIO}
+
+
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+def test_padding_probes_are_not_losses(codec: str, tmp_path: Path) -> None:
+    """Probes after frames 30-34 take sequence numbers; tapped, they cost no frame."""
+    video = video_track(
+        "contact:C1", codec, start_us=10_000_000, seconds=2, padding_after=frozenset(range(30, 35))
+    )
+    assert sum(is_padding_only(p) for _, p in video.packets) == 5
+
+    result = remux(recorded(tmp_path, [video]).path)
+
+    assert decode(result.path)[A_VIDEO].frames == 60
+    assert result.tracks[0].skipped_frames == 0
+
+
+def test_vp8_picture_ids_bridge_probes_a_relay_did_not_tap(tmp_path: Path) -> None:
+    """A relay that drops padding before the tap leaves holes in the sequence numbers;
+    VP8's PictureID shows no frame is missing. (H264 has no such number: the SFU must
+    tap padding, see TrackTap.)"""
+    video = video_track(
+        "contact:C1", "VP8", start_us=10_000_000, seconds=2, padding_after=frozenset(range(30, 35))
+    )
+    video.packets = [(a, p) for a, p in video.packets if not is_padding_only(p)]
+
+    result = remux(recorded(tmp_path, [video]).path)
+
+    assert decode(result.path)[A_VIDEO].frames == 60
