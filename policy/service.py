@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from policy.actor import SYSTEM, Actor
+from policy.appeal import Appeal
 from policy.directive import (
     ACTIONS,
     Decision,
@@ -27,7 +28,8 @@ from policy.directive import (
 from policy.errors import Conflict, Forbidden, Malformed, NotFound, RuleBroken
 from policy.rfc3339 import format_time, parse_time
 from policy.roster import APPROVAL_STATUSES, Contact, Device, Facility, Inmate, check_id, check_text
-from policy.store import Appeal, AuditDraft, SessionRecord, Store
+from policy.session import SessionRecord
+from policy.store import AuditDraft, Store
 from policy.visit import VISIT_KINDS, Visit, subject_keys
 
 
@@ -197,6 +199,12 @@ class Policy:
         if visit is None:
             raise NotFound("unknown-visit", f"no visit {visit_id!r}")
         return visit
+
+    async def get_device(self, device_id: str) -> Device:
+        device = await self.store.get_device(device_id)
+        if device is None:
+            raise NotFound("unknown-device", f"no device {device_id!r}")
+        return device
 
     async def current_visit(self, device_id: str) -> tuple[Visit | None, Visit | None]:
         """The visit open at a kiosk now, and the next one after it."""

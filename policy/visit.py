@@ -48,15 +48,14 @@ class Visit:
         }
 
 
+def device_keys(facility: str, device: str) -> tuple[str, ...]:
+    """The keys of a kiosk outside any visit (its token refresh): its facility and itself."""
+    return ("system", f"facility:{facility}", f"device:{device}")
+
+
 def subject_keys(visit: Visit, *, contact: str | None = None) -> tuple[str, ...]:
     """SPEC §4: the kiosk's keys; a contact adds `contact:C` and `pair:I:C`."""
-    keys = [
-        "system",
-        f"facility:{visit.facility}",
-        f"device:{visit.device}",
-        f"inmate:{visit.inmate}",
-        f"visit:{visit.id}",
-    ]
+    keys = [*device_keys(visit.facility, visit.device), f"inmate:{visit.inmate}", f"visit:{visit.id}"]
     if contact is not None:
         keys += [f"contact:{contact}", f"pair:{visit.inmate}:{contact}"]
     return tuple(keys)

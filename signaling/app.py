@@ -24,10 +24,12 @@ from signaling import keys as K
 from signaling.api import ROUTES, error_response, guarded
 from signaling.bus import open_bus
 from signaling.config import Config
+from signaling.directives import Directives
 from signaling.enforcer import Enforcer
 from signaling.memory import trim_after_sessions_end
 from signaling.metrics import Metrics
 from signaling.openapi import document
+from signaling.protocol import API_INTERNAL, RESTARTING, Close, Reason
 from signaling.ratelimit import Limits
 from signaling.registry import LiveSessions
 from signaling.tokens import Tokens
@@ -59,7 +61,7 @@ async def security_headers(request: web.Request, handler: Callable) -> web.Strea
             raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        response = error_response(500, "internal", "internal error")
+        response = error_response(500, API_INTERNAL.code, API_INTERNAL.message())
     if not response.prepared:
         response.headers.setdefault("X-Request-Id", rid)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -125,7 +127,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.open()
     policy = app[K.POLICY]
     await policy.load()
-    await policy.close_due()
+    await app[K.DIRECTIVES].close_due()
     orphans = await store.list_sessions(live=True, node=app[K.CONFIG].node_id)
     if orphans:
         await store.end_orphan_sessions(
@@ -144,6 +146,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         app[K.READY].clear()
+        await app[K.DIRECTIVES].drain(1.0)  # counts of sessions just ended: let them land
         await app[K.BUS].stop()
         for task in tasks:
             task.cancel()
@@ -151,7 +154,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.gather(*tasks)
         enforcer = app[K.ENFORCER]
         await asyncio.gather(
-            *(enforcer.end_session(s, "error", 1001, message="The server is restarting.") for s in list(app[K.SESSIONS].by_id.values()))
+            *(enforcer.end_session(s, Reason.ERROR, Close.GOING_AWAY, message=RESTARTING) for s in list(app[K.SESSIONS].by_id.values()))
         )
         await enforcer.drain()
         await store.close()
@@ -169,13 +172,14 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     tokens = Tokens(config.secret, leeway=config.token_leeway, public_key=config.jwt_public_key, clock=clock)
     app[K.TOKENS] = tokens
     app[K.SESSIONS] = sessions
-    app[K.ENFORCER] = Enforcer(
-        sessions=sessions, policy=policy, appeal_base=config.base_url, metrics=metrics_, tokens=tokens
-    )
+    enforcer = Enforcer(sessions=sessions, policy=policy, appeal_base=config.base_url, metrics=metrics_, tokens=tokens)
+    app[K.ENFORCER] = enforcer
+    directives = Directives(policy=policy, enforcer=enforcer, node_id=config.node_id, metrics=metrics_)
+    app[K.DIRECTIVES] = directives
     app[K.READY] = asyncio.Event()
     app[K.METRICS] = metrics_
     app[K.LIMITS] = Limits.of(config.join_rate_per_ip, config.join_rate_per_identity, config.api_rate_per_identity)
-    app[K.BUS] = open_bus(config, store, policy, app[K.ENFORCER], sessions, app[K.READY])
+    app[K.BUS] = open_bus(config, store, directives, app[K.READY])
     if config.ice_addresses is not None:
         pin_ice_addresses(config.ice_addresses)
     app.cleanup_ctx.append(store_ctx)

@@ -19,6 +19,7 @@ from signaling import keys as K
 from signaling.app import create_app
 from signaling.config import Config
 from signaling.kiosk import ParlorClient
+from tests.harness.ports import free_port
 
 SECRET = b"test-secret-that-is-long-enough-for-hs256-0123456789"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -75,14 +76,6 @@ class Server:
 
     def client(self, token: str, visit: str, **kw: Any) -> ParlorClient:
         return ParlorClient(self.url, token, visit, **kw)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 async def start_server(config: Config) -> Server:

@@ -15,8 +15,9 @@ import pytest
 from policy.rfc3339 import format_time
 from signaling import keys as K
 from signaling.kiosk import ParlorClient
-from tests.cluster.pg import PostgresServer, free_port, start_postgres
 from tests.conftest import Server, make_config, start_server, stop_server
+from tests.harness.pg import PostgresServer, start_postgres
+from tests.harness.ports import free_port
 
 SKIP_REASON = (
     "PostgreSQL binaries (initdb, pg_ctl, postgres) not found under /usr/lib/postgresql/*/bin; "

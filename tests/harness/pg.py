@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL server for the cluster tests: initdb into a temp dir, 127.0.0.1 only.
+"""A throwaway PostgreSQL server for the cluster tests and benches: initdb into a temp dir,
+127.0.0.1 only.
 
 As root the Debian binaries run as the `postgres` user (initdb refuses root); otherwise as
 the current user. The unix socket lives in the temp dir, authentication is `trust`, and
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.conftest import free_port
+from tests.harness.ports import free_port
 
 
 def find_bindir() -> Path | None:
@@ -31,7 +32,6 @@ def find_bindir() -> Path | None:
         if all((bindir / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
             return bindir
     return None
-
 
 
 class PostgresServer:
