@@ -6,6 +6,7 @@ Domain refusals (`PolicyError`) become `{"error": {"code", "message"}}` with the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -76,9 +77,11 @@ def authenticate(request: web.Request) -> Actor:
     return request.app[K.TOKENS].verify(token.strip()).actor
 
 
-async def read_json(request: web.Request) -> Any:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise Malformed(Error.BODY_TOO_LARGE, f"request bodies are limited to {MAX_BODY} bytes")
+class BodyTimeout(Exception):
+    """A request body that trickles in (slowloris on the body): 408, and the connection closes."""
+
+
+async def _read_body(request: web.Request) -> bytes:
     # StreamReader.read(n) answers with what has arrived so far: a body split over several
     # TCP segments must be read to its end, or it is cut and refused as bad JSON.
     raw = b""
@@ -87,6 +90,17 @@ async def read_json(request: web.Request) -> Any:
         if not chunk:
             break
         raw += chunk
+    return raw
+
+
+async def read_json(request: web.Request) -> Any:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise Malformed(Error.BODY_TOO_LARGE, f"request bodies are limited to {MAX_BODY} bytes")
+    timeout = request.app[K.CONFIG].edge.body_timeout
+    try:
+        raw = await asyncio.wait_for(_read_body(request), timeout)
+    except TimeoutError:
+        raise BodyTimeout() from None
     if len(raw) > MAX_BODY:
         raise Malformed(Error.BODY_TOO_LARGE, f"request bodies are limited to {MAX_BODY} bytes")
     if not raw.strip():
@@ -111,6 +125,10 @@ def guarded(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespons
             return await route.handler(request, actor)
         except TokenError as exc:
             return error_response(401, exc.code, exc.message, {"WWW-Authenticate": "Bearer"})
+        except BodyTimeout:
+            response = problem_response(408, P.API_BODY_TIMEOUT)
+            response.force_close()
+            return response
         except PolicyError as exc:
             return error_response(STATUS[exc.kind], exc.code, exc.message)
         except OSError as exc:

@@ -27,7 +27,7 @@ from policy.service import Policy
 from relay import RelayPeer
 from signaling.background import Background
 from signaling.metrics import Metrics
-from signaling.protocol import Close, Message, Reason, directive_reason, ended_text
+from signaling.protocol import Close, Error, Message, Reason, directive_reason, ended_text
 from signaling.registry import Call, LiveSessions
 from signaling.session import Ending, Session
 from signaling.tokens import Tokens
@@ -186,15 +186,18 @@ class Enforcer:
         # The record is written while the (possibly slow) close handshakes run, so a client that
         # never answers its close frame cannot keep the session listed as live.
         recorded = asyncio.ensure_future(self._record_end(session, ending.reason))
-        if session.joined:
-            if ending.reason != Reason.LEFT:  # who left knows why
+        if not session.joined:  # provisional: its admission sends the refusal and closes the socket
+            closing = session.peer.close()
+        else:
+            if ending.reason == Reason.MEDIA_FAILED:
+                # Not final: the client may try again (SPEC §5, 4502), so an error, not `terminated`.
+                await session.send({"type": Message.ERROR, "code": Error.MEDIA_FAILED, "message": ending.message})
+            elif ending.reason != Reason.LEFT:  # who left knows why
                 terminated: dict[str, Any] = {"type": Message.TERMINATED, "reason": ending.reason, "message": ending.message}
                 if ending.directive is not None:
                     terminated["directive"] = self.notice(session.actor, ending.directive)
                 await session.send(terminated)
             closing = self._close(halted, ending)
-        else:  # provisional: its admission sends the refusal and closes the socket
-            closing = session.peer.close()
         if detach:
             self.closing.spawn(closing)
         else:

@@ -136,6 +136,7 @@ class Error(StrEnum):
     ROLE_NOT_ALLOWED = "role-not-allowed"
     BODY_TOO_LARGE = "body-too-large"
     BAD_QUERY = "bad-query"
+    BODY_TIMEOUT = "body-timeout"
     NO_VISIT = "no-visit"
     UNKNOWN_SESSION = "unknown-session"
     INTERNAL = "internal"
@@ -230,6 +231,11 @@ BAD_CANDIDATE = Problem(
 )
 NOT_NEGOTIATED = Problem(Error.NOT_NEGOTIATED, "send an offer first")
 UNSUPPORTED_OFFER = Problem(Error.UNSUPPORTED_OFFER, "{cause}")
+# The peer connection could not be set up or died (ICE, DTLS): not final, the client may retry.
+MEDIA_FAILED = Problem(
+    Error.MEDIA_FAILED, "The video connection could not be kept up: {cause}.", Close.MEDIA_FAILED
+)
+MEDIA_FAILED_CAUSE = "the media connection failed"  # when the peer cannot say why
 MESSAGE_TOO_LARGE = Problem(
     Error.MESSAGE_TOO_LARGE, "messages are limited to {limit} bytes", Close.TOO_LARGE
 )
@@ -245,6 +251,7 @@ API_RATE_LIMITED = Problem(Error.RATE_LIMITED, "too many requests; slow down")
 API_STORE_UNREACHABLE = Problem(Error.UNAVAILABLE, "the store cannot be reached; try again shortly")
 API_SUSPENDED = Problem(Error.SUSPENDED, "suspended by a directive")
 API_INTERNAL = Problem(Error.INTERNAL, "internal error")
+API_BODY_TIMEOUT = Problem(Error.BODY_TIMEOUT, "the request body did not arrive in time")
 NO_VISIT_AT_KIOSK = Problem(Error.NO_VISIT, "no visit at this kiosk right now")
 
 
@@ -267,7 +274,6 @@ def directive_reason(directive: Directive) -> str:
 
 
 STAFF_ENDED = "Facility staff ended this call."
-MEDIA_LOST = "The media connection was lost."
 RESTARTING = "The server is restarting."
 TOO_MANY_ERRORS = "too many protocol errors"
 TOO_LARGE_ENDED = "message too large"
@@ -277,6 +283,7 @@ TOLD: dict[str, str] = {
     Reason.VISIT_ENDED: "The visit's time is over.",
     Reason.REPLACED: "You joined this call from another window or device.",
     Reason.ERROR: "The call ended because of an error.",
+    Reason.MEDIA_FAILED: "media failed",
 }
 
 

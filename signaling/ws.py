@@ -93,10 +93,16 @@ async def _serve(app: web.Application, session: Session) -> None:
 
 
 async def _end_when_lost(app: web.Application, session: Session) -> None:
-    """A peer connection that dies on its own (ICE consent expired, DTLS failure) ends its
-    session: the client is told and may rejoin, and the session is not listed as live."""
+    """A peer connection that cannot be set up or dies on its own (no ICE pair, a DTLS
+    failure, ICE consent expired) ends its session with `media-failed` and close 4502: the
+    client is told the cause and may try again, and the session is not listed as live."""
     await session.peer.lost.wait()
-    await app[K.ENFORCER].end_session(session, Reason.ERROR, Close.INTERNAL_ERROR, message=P.MEDIA_LOST)
+    if session.ended:
+        return
+    cause = session.peer.failure or P.MEDIA_FAILED_CAUSE
+    log.warning("session %s (%s): media failed: %s", session.id, session.actor.sub, cause)
+    message = P.MEDIA_FAILED.message(cause=cause)
+    await app[K.ENFORCER].end_session(session, Reason.MEDIA_FAILED, Close.MEDIA_FAILED, message=message)
 
 
 async def _read_messages(app: web.Application, session: Session) -> None:
