@@ -20,8 +20,9 @@ makes this idempotent: a directive is stopped at most once per node, however oft
 seen. When a directive stops being in force (lifted, expired, lapsed), `release` undoes what
 it still holds (audio-only) and forgets it.
 
-`end_matching` — step 2 to 4 for one directive — is the one call that ends the live sessions a
-policy change no longer admits.
+Another policy change that no longer admits live sessions (an approval withdrawn, say) takes
+the same steps: commit, then in one synchronous block update what admission evaluates and
+halt what it matches (`Enforcer.halt_matching`), then `Enforcer.complete`.
 """
 
 from __future__ import annotations
@@ -109,35 +110,34 @@ class Directives:
     async def start_due(self) -> None:
         """Directives issued to start later begin on time (the guard skips the rest)."""
         for directive in self.policy.index.active():
-            await self.end_matching(SYSTEM, directive)
+            if self.policy.index.by_id.get(directive.id) is not directive:
+                continue  # changed while an earlier one was being completed: its state is newer
+            stopped = self._stop(directive)
+            if stopped:
+                await self._complete(SYSTEM, directive, stopped)
 
     # -- one directive on this node's live sessions -----------------------------------------
-    async def end_matching(
-        self, actor: Actor, directive: Directive, *, node: str | None = None
-    ) -> Directive:
-        """End (or restrict) the live sessions `directive` matches here, once it is in force
-        and if it was not stopped here already; return it with its count as stored now."""
-        stopped = self._learn_and_stop(directive)
-        if not stopped:
-            return directive
-        return await self._complete(actor, stopped, node=node)
-
     def _learn_and_stop(self, directive: Directive) -> Stopped | None:
         """Step 2, one synchronous block (admission.py's block D): into the index, then halt."""
         self.policy.learn(directive)
+        return self._stop(directive)
+
+    def _stop(self, directive: Directive) -> Stopped | None:
+        """Halt (or restrict) what `directive` matches here, once it is in force and unless it
+        was stopped here already (the one guard); None when there was nothing to do."""
         if directive.id in self.stopped or not directive.in_force(self.policy.clock()):
             return None
         self.stopped.add(directive.id)
         return self.enforcer.stop(directive)
 
     async def _complete(
-        self, actor: Actor, stopped: Stopped, *, node: str | None = None
+        self, actor: Actor, directive: Directive, stopped: Stopped, *, node: str | None = None
     ) -> Directive:
         """Steps 3 and 4."""
         ended = await self.enforcer.complete(stopped)
         if not ended:
-            return stopped.directive
-        return await self.policy.record_enforcement(actor, stopped.directive, ended, node=node)
+            return directive
+        return await self.policy.record_enforcement(actor, directive, ended, node=node)
 
     async def release(self, directive: Directive) -> None:
         """A directive stopped being in force (lifted, expired, lapsed): undo audio-only, and
@@ -173,18 +173,18 @@ class Directives:
             if stopped:
                 # Media stopped already; telling, recording and counting run on, so that the
                 # next event (another directive, say) need not wait for them.
-                self.background.spawn(self._count_here(stopped))
+                self.background.spawn(self._count_here(directive, stopped))
         elif event.action == SESSION_END_REQUESTED:
             await self._end_requested(event)
 
-    async def _count_here(self, stopped: Stopped) -> None:
+    async def _count_here(self, directive: Directive, stopped: Stopped) -> None:
         """Complete what another node's directive stopped here, and add this node's count."""
         try:
-            await self._complete(SYSTEM, stopped, node=self.node_id)
+            await self._complete(SYSTEM, directive, stopped, node=self.node_id)
         except PolicyError as exc:  # the sessions are ended either way; only the count is short
             log.warning(
                 "node %s: could not record that directive %s ended sessions here: %s",
-                self.node_id, stopped.directive.id, exc,
+                self.node_id, directive.id, exc,
             )  # fmt: skip
 
     async def _end_requested(self, event: AuditEvent) -> None:

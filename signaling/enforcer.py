@@ -49,9 +49,9 @@ class Halted:
 
 @dataclass
 class Stopped:
-    """What `Enforcer.stop` did for one directive, for `Enforcer.complete` to finish."""
+    """What `Enforcer.stop` (or `halt_matching`) did, for `Enforcer.complete` to finish."""
 
-    directive: Directive
+    directive: Directive | None  # the directive enforced, if a directive it was
     started: float  # time.perf_counter() when it began: the kill's clock
     halted: list[Halted] = field(default_factory=list)  # ended (suspend, end)
     restricted: list[Session] = field(default_factory=list)  # audio-only
@@ -74,13 +74,21 @@ class Enforcer:
         """The synchronous half of enforcing a directive: once this returns, no media flows to
         or from a matching session (for audio-only: no video), and every matching session,
         provisional ones included, is ended (or restricted). `complete` does the rest."""
+        if directive.action != "audio-only":
+            return self.halt_matching(directive.scope, directive_reason(directive), directive=directive)
         stopped = Stopped(directive, started=time.perf_counter())
         for session in self.sessions.matching(directive.scope):
-            if directive.action == "audio-only":
-                self.restrict(session, directive)
-                stopped.restricted.append(session)
-                continue
-            halted = self.halt(session, directive_reason(directive), Close.REFUSED, directive=directive)
+            self.restrict(session, directive)
+            stopped.restricted.append(session)
+        return stopped
+
+    def halt_matching(self, scope: str, reason: str, *, directive: Directive | None = None) -> Stopped:
+        """Halt every live session `scope` matches (close 4403, end reason `reason`): what a
+        directive that ends sessions does, and what any policy change that no longer admits
+        them does (e.g. an approval withdrawn, `pair:I:C`). Synchronous, like `stop`."""
+        stopped = Stopped(directive, started=time.perf_counter())
+        for session in self.sessions.matching(scope):
+            halted = self.halt(session, reason, Close.REFUSED, directive=directive)
             if halted is not None:
                 stopped.halted.append(halted)
         return stopped
@@ -89,7 +97,8 @@ class Enforcer:
         """Tell the restricted, or tell and record the ended; return the ids of the ended
         sessions whose start had been recorded (what the directive counts)."""
         directive = stopped.directive
-        await asyncio.gather(*(self._tell_restricted(s, directive) for s in stopped.restricted))
+        if directive is not None:
+            await asyncio.gather(*(self._tell_restricted(s, directive) for s in stopped.restricted))
         recorded = await asyncio.gather(*(self.finish(h, detach=True) for h in stopped.halted))
         if stopped.halted:
             self.metrics.kill_seconds.observe(time.perf_counter() - stopped.started)
