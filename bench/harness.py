@@ -532,7 +532,9 @@ def encoded_loop(
     context.bit_rate, context.gop_size = 300_000, fps
     context.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
     packets = []
-    for n, frame in enumerate(frames(PatternTrack(width, height, fps=fps, start=PAST), int(seconds * fps))):
+    for n, frame in enumerate(
+        frames(PatternTrack(width, height, fps=fps, start=PAST), int(seconds * fps))
+    ):
         frame.pts, frame.time_base = n, context.time_base
         packets.extend(bytes(p) for p in context.encode(frame))
     packets.extend(bytes(p) for p in context.encode(None))

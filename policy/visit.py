@@ -55,7 +55,11 @@ def device_keys(facility: str, device: str) -> tuple[str, ...]:
 
 def subject_keys(visit: Visit, *, contact: str | None = None) -> tuple[str, ...]:
     """SPEC §4: the kiosk's keys; a contact adds `contact:C` and `pair:I:C`."""
-    keys = [*device_keys(visit.facility, visit.device), f"inmate:{visit.inmate}", f"visit:{visit.id}"]
+    keys = [
+        *device_keys(visit.facility, visit.device),
+        f"inmate:{visit.inmate}",
+        f"visit:{visit.id}",
+    ]
     if contact is not None:
         keys += [f"contact:{contact}", f"pair:{visit.inmate}:{contact}"]
     return tuple(keys)

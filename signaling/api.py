@@ -35,7 +35,14 @@ log = logging.getLogger("parlor.api")
 STAFF = ("operator", "supervisor")
 READERS = ("operator", "supervisor", "auditor")
 MAX_BODY = 64 * 1024
-STATUS = {"malformed": 400, "forbidden": 403, "not-found": 404, "conflict": 409, "rule": 422, "unavailable": 503}
+STATUS = {
+    "malformed": 400,
+    "forbidden": 403,
+    "not-found": 404,
+    "conflict": 409,
+    "rule": 422,
+    "unavailable": 503,
+}
 
 Handler = Callable[[web.Request, Actor], Awaitable[web.StreamResponse]]
 
@@ -52,11 +59,17 @@ class Route:
     tags: tuple[str, ...] = field(default=())
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
 
 
-def problem_response(status: int, problem: Problem, headers: dict[str, str] | None = None) -> web.Response:
+def problem_response(
+    status: int, problem: Problem, headers: dict[str, str] | None = None
+) -> web.Response:
     return error_response(status, problem.code, problem.message(), headers)
 
 
@@ -119,9 +132,13 @@ def guarded(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespons
             actor = authenticate(request)
             wait = request.app[K.LIMITS].api_per_identity.check(actor.sub)
             if wait:
-                return problem_response(429, P.API_RATE_LIMITED, {"Retry-After": str(max(1, round(wait)))})
+                return problem_response(
+                    429, P.API_RATE_LIMITED, {"Retry-After": str(max(1, round(wait)))}
+                )
             if actor.role not in route.roles:
-                raise Forbidden(Error.ROLE_NOT_ALLOWED, f"role {actor.role} may not {route.method} {route.path}")
+                raise Forbidden(
+                    Error.ROLE_NOT_ALLOWED, f"role {actor.role} may not {route.method} {route.path}"
+                )
             return await route.handler(request, actor)
         except TokenError as exc:
             return error_response(401, exc.code, exc.message, {"WWW-Authenticate": "Bearer"})
@@ -183,7 +200,9 @@ async def list_contacts(request: web.Request, actor: Actor) -> web.Response:
 
 
 async def set_approval(request: web.Request, actor: Actor) -> web.Response:
-    contact = await request.app[K.POLICY].set_approval(actor, request.match_info["id"], await read_json(request))
+    contact = await request.app[K.POLICY].set_approval(
+        actor, request.match_info["id"], await read_json(request)
+    )
     return web.json_response(contact.to_json())
 
 
@@ -231,7 +250,9 @@ async def kiosk_visit(request: web.Request, actor: Actor) -> web.Response:
         }
 
     if current is None:
-        body: dict[str, Any] = {"error": {"code": P.NO_VISIT_AT_KIOSK.code, "message": P.NO_VISIT_AT_KIOSK.message()}}
+        body: dict[str, Any] = {
+            "error": {"code": P.NO_VISIT_AT_KIOSK.code, "message": P.NO_VISIT_AT_KIOSK.message()}
+        }
         if upcoming is not None:
             body["next"] = await describe(upcoming)
         return web.json_response(body, status=404)
@@ -244,7 +265,9 @@ async def refresh_token(request: web.Request, actor: Actor) -> web.Response:
     outcome = await admission.refresh(app, actor)
     if isinstance(outcome, Refusal):
         return refusal_response(outcome)
-    return web.json_response({"token": app[K.TOKENS].issue(actor.sub, actor.role, outcome, visit=actor.visit)})
+    return web.json_response(
+        {"token": app[K.TOKENS].issue(actor.sub, actor.role, outcome, visit=actor.visit)}
+    )
 
 
 # -- directives --------------------------------------------------------------------------
@@ -264,7 +287,11 @@ async def issue_directive(request: web.Request, actor: Actor) -> web.Response:
     response = created(directive_json(request, issued.directive))
     response.headers["Server-Timing"] = ", ".join(
         f"{name};dur={1000 * seconds:.1f}"
-        for name, seconds in (("commit", issued.commit), ("enforce", issued.enforce), ("record", issued.record))
+        for name, seconds in (
+            ("commit", issued.commit),
+            ("enforce", issued.enforce),
+            ("record", issued.record),
+        )
     )
     return response
 
@@ -278,11 +305,15 @@ async def list_directives(request: web.Request, actor: Actor) -> web.Response:
 async def get_directive(request: web.Request, actor: Actor) -> web.Response:
     directive = await request.app[K.POLICY].get_directive(request.match_info["id"])
     appeals = await request.app[K.STORE].list_appeals(directive=directive.id)
-    return web.json_response({**directive_json(request, directive), "appeals": [appeal_json(a) for a in appeals]})
+    return web.json_response(
+        {**directive_json(request, directive), "appeals": [appeal_json(a) for a in appeals]}
+    )
 
 
 async def lift_directive(request: web.Request, actor: Actor) -> web.Response:
-    directive = await request.app[K.DIRECTIVES].lift(actor, request.match_info["id"], await read_json(request))
+    directive = await request.app[K.DIRECTIVES].lift(
+        actor, request.match_info["id"], await read_json(request)
+    )
     return web.json_response(directive_json(request, directive))
 
 
@@ -301,18 +332,24 @@ def appeal_json(appeal: Appeal) -> dict[str, Any]:
 
 
 async def file_appeal(request: web.Request, actor: Actor) -> web.Response:
-    appeal = await request.app[K.POLICY].file_appeal(actor, request.match_info["id"], await read_json(request))
+    appeal = await request.app[K.POLICY].file_appeal(
+        actor, request.match_info["id"], await read_json(request)
+    )
     return created(appeal_json(appeal))
 
 
 async def list_appeals(request: web.Request, actor: Actor) -> web.Response:
     appeals = await request.app[K.STORE].list_appeals()
     status = request.query.get("status")
-    return web.json_response([appeal_json(a) for a in appeals if status is None or a.status == status])
+    return web.json_response(
+        [appeal_json(a) for a in appeals if status is None or a.status == status]
+    )
 
 
 async def decide_appeal(request: web.Request, actor: Actor) -> web.Response:
-    appeal = await request.app[K.DIRECTIVES].decide_appeal(actor, request.match_info["id"], await read_json(request))
+    appeal = await request.app[K.DIRECTIVES].decide_appeal(
+        actor, request.match_info["id"], await read_json(request)
+    )
     return web.json_response(appeal_json(appeal))
 
 

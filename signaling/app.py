@@ -122,7 +122,11 @@ async def readyz(request: web.Request) -> web.Response:
             await asyncio.wait_for(app[K.STORE].ping(), timeout=1.0)
         except Exception:
             ready = False
-    body = {"ready": ready, "directives_loaded": app[K.READY].is_set(), "sessions": len(app[K.SESSIONS])}
+    body = {
+        "ready": ready,
+        "directives_loaded": app[K.READY].is_set(),
+        "sessions": len(app[K.SESSIONS]),
+    }
     return web.json_response(body, status=200 if ready else 503)
 
 
@@ -182,7 +186,10 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.gather(*tasks)
         enforcer = app[K.ENFORCER]
         await asyncio.gather(
-            *(enforcer.end_session(s, Reason.ERROR, Close.GOING_AWAY, message=RESTARTING) for s in list(app[K.SESSIONS].by_id.values()))
+            *(
+                enforcer.end_session(s, Reason.ERROR, Close.GOING_AWAY, message=RESTARTING)
+                for s in list(app[K.SESSIONS].by_id.values())
+            )
         )
         await enforcer.drain()
         await store.close()
@@ -197,17 +204,29 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app[K.CONFIG] = config
     app[K.STORE] = store
     app[K.POLICY] = policy
-    tokens = Tokens(config.secret, leeway=config.token_leeway, public_key=config.jwt_public_key, clock=clock)
+    tokens = Tokens(
+        config.secret, leeway=config.token_leeway, public_key=config.jwt_public_key, clock=clock
+    )
     app[K.TOKENS] = tokens
     app[K.SESSIONS] = sessions
-    enforcer = Enforcer(sessions=sessions, policy=policy, appeal_base=config.base_url, metrics=metrics_, tokens=tokens)
+    enforcer = Enforcer(
+        sessions=sessions,
+        policy=policy,
+        appeal_base=config.base_url,
+        metrics=metrics_,
+        tokens=tokens,
+    )
     app[K.ENFORCER] = enforcer
-    directives = Directives(policy=policy, enforcer=enforcer, node_id=config.node_id, metrics=metrics_)
+    directives = Directives(
+        policy=policy, enforcer=enforcer, node_id=config.node_id, metrics=metrics_
+    )
     app[K.DIRECTIVES] = directives
     app[K.READY] = asyncio.Event()
     app[K.METRICS] = metrics_
     app[K.CONNECTIONS] = Connections(config.edge)
-    app[K.LIMITS] = Limits.of(config.join_rate_per_ip, config.join_rate_per_identity, config.api_rate_per_identity)
+    app[K.LIMITS] = Limits.of(
+        config.join_rate_per_ip, config.join_rate_per_identity, config.api_rate_per_identity
+    )
     app[K.BUS] = open_bus(config, store, directives, app[K.READY])
     if config.ice_addresses is not None:
         pin_ice_addresses(config.ice_addresses)

@@ -71,7 +71,6 @@ RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)  # then every 1 s until the databa
 BATCH = 500  # audit events read per catch-up query
 
 
-
 class Receiver(Protocol):
     """What the bus delivers to: the node's reactions to the cluster (signaling/directives.py)."""
 
@@ -318,7 +317,9 @@ class PostgresBus(Bus):
                     event, own = announced
                     await self._apply(event, as_announced=True, own=own)
                     continue
-                self._announced = {seq: e for seq, e in self._announced.items() if seq > self.cursor}
+                self._announced = {
+                    seq: e for seq, e in self._announced.items() if seq > self.cursor
+                }
                 if not (read or self._must_read or self._announced):
                     return  # nothing heard of that is not applied
                 read, self._must_read = False, False

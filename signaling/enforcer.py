@@ -75,14 +75,18 @@ class Enforcer:
         or from a matching session (for audio-only: no video), and every matching session,
         provisional ones included, is ended (or restricted). `complete` does the rest."""
         if directive.action != "audio-only":
-            return self.halt_matching(directive.scope, directive_reason(directive), directive=directive)
+            return self.halt_matching(
+                directive.scope, directive_reason(directive), directive=directive
+            )
         stopped = Stopped(directive, started=time.perf_counter())
         for session in self.sessions.matching(directive.scope):
             self.restrict(session, directive)
             stopped.restricted.append(session)
         return stopped
 
-    def halt_matching(self, scope: str, reason: str, *, directive: Directive | None = None) -> Stopped:
+    def halt_matching(
+        self, scope: str, reason: str, *, directive: Directive | None = None
+    ) -> Stopped:
         """Halt every live session `scope` matches (close 4403, end reason `reason`): what a
         directive that ends sessions does, and what any policy change that no longer admits
         them does (e.g. an approval withdrawn, `pair:I:C`). Synchronous, like `stop`."""
@@ -102,7 +106,9 @@ class Enforcer:
         recorded = await asyncio.gather(*(self.finish(h, detach=True) for h in stopped.halted))
         if stopped.halted:
             self.metrics.kill_seconds.observe(time.perf_counter() - stopped.started)
-        return [h.session.id for h, counted in zip(stopped.halted, recorded, strict=True) if counted]
+        return [
+            h.session.id for h, counted in zip(stopped.halted, recorded, strict=True) if counted
+        ]
 
     def notice(self, actor: Actor, directive: Directive) -> dict[str, Any]:
         """What an affected person is told. A family member's appeal link carries a token of
@@ -122,7 +128,9 @@ class Enforcer:
     async def _tell_restricted(self, session: Session, directive: Directive) -> None:
         if session.joined:  # a provisional session learns it in its `joined` (`audio_only`)
             notice = self.notice(session.actor, directive)
-            await session.send({"type": Message.RESTRICTED, "action": "audio-only", "directive": notice})
+            await session.send(
+                {"type": Message.RESTRICTED, "action": "audio-only", "directive": notice}
+            )
 
     async def unrestrict(self, directive: Directive) -> None:
         """An audio-only directive stopped being in force: video resumes where no other
@@ -140,7 +148,9 @@ class Enforcer:
             session.peer.set_video(True)
             if session.joined:
                 notice = directive.notice(appeal_base=self.appeal_base)
-                await session.send({"type": Message.RESTRICTED, "action": "none", "directive": notice})
+                await session.send(
+                    {"type": Message.RESTRICTED, "action": "none", "directive": notice}
+                )
 
     # -- ending one session ---------------------------------------------------------------
     async def end_session(
@@ -200,9 +210,15 @@ class Enforcer:
         else:
             if ending.reason == Reason.MEDIA_FAILED:
                 # Not final: the client may try again (SPEC §5, 4502), so an error, not `terminated`.
-                await session.send({"type": Message.ERROR, "code": Error.MEDIA_FAILED, "message": ending.message})
+                await session.send(
+                    {"type": Message.ERROR, "code": Error.MEDIA_FAILED, "message": ending.message}
+                )
             elif ending.reason != Reason.LEFT:  # who left knows why
-                terminated: dict[str, Any] = {"type": Message.TERMINATED, "reason": ending.reason, "message": ending.message}
+                terminated: dict[str, Any] = {
+                    "type": Message.TERMINATED,
+                    "reason": ending.reason,
+                    "message": ending.message,
+                }
                 if ending.directive is not None:
                     terminated["directive"] = self.notice(session.actor, ending.directive)
                 await session.send(terminated)

@@ -51,7 +51,9 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
     try:
         actor = app[K.TOKENS].verify(auth.get("token")).actor
     except TokenError as exc:
-        await _refuse(ws, {"type": Message.ERROR, "code": exc.code, "message": exc.message}, Close.BAD_TOKEN)
+        await _refuse(
+            ws, {"type": Message.ERROR, "code": exc.code, "message": exc.message}, Close.BAD_TOKEN
+        )
         return ws
     if actor.role not in STAFF_AND_AUDITORS:
         await _refuse(ws, P.STAFF_AND_AUDITORS_ONLY.frame(), Close.REFUSED)

@@ -29,4 +29,6 @@ READY = web.AppKey("ready", asyncio.Event)  # set once directives are loaded and
 METRICS = web.AppKey("metrics", Metrics)
 BUS = web.AppKey("bus", Bus)  # embedded (SQLite) or PostgreSQL: see signaling/bus.py
 LIMITS = web.AppKey("limits", Limits)
-CONNECTIONS = web.AppKey("connections", Connections)  # open HTTP connections (signaling/listener.py)
+CONNECTIONS = web.AppKey(
+    "connections", Connections
+)  # open HTTP connections (signaling/listener.py)

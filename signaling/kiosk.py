@@ -46,7 +46,9 @@ class PatternTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, width: int = 640, height: int = 480, fps: int = 30, *, start: float | None = None) -> None:
+    def __init__(
+        self, width: int = 640, height: int = 480, fps: int = 30, *, start: float | None = None
+    ) -> None:
         super().__init__()
         self.width, self.height, self.fps = width, height, fps
         self._start = start
@@ -91,7 +93,8 @@ class ToneTrack(MediaStreamTrack):
 
         samples = 960  # 20 ms at 48 kHz
         self._pcm = b"".join(
-            int(800 * math.sin(2 * math.pi * 440 * i / 48000)).to_bytes(2, "little", signed=True) for i in range(samples)
+            int(800 * math.sin(2 * math.pi * 440 * i / 48000)).to_bytes(2, "little", signed=True)
+            for i in range(samples)
         )
 
     async def recv(self) -> av.AudioFrame:
@@ -162,7 +165,9 @@ class ParlorClient:
     async def connect(self, *, offer: bool = True, timeout: float = 10.0) -> dict[str, Any]:
         """Join; on `joined`, negotiate media. Returns `joined`, or the refusal `error`."""
         self._session = aiohttp.ClientSession()
-        self._ws = await self._session.ws_connect(self.server.replace("http", "ws", 1) + "/ws", max_msg_size=0)
+        self._ws = await self._session.ws_connect(
+            self.server.replace("http", "ws", 1) + "/ws", max_msg_size=0
+        )
         join: dict[str, Any] = {"type": Message.JOIN, "token": self.token, "visit": self.visit}
         if self.mode == "monitor":
             join["mode"] = "monitor"
@@ -202,7 +207,9 @@ class ParlorClient:
         await self.send({"type": Message.OFFER, "sdp": pc.localDescription.sdp})
 
     # -- hooks: what a subclass may change or learn -------------------------------------------
-    def tracks(self, joined: dict[str, Any]) -> tuple[MediaStreamTrack | None, MediaStreamTrack | None]:
+    def tracks(
+        self, joined: dict[str, Any]
+    ) -> tuple[MediaStreamTrack | None, MediaStreamTrack | None]:
         """The audio and video this client sends (called once `joined` arrived)."""
         audio: MediaStreamTrack | None = ToneTrack() if self.audio else None
         video: MediaStreamTrack | None = None
@@ -226,7 +233,11 @@ class ParlorClient:
         transceiver.setCodecPreferences(wanted + rtx)
 
     def _on_state(self) -> None:
-        if self.pc is not None and self.pc.connectionState == "connected" and self.connected_at is None:
+        if (
+            self.pc is not None
+            and self.pc.connectionState == "connected"
+            and self.connected_at is None
+        ):
             self.connected_at = time.monotonic()
 
     def track_received(self, track: MediaStreamTrack, receiver: Any) -> None:
@@ -314,11 +325,15 @@ class ParlorClient:
             await asyncio.sleep(0.02)
         raise TimeoutError(f"no {kind!r} message within {timeout} s")
 
-    async def wait_frames(self, kind: str = "video", count: int = 10, timeout: float = 10.0) -> None:
+    async def wait_frames(
+        self, kind: str = "video", count: int = 10, timeout: float = 10.0
+    ) -> None:
         deadline = time.monotonic() + timeout
         while self.received.frames[kind] < count:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"received {self.received.frames[kind]} {kind} frames, wanted {count}")
+                raise TimeoutError(
+                    f"received {self.received.frames[kind]} {kind} frames, wanted {count}"
+                )
             await asyncio.sleep(0.02)
 
     async def leave(self) -> None:
@@ -356,7 +371,9 @@ async def run_kiosk(args: Any) -> int:
         print(json.dumps({"refused": first, "close_code": client.close_code}))
         await client.close()
         return 1
-    print(json.dumps({"joined": {k: v for k, v in first.items() if k != "ice_servers"}}), flush=True)
+    print(
+        json.dumps({"joined": {k: v for k, v in first.items() if k != "ice_servers"}}), flush=True
+    )
     started = time.monotonic()
     while not client.closed.is_set():
         if args.seconds and time.monotonic() - started >= args.seconds:
@@ -364,7 +381,23 @@ async def run_kiosk(args: Any) -> int:
             break
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(client.closed.wait(), 5)
-        print(json.dumps({"frames": dict(client.received.frames), "state": client.pc.connectionState if client.pc else None}), flush=True)
-    print(json.dumps({"ended": client.terminated, "close_code": client.close_code, "frames": dict(client.received.frames)}))
+        print(
+            json.dumps(
+                {
+                    "frames": dict(client.received.frames),
+                    "state": client.pc.connectionState if client.pc else None,
+                }
+            ),
+            flush=True,
+        )
+    print(
+        json.dumps(
+            {
+                "ended": client.terminated,
+                "close_code": client.close_code,
+                "frames": dict(client.received.frames),
+            }
+        )
+    )
     await client.close()
     return 0

@@ -33,7 +33,12 @@ async def run(app: web.Application) -> None:
 
 async def tick(app: web.Application) -> float:
     """Close due directives, start the ones due, warn and end visits; return how long to sleep."""
-    policy, enforcer, sessions, directives = app[K.POLICY], app[K.ENFORCER], app[K.SESSIONS], app[K.DIRECTIVES]
+    policy, enforcer, sessions, directives = (
+        app[K.POLICY],
+        app[K.ENFORCER],
+        app[K.SESSIONS],
+        app[K.DIRECTIVES],
+    )
     if app[K.READY].is_set():
         await directives.close_due()
     await directives.start_due()
@@ -43,7 +48,10 @@ async def tick(app: web.Application) -> float:
         left = call.visit.ends_at - now
         if left <= 0:
             await asyncio.gather(
-                *(enforcer.end_session(s, Reason.VISIT_ENDED, Close.VISIT_OVER) for s in list(call.sessions))
+                *(
+                    enforcer.end_session(s, Reason.VISIT_ENDED, Close.VISIT_OVER)
+                    for s in list(call.sessions)
+                )
             )
             continue
         deadlines.append(call.visit.ends_at)

@@ -17,7 +17,13 @@ from policy.actor import ROLES, Actor
 from signaling.protocol import Error
 
 MAX_TOKEN_CHARS = 4 * 1024
-SUB_KINDS = {"family": "contact", "kiosk": "device", "operator": "operator", "supervisor": "operator", "auditor": "auditor"}
+SUB_KINDS = {
+    "family": "contact",
+    "kiosk": "device",
+    "operator": "operator",
+    "supervisor": "operator",
+    "auditor": "auditor",
+}
 
 
 class TokenError(Exception):
@@ -51,7 +57,15 @@ class Tokens:
         self.leeway = leeway
         self.clock = clock
 
-    def issue(self, sub: str, role: str, ttl: float, *, visit: str | None = None, not_before: float | None = None) -> str:
+    def issue(
+        self,
+        sub: str,
+        role: str,
+        ttl: float,
+        *,
+        visit: str | None = None,
+        not_before: float | None = None,
+    ) -> str:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
         if ":" not in sub:
@@ -76,7 +90,9 @@ class Tokens:
     def verify(self, token: object) -> Claims:
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
             raise TokenError(Error.BAD_TOKEN, "a token is required")
-        if not token.isascii():  # a JWT is base64url and dots; PyJWT raises UnicodeEncodeError on the rest
+        if (
+            not token.isascii()
+        ):  # a JWT is base64url and dots; PyJWT raises UnicodeEncodeError on the rest
             raise TokenError(Error.BAD_TOKEN, "the token is not a JWT")
         try:
             header = jwt.get_unverified_header(token)

@@ -44,7 +44,13 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
             return ws
         session = outcome.session
         logs.session_id.set(session.id)
-        log.info("session %s joined visit %s as %s (%s)", session.id, session.visit.id, session.actor.sub, session.mode)
+        log.info(
+            "session %s joined visit %s as %s (%s)",
+            session.id,
+            session.visit.id,
+            session.actor.sub,
+            session.mode,
+        )
         await _serve(app, session)
     except asyncio.CancelledError:
         raise
@@ -102,7 +108,9 @@ async def _end_when_lost(app: web.Application, session: Session) -> None:
     cause = session.peer.failure or P.MEDIA_FAILED_CAUSE
     log.warning("session %s (%s): media failed: %s", session.id, session.actor.sub, cause)
     message = P.MEDIA_FAILED.message(cause=cause)
-    await app[K.ENFORCER].end_session(session, Reason.MEDIA_FAILED, Close.MEDIA_FAILED, message=message)
+    await app[K.ENFORCER].end_session(
+        session, Reason.MEDIA_FAILED, Close.MEDIA_FAILED, message=message
+    )
 
 
 async def _read_messages(app: web.Application, session: Session) -> None:
@@ -115,7 +123,9 @@ async def _read_messages(app: web.Application, session: Session) -> None:
         if msg.type == WSMsgType.TEXT:
             if len(msg.data.encode()) > limit:
                 await session.send(P.MESSAGE_TOO_LARGE.frame(limit=limit))
-                await enforcer.end_session(session, Reason.ERROR, Close.TOO_LARGE, message=P.TOO_LARGE_ENDED)
+                await enforcer.end_session(
+                    session, Reason.ERROR, Close.TOO_LARGE, message=P.TOO_LARGE_ENDED
+                )
                 break
             data = admission.parse(msg.data)
             problem = P.BAD_JSON if data is None else await _dispatch(app, session, data)
@@ -127,7 +137,9 @@ async def _read_messages(app: web.Application, session: Session) -> None:
             errors += 1
             await session.send(problem.frame())
             if errors >= MAX_PROTOCOL_ERRORS:
-                await enforcer.end_session(session, Reason.ERROR, Close.PROTOCOL_ERROR, message=P.TOO_MANY_ERRORS)
+                await enforcer.end_session(
+                    session, Reason.ERROR, Close.PROTOCOL_ERROR, message=P.TOO_MANY_ERRORS
+                )
                 break
     if not session.ended:
         code = session.ws.close_code
@@ -172,11 +184,15 @@ async def _answer(app: web.Application, session: Session, data: dict[str, Any]) 
     return None
 
 
-async def _candidate(app: web.Application, session: Session, data: dict[str, Any]) -> Problem | None:
+async def _candidate(
+    app: web.Application, session: Session, data: dict[str, Any]
+) -> Problem | None:
     candidate, mid, index = data.get("candidate"), data.get("sdpMid"), data.get("sdpMLineIndex")
     if not isinstance(candidate, str) or len(candidate) > 1024:
         return P.BAD_CANDIDATE
-    if not (mid is None or isinstance(mid, str)) or not (index is None or (isinstance(index, int) and 0 <= index < 64)):
+    if not (mid is None or isinstance(mid, str)) or not (
+        index is None or (isinstance(index, int) and 0 <= index < 64)
+    ):
         return P.BAD_CANDIDATE
     if mid is None and index is None:
         return P.BAD_CANDIDATE
@@ -198,9 +214,13 @@ async def _offer(app: web.Application, session: Session, data: dict[str, Any]) -
     if not _sdp_ok(sdp):
         return P.BAD_SDP
     enforcer = app[K.ENFORCER]
-    directive = admission.blocking(app[K.POLICY], session)  # ICE restarts and renegotiations are admissions too
+    directive = admission.blocking(
+        app[K.POLICY], session
+    )  # ICE restarts and renegotiations are admissions too
     if directive is not None:
-        await enforcer.end_session(session, directive_reason(directive), Close.REFUSED, directive=directive)
+        await enforcer.end_session(
+            session, directive_reason(directive), Close.REFUSED, directive=directive
+        )
         return None
     async with session.lock:
         if session.offer_outstanding:

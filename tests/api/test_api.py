@@ -497,7 +497,9 @@ async def test_token_refresh_is_refused_under_every_directive_that_matches_the_k
         assert body["directive"]["id"] == directive["id"]
         status, body = await server.api("POST", "/api/v1/tokens/refresh", {}, token=k2)
         assert (status == 409) == (scope == "system"), (scope, body)  # F2's kiosk: only by system
-        status, _ = await server.api("POST", f"/api/v1/directives/{directive['id']}/lift", {"reason": "over"})
+        status, _ = await server.api(
+            "POST", f"/api/v1/directives/{directive['id']}/lift", {"reason": "over"}
+        )
         assert status == 200
     status, body = await server.api("POST", "/api/v1/tokens/refresh", {}, token=k1)
     assert status == 200 and server.tokens.verify(body["token"]).actor.sub == "device:K1"

@@ -55,7 +55,6 @@ def assert_usage_error(result: subprocess.CompletedProcess[str], *words: str) ->
         assert word in lines[0], lines[0]
 
 
-
 def get(url: str) -> tuple[int, bytes]:
     with urllib.request.urlopen(url, timeout=5) as response:
         return response.status, response.read()

@@ -119,7 +119,9 @@ async def counted(node: Server, directive_id: str, sessions: int, timeout: float
         if stored is not None and stored.sessions_ended == sessions:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"sessions_ended is {stored and stored.sessions_ended}, not {sessions}")
+            raise AssertionError(
+                f"sessions_ended is {stored and stored.sessions_ended}, not {sessions}"
+            )
         await asyncio.sleep(0.02)
 
 

@@ -144,7 +144,9 @@ def _suspension(id: str) -> Directive:
                      starts_at=now - 1, expires_at=now + 3600)  # fmt: skip
 
 
-async def test_the_next_announced_directive_is_enforced_without_reading_the_database(tmp_path) -> None:
+async def test_the_next_announced_directive_is_enforced_without_reading_the_database(
+    tmp_path,
+) -> None:
     directive = _suspension("D1")
     issued = _event(6, "directive.issued", directive.to_json())
     store = LogOnly([issued], {})  # the directive is not even readable: the payload is enough
@@ -154,12 +156,18 @@ async def test_the_next_announced_directive_is_enforced_without_reading_the_data
     await bus._catch_up()
     assert store.reads == []
     assert bus.cursor == 6 and "D1" in directives.stopped
-    assert directives.policy.index.by_id["D1"].to_json() == directive.to_json()  # to the microsecond
+    assert (
+        directives.policy.index.by_id["D1"].to_json() == directive.to_json()
+    )  # to the microsecond
 
 
 async def test_a_gap_or_a_bare_number_is_read_from_the_log(tmp_path) -> None:
     d2, d3 = _suspension("D2"), _suspension("D3")
-    events = [_event(6), _event(7, "directive.issued", d2.to_json()), _event(8, "directive.issued", d3.to_json())]
+    events = [
+        _event(6),
+        _event(7, "directive.issued", d2.to_json()),
+        _event(8, "directive.issued", d3.to_json()),
+    ]
     store = LogOnly(events, {"D2": d2, "D3": d3})
     bus, directives = _bus(tmp_path, store)
     bus.cursor = 5

@@ -215,7 +215,9 @@ async def test_a_read_only_store_reads_the_chain_and_the_database_refuses_writes
             else (asyncpg.exceptions.ReadOnlySQLTransactionError,)
         )
         with pytest.raises(refused, match="read-?only"):
-            await reader.add_facility(Facility("F9", "Nope"), draft("facility.created", "facility:F9"))
+            await reader.add_facility(
+                Facility("F9", "Nope"), draft("facility.created", "facility:F9")
+            )
     finally:
         await reader.close()
     assert await store.get_facility("F9") is None

@@ -55,7 +55,9 @@ async def test_a_directive_issued_on_b_ends_the_call_relayed_by_a(cluster):
         assert directive["sessions_ended"] == 0
 
         await counted(b, directive["id"], 1)
-        enforced = [e for e in await a.app[K.STORE].audit_events() if e.action == "directive.enforced"]
+        enforced = [
+            e for e in await a.app[K.STORE].audit_events() if e.action == "directive.enforced"
+        ]
         assert [(e.actor, e.data) for e in enforced] == [
             ("system:parlor", {"sessions": [c1.joined["session"]], "node": "A"})
         ]
@@ -88,8 +90,12 @@ async def test_a_directive_ends_calls_on_both_nodes_and_each_counts_its_own(clus
             await wait_for(lambda c=c: c.closed.is_set(), timeout=5)
             assert c.close_code == 4403 and c.terminated["directive"]["id"] == directive["id"]
         await counted(b, directive["id"], 4)
-        enforced = [e for e in await b.app[K.STORE].audit_events() if e.action == "directive.enforced"]
-        counts = sorted((e.actor.split(":")[0], e.data.get("node"), len(e.data["sessions"])) for e in enforced)
+        enforced = [
+            e for e in await b.app[K.STORE].audit_events() if e.action == "directive.enforced"
+        ]
+        counts = sorted(
+            (e.actor.split(":")[0], e.data.get("node"), len(e.data["sessions"])) for e in enforced
+        )
         assert counts == [("operator", None, 2), ("system", "A", 2)]  # B's API handler, A's bus
     finally:
         await close_all(calls)
