@@ -112,7 +112,8 @@ class Redirect(Refusal):
 
 @dataclass(frozen=True)
 class Admission:
-    """A session let in: it has been told `joined` and is live."""
+    """A session let in: it was told `joined` (a directive may have ended it since; its frame
+    loop then finds the socket closed)."""
 
     session: Session
 
