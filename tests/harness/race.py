@@ -57,6 +57,7 @@ class Outcome:
     listed: list[str] = field(default_factory=list)  # GET /sessions (every node) of the subject
     started: list[str] = field(default_factory=list)  # session.started of the subject this round
     ended: dict[str, str] = field(default_factory=dict)  # session -> end reason, this round
+    ended_first: list[str] = field(default_factory=list)  # session.ended before session.started
     sessions_ended: int = 0  # the directive's stored count, settled
 
     @property
@@ -132,6 +133,19 @@ async def race_round(
             outcome.started.append(event["data"]["session"])
         elif event["action"] == "session.ended":
             outcome.ended[event["data"]["session"]] = event["data"]["reason"]
+    # The log is in order: an end read before its session's start was written before it. (An
+    # end with no start here is an earlier session's, e.g. one that left just before.)
+    ends_seen: set[str] = set()
+    for event in events:
+        session = event["data"].get("session")
+        if event["actor"] in subjects and event["action"] == "session.ended":
+            ends_seen.add(session)
+        elif (
+            event["actor"] in subjects
+            and event["action"] == "session.started"
+            and session in ends_seen
+        ):
+            outcome.ended_first.append(session)
     if status == 201:
         _, stored = await nodes[0].api("GET", f"/api/v1/directives/{directive['id']}")
         outcome.sessions_ended = stored["sessions_ended"]
@@ -147,6 +161,9 @@ def stragglers(outcome: Outcome) -> list[str]:
     problems += [f"{s} live in the index at the answer" for s in outcome.live_at_answer]
     problems += [f"{s} live in the index afterwards" for s in outcome.live_after]
     problems += [f"{s} listed by GET /sessions" for s in outcome.listed]
+    problems += [
+        f"{s} has its session.ended before its session.started" for s in outcome.ended_first
+    ]
     for session in outcome.started:
         if session not in outcome.ended:
             problems.append(f"{session} started and never ended")
