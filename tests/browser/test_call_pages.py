@@ -58,12 +58,12 @@ async def start_call(
 
     async def family() -> Watched:
         watched = await call_page(browser)
-        await callpage.join_as_family(watched, callpage.family_url(srv.url, visit))
+        await callpage.join_as_family(watched, callpage.links(srv.url, visit).family)
         return watched
 
     async def kiosk() -> Watched:
         watched = await call_page(browser)
-        await callpage.open_kiosk(watched, callpage.kiosk_url(srv.url, visit))
+        await callpage.open_kiosk(watched, callpage.links(srv.url, visit).kiosk)
         return watched
 
     return await asyncio.gather(family(), kiosk())

@@ -74,7 +74,7 @@ async def test_every_firefox_join_to_an_aiortc_kiosk_gets_media_both_ways(
         visit = await make_visit(live, ["C1"])
         kiosk = await aiortc_kiosk(live, visit)
         try:
-            await callpage.join_as_family(firefox, callpage.family_url(live.url, visit))
+            await callpage.join_as_family(firefox, callpage.links(live.url, visit).family)
             remote = await callpage.sole_remote(firefox)
             try:
                 seen = await callpage.plays(firefox, remote)
@@ -98,8 +98,8 @@ async def test_firefox_family_calls_the_kiosk_page_in_chromium(
 ) -> None:
     visit = await make_visit(live, ["C1"])
     kiosk = await call_page(browser)
-    await callpage.open_kiosk(kiosk, callpage.kiosk_url(live.url, visit))
-    await callpage.join_as_family(firefox, callpage.family_url(live.url, visit))
+    await callpage.open_kiosk(kiosk, callpage.links(live.url, visit).kiosk)
+    await callpage.join_as_family(firefox, callpage.links(live.url, visit).family)
     for page in (firefox, kiosk):
         seen = await callpage.plays(page, await callpage.sole_remote(page))
         assert seen["codec"] == "video/VP8", seen
@@ -116,7 +116,7 @@ async def test_suspending_the_contact_shows_the_firefox_family_why(
     visit = await make_visit(live, ["C1"])
     kiosk = await aiortc_kiosk(live, visit)
     try:
-        await callpage.join_as_family(firefox, callpage.family_url(live.url, visit))
+        await callpage.join_as_family(firefox, callpage.links(live.url, visit).family)
         await callpage.plays(firefox, await callpage.sole_remote(firefox))
         await kiosk_decodes(kiosk)
 

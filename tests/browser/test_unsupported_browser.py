@@ -51,7 +51,7 @@ async def family_page(browser: Browser, srv: Server, init: str) -> tuple[Watched
         sockets.append(ws.url)
 
     watched.page.on("websocket", opened)
-    await watched.open(callpage.family_url(srv.url, visit))
+    await watched.open(callpage.links(srv.url, visit).family)
     return watched, sockets
 
 
@@ -86,7 +86,10 @@ def blames_the_network(text: str) -> bool:
 
 @pytest.mark.parametrize(
     ("init", "lacks"),
-    [(NO_WEBRTC, "cannot make video calls"), (NO_GET_USER_MEDIA, "cannot use a camera or microphone")],
+    [
+        (NO_WEBRTC, "cannot make video calls"),
+        (NO_GET_USER_MEDIA, "cannot use a camera or microphone"),
+    ],
     ids=["no-RTCPeerConnection", "no-getUserMedia"],
 )
 async def test_a_browser_without_webrtc_is_told_which_browsers_work_and_never_joins(

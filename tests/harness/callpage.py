@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from tests.harness.page import Page, wait_for
 
@@ -68,12 +68,27 @@ MARK_FIRST_FRAME = """() => {
 MARKS = "() => window.__parlorMarks ?? null"
 
 
-def family_url(server_url: str, visit: dict[str, Any], contact: str = "C1") -> str:
-    return f"{server_url}/join/{visit['id']}#token={visit['join'][contact]['token']}"
+def family_url(server_url: str, visit: str, token: str) -> str:
+    """The family page of `visit`; the token travels in the fragment, as the join link has it."""
+    return f"{server_url}/join/{visit}#token={token}"
 
 
-def kiosk_url(server_url: str, visit: dict[str, Any]) -> str:
-    return f"{server_url}/kiosk#token={visit['join']['device']['token']}"
+def kiosk_url(server_url: str, token: str) -> str:
+    return f"{server_url}/kiosk#token={token}"
+
+
+class Links(NamedTuple):
+    family: str
+    kiosk: str
+
+
+def links(server_url: str, visit: dict[str, Any], contact: str = "C1") -> Links:
+    """The family page of `contact` and the kiosk page, of a visit as `POST /visits` answers."""
+    join = visit["join"]
+    return Links(
+        family_url(server_url, visit["id"], join[contact]["token"]),
+        kiosk_url(server_url, join["device"]["token"]),
+    )
 
 
 def tile_video(participant: str) -> str:

@@ -186,6 +186,11 @@ class Firefox:
     def pid(self) -> int:
         return self._process.pid
 
+    @property
+    def version(self) -> str:
+        """e.g. "153.8.0" (the browser's own answer when the session started)."""
+        return str(self._client.session_capabilities.get("browserVersion", "unknown"))
+
     async def _do(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         async with self._lock:
             return await asyncio.to_thread(partial(call, *args, **kwargs))
