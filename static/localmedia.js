@@ -118,7 +118,7 @@ export function explainForFamily(kind, { cameraOnly = false } = {}) {
       );
     case "no-webrtc":
       return (
-        "This browser cannot make video calls. " +
+        "It has no support for video calls (WebRTC). " +
         `Open the link you were sent in ${WORKING_BROWSERS}, on a computer, tablet or phone. ` +
         "Safari has not been tested with these calls yet."
       );

@@ -87,7 +87,7 @@ def blames_the_network(text: str) -> bool:
 @pytest.mark.parametrize(
     ("init", "lacks"),
     [
-        (NO_WEBRTC, "cannot make video calls"),
+        (NO_WEBRTC, "no support for video calls"),
         (NO_GET_USER_MEDIA, "cannot use a camera or microphone"),
     ],
     ids=["no-RTCPeerConnection", "no-getUserMedia"],
