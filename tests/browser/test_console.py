@@ -226,7 +226,7 @@ async def test_grid_suspend_contact_family_notice_and_appeal(
 
         # ... and it reaches the console's queue live, through the event stream.
         await page.wait_for_function(
-            "document.getElementById('count-appeals').textContent === '(1)'", timeout=2_000
+            "() => document.getElementById('count-appeals').textContent === '(1)'", timeout=2_000
         )
         await tab(page, "appeals")
         appeal_card = page.locator(f'article[data-appeal="{appeal_id}"]')
