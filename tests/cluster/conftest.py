@@ -15,8 +15,9 @@ import pytest
 from policy.rfc3339 import format_time
 from signaling import keys as K
 from signaling.kiosk import ParlorClient
-from tests.cluster.pg import PostgresServer, free_port, start_postgres
 from tests.conftest import Server, make_config, start_server, stop_server
+from tests.harness.pg import PostgresServer, start_postgres
+from tests.harness.ports import free_port
 from tests.harness.system import need
 
 
@@ -114,7 +115,9 @@ async def counted(node: Server, directive_id: str, sessions: int, timeout: float
         if stored is not None and stored.sessions_ended == sessions:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"sessions_ended is {stored and stored.sessions_ended}, not {sessions}")
+            raise AssertionError(
+                f"sessions_ended is {stored and stored.sessions_ended}, not {sessions}"
+            )
         await asyncio.sleep(0.02)
 
 

@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL server for the cluster tests: initdb into a temp dir, 127.0.0.1 only.
+"""A throwaway PostgreSQL server for the cluster tests and benches: initdb into a temp dir,
+127.0.0.1 only.
 
 As root the Debian binaries run as the `postgres` user (initdb refuses root); otherwise as
 the current user. The unix socket lives in the temp dir, authentication is `trust`, and
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.conftest import free_port
+from tests.harness.ports import free_port
 from tests.harness.system import postgres_bindir
 
 
