@@ -25,7 +25,15 @@ import pytest_asyncio
 from playwright.async_api import Browser, ConsoleMessage, Page
 
 from policy.rfc3339 import format_time
-from tests.browser.chromium import CHROMIUM, Watched, watched_page
+from tests.browser.chromium import (
+    CHROMIUM,
+    Watched,
+    assert_plays,
+    join_call,
+    sole_remote,
+    state,
+    watched_page,
+)
 from tests.browser.conftest import seeded_server
 from tests.conftest import (
     ARTIFACTS,
@@ -40,29 +48,6 @@ pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),  # one Chromium for the module
 ]
 LIGHT = {"size": (160, 120), "fps": 10}  # the aiortc participant: enough video, little CPU
-
-# The tile's <video>, its MediaStream's video track, that track's receiver on
-# the page's peer connection, and the receiver's inbound-rtp statistics.
-REMOTE_VIDEO = """async (selector) => {
-  const video = document.querySelector(selector);
-  const track = video?.srcObject?.getVideoTracks?.()[0];
-  if (!track) return null;
-  const receiver = window.__parlorPc?.getReceivers().find((r) => r.track === track);
-  let inbound = null;
-  let stats = null;
-  if (receiver) {
-    stats = await receiver.getStats();
-    stats.forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "video") inbound = r; });
-  }
-  return {
-    width: video.videoWidth,
-    height: video.videoHeight,
-    time: video.currentTime,
-    paused: video.paused,
-    framesDecoded: inbound?.framesDecoded ?? 0,
-    codec: inbound && stats.get(inbound.codecId)?.mimeType || null,
-  };
-}"""
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -88,10 +73,6 @@ async def open_watched(browser: Browser, url: str) -> Watched:
     return watched
 
 
-async def state(page: Page, value: str, timeout: float = 15_000) -> None:
-    await page.wait_for_selector(f'#app[data-state="{value}"]', timeout=timeout)
-
-
 async def shoot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
@@ -106,10 +87,7 @@ async def start_call(
         watched = await open_watched(
             browser, f"{srv.url}/join/{visit['id']}#token={visit['join']['C1']['token']}"
         )
-        await state(watched.page, "preview")
-        await watched.page.wait_for_selector("#join-button:enabled", timeout=15_000)
-        await watched.page.click("#join-button")
-        await state(watched.page, "in-call")
+        await join_call(watched.page)
         return watched
 
     async def kiosk() -> Watched:
@@ -120,41 +98,6 @@ async def start_call(
         return watched
 
     return await asyncio.gather(family(), kiosk())
-
-
-async def remote_video(page: Page, selector: str) -> dict[str, Any] | None:
-    return await page.evaluate(REMOTE_VIDEO, selector)
-
-
-async def assert_plays(page: Page, selector: str, timeout: float = 15.0) -> dict[str, Any]:
-    """The remote <video> shows a picture that moves: size, clock and decoded frames advance."""
-    deadline = time.monotonic() + timeout
-    first: dict[str, Any] | None = None
-    last: dict[str, Any] | None = None
-    while time.monotonic() < deadline:
-        last = await remote_video(page, selector)
-        if last and last["width"] > 0 and last["framesDecoded"] > 0:
-            if first is None:
-                first = last
-            elif (
-                last["time"] > first["time"] + 0.3
-                and last["framesDecoded"] >= first["framesDecoded"] + 5
-            ):
-                assert not last["paused"]
-                return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{selector} does not play on {page.url}: first {first}, last {last}")
-
-
-async def sole_remote(page: Page) -> str:
-    await page.wait_for_selector(
-        "figure.tile[data-participant] video.remote-video", state="attached"
-    )
-    ids = await page.eval_on_selector_all(
-        "figure.tile[data-participant]", "els => els.map(e => e.dataset.participant)"
-    )
-    assert len(ids) == 1, ids
-    return f'figure.tile[data-participant="{ids[0]}"] video.remote-video'
 
 
 def media_faults(caplog: pytest.LogCaptureFixture) -> list[str]:

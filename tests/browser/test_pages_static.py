@@ -24,7 +24,7 @@ import pytest_asyncio
 from aiohttp import WSMsgType, web
 from playwright.async_api import Browser, Page
 
-from tests.browser.chromium import CHROMIUM, DESKTOP, Watched, launch_chromium, open_page
+from tests.browser.chromium import CHROMIUM, DESKTOP, Watched, launch_chromium, open_page, state
 
 ROOT = Path(__file__).resolve().parents[2]
 STATIC = ROOT / "static"
@@ -194,10 +194,6 @@ async def browser() -> AsyncIterator[Browser]:
 async def shoot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-
-
-async def state(page: Page, value: str, timeout: float = 15_000) -> None:
-    await page.wait_for_selector(f'#app[data-state="{value}"]', timeout=timeout)
 
 
 async def no_horizontal_scroll(page: Page) -> bool:

@@ -1,0 +1,174 @@
+"""GStreamer's `webrtcbin` as the kiosk (SPEC §9: supported clients, each proven here).
+
+The kiosk is tests/harness/gst_kiosk.py, run by Debian's system Python through
+tests/harness/gstreamer.py: GStreamer's own DTLS (an RSA certificate), SRTP and libnice ICE,
+on 127.0.0.1. It calls an aiortc family (`ParlorClient`) and the family page in Chromium
+through the real server and relay, and a `device:` directive ends its session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser
+
+from policy.rfc3339 import format_time
+from signaling.kiosk import ParlorClient
+from tests.browser.chromium import CHROMIUM, assert_plays, join_call, open_page, sole_remote
+from tests.conftest import Server, make_visit
+from tests.harness.gstreamer import GstKiosk, gstreamer_missing
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")  # one Chromium for the module
+LIGHT = {"size": (160, 120), "fps": 10}  # the aiortc family: enough video, little CPU
+GROWTH = 15  # decoded frames a side must gain after its first ones: media keeps flowing
+
+
+@pytest.fixture(scope="module", autouse=True)
+def gstreamer() -> None:
+    """Skip loudly without GStreamer; under CI=true a missing install is a failure."""
+    missing = gstreamer_missing()
+    if missing is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true and the GStreamer interop suite cannot run: {missing}")
+    pytest.skip(f"SKIPPED the GStreamer interop suite: {missing}")
+
+
+async def gst_kiosk(srv: Server, visit: dict[str, Any], seconds: float = 60) -> GstKiosk:
+    kiosk = GstKiosk(srv.url, visit["join"]["device"]["token"], visit["id"], seconds=seconds)
+    await kiosk.start()
+    joined = await kiosk.wait_for("joined")
+    assert joined["role"] == "kiosk" and joined["visit"] == visit["id"], joined
+    # Alone in the call, as a kiosk waits for the family: ICE and DTLS finish before anybody
+    # else joins, so no server re-offer can arrive during the handshake.
+    await kiosk.wait_for("connected", timeout=15)
+    return kiosk
+
+
+async def family(srv: Server, visit: dict[str, Any]) -> ParlorClient:
+    client = srv.client(visit["join"]["C1"]["token"], visit["id"], **LIGHT)
+    joined = await client.connect()
+    assert joined["type"] == "joined", joined
+    return client
+
+
+async def kiosk_frames_grow(kiosk: GstKiosk, timeout: float = 20.0) -> dict[str, int]:
+    """The kiosk decodes video and audio, and keeps decoding."""
+    for kind in ("video", "audio"):
+        await kiosk.wait_frames(kind, 1, timeout)
+    start = kiosk.frames()
+    for kind in ("video", "audio"):
+        await kiosk.wait_frames(kind, start[kind] + GROWTH, timeout)
+    return kiosk.frames()
+
+
+async def family_frames_grow(client: ParlorClient, timeout: float = 20.0) -> None:
+    for kind in ("video", "audio"):
+        await client.wait_frames(kind, 1, timeout)
+    start = dict(client.received.frames)
+    for kind in ("video", "audio"):
+        await client.wait_frames(kind, start[kind] + GROWTH, timeout)
+
+
+def server_faults(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the server logged as an error, or aiortc and the relay as a warning."""
+    return [
+        f"{r.levelname} {r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.levelno >= logging.ERROR
+        or (r.levelno >= logging.WARNING and r.name.split(".")[0] in ("aiortc", "relay"))
+    ]
+
+
+def negotiation_clean(kiosk: GstKiosk) -> None:
+    """webrtcbin accepted every description, and its DTLS came up without a role flip."""
+    assert kiosk.all("negotiation-failed") == [], kiosk.describe()
+    assert kiosk.all("pipeline-error") == [], kiosk.describe()
+    dtls = kiosk.all("dtls-state")
+    assert any(e["state"] == "connected" for e in dtls), kiosk.describe()
+    assert len({e["client"] for e in dtls}) == 1, dtls
+
+
+async def test_gstreamer_kiosk_and_aiortc_family_send_media_both_ways(
+    live: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    visit = await make_visit(live, ["C1"])
+    kiosk = await gst_kiosk(live, visit)
+    try:
+        client = await family(live, visit)  # the kiosk waits; the family comes
+        try:
+            await asyncio.gather(kiosk_frames_grow(kiosk), family_frames_grow(client))
+            first = kiosk.find("first-frame", kind="video")
+            assert first is not None and (first["width"], first["height"]) == LIGHT["size"]
+            assert client.received.video_sizes == {kiosk.size}, client.received.video_sizes
+            # The family's media came through the server's re-offer, which webrtcbin answered.
+            assert (
+                kiosk.find("offer-received") is not None and kiosk.find("answer-sent") is not None
+            )
+            negotiation_clean(kiosk)
+        finally:
+            await client.leave()
+        await kiosk.wait_for("participant-left")
+    finally:
+        status = await kiosk.stop()  # SIGTERM: the kiosk says `leave`
+    assert kiosk.close_code == 1000, kiosk.describe()
+    assert status == 0, kiosk.describe()
+    assert server_faults(caplog) == []
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"needs Chromium at {CHROMIUM}")
+async def test_family_page_in_chromium_and_gstreamer_kiosk_see_each_other(
+    live: Server, browser: Browser, caplog: pytest.LogCaptureFixture
+) -> None:
+    visit = await make_visit(live, ["C1"])
+    kiosk = await gst_kiosk(live, visit)
+    link = f"{live.url}/join/{visit['id']}#token={visit['join']['C1']['token']}"
+    page = await open_page(browser, link)
+    try:
+        await join_call(page.page)
+        seen, _ = await asyncio.gather(
+            assert_plays(page.page, await sole_remote(page.page)), kiosk_frames_grow(kiosk)
+        )
+        assert (seen["width"], seen["height"]) == kiosk.size, seen
+        assert seen["codec"] == "video/VP8", seen
+        first = kiosk.find("first-frame", kind="video")
+        assert first is not None and first["width"] > 0 and first["height"] > 0, first
+        negotiation_clean(kiosk)
+        assert await page.problems() == []
+    finally:
+        await kiosk.stop()
+    assert server_faults(caplog) == []
+
+
+async def test_device_directive_ends_the_gstreamer_kiosk_with_4403(live: Server) -> None:
+    visit = await make_visit(live, ["C1"])
+    kiosk = await gst_kiosk(live, visit)
+    client = await family(live, visit)
+    try:
+        await kiosk_frames_grow(kiosk)
+        body = {
+            "scope": "device:K1", "action": "suspend", "reason": "Kiosk tampered with",
+            "legal_basis": "Rule 51(4) Prison Rules", "expires_at": format_time(time.time() + 3600),
+        }  # fmt: skip
+        status, directive = await live.api("POST", "/api/v1/directives", body)
+        assert status == 201, directive
+        terminated = await kiosk.wait_for("terminated", timeout=5)
+        closed = await kiosk.wait_for("closed", timeout=5)
+        assert terminated["reason"] == f"directive:{directive['id']}", terminated
+        notice = terminated["directive"]
+        assert notice["id"] == directive["id"] and notice["action"] == "suspend", notice
+        assert notice["reason"] == body["reason"] and notice["legal_basis"] == body["legal_basis"]
+        assert notice["expires_at"] == directive["expires_at"] and notice["appeal_url"], notice
+        assert closed["code"] == 4403, kiosk.describe()
+        await kiosk.wait_for("process-ended", timeout=10)  # the socket's end is the kiosk's end
+        await asyncio.wait_for(client.closed.wait(), 5)  # device:K1 cuts the whole visit
+        assert client.close_code == 4403
+    finally:
+        await client.close()
+        await kiosk.stop()
