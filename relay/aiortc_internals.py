@@ -37,6 +37,7 @@ from aiortc import (
 from aiortc import rtcpeerconnection as aiortc_peerconnection
 from aiortc import sdp as aiortc_sdp
 from aiortc.codecs import CODECS
+from OpenSSL import SSL
 
 SUPPORTED_AIORTC = ("1.16.",)
 
@@ -495,6 +496,230 @@ def candidate_from_sdp(line: str) -> aiortc.RTCIceCandidate:
         return aiortc_sdp.candidate_from_sdp(line)
     except Exception as exc:
         raise ValueError(f"malformed ICE candidate: {line!r}") from exc
+
+
+# --- DTLS ---------------------------------------------------------------------
+
+# aiortc's DTLS context offers only ECDHE-ECDSA suites. That is enough while aiortc is the
+# DTLS *server* (the suite follows the server's own ECDSA certificate; the client's RSA
+# certificate only signs CertificateVerify), but as a client it cannot meet a server whose
+# certificate is RSA (GStreamer's DTLS element: "no shared cipher"). Both families, strongest
+# and cheapest first.
+DTLS_CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    b"ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA"
+)
+PC_CERTIFICATES = "_RTCPeerConnection__certificates"
+CERTIFICATE_SSL_CONTEXT = "_create_ssl_context"
+DTLS_ROLE = "_role"
+DTLS_SET_ROLE = "_set_role"
+DTLS_HANDSHAKE = "_do_handshake"
+DTLS_SSL = "_ssl"
+DTLS_ROLES = ("client", "server")
+SETUP_OF_ROLE = {"client": "active", "server": "passive"}
+
+
+def accept_rsa_and_ecdsa_peers(pc: RTCPeerConnection) -> None:
+    """Let ``pc``'s DTLS meet peers with ECDSA *and* RSA certificates, in either role.
+
+    aiortc makes each transport's SSL context from the connection's certificate; the
+    certificate's context factory is wrapped to widen the cipher list, and to note the TLS
+    alerts each handshake exchanges (a failed handshake's only cause on the side that did not
+    fail first; see :func:`describe_ssl_error`). Call before the connection negotiates
+    (RelayPeer does in its constructor).
+    """
+    _require(pc, PC_CERTIFICATES)
+    for certificate in getattr(pc, PC_CERTIFICATES):
+        _require(certificate, CERTIFICATE_SSL_CONTEXT)
+        original = getattr(certificate, CERTIFICATE_SSL_CONTEXT)
+        if getattr(original, "_parlor_wide_ciphers", False):
+            continue
+
+        def create_ssl_context(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            context = _original(*args, **kwargs)
+            context.set_cipher_list(DTLS_CIPHERS)
+            context.set_info_callback(_note_alerts)
+            return context
+
+        create_ssl_context._parlor_wide_ciphers = True  # type: ignore[attr-defined]
+        setattr(certificate, CERTIFICATE_SSL_CONTEXT, create_ssl_context)
+
+
+class DtlsRole:
+    """The DTLS role of one peer connection: chosen once, then never flipped.
+
+    Under BUNDLE one DTLS transport carries every m-line, but aiortc's
+    ``setRemoteDescription(answer)`` sets its role again from *each* m-line's
+    ``a=setup``, so the last one wins. Firefox answers a re-offer with mixed roles per
+    m-line (``passive, passive, active, active``): the transport flipped mid-handshake,
+    SRTP keys came out for the wrong role and the call had no media. RFC 8842 §5.5 and
+    RFC 8829 §5.2.2/§5.3.2 keep an established DTLS association's role; so does this:
+
+    * :meth:`choose` sets the role when the server answers a client's first offer:
+      ``server`` (``a=setup:passive``) unless the client insists on being the server
+      (``a=setup:passive`` in its offer). As DTLS server the relay's ECDSA certificate
+      picks the suite, so peers with RSA certificates (GStreamer) connect too; and an
+      SFU answering ``passive`` is what mediasoup and Janus do.
+    * :meth:`adopt` wraps every transport of the connection so that once its role is
+      ``client`` or ``server``, a later answer that disagrees changes nothing (it is
+      counted in :attr:`disagreements` and logged once by the caller).
+    * :meth:`offer_sdp` makes the server's re-offers state the established role
+      (``a=setup:passive``/``active``, not ``actpass``), so the answerer cannot pick.
+
+    The same wrapping records why a handshake failed (:attr:`failure`), which aiortc
+    only writes to its debug log.
+    """
+
+    def __init__(self) -> None:
+        self.role: str | None = None
+        """``client``/``server`` once chosen (or set by the first negotiation)."""
+        self.disagreements = 0
+        """Later descriptions whose ``a=setup`` disagreed with the role (ignored)."""
+        self.failure: str | None = None
+        """Why the DTLS handshake failed, in OpenSSL's words; None if it did not."""
+
+    def adopt(self, pc: RTCPeerConnection) -> None:
+        """Guard every DTLS transport of ``pc`` not guarded yet; call before each
+        ``setRemoteDescription``/``setLocalDescription``."""
+        for transport in _dtls_transports(pc):
+            if getattr(getattr(transport, DTLS_SET_ROLE), "guard", None) is self:
+                continue
+            for name in (DTLS_ROLE, DTLS_SET_ROLE, DTLS_HANDSHAKE):
+                _require(transport, name)
+            self._guard_role(transport)
+            self._record_failures(transport)
+
+    def choose(self, pc: RTCPeerConnection, remote_setup: str | None) -> str:
+        """Fix the role before answering a client's offer; return it.
+
+        ``remote_setup`` is the offer's ``a=setup`` as :class:`MediaSection` gives it
+        (``auto`` for actpass, ``client`` for active, ``server`` for passive).
+        """
+        if self.role is None:
+            self.role = "client" if remote_setup == "server" else "server"
+        self.adopt(pc)
+        for transport in _dtls_transports(pc):
+            if getattr(transport, DTLS_ROLE) not in DTLS_ROLES:
+                getattr(transport, DTLS_SET_ROLE).original(self.role)
+        return self.role
+
+    def offer_sdp(self, sdp: str) -> str:
+        """``sdp`` (a server offer) stating the established role on every m-line."""
+        if self.role is None:
+            return sdp
+        return sdp.replace("a=setup:actpass", f"a=setup:{SETUP_OF_ROLE[self.role]}")
+
+    def _guard_role(self, transport: Any) -> None:
+        original = getattr(transport, DTLS_SET_ROLE)
+
+        def set_role(role: str) -> None:
+            current = getattr(transport, DTLS_ROLE)
+            if current in DTLS_ROLES and role != current:
+                self.disagreements += 1
+                return
+            original(role)
+            if role in DTLS_ROLES and self.role is None:
+                self.role = role
+
+        set_role.original = original  # type: ignore[attr-defined]
+        set_role.guard = self  # type: ignore[attr-defined]
+        setattr(transport, DTLS_SET_ROLE, set_role)
+
+    def _record_failures(self, transport: Any) -> None:
+        original = getattr(transport, DTLS_HANDSHAKE)
+
+        async def do_handshake() -> None:
+            _require(transport, DTLS_SSL)
+            connection = getattr(transport, DTLS_SSL)
+            step = connection.do_handshake
+
+            def recorded_step() -> Any:
+                try:
+                    return step()
+                except SSL.WantReadError:
+                    raise
+                except SSL.Error as exc:
+                    self.failure = describe_ssl_error(exc, connection)
+                    raise
+
+            connection.do_handshake = recorded_step
+            await original()
+            if getattr(transport, "state", None) == "failed" and self.failure is None:
+                self.failure = "the transport closed during the handshake"
+
+        setattr(transport, DTLS_HANDSHAKE, do_handshake)
+
+
+# TLS alert descriptions (RFC 8446 §6) a failed WebRTC handshake is likely to carry.
+TLS_ALERTS = {
+    10: "unexpected message",
+    20: "bad record MAC",
+    40: "handshake failure (no cipher suite both sides accept)",
+    42: "bad certificate",
+    43: "unsupported certificate",
+    46: "certificate unknown",
+    47: "illegal parameter",
+    48: "unknown CA",
+    50: "decode error",
+    51: "decrypt error",
+    70: "protocol version",
+    71: "insufficient security",
+    80: "internal error",
+    110: "unsupported extension",
+}
+ALERTS_SEEN = "_parlor_alerts"
+
+
+def _note_alerts(connection: Any, where: int, value: int) -> None:
+    """OpenSSL's info callback: keep the alerts a connection sends and receives, which are
+    all a failed handshake says about its cause on the side that did not fail first."""
+    if where & SSL.SSL_CB_ALERT and value & 0xFF:
+        direction = "received" if where & SSL.SSL_CB_READ else "sent"
+        name = TLS_ALERTS.get(value & 0xFF, f"alert {value & 0xFF}")
+        seen = getattr(connection, ALERTS_SEEN, None)
+        if seen is None:
+            seen = []
+            setattr(connection, ALERTS_SEEN, seen)
+        seen.append(f"{direction} {name}")
+
+
+def describe_ssl_error(exc: Exception, connection: Any = None) -> str:
+    """OpenSSL's reasons in an ``SSL.Error`` (e.g. ``no shared cipher``), else the alerts
+    the connection exchanged (e.g. ``received handshake failure``)."""
+    reasons = []
+    for entry in exc.args[0] if exc.args and isinstance(exc.args[0], list) else []:
+        if isinstance(entry, tuple) and entry:
+            reasons.append(str(entry[-1]))
+    reasons += getattr(connection, ALERTS_SEEN, None) or []
+    return "; ".join(dict.fromkeys(reason for reason in reasons if reason)) or repr(exc)
+
+
+def _dtls_transports(pc: RTCPeerConnection) -> list[Any]:
+    transports: dict[int, Any] = {}
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.receiver.transport
+        transports.setdefault(id(transport), transport)
+    return list(transports.values())
+
+
+def dtls_role(pc: RTCPeerConnection) -> str:
+    """The role ``pc``'s first DTLS transport has now: ``client``, ``server`` or ``auto``."""
+    transports = _dtls_transports(pc)
+    if not transports:
+        return "auto"
+    _require(transports[0], DTLS_ROLE)
+    return str(getattr(transports[0], DTLS_ROLE))
+
+
+def dtls_state(pc: RTCPeerConnection) -> tuple[str, str]:
+    """(ICE transport state, DTLS transport state) of ``pc``'s first transport."""
+    transports = _dtls_transports(pc)
+    if not transports:
+        return ("new", "new")
+    transport = transports[0]
+    return (str(transport.transport.state), str(transport.state))
 
 
 # --- ICE ----------------------------------------------------------------------

@@ -19,6 +19,14 @@ Negotiation, as built:
 * A client re-offer (e.g. ICE restart) is answered the same way. aiortc
   cannot restart ICE: the answer keeps the server's ICE credentials and the
   existing transport goes on as before.
+* DTLS: the server answers the first offer ``a=setup:passive`` and is the
+  DTLS server; every later description keeps that role, and server re-offers
+  state it (``aiortc_internals.DtlsRole``). So the answer to a re-offer, in
+  whatever order it arrives relative to the handshake, cannot flip the role,
+  and peers with RSA certificates (GStreamer) connect.
+* A connection that cannot be set up (ICE finds no pair, DTLS fails, or
+  neither completes within ``MEDIA_SETUP_SECONDS``) or that dies later sets
+  :attr:`RelayPeer.lost` with the cause in :attr:`RelayPeer.failure`.
 
 Media never passes through a decoder here: each publishing receiver hands
 its encoded frames to a :class:`~relay.forwarder.Forwarder` (see
@@ -63,6 +71,9 @@ from relay.stats import RelayStats
 
 logger = logging.getLogger(__name__)
 
+MEDIA_SETUP_SECONDS = 20.0
+"""From the client's first offer to a connected transport, at most (ICE + DTLS)."""
+
 
 @dataclass
 class Subscription:
@@ -91,9 +102,16 @@ class RelayPeer:
         self.codec = VisitCodec.named(codec)
         self.publish = publish
         self._pc = RTCPeerConnection(rtc_configuration(ice_servers))
+        aiortc_internals.accept_rsa_and_ecdsa_peers(self._pc)
+        self._dtls = aiortc_internals.DtlsRole()
         self.lost = asyncio.Event()
-        """Set when the connection fails or closes on its own (e.g. ICE consent expired): the
-        owner ends the session, since no media can flow any more."""
+        """Set when the connection cannot be set up or fails on its own (ICE found no pair,
+        DTLS failed, ICE consent expired): the owner ends the session, since no media can
+        flow. :attr:`failure` says why."""
+        self.failure: str | None = None
+        """Why media failed, in words safe to show the client; None while it has not."""
+        self._connected_once = False
+        self._setup_timer: asyncio.TimerHandle | None = None
         self._pc.on("connectionstatechange", self._on_connection_state)
         self._stats = RelayStats()
         self._stat_targets = (self._stats,) if totals is None else (self._stats, totals)
@@ -125,6 +143,12 @@ class RelayPeer:
     @property
     def connection_state(self) -> str:
         return self._pc.connectionState
+
+    @property
+    def dtls_role(self) -> str:
+        """The DTLS role the connection's transport has: ``server`` once the first offer was
+        answered (``client`` if the client insisted on being the server), ``auto`` before."""
+        return aiortc_internals.dtls_role(self._pc)
 
     @property
     def connection(self) -> RTCPeerConnection:
@@ -197,9 +221,11 @@ class RelayPeer:
         media = check_description(sdp, self.codec)
         self._prepare_transceivers(media)
         try:
+            self._dtls.adopt(self._pc)
             await self._pc.setRemoteDescription(
                 RTCSessionDescription(sdp=without_mdns_candidates(sdp), type="offer")
             )
+            self._dtls.choose(self._pc, _bundle_setup(media))
             await self._pc.setLocalDescription(await self._pc.createAnswer())
         except Exception as exc:
             # aiortc may have changed the connection half-way: do not build on it.
@@ -208,6 +234,7 @@ class RelayPeer:
             raise UnsupportedOffer(f"offer cannot be applied: {exc}") from exc
         self._numbering = aiortc_internals.rtp_numbering(sdp)
         self._start_transcoding_readers()
+        self._watch_setup()
         return self._pc.localDescription.sdp
 
     async def create_offer(self) -> str:
@@ -230,7 +257,10 @@ class RelayPeer:
             # Not pc.createOffer(): aiortc would renumber RTP header extensions
             # and payload types, which a browser refuses under BUNDLE.
             offer = await aiortc_internals.create_offer(self._pc, self._numbering)
-            await self._pc.setLocalDescription(offer)
+            self._dtls.adopt(self._pc)
+            await self._pc.setLocalDescription(
+                RTCSessionDescription(sdp=self._dtls.offer_sdp(offer.sdp), type="offer")
+            )
         except Exception:
             if self._closed:  # closed while the offer was being made
                 raise PeerClosed(self.peer_id) from None
@@ -247,13 +277,22 @@ class RelayPeer:
             raise UnsupportedOffer("no server offer is waiting for an answer")
         offer = aiortc_internals.parse_description(self._pc.localDescription.sdp).media
         check_description(sdp, self.codec, answer_to=offer)
+        disagreements = self._dtls.disagreements
         try:
+            self._dtls.adopt(self._pc)
             await self._pc.setRemoteDescription(
                 RTCSessionDescription(sdp=without_mdns_candidates(sdp), type="answer")
             )
         except Exception as exc:
             logger.info("peer %s: answer refused by aiortc: %r", self.peer_id, exc)
             raise UnsupportedOffer(f"answer cannot be applied: {exc}") from exc
+        if self._dtls.disagreements != disagreements:
+            logger.info(
+                "peer %s: the client's answer named other DTLS roles on some m-lines; "
+                "kept the established role (%s)",
+                self.peer_id,
+                self._dtls.role,
+            )
 
     async def add_candidate(
         self, candidate: str, sdp_mid: str | None, sdp_mline_index: int | None
@@ -330,14 +369,73 @@ class RelayPeer:
                 subscription.track.pause()
 
     def _on_connection_state(self) -> None:
-        if self._pc.connectionState in ("failed", "closed") and not self._closed:
-            self.lost.set()
+        state = self._pc.connectionState
+        if state == "connected":
+            self._connected_once = True
+            self._cancel_setup_timer()
+        elif state in ("failed", "closed") and not self._closed:
+            self._fail(self._describe_failure())
+
+    def _watch_setup(self) -> None:
+        """Media that is not up ``MEDIA_SETUP_SECONDS`` after the first offer fails: a DTLS
+        server waiting for a ClientHello that never comes would otherwise wait forever."""
+        if self._setup_timer is None and not self._connected_once:
+            self._setup_timer = asyncio.get_running_loop().call_later(
+                MEDIA_SETUP_SECONDS, self._setup_timed_out
+            )
+
+    def _setup_timed_out(self) -> None:
+        self._setup_timer = None
+        if self._connected_once or self._closed:
+            return
+        ice, dtls = aiortc_internals.dtls_state(self._pc)
+        if ice == "completed" and dtls in ("new", "connecting"):
+            cause = (
+                f"the DTLS handshake did not complete (the client sent no {self._awaited_hello()})"
+            )
+        elif self._dtls.failure:
+            cause = f"the DTLS handshake failed: {self._dtls.failure}"
+        else:
+            cause = "no ICE candidate pair between the client and the server answered"
+        self._fail(f"media was not established within {MEDIA_SETUP_SECONDS:.0f} s: {cause}")
+
+    def _awaited_hello(self) -> str:
+        return "ClientHello" if self._dtls.role == "server" else "ServerHello"
+
+    def _describe_failure(self) -> str:
+        ice, dtls = aiortc_internals.dtls_state(self._pc)
+        if self._dtls.failure:
+            return f"the DTLS handshake failed: {self._dtls.failure}"
+        if dtls == "failed":
+            return (
+                "DTLS failed after the handshake (certificate fingerprint or SRTP profile mismatch)"
+            )
+        if self._connected_once:
+            return "the media connection was lost (the client stopped answering ICE consent checks)"
+        if ice == "failed":
+            return (
+                "ICE failed: no candidate pair between the client and the server answered "
+                "(a firewall may block UDP; a TURN server may be needed)"
+            )
+        return f"the media connection failed (ICE {ice}, DTLS {dtls})"
+
+    def _fail(self, cause: str) -> None:
+        if self.failure is None:
+            self.failure = cause
+        self._cancel_setup_timer()
+        self.lost.set()
+
+    def _cancel_setup_timer(self) -> None:
+        if self._setup_timer is not None:
+            self._setup_timer.cancel()
+            self._setup_timer = None
 
     async def close(self) -> None:
         """Stop forwarding, then close the connection. Idempotent."""
         self.stop_forwarding()
         if not self._closed:
             self._closed = True
+            self._cancel_setup_timer()
             for forwarder in self._forwarders.values():
                 forwarder.close()
             for subscription in self._subscriptions.values():
@@ -500,3 +598,8 @@ class RelayPeer:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _bundle_setup(media: list[MediaSection]) -> str | None:
+    """The ``a=setup`` of an offer's first media section: the BUNDLE transport's."""
+    return media[0].dtls_role if media else None

@@ -37,6 +37,7 @@ REPLACED = 4409
 VISIT_OVER = 4410
 TOO_LARGE = 4413
 RATE_LIMITED = 4429
+MEDIA_FAILED = 4502
 UNAVAILABLE = 4503
 
 APPEAL_GRACE_SECONDS = 30 * 86400  # an appeal may be filed up to 30 days after the directive ends
@@ -165,7 +166,10 @@ class Enforcer:
         # The record is written while the (possibly slow) close handshakes run, so a client that
         # never answers its close frame cannot keep the session listed as live.
         recorded = asyncio.ensure_future(self._record_end(session, reason))
-        if reason != "left":
+        if reason == "media-failed":
+            # Not final: the client may try again (SPEC §5, 4502), so an error, not `terminated`.
+            await session.send({"type": "error", "code": "media-failed", "message": message or "media failed"})
+        elif reason != "left":
             terminated: dict[str, Any] = {
                 "type": "terminated",
                 "reason": reason,

@@ -25,6 +25,7 @@ from signaling import logs
 from signaling.bus import REDIRECT
 from signaling.enforcer import (
     BAD_TOKEN,
+    MEDIA_FAILED,
     NORMAL,
     PROTOCOL_ERROR,
     RATE_LIMITED,
@@ -311,10 +312,16 @@ async def _serve(app: web.Application, session: Session) -> None:
 
 
 async def _end_when_lost(app: web.Application, session: Session) -> None:
-    """A peer connection that dies on its own (ICE consent expired, DTLS failure) ends its
-    session: the client is told and may rejoin, and the session is not listed as live."""
+    """A peer connection that cannot be set up or dies on its own (no ICE pair, a DTLS
+    failure, ICE consent expired) ends its session with `media-failed` and close 4502: the
+    client is told the cause and may try again, and the session is not listed as live."""
     await session.peer.lost.wait()
-    await app[K.ENFORCER].end_session(session, "error", 1011, message="The media connection was lost.")
+    if session.ended:
+        return
+    cause = session.peer.failure or "the media connection failed"
+    log.warning("session %s (%s): media failed: %s", session.id, session.actor.sub, cause)
+    message = f"The video connection could not be kept up: {cause}."
+    await app[K.ENFORCER].end_session(session, "media-failed", MEDIA_FAILED, message=message)
 
 
 async def _read_messages(app: web.Application, session: Session, config: Any, enforcer: Any) -> None:

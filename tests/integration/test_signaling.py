@@ -241,7 +241,7 @@ async def test_simultaneous_first_joins_share_one_call(server):
 
 async def test_a_session_whose_media_connection_dies_is_ended(server):
     """If the peer connection fails on its own (e.g. ICE consent expires), the session ends
-    (close 1011, reason error) instead of lingering as live."""
+    (`error` media-failed with the cause, close 4502) instead of lingering as live."""
     await seed(server)
     visit = await make_visit(server, ["C1", "C2"])
     c1 = server.client(visit["join"]["C1"]["token"], visit["id"], **LIGHT)
@@ -255,10 +255,64 @@ async def test_a_session_whose_media_connection_dies_is_ended(server):
         session = server.app[K.SESSIONS].by_id[joined["session"]]
         await session.peer._pc.close()  # the connection dies under the session, not through Parlor
         await asyncio.wait_for(c1.closed.wait(), 5)
-        assert c1.close_code == 1011 and c1.terminated["reason"] == "error"
+        assert c1.close_code == 4502 and c1.terminated is None
+        assert c1.error["code"] == "media-failed" and "lost" in c1.error["message"]
         status, sessions = await server.api("GET", "/api/v1/sessions")
         assert joined["session"] not in {s["id"] for s in sessions}
         assert (await c2.wait_for("participant-left"))["participant"] == joined["session"]
         assert c2.close_code is None
     finally:
         await asyncio.gather(c1.close(), c2.close())
+
+
+async def test_a_peer_that_cannot_complete_dtls_gets_media_failed_and_4502(server, caplog):
+    """A client whose DTLS certificate does not match the fingerprint it offered: the session
+    gets `error` media-failed with the cause and close 4502 (it may retry), the server logs
+    one WARNING line with the cause, and the session is not left live (issue #11)."""
+    from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    await seed(server)
+    visit = await make_visit(server, ["C1"])
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTrack(AudioStreamTrack())
+    pc.addTransceiver("video")
+    caplog.set_level("WARNING", logger="parlor.ws")
+    async with server.http.ws_connect(server.url.replace("http", "ws") + "/ws") as ws:
+        await ws.send_json(
+            {"type": "join", "token": visit["join"]["C1"]["token"], "visit": visit["id"]}
+        )
+        joined = await ws.receive_json(timeout=5)
+        assert joined["type"] == "joined"
+        await pc.setLocalDescription(await pc.createOffer())
+        lines = pc.localDescription.sdp.splitlines()
+        wrong = [
+            "a=fingerprint:sha-256 " + ":".join(["AB"] * 32)
+            if line.startswith("a=fingerprint:")
+            else line
+            for line in lines
+        ]
+        await ws.send_json({"type": "offer", "sdp": "\r\n".join(wrong) + "\r\n"})
+        seen = []
+        while True:
+            msg = await ws.receive(timeout=25)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            data = json.loads(msg.data)
+            seen.append(data)
+            if data["type"] == "answer":
+                await pc.setRemoteDescription(RTCSessionDescription(data["sdp"], "answer"))
+        assert ws.close_code == 4502
+    await pc.close()
+    errors = [m for m in seen if m["type"] == "error"]
+    assert [e["code"] for e in errors] == ["media-failed"]
+    assert "fingerprint" in errors[0]["message"]
+    assert not any(m["type"] == "terminated" for m in seen)
+    warnings = [
+        r for r in caplog.records if r.name == "parlor.ws" and "media failed" in r.getMessage()
+    ]
+    assert len(warnings) == 1 and "fingerprint" in warnings[0].getMessage()
+    status, sessions = await server.api("GET", "/api/v1/sessions")
+    assert sessions == []
+    status, audit = await server.api("GET", "/api/v1/audit")
+    ended = [e for e in audit if e["action"] == "session.ended"]
+    assert [e["data"]["reason"] for e in ended] == ["media-failed"]

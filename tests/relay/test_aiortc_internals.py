@@ -409,3 +409,135 @@ async def test_renumber_offer_drops_unknown_extensions_and_allocates_free_payloa
         line for line in video.splitlines() if line.startswith("a=fmtp:") and "apt=" in line
     ]
     assert rtx_lines and all(int(line.rsplit("apt=", 1)[1]) in video_pts for line in rtx_lines)
+
+
+# --- DTLS ----------------------------------------------------------------------------------
+
+
+def rsa_certificate() -> aiortc.RTCCertificate:
+    """An RSA-2048 certificate, as GStreamer's DTLS element has (aiortc only makes ECDSA)."""
+    from aiortc.rtcdtlstransport import generate_certificate
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return aiortc.RTCCertificate(key=key, cert=generate_certificate(key))  # type: ignore[arg-type]
+
+
+def with_rsa_certificate(pc: RTCPeerConnection) -> RTCPeerConnection:
+    """A foreign peer: ``pc`` presenting an RSA certificate (set before it negotiates) and
+    offering both suite families, as OpenSSL's defaults in GStreamer do."""
+    assert hasattr(pc, internals.PC_CERTIFICATES), f"{UPDATE}: no per-connection certificates"
+    setattr(pc, internals.PC_CERTIFICATES, [rsa_certificate()])
+    internals.accept_rsa_and_ecdsa_peers(pc)
+    return pc
+
+
+async def dtls_between(offerer: RTCPeerConnection, answerer: RTCPeerConnection, setup: str) -> str:
+    """Negotiate ``offerer`` → ``answerer`` with the offer's ``a=setup`` rewritten to
+    ``setup`` (as the answerer sees it); return the answerer's connection state at the end."""
+    offerer.addTransceiver("audio")
+    await offerer.setLocalDescription(await offerer.createOffer())
+    sdp = offerer.localDescription.sdp.replace("a=setup:actpass", f"a=setup:{setup}")
+    await answerer.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+    if setup == "actpass":
+        internals.DtlsRole().choose(answerer, "auto")
+    await answerer.setLocalDescription(await answerer.createAnswer())
+    await offerer.setRemoteDescription(answerer.localDescription)
+    for _ in range(500):
+        if answerer.connectionState in ("connected", "failed"):
+            break
+        await asyncio.sleep(0.01)
+    return answerer.connectionState
+
+
+async def test_the_relays_dtls_meets_rsa_certificates_in_either_role() -> None:
+    # The relay as DTLS server (it answers passive): its ECDSA certificate picks the suite.
+    relay = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    internals.accept_rsa_and_ecdsa_peers(relay)
+    client = with_rsa_certificate(RTCPeerConnection(RTCConfiguration(iceServers=[])))
+    try:
+        assert await dtls_between(client, relay, "actpass") == "connected"
+        assert internals.dtls_role(relay) == "server"
+    finally:
+        await asyncio.gather(relay.close(), client.close())
+    # The relay as DTLS client (the peer insists on being the server): ECDHE-RSA is needed.
+    relay = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    internals.accept_rsa_and_ecdsa_peers(relay)
+    server = with_rsa_certificate(RTCPeerConnection(RTCConfiguration(iceServers=[])))
+    try:
+        assert await dtls_between(server, relay, "passive") == "connected"
+        assert internals.dtls_role(relay) == "client"
+    finally:
+        await asyncio.gather(relay.close(), server.close())
+
+
+async def answer_as_dtls_client(
+    answerer: RTCPeerConnection, server: RTCPeerConnection
+) -> tuple[internals.DtlsRole, internals.DtlsRole]:
+    """``server`` offers insisting on being the DTLS server; ``answerer`` answers as client.
+    Returns both sides' DtlsRole (their recorded failures) once the answerer has settled."""
+    answerer_role, server_role = internals.DtlsRole(), internals.DtlsRole()
+    server.addTransceiver("audio")
+    server_role.adopt(server)
+    await server.setLocalDescription(await server.createOffer())
+    sdp = server.localDescription.sdp.replace("a=setup:actpass", "a=setup:passive")
+    answerer.addTransceiver("audio")
+    answerer_role.adopt(answerer)
+    await answerer.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+    await answerer.setLocalDescription(await answerer.createAnswer())
+    await server.setRemoteDescription(answerer.localDescription)
+    for _ in range(500):
+        if answerer.connectionState in ("connected", "failed") and server_role.failure:
+            break
+        await asyncio.sleep(0.01)
+    return answerer_role, server_role
+
+
+async def test_aiortcs_own_dtls_client_cannot_meet_an_rsa_server() -> None:
+    """The control for the test above: what GStreamer kiosks hit before (no shared cipher)."""
+    plain = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    server = with_rsa_certificate(RTCPeerConnection(RTCConfiguration(iceServers=[])))
+    try:
+        _, server_role = await answer_as_dtls_client(plain, server)
+        assert plain.connectionState == "failed"
+        assert server_role.failure == "sent handshake failure (no cipher suite both sides accept)"
+    finally:
+        await asyncio.gather(plain.close(), server.close())
+
+
+async def test_a_failed_handshake_names_the_alert_the_peer_sent() -> None:
+    """A DTLS server that accepts no ECDHE suite (RSA key exchange only): the relay, as
+    client, fails and says which alert it received, not an empty ``SSL.Error``."""
+    relay = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    internals.accept_rsa_and_ecdsa_peers(relay)
+    server = with_rsa_certificate(RTCPeerConnection(RTCConfiguration(iceServers=[])))
+    certificate = getattr(server, internals.PC_CERTIFICATES)[0]
+    widened = getattr(certificate, internals.CERTIFICATE_SSL_CONTEXT)
+
+    def rsa_key_exchange_only(*args, **kwargs):  # type: ignore[no-untyped-def]
+        context = widened(*args, **kwargs)
+        context.set_cipher_list(b"AES128-GCM-SHA256")
+        return context
+
+    setattr(certificate, internals.CERTIFICATE_SSL_CONTEXT, rsa_key_exchange_only)
+    try:
+        relay_role, _ = await answer_as_dtls_client(relay, server)
+        assert relay.connectionState == "failed"
+        assert (
+            relay_role.failure == "received handshake failure (no cipher suite both sides accept)"
+        )
+    finally:
+        await asyncio.gather(relay.close(), server.close())
+
+
+async def test_private_dtls_names_exist() -> None:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    transport = pc.addTransceiver("audio").receiver.transport
+    for name in (internals.DTLS_ROLE, internals.DTLS_SET_ROLE, internals.DTLS_HANDSHAKE):
+        assert hasattr(transport, name), f"{UPDATE}: RTCDtlsTransport has no {name}"
+    assert "self._ssl.do_handshake()" in inspect.getsource(type(transport)._do_handshake), (
+        f"{UPDATE}: the DTLS handshake no longer steps through self._ssl.do_handshake()"
+    )
+    for certificate in getattr(pc, internals.PC_CERTIFICATES):
+        assert hasattr(certificate, internals.CERTIFICATE_SSL_CONTEXT), UPDATE
+    await pc.close()
