@@ -29,7 +29,6 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ sys.path.insert(0, str(HERE.parent))
 from bench.harness import CallSpec, ServerProcess, progress, seed_calls, workdir  # noqa: E402
 from relay import pin_ice_addresses  # noqa: E402
 from signaling.kiosk import ParlorClient  # noqa: E402
-from tests.harness.gstreamer import GstKiosk, gstreamer_missing  # noqa: E402
+from tests.harness.gstreamer import GstKiosk, decoded_frames_grow, gstreamer_missing  # noqa: E402
 
 SIZE, FPS = (320, 240), 15
 GROWTH = 15  # decoded frames per kind after the first: media keeps flowing
@@ -71,16 +70,6 @@ def summary(values: list[float]) -> dict[str, Any]:
     }
 
 
-async def grows(frames: Callable[[], dict[str, int]], wait: Any, deadline: float) -> None:
-    """A side decodes its first video and audio frame, then GROWTH more of each by `deadline`.
-    `wait(kind, count, timeout)` is the side's own wait for decoded frames."""
-    for kind in ("video", "audio"):
-        await wait(kind, 1, max(0.1, deadline - time.monotonic()))
-    start = frames()
-    for kind in ("video", "audio"):
-        await wait(kind, start[kind] + GROWTH, max(0.1, deadline - time.monotonic()))
-
-
 class GStreamerKiosk:
     """The kiosk under test: webrtcbin in its own process."""
 
@@ -99,7 +88,7 @@ class GStreamerKiosk:
         return connected["at"] - sent["at"]
 
     async def grows(self, deadline: float) -> None:
-        await grows(self.kiosk.frames, self.kiosk.wait_frames, deadline)
+        await decoded_frames_grow(self.kiosk.frames, self.kiosk.wait_frames, GROWTH, deadline)
 
     def first_video_at(self) -> float:
         first = self.kiosk.find("first-frame", kind="video")
@@ -142,7 +131,9 @@ class AiortcKiosk:
         return self.client.connected_at - sent
 
     async def grows(self, deadline: float) -> None:
-        await grows(lambda: dict(self.client.received.frames), self.client.wait_frames, deadline)
+        await decoded_frames_grow(
+            lambda: dict(self.client.received.frames), self.client.wait_frames, GROWTH, deadline
+        )
 
     def first_video_at(self) -> float:
         return self.client.received.first_at["video"]
@@ -176,7 +167,9 @@ async def one_call(
         deadline = family_join + timeout
         await asyncio.gather(
             kiosk.grows(deadline),
-            grows(lambda: dict(client.received.frames), client.wait_frames, deadline),
+            decoded_frames_grow(
+                lambda: dict(client.received.frames), client.wait_frames, GROWTH, deadline
+            ),
         )
         result["first_remote_video_s"] = {
             "kiosk": kiosk.first_video_at() - family_join,

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +244,20 @@ class GstKiosk:
 
 def _matches(event: dict[str, Any], match: dict[str, Any]) -> bool:
     return all(event.get(key) == value for key, value in match.items())
+
+
+async def decoded_frames_grow(
+    frames: Callable[[], dict[str, int]],
+    wait_frames: Callable[[str, int, float], Awaitable[Any]],
+    growth: int,
+    deadline: float,
+) -> None:
+    """A peer decodes its first remote video and audio frame, then `growth` more of each, by
+    `deadline` (time.monotonic()): media arrives and keeps arriving. `frames()` gives its
+    counts per kind; `wait_frames(kind, count, timeout)` is its own wait (GstKiosk's and
+    ParlorClient's both fit)."""
+    for kind in ("video", "audio"):
+        await wait_frames(kind, 1, max(0.1, deadline - time.monotonic()))
+    start = frames()
+    for kind in ("video", "audio"):
+        await wait_frames(kind, start[kind] + growth, max(0.1, deadline - time.monotonic()))

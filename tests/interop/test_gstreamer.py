@@ -21,7 +21,7 @@ from policy.rfc3339 import format_time
 from signaling.kiosk import ParlorClient
 from tests.browser.chromium import CHROMIUM, assert_plays, join_call, open_page, sole_remote
 from tests.conftest import Server, make_visit
-from tests.harness.gstreamer import GstKiosk, gstreamer_missing
+from tests.harness.gstreamer import GstKiosk, decoded_frames_grow, gstreamer_missing
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")  # one Chromium for the module
 LIGHT = {"size": (160, 120), "fps": 10}  # the aiortc family: enough video, little CPU
@@ -39,40 +39,34 @@ def gstreamer() -> None:
     pytest.skip(f"SKIPPED the GStreamer interop suite: {missing}")
 
 
-async def gst_kiosk(srv: Server, visit: dict[str, Any], seconds: float = 60) -> GstKiosk:
-    kiosk = GstKiosk(srv.url, visit["join"]["device"]["token"], visit["id"], seconds=seconds)
+def gst_kiosk(srv: Server, visit: dict[str, Any]) -> GstKiosk:
+    """The visit's kiosk, not started yet (`stop()` is safe either way)."""
+    return GstKiosk(srv.url, visit["join"]["device"]["token"], visit["id"], seconds=60)
+
+
+async def connect(kiosk: GstKiosk) -> None:
+    """Start the kiosk; it joins, offers, and its ICE and DTLS connect."""
     await kiosk.start()
     joined = await kiosk.wait_for("joined")
-    assert joined["role"] == "kiosk" and joined["visit"] == visit["id"], joined
-    # Alone in the call, as a kiosk waits for the family: ICE and DTLS finish before anybody
-    # else joins, so no server re-offer can arrive during the handshake.
+    assert joined["role"] == "kiosk" and joined["visit"] == kiosk.visit, joined
     await kiosk.wait_for("connected", timeout=15)
-    return kiosk
 
 
 async def family(srv: Server, visit: dict[str, Any]) -> ParlorClient:
+    """The aiortc family member C1, joined and negotiated."""
     client = srv.client(visit["join"]["C1"]["token"], visit["id"], **LIGHT)
     joined = await client.connect()
     assert joined["type"] == "joined", joined
     return client
 
 
-async def kiosk_frames_grow(kiosk: GstKiosk, timeout: float = 20.0) -> dict[str, int]:
-    """The kiosk decodes video and audio, and keeps decoding."""
-    for kind in ("video", "audio"):
-        await kiosk.wait_frames(kind, 1, timeout)
-    start = kiosk.frames()
-    for kind in ("video", "audio"):
-        await kiosk.wait_frames(kind, start[kind] + GROWTH, timeout)
-    return kiosk.frames()
+async def kiosk_frames_grow(kiosk: GstKiosk, timeout: float = 20.0) -> None:
+    await decoded_frames_grow(kiosk.frames, kiosk.wait_frames, GROWTH, time.monotonic() + timeout)
 
 
 async def family_frames_grow(client: ParlorClient, timeout: float = 20.0) -> None:
-    for kind in ("video", "audio"):
-        await client.wait_frames(kind, 1, timeout)
-    start = dict(client.received.frames)
-    for kind in ("video", "audio"):
-        await client.wait_frames(kind, start[kind] + GROWTH, timeout)
+    counts = lambda: dict(client.received.frames)  # noqa: E731
+    await decoded_frames_grow(counts, client.wait_frames, GROWTH, time.monotonic() + timeout)
 
 
 def server_faults(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -94,30 +88,36 @@ def negotiation_clean(kiosk: GstKiosk) -> None:
     assert len({e["client"] for e in dtls}) == 1, dtls
 
 
+@pytest.mark.parametrize("first", ["kiosk", "family"])
 async def test_gstreamer_kiosk_and_aiortc_family_send_media_both_ways(
-    live: Server, caplog: pytest.LogCaptureFixture
+    live: Server, caplog: pytest.LogCaptureFixture, first: str
 ) -> None:
+    """`kiosk` first, as a kiosk waits for the family: its ICE and DTLS finish alone, then
+    the family's join brings a server re-offer. `family` first: the server re-offers to the
+    kiosk right after answering it, while its DTLS handshake is still going."""
     visit = await make_visit(live, ["C1"])
-    kiosk = await gst_kiosk(live, visit)
+    kiosk = gst_kiosk(live, visit)
+    client: ParlorClient | None = None
     try:
-        client = await family(live, visit)  # the kiosk waits; the family comes
-        try:
-            await asyncio.gather(kiosk_frames_grow(kiosk), family_frames_grow(client))
-            first = kiosk.find("first-frame", kind="video")
-            assert first is not None and (first["width"], first["height"]) == LIGHT["size"]
-            assert client.received.video_sizes == {kiosk.size}, client.received.video_sizes
-            # The family's media came through the server's re-offer, which webrtcbin answered.
-            assert (
-                kiosk.find("offer-received") is not None and kiosk.find("answer-sent") is not None
-            )
-            negotiation_clean(kiosk)
-        finally:
-            await client.leave()
+        if first == "family":
+            client = await family(live, visit)
+        await connect(kiosk)
+        client = client or await family(live, visit)
+        await asyncio.gather(kiosk_frames_grow(kiosk), family_frames_grow(client))
+        video = kiosk.find("first-frame", kind="video")
+        assert video is not None and (video["width"], video["height"]) == LIGHT["size"], video
+        assert client.received.video_sizes == {kiosk.size}, client.received.video_sizes
+        # The family's media came through a server re-offer, which webrtcbin answered.
+        assert kiosk.find("offer-received") and kiosk.find("answer-sent"), kiosk.describe()
+        negotiation_clean(kiosk)
+        await client.leave()
         await kiosk.wait_for("participant-left")
+        assert await kiosk.stop() == 0, kiosk.describe()  # SIGTERM: the kiosk says `leave`
+        assert kiosk.close_code == 1000, kiosk.describe()
     finally:
-        status = await kiosk.stop()  # SIGTERM: the kiosk says `leave`
-    assert kiosk.close_code == 1000, kiosk.describe()
-    assert status == 0, kiosk.describe()
+        if client is not None:
+            await client.close()
+        await kiosk.stop()
     assert server_faults(caplog) == []
 
 
@@ -127,18 +127,19 @@ async def test_family_page_in_chromium_and_gstreamer_kiosk_see_each_other(
     live: Server, browser: Browser, caplog: pytest.LogCaptureFixture
 ) -> None:
     visit = await make_visit(live, ["C1"])
-    kiosk = await gst_kiosk(live, visit)
-    link = f"{live.url}/join/{visit['id']}#token={visit['join']['C1']['token']}"
-    page = await open_page(browser, link)
+    kiosk = gst_kiosk(live, visit)
     try:
+        await connect(kiosk)
+        link = f"{live.url}/join/{visit['id']}#token={visit['join']['C1']['token']}"
+        page = await open_page(browser, link)
         await join_call(page.page)
         seen, _ = await asyncio.gather(
             assert_plays(page.page, await sole_remote(page.page)), kiosk_frames_grow(kiosk)
         )
         assert (seen["width"], seen["height"]) == kiosk.size, seen
         assert seen["codec"] == "video/VP8", seen
-        first = kiosk.find("first-frame", kind="video")
-        assert first is not None and first["width"] > 0 and first["height"] > 0, first
+        video = kiosk.find("first-frame", kind="video")
+        assert video is not None and video["width"] > 0 and video["height"] > 0, video
         negotiation_clean(kiosk)
         assert await page.problems() == []
     finally:
@@ -148,9 +149,11 @@ async def test_family_page_in_chromium_and_gstreamer_kiosk_see_each_other(
 
 async def test_device_directive_ends_the_gstreamer_kiosk_with_4403(live: Server) -> None:
     visit = await make_visit(live, ["C1"])
-    kiosk = await gst_kiosk(live, visit)
-    client = await family(live, visit)
+    kiosk = gst_kiosk(live, visit)
+    client: ParlorClient | None = None
     try:
+        await connect(kiosk)
+        client = await family(live, visit)
         await kiosk_frames_grow(kiosk)
         body = {
             "scope": "device:K1", "action": "suspend", "reason": "Kiosk tampered with",
@@ -170,5 +173,6 @@ async def test_device_directive_ends_the_gstreamer_kiosk_with_4403(live: Server)
         await asyncio.wait_for(client.closed.wait(), 5)  # device:K1 cuts the whole visit
         assert client.close_code == 4403
     finally:
-        await client.close()
+        if client is not None:
+            await client.close()
         await kiosk.stop()
