@@ -303,6 +303,7 @@ class Kiosk:
         self.pipeline: Any = None
         self.webrtc: Any = None
         self.joined_at: float | None = None
+        self.offering = False
         self.offer_sent = False
         self.pending_candidates: list[tuple[int, str]] = []
         self.local_mids: list[str] = []
@@ -339,8 +340,8 @@ class Kiosk:
         self.GLib.timeout_add(int(self.args.seconds * 1000), self.leave, "time limit")
         # A hard bound: whatever happens, the process ends a few seconds after --seconds.
         self.GLib.timeout_add(int((self.args.seconds + 5) * 1000), self._give_up)
-        self.GLib.unix_signal_add(self.GLib.PRIORITY_DEFAULT, signal.SIGTERM, self.leave, "SIGTERM")
-        self.GLib.unix_signal_add(self.GLib.PRIORITY_DEFAULT, signal.SIGINT, self.leave, "SIGINT")
+        for number, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
+            self.GLib.unix_signal_add(self.GLib.PRIORITY_DEFAULT, number, self._on_signal, name)
         self.loop.run()
         if self.pipeline is not None:
             self.pipeline.set_state(self.Gst.State.NULL)
@@ -399,7 +400,8 @@ class Kiosk:
             self.report("terminated", reason=message.get("reason"), directive=message.get("directive"),
                         message=message.get("message"))  # fmt: skip
         else:
-            self.report(str(kind), **{k: v for k, v in message.items() if k != "type"})
+            fields = {k: v for k, v in message.items() if k not in ("type", "event", "at")}
+            self.report(str(kind), **fields)
         return False
 
     def _on_closed(self, code: int, reason: str) -> bool:
@@ -409,6 +411,10 @@ class Kiosk:
             self.ws.shutdown()
         self.loop.quit()
         return False
+
+    def _on_signal(self, name: str) -> bool:
+        self.leave(name)
+        return True  # keep the handler: a second signal must not kill the kiosk mid-leave
 
     def leave(self, why: str) -> bool:
         """Say `leave` and wait for the server to close (the hard bound still applies)."""
@@ -499,9 +505,11 @@ class Kiosk:
         self.report("pipeline-error", message=error.message, debug=debug)
 
     def _on_negotiation_needed(self, webrtc: Any) -> None:
-        # Only the first one is ours: later changes come from the server's offers.
-        if self.offer_sent:
+        # Only the first one is ours (webrtcbin may signal once per linked pad); later changes
+        # come from the server's offers, which the kiosk answers.
+        if self.offering:
             return
+        self.offering = True
         promise = self.Gst.Promise.new_with_change_func(self._on_offer_created, webrtc, None)
         webrtc.emit("create-offer", None, promise)
 
