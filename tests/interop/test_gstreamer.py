@@ -52,9 +52,9 @@ async def connect(kiosk: GstKiosk) -> None:
     await kiosk.wait_for("connected", timeout=15)
 
 
-async def family(srv: Server, visit: dict[str, Any]) -> ParlorClient:
-    """The aiortc family member C1, joined and negotiated."""
-    client = srv.client(visit["join"]["C1"]["token"], visit["id"], **LIGHT)
+async def family(srv: Server, visit: dict[str, Any], contact: str = "C1") -> ParlorClient:
+    """An aiortc family member, joined and negotiated."""
+    client = srv.client(visit["join"][contact]["token"], visit["id"], **LIGHT)
     joined = await client.connect()
     assert joined["type"] == "joined", joined
     return client
@@ -116,6 +116,35 @@ async def test_gstreamer_kiosk_and_aiortc_family_send_media_both_ways(
         assert kiosk.close_code == 1000, kiosk.describe()
     finally:
         if client is not None:
+            await client.close()
+        await kiosk.stop()
+    assert server_faults(caplog) == []
+
+
+async def test_gstreamer_kiosk_answers_every_re_offer_as_families_come_and_go(
+    live: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each join adds m-lines to the kiosk's connection, each leave retires them (inactive):
+    webrtcbin answers every such server offer and the media of those still there goes on."""
+    visit = await make_visit(live, ["C1", "C2"])
+    kiosk = gst_kiosk(live, visit)
+    clients: list[ParlorClient] = []
+    try:
+        await connect(kiosk)
+        clients.append(await family(live, visit, "C1"))
+        await kiosk_frames_grow(kiosk)
+        clients.append(await family(live, visit, "C2"))
+        await family_frames_grow(clients[1])  # C2 gets the kiosk's media (and C1's)
+        await kiosk.wait_for("remote-stream", kind="video", number=2)
+        await clients.pop(0).leave()
+        await kiosk.wait_for("participant-left")
+        await kiosk_frames_grow(kiosk)  # C2's media still reaches the kiosk...
+        await family_frames_grow(clients[0])  # ...and the kiosk's reaches C2
+        offers, answers = kiosk.all("offer-received"), kiosk.all("answer-sent")
+        assert len(answers) == len(offers) >= 3, kiosk.describe()  # C1, C2 join; C1 leaves
+        negotiation_clean(kiosk)
+    finally:
+        for client in clients:
             await client.close()
         await kiosk.stop()
     assert server_faults(caplog) == []
