@@ -4,6 +4,14 @@
 forwarding graph of one visit. Media is forwarded as encoded frames, never
 decoded nor re-encoded (see ``relay.forwarder``). Imports only the standard
 library, aiortc, aioice and av.
+
+The building blocks for forwarding RTP *packets* instead are pure functions
+and small classes over bytes, with explicit times and no asyncio:
+``relay.rtp`` (headers, header extensions, RTX), ``relay.payload`` (VP8 and
+H264 keyframes), ``relay.rtcp`` (RTCP packets), ``relay.twcc``
+(transport-cc feedback), ``relay.rtpstats`` (what receiver and sender
+reports carry), ``relay.retransmission`` (NACKs asked and answered) and
+``relay.ntp`` (NTP and RTP timestamps).
 """
 
 from relay.ice import pin_ice_addresses, pinned_ice_addresses

@@ -6,6 +6,7 @@ Domain refusals (`PolicyError`) become `{"error": {"code", "message"}}` with the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -60,9 +61,11 @@ def authenticate(request: web.Request) -> Actor:
     return request.app[K.TOKENS].verify(token.strip()).actor
 
 
-async def read_json(request: web.Request) -> Any:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise Malformed("body-too-large", f"request bodies are limited to {MAX_BODY} bytes")
+class BodyTimeout(Exception):
+    """A request body that trickles in (slowloris on the body): 408, and the connection closes."""
+
+
+async def _read_body(request: web.Request) -> bytes:
     # StreamReader.read(n) answers with what has arrived so far: a body split over several
     # TCP segments must be read to its end, or it is cut and refused as bad JSON.
     raw = b""
@@ -71,6 +74,17 @@ async def read_json(request: web.Request) -> Any:
         if not chunk:
             break
         raw += chunk
+    return raw
+
+
+async def read_json(request: web.Request) -> Any:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise Malformed("body-too-large", f"request bodies are limited to {MAX_BODY} bytes")
+    timeout = request.app[K.CONFIG].edge.body_timeout
+    try:
+        raw = await asyncio.wait_for(_read_body(request), timeout)
+    except TimeoutError:
+        raise BodyTimeout() from None
     if len(raw) > MAX_BODY:
         raise Malformed("body-too-large", f"request bodies are limited to {MAX_BODY} bytes")
     if not raw.strip():
@@ -96,6 +110,10 @@ def guarded(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespons
             return await route.handler(request, actor)
         except TokenError as exc:
             return error_response(401, exc.code, exc.message, {"WWW-Authenticate": "Bearer"})
+        except BodyTimeout:
+            response = error_response(408, "body-timeout", "the request body did not arrive in time")
+            response.force_close()
+            return response
         except PolicyError as exc:
             return error_response(STATUS[exc.kind], exc.code, exc.message)
         except OSError as exc:

@@ -25,6 +25,7 @@ from signaling.api import ROUTES, error_response, guarded
 from signaling.bus import open_bus
 from signaling.config import Config
 from signaling.enforcer import Enforcer
+from signaling.listener import Connections
 from signaling.memory import trim_after_sessions_end
 from signaling.metrics import Metrics
 from signaling.openapi import document
@@ -38,9 +39,33 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "media-src 'self' blob: mediastream:; connect-src 'self' ws: wss:; frame-ancestors 'none'; "
+    "media-src 'self' blob: mediastream:; connect-src {connect}; frame-ancestors 'none'; "
     "base-uri 'none'; form-action 'self'"
 )
+
+
+def content_security_policy(request: web.Request) -> str:
+    """The pages may open WebSockets to this server and to the configured public URL only:
+    'self' for browsers that match ws(s) to their own origin (CSP 3), the explicit ws(s)
+    origins for the others."""
+    sources = ["'self'", f"{'wss' if request.secure else 'ws'}://{request.host}"]
+    public_url = request.app[K.CONFIG].public_url
+    if public_url:
+        scheme, _, rest = public_url.rstrip("/").partition("://")
+        sources.append(f"{'wss' if scheme == 'https' else 'ws'}://{rest.split('/')[0]}")
+    return CSP.format(connect=" ".join(dict.fromkeys(sources)))
+
+
+@web.middleware
+async def edge(request: web.Request, handler: Callable) -> web.StreamResponse:
+    """Tell the listener a request is being handled, so no header deadline runs meanwhile
+    (signaling/listener.py); a body is read within the body timeout by `api.read_json`."""
+    connections = request.app[K.CONNECTIONS]
+    connections.request_started(request.transport)
+    try:
+        return await handler(request)
+    finally:
+        connections.request_finished(request.transport)
 
 
 @web.middleware
@@ -65,7 +90,10 @@ async def security_headers(request: web.Request, handler: Callable) -> web.Strea
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         if response.content_type == "text/html":
-            response.headers.setdefault("Content-Security-Policy", CSP)
+            response.headers.setdefault("Content-Security-Policy", content_security_policy(request))
+            response.headers.setdefault("Cache-Control", "no-store")
+        elif request.path.startswith("/api/"):
+            # Tokens and personal data: never kept by a browser or a proxy cache.
             response.headers.setdefault("Cache-Control", "no-store")
     return response
 
@@ -158,7 +186,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
-    app = web.Application(middlewares=[security_headers], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[security_headers, edge], client_max_size=64 * 1024)
     store = open_store(config.db, clock)
     policy = Policy(store=store, rules=config.rules, clock=clock)
     sessions = LiveSessions()
@@ -174,6 +202,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     )
     app[K.READY] = asyncio.Event()
     app[K.METRICS] = metrics_
+    app[K.CONNECTIONS] = Connections(config.edge)
     app[K.LIMITS] = Limits.of(config.join_rate_per_ip, config.join_rate_per_identity, config.api_rate_per_identity)
     app[K.BUS] = open_bus(config, store, policy, app[K.ENFORCER], sessions, app[K.READY])
     if config.ice_addresses is not None:

@@ -11,6 +11,7 @@ from policy.store import Store
 from signaling.bus import Bus
 from signaling.config import Config
 from signaling.enforcer import Enforcer
+from signaling.listener import Connections
 from signaling.metrics import Metrics
 from signaling.ratelimit import Limits
 from signaling.registry import LiveSessions
@@ -26,3 +27,4 @@ READY = web.AppKey("ready", asyncio.Event)  # set once directives are loaded and
 METRICS = web.AppKey("metrics", Metrics)
 BUS = web.AppKey("bus", Bus)  # embedded (SQLite) or PostgreSQL: see signaling/bus.py
 LIMITS = web.AppKey("limits", Limits)
+CONNECTIONS = web.AppKey("connections", Connections)  # open HTTP connections (signaling/listener.py)

@@ -19,6 +19,7 @@ from signaling import keys as K
 from signaling.app import create_app
 from signaling.config import Config
 from signaling.kiosk import ParlorClient
+from signaling.listener import Listening, listen
 
 SECRET = b"test-secret-that-is-long-enough-for-hs256-0123456789"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -45,7 +46,7 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
 @dataclass
 class Server:
     app: web.Application
-    runner: web.AppRunner
+    listening: Listening
     url: str
     http: aiohttp.ClientSession
 
@@ -92,17 +93,14 @@ async def start_server(config: Config) -> Server:
 
         config = replace(config, port=free_port())
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", config.port)
-    await site.start()
+    listening = await listen(app, "127.0.0.1", config.port, app[K.CONNECTIONS], access_log=False)
     port = config.port
-    return Server(app=app, runner=runner, url=f"http://127.0.0.1:{port}", http=aiohttp.ClientSession())
+    return Server(app=app, listening=listening, url=f"http://127.0.0.1:{port}", http=aiohttp.ClientSession())
 
 
 async def stop_server(server: Server) -> None:
     await server.http.close()
-    await server.runner.cleanup()
+    await server.listening.close()
 
 
 @pytest.fixture
