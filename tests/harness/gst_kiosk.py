@@ -30,8 +30,6 @@ It exits by itself: after `--seconds` (or on SIGTERM) it sends `leave`; when the
 it stops; a few seconds past `--seconds` it stops whatever happens.
 
 `--check` only verifies that everything it needs is installed and prints one JSON line.
-`--force-dtls-active` is a diagnostic: it rewrites the sent offer's `a=setup:actpass` to
-`a=setup:active` (the server then acts as DTLS server). Tests never use it.
 """
 
 from __future__ import annotations
@@ -567,12 +565,9 @@ class Kiosk:
     def _send_offer(self, sdp: str) -> bool:
         self._apply("set-local", "offer", sdp)
         self.local_mids = self._mids(sdp)
-        sent = (
-            sdp.replace("a=setup:actpass", "a=setup:active") if self.args.force_dtls_active else sdp
-        )
-        self.send({"type": "offer", "sdp": sent})
+        self.send({"type": "offer", "sdp": sdp})
         self.offer_sent = True
-        self.report("offer-sent", sdp=sent, rewritten=sent != sdp)
+        self.report("offer-sent", sdp=sdp)
         for index, candidate in self.pending_candidates:
             self._send_candidate(index, candidate)
         self.pending_candidates.clear()
@@ -725,8 +720,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--fps", type=int, default=15)
-    parser.add_argument("--force-dtls-active", action="store_true",
-                        help="diagnostic only: send a=setup:active instead of actpass")  # fmt: skip
     args = parser.parse_args(argv)
     if args.check:
         result = check()
