@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE.parent))
 from bench.harness import CallSpec, ServerProcess, progress, seed_calls, workdir  # noqa: E402
 from relay import pin_ice_addresses  # noqa: E402
 from signaling.kiosk import ParlorClient  # noqa: E402
-from tests.harness.gstreamer import GstKiosk, decoded_frames_grow, gstreamer_missing  # noqa: E402
+from tests.harness.gstreamer import INSTALL, GstKiosk, decoded_frames_grow, gstreamer_missing  # noqa: E402
 
 SIZE, FPS = (320, 240), 15
 GROWTH = 15  # decoded frames per kind after the first: media keeps flowing
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--calls must be between 1 and 200, --baseline-calls between 0 and 200")
     missing = gstreamer_missing()
     if missing is not None:
-        print(json.dumps({"bench": "gstreamer_calls", "error": missing}))
+        print(json.dumps({"bench": "gstreamer_calls", "error": missing, "install": INSTALL}))
         return 2
     result = asyncio.run(run(args.calls, baseline_calls, args.timeout))
     print(json.dumps(result, indent=2))

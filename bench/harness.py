@@ -66,10 +66,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def percentiles(values: list[float]) -> dict[str, float | int | None]:
-    """p50/p99/max (linear interpolation between ranks) and the sample count."""
+def percentiles(
+    values: list[float], points: tuple[float, ...] = (0.5, 0.99)
+) -> dict[str, float | int | None]:
+    """The sample count, p50/p99 (or the `points` asked for; linear interpolation between
+    ranks) and max."""
+    names = [f"p{round(q * 100)}" for q in points]
     if not values:
-        return {"n": 0, "p50": None, "p99": None, "max": None}
+        return {"n": 0, **dict.fromkeys(names), "max": None}
     ordered = sorted(values)
 
     def rank(q: float) -> float:
@@ -78,12 +82,8 @@ def percentiles(values: list[float]) -> dict[str, float | int | None]:
         high = min(low + 1, len(ordered) - 1)
         return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
-    return {
-        "n": len(ordered),
-        "p50": round(rank(0.5), 2),
-        "p99": round(rank(0.99), 2),
-        "max": round(ordered[-1], 2),
-    }
+    quantiles = {name: round(rank(q), 2) for name, q in zip(names, points, strict=True)}
+    return {"n": len(ordered), **quantiles, "max": round(ordered[-1], 2)}
 
 
 # -- the server ---------------------------------------------------------------------------

@@ -740,9 +740,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.nodes == 2:
-        from tests.cluster.pg import find_bindir
+        from tests.harness.system import postgres_bindir
 
-        if find_bindir() is None:
+        if postgres_bindir() is None:
             parser.error(
                 "--nodes 2 needs the PostgreSQL server binaries (install the postgresql package)"
             )

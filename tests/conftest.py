@@ -20,11 +20,29 @@ from signaling.app import create_app
 from signaling.config import Config
 from signaling.kiosk import ParlorClient
 from signaling.listener import Listening, listen
+from tests.harness import system
 
 SECRET = b"test-secret-that-is-long-enough-for-hs256-0123456789"
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 pin_ice_addresses(["127.0.0.1"])
+
+
+# Suites that need system software say so with tests/harness/system.py's `require(...)`.
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{system.MARKER}(*names): needs system software")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    system.check_marks(item)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    lines = system.summary_lines(terminalreporter.stats.get("skipped", []))
+    if lines:
+        terminalreporter.section("suites skipped: system software missing", yellow=True, bold=True)
+        for line in lines:
+            terminalreporter.line(line)
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:

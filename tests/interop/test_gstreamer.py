@@ -9,8 +9,6 @@ through the real server and relay, and a `device:` directive ends its session.
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
 import time
 from typing import Any
 
@@ -19,24 +17,19 @@ from playwright.async_api import Browser
 
 from policy.rfc3339 import format_time
 from signaling.kiosk import ParlorClient
-from tests.browser.chromium import CHROMIUM, assert_plays, join_call, open_page, sole_remote
+from tests.browser.conftest import media_faults
 from tests.conftest import Server, make_visit
-from tests.harness.gstreamer import GstKiosk, decoded_frames_grow, gstreamer_missing
+from tests.harness import callpage
+from tests.harness.chromium import call_page
+from tests.harness.gstreamer import GstKiosk, decoded_frames_grow
+from tests.harness.system import require
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")  # one Chromium for the module
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="module"),  # one Chromium for the module
+    require("gstreamer"),
+]
 LIGHT = {"size": (160, 120), "fps": 10}  # the aiortc family: enough video, little CPU
 GROWTH = 15  # decoded frames a side must gain after its first ones: media keeps flowing
-
-
-@pytest.fixture(scope="module", autouse=True)
-def gstreamer() -> None:
-    """Skip loudly without GStreamer; under CI=true a missing install is a failure."""
-    missing = gstreamer_missing()
-    if missing is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and the GStreamer interop suite cannot run: {missing}")
-    pytest.skip(f"SKIPPED the GStreamer interop suite: {missing}")
 
 
 def gst_kiosk(srv: Server, visit: dict[str, Any]) -> GstKiosk:
@@ -67,16 +60,6 @@ async def kiosk_frames_grow(kiosk: GstKiosk, timeout: float = 20.0) -> None:
 async def family_frames_grow(client: ParlorClient, timeout: float = 20.0) -> None:
     counts = lambda: dict(client.received.frames)  # noqa: E731
     await decoded_frames_grow(counts, client.wait_frames, GROWTH, time.monotonic() + timeout)
-
-
-def server_faults(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """What the server logged as an error, or aiortc and the relay as a warning."""
-    return [
-        f"{r.levelname} {r.name}: {r.getMessage()}"
-        for r in caplog.records
-        if r.levelno >= logging.ERROR
-        or (r.levelno >= logging.WARNING and r.name.split(".")[0] in ("aiortc", "relay"))
-    ]
 
 
 def negotiation_clean(kiosk: GstKiosk) -> None:
@@ -118,7 +101,7 @@ async def test_gstreamer_kiosk_and_aiortc_family_send_media_both_ways(
         if client is not None:
             await client.close()
         await kiosk.stop()
-    assert server_faults(caplog) == []
+    assert media_faults(caplog) == []
 
 
 async def test_gstreamer_kiosk_answers_every_re_offer_as_families_come_and_go(
@@ -147,11 +130,11 @@ async def test_gstreamer_kiosk_answers_every_re_offer_as_families_come_and_go(
         for client in clients:
             await client.close()
         await kiosk.stop()
-    assert server_faults(caplog) == []
+    assert media_faults(caplog) == []
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"needs Chromium at {CHROMIUM}")
+@require("chromium")
 async def test_family_page_in_chromium_and_gstreamer_kiosk_see_each_other(
     live: Server, browser: Browser, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -159,11 +142,10 @@ async def test_family_page_in_chromium_and_gstreamer_kiosk_see_each_other(
     kiosk = gst_kiosk(live, visit)
     try:
         await connect(kiosk)
-        link = f"{live.url}/join/{visit['id']}#token={visit['join']['C1']['token']}"
-        page = await open_page(browser, link)
-        await join_call(page.page)
+        page = await call_page(browser)
+        await callpage.join_as_family(page, callpage.links(live.url, visit).family)
         seen, _ = await asyncio.gather(
-            assert_plays(page.page, await sole_remote(page.page)), kiosk_frames_grow(kiosk)
+            callpage.plays(page, await callpage.sole_remote(page)), kiosk_frames_grow(kiosk)
         )
         assert (seen["width"], seen["height"]) == kiosk.size, seen
         assert seen["codec"] == "video/VP8", seen
@@ -173,7 +155,7 @@ async def test_family_page_in_chromium_and_gstreamer_kiosk_see_each_other(
         assert await page.problems() == []
     finally:
         await kiosk.stop()
-    assert server_faults(caplog) == []
+    assert media_faults(caplog) == []
 
 
 async def test_device_directive_ends_the_gstreamer_kiosk_with_4403(live: Server) -> None:
