@@ -32,7 +32,7 @@ same reason). Unaffected sessions: the largest gap between audio packets in
 window before any directive (the baseline). The clients' and the server's event-loop lag are
 reported as well: a late loop delays every timestamp taken on it.
 
-`--nodes 2` measures the cluster (SPEC §8): a throwaway PostgreSQL (tests/cluster/pg.py)
+`--nodes 2` measures the cluster (SPEC §8): a throwaway PostgreSQL (tests/harness/pg.py)
 and two `parlor serve` nodes on it. Every directive is issued on node B. The calls are spread
 over both nodes (every other call of each facility joins B; the 1-call round's call is on A),
 so each round ends sessions on A, where the kill crossed the bus (NOTIFY carrying the event,
@@ -310,7 +310,9 @@ async def run_round(
         "affected_calls": len(affected_calls),
         "affected_sessions": sum(1 for r in records if r["call"] in affected_calls),
         "api_ms": percentiles([(a[3] - a[2]) * 1000 for a in answers]),
-        "api_server_timing_ms": _phases([(issuer or server).timings.get(a[2], {}) for a in answers]),
+        "api_server_timing_ms": _phases(
+            [(issuer or server).timings.get(a[2], {}) for a in answers]
+        ),
         "kill_latency_ms": clamped(kill),
         "kill_latency_decoded_ms": clamped(kill_decoded) if decoding else None,
         "kill_latency_from_request_ms": raw(kill_from_request),
@@ -405,7 +407,7 @@ async def quiet_machine(limit_percent: float, wait: float) -> dict[str, Any]:
 
 async def start_cluster_store() -> tuple[Any, str]:
     """A throwaway PostgreSQL server and a fresh database on it, for `--nodes 2`."""
-    from tests.cluster.pg import start_postgres
+    from tests.harness.pg import start_postgres
 
     postgres = await asyncio.to_thread(start_postgres)
     if postgres is None:
@@ -532,9 +534,7 @@ async def run_calls(n: int, args: argparse.Namespace, run: dict[str, Any]) -> di
         live = {c.index for c in calls}
         run["directives"] = []
         for spec in rounds_for(calls):
-            result = await run_round(
-                server, fleet, watch, spec, live, args.decode, issuer, node_of
-            )
+            result = await run_round(server, fleet, watch, spec, live, args.decode, issuer, node_of)
             run["directives"].append(result)
             progress(
                 f"{n} calls / {spec['match']}: {result['affected_sessions']} sessions, api p99 {result['api_ms']['p99']} ms, "
@@ -660,7 +660,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "definitions": DEFINITIONS,
         "server": server_version(),
         "runs": runs,
-        "target": {f"p99_kill_latency_ms_at_{target_calls}" + ("_cross_node" if cluster else ""): target_ms},
+        "target": {
+            f"p99_kill_latency_ms_at_{target_calls}" + ("_cross_node" if cluster else ""): target_ms
+        },
         "met": met,
         **({"met_note": note} if (note := _met_note(at_target, target_calls)) else {}),
     }
@@ -740,9 +742,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.nodes == 2:
-        from tests.cluster.pg import find_bindir
+        from tests.harness.system import postgres_bindir
 
-        if find_bindir() is None:
+        if postgres_bindir() is None:
             parser.error(
                 "--nodes 2 needs the PostgreSQL server binaries (install the postgresql package)"
             )

@@ -20,11 +20,30 @@ from signaling.app import create_app
 from signaling.config import Config
 from signaling.kiosk import ParlorClient
 from signaling.listener import Listening, listen
+from tests.harness import system
+from tests.harness.ports import free_port
 
 SECRET = b"test-secret-that-is-long-enough-for-hs256-0123456789"
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 pin_ice_addresses(["127.0.0.1"])
+
+
+# Suites that need system software say so with tests/harness/system.py's `require(...)`.
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{system.MARKER}(*names): needs system software")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    system.check_marks(item)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    lines = system.summary_lines(terminalreporter.stats.get("skipped", []))
+    if lines:
+        terminalreporter.section("suites skipped: system software missing", yellow=True, bold=True)
+        for line in lines:
+            terminalreporter.line(line)
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:
@@ -54,20 +73,38 @@ class Server:
     def tokens(self) -> Any:
         return self.app[K.TOKENS]
 
-    def token(self, sub: str = "operator:alice", role: str = "operator", ttl: float = 3600, **kw: Any) -> str:
+    def token(
+        self, sub: str = "operator:alice", role: str = "operator", ttl: float = 3600, **kw: Any
+    ) -> str:
         return self.tokens.issue(sub, role, ttl, **kw)
 
-    async def api(self, method: str, path: str, body: Any = None, *, token: str | None = "operator", raw: bytes | None = None) -> tuple[int, Any]:
+    async def api(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = "operator",
+        raw: bytes | None = None,
+    ) -> tuple[int, Any]:
         """Call the API; `token` is a token, or a role name for a default staff token."""
         headers = {}
         if token in ("operator", "supervisor", "auditor"):
-            token = self.token(f"operator:{token}-default" if token != "auditor" else "auditor:default", token)
+            token = self.token(
+                f"operator:{token}-default" if token != "auditor" else "auditor:default", token
+            )
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-        data = raw if raw is not None else (None if body is None else __import__("json").dumps(body).encode())
+        data = (
+            raw
+            if raw is not None
+            else (None if body is None else __import__("json").dumps(body).encode())
+        )
         if data is not None:
             headers["Content-Type"] = "application/json"
-        async with self.http.request(method, self.url + path, data=data, headers=headers) as response:
+        async with self.http.request(
+            method, self.url + path, data=data, headers=headers
+        ) as response:
             try:
                 payload = await response.json(content_type=None)
             except ValueError:
@@ -76,14 +113,6 @@ class Server:
 
     def client(self, token: str, visit: str, **kw: Any) -> ParlorClient:
         return ParlorClient(self.url, token, visit, **kw)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 async def start_server(config: Config) -> Server:
@@ -95,7 +124,9 @@ async def start_server(config: Config) -> Server:
     app = create_app(config)
     listening = await listen(app, "127.0.0.1", config.port, app[K.CONNECTIONS], access_log=False)
     port = config.port
-    return Server(app=app, listening=listening, url=f"http://127.0.0.1:{port}", http=aiohttp.ClientSession())
+    return Server(
+        app=app, listening=listening, url=f"http://127.0.0.1:{port}", http=aiohttp.ClientSession()
+    )
 
 
 async def stop_server(server: Server) -> None:
@@ -126,19 +157,32 @@ async def seed(srv: Server, contacts: int = 4) -> None:
         ("/api/v1/inmates", {"id": "I3", "facility": "F1", "name": "Lee"}),
         ("/api/v1/contacts", {"id": "D1", "name": "Dana", "minor": False}),
     ]
-    calls += [("/api/v1/contacts", {"id": f"C{i}", "name": f"Contact {i}", "minor": False}) for i in range(1, contacts + 1)]
+    calls += [
+        ("/api/v1/contacts", {"id": f"C{i}", "name": f"Contact {i}", "minor": False})
+        for i in range(1, contacts + 1)
+    ]
     for path, body in calls:
         status, answer = await srv.api("POST", path, body)
         assert status == 201, (path, answer)
     approvals = [(f"C{i}", "I1") for i in range(1, contacts + 1)] + [("D1", "I2"), ("C1", "I3")]
     for contact, inmate in approvals:
-        status, answer = await srv.api("POST", f"/api/v1/contacts/{contact}/approvals", {"inmate": inmate, "status": "approved"})
+        status, answer = await srv.api(
+            "POST",
+            f"/api/v1/contacts/{contact}/approvals",
+            {"inmate": inmate, "status": "approved"},
+        )
         assert status == 200, answer
 
 
 async def make_visit(
-    srv: Server, contacts: list[str], *, inmate: str = "I1", device: str = "K1", kind: str = "social",
-    starts_in: float = -1, length: float = 3600,
+    srv: Server,
+    contacts: list[str],
+    *,
+    inmate: str = "I1",
+    device: str = "K1",
+    kind: str = "social",
+    starts_in: float = -1,
+    length: float = 3600,
 ) -> dict[str, Any]:
     now = time.time()
     status, visit = await srv.api(

@@ -20,7 +20,7 @@ import pytest
 
 from policy.audit import GENESIS, seal
 from signaling.tokens import Tokens
-from tests.conftest import free_port
+from tests.harness.ports import free_port
 
 PARLOR = Path(sys.executable).with_name("parlor")
 SECRET = "cli-test-secret-that-is-long-enough-0123456789"
@@ -53,7 +53,6 @@ def assert_usage_error(result: subprocess.CompletedProcess[str], *words: str) ->
     assert "Traceback" not in result.stderr
     for word in words:
         assert word in lines[0], lines[0]
-
 
 
 def get(url: str) -> tuple[int, bytes]:

@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from policy.pgstore import PostgresStore
+from policy.store.postgres import PostgresStore
 from signaling import keys as K
-from signaling.bus import REDIRECT, STALE_AFTER, ws_url
+from signaling.bus import STALE_AFTER, ws_url
+from signaling.protocol import Close
 from tests.cluster.conftest import (
     client,
     close_all,
@@ -54,7 +55,9 @@ async def test_a_directive_issued_on_b_ends_the_call_relayed_by_a(cluster):
         assert directive["sessions_ended"] == 0
 
         await counted(b, directive["id"], 1)
-        enforced = [e for e in await a.app[K.STORE].audit_events() if e.action == "directive.enforced"]
+        enforced = [
+            e for e in await a.app[K.STORE].audit_events() if e.action == "directive.enforced"
+        ]
         assert [(e.actor, e.data) for e in enforced] == [
             ("system:parlor", {"sessions": [c1.joined["session"]], "node": "A"})
         ]
@@ -87,8 +90,12 @@ async def test_a_directive_ends_calls_on_both_nodes_and_each_counts_its_own(clus
             await wait_for(lambda c=c: c.closed.is_set(), timeout=5)
             assert c.close_code == 4403 and c.terminated["directive"]["id"] == directive["id"]
         await counted(b, directive["id"], 4)
-        enforced = [e for e in await b.app[K.STORE].audit_events() if e.action == "directive.enforced"]
-        counts = sorted((e.actor.split(":")[0], e.data.get("node"), len(e.data["sessions"])) for e in enforced)
+        enforced = [
+            e for e in await b.app[K.STORE].audit_events() if e.action == "directive.enforced"
+        ]
+        counts = sorted(
+            (e.actor.split(":")[0], e.data.get("node"), len(e.data["sessions"])) for e in enforced
+        )
         assert counts == [("operator", None, 2), ("system", "A", 2)]  # B's API handler, A's bus
     finally:
         await close_all(calls)
@@ -182,7 +189,7 @@ async def test_a_participant_reaching_b_for_a_visit_on_a_is_redirected(cluster):
         first = await c2.connect()
         await c2.close()
         assert first == {**first, "type": "redirect", "url": ws_url(a.url)}
-        assert c2.close_code == REDIRECT == 4307
+        assert c2.close_code == Close.REDIRECT == 4307
         assert not b.app[K.SESSIONS].calls  # B holds nothing for this visit
 
         # Following the redirect joins the call on A, with the others.

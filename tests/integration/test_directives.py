@@ -22,7 +22,9 @@ from tests.conftest import make_visit, seed
 LIGHT = {"size": (160, 120), "fps": 10}
 
 
-def directive_body(scope: str, action: str = "suspend", seconds: float = 3600, **extra: Any) -> dict[str, Any]:
+def directive_body(
+    scope: str, action: str = "suspend", seconds: float = 3600, **extra: Any
+) -> dict[str, Any]:
     return {
         "scope": scope, "action": action, "reason": "Contraband passed on camera",
         "legal_basis": "Rule 51(4) Prison Rules", "expires_at": format_time(time.time() + seconds), **extra,
@@ -78,7 +80,9 @@ MATCHES = {
 async def test_directive_ends_exactly_the_matching_sessions(server, scope, action):
     async with two_visits(server) as (a, b, clients):
         concrete = scope.format(A=a["id"])
-        status, directive = await server.api("POST", "/api/v1/directives", directive_body(concrete, action))
+        status, directive = await server.api(
+            "POST", "/api/v1/directives", directive_body(concrete, action)
+        )
         assert status == 201, directive
         expected = MATCHES[scope]
         assert directive["sessions_ended"] == len(expected)
@@ -108,15 +112,22 @@ async def test_directive_ends_exactly_the_matching_sessions(server, scope, actio
 @pytest.mark.parametrize("scope", ["contact:C1", "facility:F1"])
 async def test_audio_only_removes_video_and_keeps_audio(server, scope):
     async with two_visits(server) as (a, b, clients):
-        status, directive = await server.api("POST", "/api/v1/directives", directive_body(scope, "audio-only"))
+        status, directive = await server.api(
+            "POST", "/api/v1/directives", directive_body(scope, "audio-only")
+        )
         assert status == 201 and directive["sessions_ended"] == 0
         expected = MATCHES[scope]
         for name in expected:
             restricted = await clients[name].wait_for("restricted")
-            assert restricted["action"] == "audio-only" and restricted["directive"]["id"] == directive["id"]
+            assert (
+                restricted["action"] == "audio-only"
+                and restricted["directive"]["id"] == directive["id"]
+            )
         await asyncio.sleep(0.5)  # in-flight frames drain
         for name in expected:
-            assert not await frames_flow(clients[name], "video", 3, timeout=1.5), f"{name} still receives video"
+            assert not await frames_flow(clients[name], "video", 3, timeout=1.5), (
+                f"{name} still receives video"
+            )
             assert await frames_flow(clients[name], "audio", 10), f"{name} lost audio"
         if scope == "contact:C1":
             # C1's video no longer reaches the kiosk, but C2's does: the kiosk keeps video.
@@ -124,10 +135,14 @@ async def test_audio_only_removes_video_and_keeps_audio(server, scope):
         for name in set(clients) - expected - {"A.kiosk"}:
             assert await frames_flow(clients[name], "video"), name
         # Lifting restores video
-        status, lifted = await server.api("POST", f"/api/v1/directives/{directive['id']}/lift", {"reason": "reviewed"})
+        status, lifted = await server.api(
+            "POST", f"/api/v1/directives/{directive['id']}/lift", {"reason": "reviewed"}
+        )
         assert status == 200 and lifted["status"] == "lifted"
         for name in expected:
-            assert await frames_flow(clients[name], "video", 3, timeout=8), f"{name} did not get video back"
+            assert await frames_flow(clients[name], "video", 3, timeout=8), (
+                f"{name} did not get video back"
+            )
 
 
 async def test_suspended_contact_cannot_come_back_by_any_path(server):
@@ -139,7 +154,9 @@ async def test_suspended_contact_cannot_come_back_by_any_path(server):
     try:
         assert (await kiosk.connect())["type"] == "joined"
         assert (await c1.connect())["type"] == "joined"
-        status, directive = await server.api("POST", "/api/v1/directives", directive_body("contact:C1"))
+        status, directive = await server.api(
+            "POST", "/api/v1/directives", directive_body("contact:C1")
+        )
         assert status == 201 and directive["sessions_ended"] == 1
         await asyncio.wait_for(c1.closed.wait(), 5)
     finally:
@@ -191,7 +208,7 @@ async def test_renegotiation_offer_is_an_admission(server):
             issued_by="operator:other-node", issued_at=now, starts_at=now, expires_at=now + 600,
         )  # fmt: skip
         policy.learn(known)
-        server.app[K.ENFORCER].applied.add(known.id)  # as if another path was about to enforce it
+        server.app[K.DIRECTIVES].stopped.add(known.id)  # as if another path was about to enforce it
         await c1.pc.setLocalDescription(await c1.pc.createOffer())
         await c1.send({"type": "offer", "sdp": c1.pc.localDescription.sdp})
         await asyncio.wait_for(c1.closed.wait(), 5)
@@ -209,16 +226,22 @@ async def test_monitor_join_is_checked_and_privileged_visits_refuse_it(server):
     monitor = server.client(operator, privileged["id"], mode="monitor")
     answer = await monitor.connect()
     await monitor.close()
-    assert answer["type"] == "error" and answer["code"] == "privileged" and monitor.close_code == 4403
+    assert (
+        answer["type"] == "error" and answer["code"] == "privileged" and monitor.close_code == 4403
+    )
     status, events = await server.api("GET", "/api/v1/audit")
     assert any(e["action"] == "monitor.refused" and e["actor"] == "operator:olga" for e in events)
 
-    status, directive = await server.api("POST", "/api/v1/directives", directive_body(f"visit:{social['id']}"))
+    status, directive = await server.api(
+        "POST", "/api/v1/directives", directive_body(f"visit:{social['id']}")
+    )
     assert status == 201
     monitor = server.client(operator, social["id"], mode="monitor")
     answer = await monitor.connect()
     await monitor.close()
-    assert answer["type"] == "error" and answer["code"] == "suspended" and monitor.close_code == 4403
+    assert (
+        answer["type"] == "error" and answer["code"] == "suspended" and monitor.close_code == 4403
+    )
 
 
 async def test_end_blocks_nothing_later(server):
@@ -226,7 +249,9 @@ async def test_end_blocks_nothing_later(server):
     visit = await make_visit(server, ["C1"])
     c1 = server.client(visit["join"]["C1"]["token"], visit["id"], **LIGHT)
     assert (await c1.connect())["type"] == "joined"
-    status, directive = await server.api("POST", "/api/v1/directives", directive_body("contact:C1", "end"))
+    status, directive = await server.api(
+        "POST", "/api/v1/directives", directive_body("contact:C1", "end")
+    )
     assert status == 201 and directive["sessions_ended"] == 1
     await asyncio.wait_for(c1.closed.wait(), 5)
     await c1.close()
@@ -265,7 +290,9 @@ async def test_the_answer_does_not_wait_for_the_affected_connections_to_wind_dow
     visit = await make_visit(server, ["C1"])
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(server.url.replace("http", "ws", 1) + "/ws")
-        await ws.send_json({"type": "join", "token": visit["join"]["C1"]["token"], "visit": visit["id"]})
+        await ws.send_json(
+            {"type": "join", "token": visit["join"]["C1"]["token"], "visit": visit["id"]}
+        )
         joined = await ws.receive_json(timeout=5)
         assert joined["type"] == "joined"
         session = server.app[K.SESSIONS].by_id[joined["session"]]

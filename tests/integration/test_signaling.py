@@ -26,10 +26,14 @@ async def test_kiosk_and_three_family_members_all_see_each_other(server):
             await client.wait_frames("video", 15, timeout=15)
         # three remote video tracks arrive at each participant: count distinct streams
         for client in clients:
-            receivers = [t for t in client.pc.getTransceivers() if t.kind == "video" and t.receiver.track]
+            receivers = [
+                t for t in client.pc.getTransceivers() if t.kind == "video" and t.receiver.track
+            ]
             assert len(receivers) >= 3
         joined_events = [m for m in clients[0].messages if m["type"] == "participant-joined"]
-        assert {m["participant"]["role"] for m in joined_events} == {"family"} and len(joined_events) == 3
+        assert {m["participant"]["role"] for m in joined_events} == {"family"} and len(
+            joined_events
+        ) == 3
     finally:
         await asyncio.gather(*(c.close() for c in clients))
 
@@ -70,6 +74,30 @@ async def test_newer_session_of_the_same_identity_replaces_the_older(server):
         assert reasons[one["session"]] == "replaced" and reasons[two["session"]] is None
     finally:
         await asyncio.gather(first.close(), second.close())
+
+
+async def test_the_first_message_of_a_replacing_session_is_joined(server):
+    """SPEC §5: every session's first server message is `joined` — also for a second window
+    that replaces the first, in a call where others hear the first one go."""
+    await seed(server)
+    visit = await make_visit(server, ["C1"])
+    token = visit["join"]["C1"]["token"]
+    kiosk = server.client(visit["join"]["device"]["token"], visit["id"], **LIGHT)
+    first = server.client(token, visit["id"], **LIGHT)
+    second = server.client(token, visit["id"], **LIGHT)
+    try:
+        assert (await kiosk.connect())["type"] == "joined"
+        one = await first.connect()
+        await second.connect()
+        await asyncio.wait_for(first.closed.wait(), 5)
+        await kiosk.wait_for("participant-left")
+        assert [m["type"] for m in second.messages][:2] == ["joined", "time-remaining"]
+        assert [p["role"] for p in second.joined["participants"]] == ["kiosk"]
+        # the kiosk hears the first window go; the second never hears of its predecessor
+        assert kiosk.last("participant-left")["participant"] == one["session"]
+        assert not any(m["type"] == "participant-left" for m in second.messages)
+    finally:
+        await asyncio.gather(kiosk.close(), first.close(), second.close())
 
 
 async def test_visit_ends_on_the_server_at_ends_at(server):
@@ -130,15 +158,30 @@ async def test_every_refusal_has_its_code(server):
         ([{"type": "join", "token": "garbage", "visit": visit["id"]}], "bad-token", 4401),
         ([{"type": "join", "token": expired, "visit": visit["id"]}], "expired-token", 4401),
         ([{"type": "join", "token": family, "visit": other["id"]}], "wrong-visit", 4403),
-        ([{"type": "join", "token": other["join"]["device"]["token"], "visit": visit["id"]}], "wrong-device", 4403),
-        ([{"type": "join", "token": server.token("auditor:a", "auditor"), "visit": visit["id"]}], "forbidden", 4403),
+        (
+            [{"type": "join", "token": other["join"]["device"]["token"], "visit": visit["id"]}],
+            "wrong-device",
+            4403,
+        ),
+        (
+            [{"type": "join", "token": server.token("auditor:a", "auditor"), "visit": visit["id"]}],
+            "forbidden",
+            4403,
+        ),
         ([{"type": "join", "token": family, "visit": "V-nope"}], "unknown-visit", 4403),
-        ([{"type": "join", "token": family, "visit": visit["id"], "mode": "monitor"}], "forbidden", 4403),
+        (
+            [{"type": "join", "token": family, "visit": visit["id"], "mode": "monitor"}],
+            "forbidden",
+            4403,
+        ),
         (["x" * (70 * 1024)], "message-too-large", 4413),
     ]
     for frames, code, close in cases:
         messages, close_code = await exchange(server, *frames)
-        assert messages and messages[-1]["type"] == "error" and messages[-1]["code"] == code, (code, messages)
+        assert messages and messages[-1]["type"] == "error" and messages[-1]["code"] == code, (
+            code,
+            messages,
+        )
         assert close_code == close, (code, close_code)
     messages, close_code = await exchange(server, b"\x00\x01", binary=True)
     assert close_code == 4400 and messages[-1]["code"] == "bad-frame"
@@ -153,7 +196,9 @@ async def test_bad_frames_after_join_get_errors_and_harm_no_one(server):
     await kiosk.connect()
     http, ws = await raw_ws(server)
     try:
-        await ws.send_json({"type": "join", "token": visit["join"]["C1"]["token"], "visit": visit["id"]})
+        await ws.send_json(
+            {"type": "join", "token": visit["join"]["C1"]["token"], "visit": visit["id"]}
+        )
         joined = await ws.receive_json(timeout=5)
         assert joined["type"] == "joined"
         probes = [
@@ -216,8 +261,15 @@ async def test_server_created_no_video_encoder(server):
         peers: list[RelayPeer] = [s.peer for s in server.app[K.SESSIONS].by_id.values()]
         assert len(peers) == 2 and not any(p.transcoding for p in peers)
         assert all(p.stats()["packets_forwarded"] > 20 for p in peers)
-        senders = [t.sender for p in peers for t in p._pc.getTransceivers() if t.kind == "video" and t.sender.track]
-        receivers = [t.receiver for p in peers for t in p._pc.getTransceivers() if t.kind == "video"]
+        senders = [
+            t.sender
+            for p in peers
+            for t in p._pc.getTransceivers()
+            if t.kind == "video" and t.sender.track
+        ]
+        receivers = [
+            t.receiver for p in peers for t in p._pc.getTransceivers() if t.kind == "video"
+        ]
         assert senders and all(encoding_context(sender) is None for sender in senders)
         assert receivers and not any(decoder_running(receiver) for receiver in receivers)
     finally:
