@@ -13,14 +13,12 @@ from pathlib import Path
 import pytest
 
 from relay.remux import remux
-from tests.browser.chromium import CHROMIUM, launch_chromium
+from tests.harness.chromium import launch_chromium
 from tests.harness.encoded_media import SentTrack
+from tests.harness.system import require
 from tests.recording.conftest import record
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium"),
-]
+pytestmark = [pytest.mark.browser, require("chromium")]
 
 PLAYER = """<!doctype html><video id="v" muted></video><script>
 const video = document.getElementById("v");

@@ -39,8 +39,9 @@ def records(path: str) -> tuple[RecordReader, list[tuple[int, int, int, bytes]]]
         return reader, list(reader)
 
 
-def recorder_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("recorder ")]
+def recorder_threads(visit_id: str) -> list[str]:
+    """Writer threads of recordings of ``visit_id`` (other tests' recorders use other ids)."""
+    return [t.name for t in threading.enumerate() if t.name == f"recorder {visit_id}"]
 
 
 @pytest.mark.parametrize(
@@ -48,11 +49,11 @@ def recorder_threads() -> list[str]:
 )
 async def test_only_social_visits_can_be_recorded(kind: object, tmp_path: Path) -> None:
     with pytest.raises(RecordingRefused) as raised:
-        Recorder(tmp_path, "V-1", kind)  # type: ignore[arg-type]
+        Recorder(tmp_path, "V-refused", kind)  # type: ignore[arg-type]
     assert raised.value.code == "recording-refused"
     await asyncio.sleep(0.05)
     assert list(tmp_path.iterdir()) == []
-    assert recorder_threads() == []
+    assert recorder_threads("V-refused") == []
 
 
 async def test_a_privileged_visit_leaves_nothing_whatever_else_is_given(tmp_path: Path) -> None:
@@ -74,7 +75,7 @@ async def test_a_visit_id_that_cannot_name_a_file_is_refused(
 async def test_the_record_file_holds_the_call_in_arrival_order(tmp_path: Path) -> None:
     old_umask = os.umask(0)
     try:
-        recorder = Recorder(tmp_path, "V-1", "social", clock_us=lambda: 5)
+        recorder = Recorder(tmp_path, "V-order", "social", clock_us=lambda: 5)
     finally:
         os.umask(old_umask)
     audio = recorder.track("contact:C1", "audio", "opus", 48000, 111)
@@ -86,7 +87,7 @@ async def test_the_record_file_holds_the_call_in_arrival_order(tmp_path: Path) -
     video.sender_report(0x11223344, 0xE000_0000_8000_0000, 90000, 1020)
     status = await recorder.close()
 
-    assert re.fullmatch(r"V-1-[0-9a-f]{16}\.rec", Path(status.path).name)
+    assert re.fullmatch(r"V-order-[0-9a-f]{16}\.rec", Path(status.path).name)
     assert [p.name for p in tmp_path.iterdir()] == [Path(status.path).name]
     assert os.stat(status.path).st_mode & 0o777 == 0o600
     assert Path(status.path).read_bytes().startswith(MAGIC)
@@ -105,7 +106,7 @@ async def test_the_record_file_holds_the_call_in_arrival_order(tmp_path: Path) -
         rtp_packet(payload_type=111, sequence_number=1, payload=b"\xfc\x01"),
     )
     assert items[4][2:] == (1010, rtp_packet(sequence_number=7))
-    assert reader.call is not None and reader.call.visit == "V-1"
+    assert reader.call is not None and reader.call.visit == "V-order"
     assert reader.call.started_clock_us == 5
     assert reader.tracks[2].codec == "VP8" and reader.tracks[1].codec == "opus"
     assert reader.end is not None and reader.end.complete
@@ -113,7 +114,11 @@ async def test_the_record_file_holds_the_call_in_arrival_order(tmp_path: Path) -
     assert status.complete and status.closed and status.packets_written == 2
     assert status.sha256 is not None and len(status.sha256) == 64
     assert status.bytes_written == os.path.getsize(status.path)
-    assert recorder_threads() == []
+    for _ in range(100):  # the writer reports, then its thread returns
+        if not recorder_threads("V-order"):
+            break
+        await asyncio.sleep(0.01)
+    assert recorder_threads("V-order") == []
 
 
 async def test_a_padding_only_packet_is_kept_as_its_header(tmp_path: Path) -> None:

@@ -14,9 +14,10 @@ import pytest
 from relay.recordfile import RecordReader
 from relay.remux import OPUS_HEAD, TRUNCATED, RemuxError, remux, remux_in_subprocess
 from tests.harness.encoded_media import SentTrack, audio_track, is_padding_only, video_track
+from tests.harness.gstreamer import SYSTEM_PYTHON
+from tests.harness.system import require
 from tests.recording.conftest import B_START_US, decode, record, recorded
 
-GST_PYTHON = "/usr/bin/python3"
 GST_PLAYER = Path(__file__).resolve().parents[1] / "harness" / "gst_player.py"
 A_VIDEO, A_AUDIO = "contact:C1 video", "contact:C1 audio"
 B_VIDEO, B_AUDIO = "device:K1 video", "device:K1 audio"
@@ -88,14 +89,14 @@ def test_the_output_carries_what_players_need(
         assert container.metadata["PARLOR_ORIGIN_UNIX_US"] == str(result.origin_unix_us)
 
 
-@pytest.mark.skipif(not Path(GST_PYTHON).exists(), reason="GStreamer's Python is not installed")
+@require("gstreamer")
 def test_gstreamer_plays_every_track(vp8_call: list[SentTrack], tmp_path: Path) -> None:
     """A second, independent player: GStreamer's matroskademux, vp8dec and opusdec."""
     status = recorded(tmp_path, vp8_call)
     result = remux(status.path)
 
     played = subprocess.run(
-        [GST_PYTHON, str(GST_PLAYER), result.path],
+        [str(SYSTEM_PYTHON), str(GST_PLAYER), result.path],
         capture_output=True,
         text=True,
         timeout=60,
