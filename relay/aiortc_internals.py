@@ -53,6 +53,7 @@ from aiortc import sdp as aiortc_sdp
 from aiortc.codecs import CODECS
 from aiortc.rtcrtpparameters import RTCRtcpFeedback
 from OpenSSL import SSL
+from pylibsrtp._binding import ffi as srtp_ffi
 
 SUPPORTED_AIORTC = ("1.16.",)
 
@@ -243,6 +244,13 @@ DATAGRAM_SOCKET = "_sock"  # asyncio's selector datagram transport: its socket
 DATAGRAM_CONN_LOST = "_conn_lost"
 LOOP_ADD_READER = "_add_reader"  # asyncio selector loop: (re)register a transport's reader
 LOOP_REMOVE_READER = "_remove_reader"
+SRTP_BUFFER = "_cdata"  # pylibsrtp.Session: the one buffer every (un)protect goes through
+SRTP_VIEW = "_buffer"
+SRTP_BUFFER_BYTES = 4096
+"""pylibsrtp's buffer is 1500 bytes and ``protect`` keeps 144 of them for a trailer, so a
+packet over 1356 bytes cannot be protected ("packet is too long"). aiortc's packetizer
+never makes one (1300), but a forwarder carries what publishers made: GStreamer's
+``rtpvp8pay`` fills a 1400-byte MTU, and the leg's header extension adds to it."""
 SENDER_SSRC = "_ssrc"
 SENDER_RTX_SSRC = "_rtx_ssrc"
 RTP_COMPONENT = 1
@@ -320,6 +328,9 @@ class DatagramPath:
         """
         if self._restore:
             return
+        for session in (self.rx, self.tx):
+            if session is not None:
+                widen_srtp_buffer(session)
         for protocol in self._protocols:
             transport = getattr(protocol, "transport", None)
             if drain and _drainable(transport):
@@ -332,6 +343,17 @@ class DatagramPath:
         restore, self._restore = self._restore, []
         for undo in restore:
             undo()
+
+
+def widen_srtp_buffer(session: Any) -> None:
+    """Let ``session`` (a ``pylibsrtp.Session``) protect packets up to ~3.9 kB."""
+    _require(session, SRTP_BUFFER)
+    _require(session, SRTP_VIEW)
+    if len(getattr(session, SRTP_BUFFER)) >= SRTP_BUFFER_BYTES:
+        return
+    buffer = srtp_ffi.new("char[]", SRTP_BUFFER_BYTES)
+    setattr(session, SRTP_BUFFER, buffer)
+    setattr(session, SRTP_VIEW, srtp_ffi.buffer(buffer))
 
 
 def _drainable(transport: Any) -> bool:

@@ -682,3 +682,28 @@ async def test_extend_negotiation_keeps_transport_cc_and_asks_for_opus_fec() -> 
     assert all(e.uri != TRANSPORT_CC for k in HEADER_EXTENSIONS for e in HEADER_EXTENSIONS[k])
     assert not any("useinbandfec" in c.parameters for c in CODECS["audio"])
     await server.close()
+
+
+async def test_srtp_sessions_are_widened_for_packets_publishers_make() -> None:
+    """GStreamer fills a 1400-byte MTU; pylibsrtp alone refuses to protect over 1356."""
+    import os
+
+    import pylibsrtp
+
+    def session(direction: int) -> pylibsrtp.Session:
+        policy = pylibsrtp.Policy(key=bytes(30), ssrc_type=direction)
+        return pylibsrtp.Session(policy)
+
+    packet = struct.pack("!BBHII", 0x80, 96, 1, 3000, 1234) + os.urandom(1396)
+    stock = session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    with pytest.raises(ValueError, match="too long"):
+        stock.protect(packet)
+    assert hasattr(stock, internals.SRTP_BUFFER) and hasattr(stock, internals.SRTP_VIEW), UPDATE
+    sender, receiver = (
+        session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND),
+        session(pylibsrtp.Policy.SSRC_ANY_INBOUND),
+    )
+    internals.widen_srtp_buffer(sender)
+    internals.widen_srtp_buffer(receiver)
+    assert receiver.unprotect(sender.protect(packet)) == packet
+    assert receiver.unprotect_rtcp(sender.protect_rtcp(bytes([0x80, 201, 0, 1]) + bytes(4)))

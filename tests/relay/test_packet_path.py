@@ -192,6 +192,18 @@ async def test_an_rtx_probe_carrying_a_lost_packet_is_forwarded_once(rtp_visit) 
     assert lost[0] not in a.nacks_received, "the relay NACKed a packet it had"
 
 
+async def test_packets_as_large_as_a_1400_byte_mtu_get_through(rtp_visit) -> None:
+    """GStreamer fills a 1400-byte MTU, and the leg adds a header extension to it."""
+    a, _ = await rtp_visit.join("A")
+    await rtp_visit.join("B")
+    received = rtp_visit.received("B", "A", "video")
+    await rtp_visit.wait_for(lambda: received.frames >= 5)
+    # A VP8 interframe packet (S=1, PID=0, P=1) filling 1400 bytes with its RTP header.
+    payload = bytes([0x10, 0x01]) + bytes(range(256)) * 5 + bytes(1400 - 12 - 8 - 2 - 1280)
+    a.send_payload("video", payload, 123_456_789)
+    await rtp_visit.wait_for(lambda: payload in received.payloads, timeout=2)
+
+
 async def test_sender_reports_carry_the_true_counts_and_keep_lip_sync(rtp_visit) -> None:
     await rtp_visit.join("A")
     await rtp_visit.join("B")
