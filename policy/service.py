@@ -44,6 +44,9 @@ class Rules:
     max_contacts_per_visit: int = 4
 
 
+MAX_APPEAL_TEXT = 2000  # characters: as long as a directive's reason or a decision's note
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(5)}"
 
@@ -418,7 +421,10 @@ class Policy:
 
     # -- appeals ------------------------------------------------------------------------
     async def file_appeal(self, actor: Actor, directive_id: str, body: object) -> Appeal:
-        text = check_text(_body(body).get("text"), "text", max_length=5000)
+        """One open appeal per person per directive (SPEC §4): a second while the first is
+        open is refused (`appeal-open`); once it is decided, a new one may be filed. The
+        store's unique index makes the rule hold for concurrent filings too."""
+        text = check_text(_body(body).get("text"), "text", max_length=MAX_APPEAL_TEXT)
         directive = await self.get_directive(directive_id)
         if actor.role != "family" or actor.visit is None:
             raise Forbidden("family-only", "appeals are filed by the affected family member")
@@ -428,6 +434,7 @@ class Policy:
             visit, contact=contact_id
         ):
             raise Forbidden("not-affected", "this directive did not apply to you")
+        await self._refuse_second_appeal(directive.id, actor.sub)
         appeal = Appeal(
             id=new_id("A"),
             directive=directive.id,
@@ -435,16 +442,29 @@ class Policy:
             text=text,
             filed_at=self.clock(),
         )
-        await self.store.add_appeal(
-            appeal,
-            AuditDraft(
-                actor.sub,
-                "appeal.filed",
-                f"directive:{directive.id}",
-                {"appeal": appeal.id, "text": text},
-            ),
-        )
+        try:
+            await self.store.add_appeal(
+                appeal,
+                AuditDraft(
+                    actor.sub,
+                    "appeal.filed",
+                    f"directive:{directive.id}",
+                    {"appeal": appeal.id, "text": text},
+                ),
+            )
+        except Conflict:  # a concurrent filing won the unique index
+            await self._refuse_second_appeal(directive.id, actor.sub)
+            raise
         return appeal
+
+    async def _refuse_second_appeal(self, directive_id: str, filed_by: str) -> None:
+        for appeal in await self.store.list_appeals(directive=directive_id):
+            if appeal.filed_by == filed_by and appeal.status == "open":
+                raise Conflict(
+                    "appeal-open",
+                    f"You already sent an appeal against this decision (reference {appeal.id})."
+                    " Staff will decide it before another one can be sent.",
+                )
 
     async def decide_appeal(
         self, actor: Actor, appeal_id: str, body: object

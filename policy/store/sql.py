@@ -16,6 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any
 
+from policy.actor import SYSTEM
 from policy.appeal import Appeal
 from policy.audit import GENESIS, AuditEvent, audit_time, seal
 from policy.directive import Directive
@@ -64,6 +65,9 @@ SCHEMA = [
         id TEXT PRIMARY KEY, directive TEXT NOT NULL REFERENCES directives(id),
         filed_by TEXT NOT NULL, text TEXT NOT NULL, filed_at {real} NOT NULL,
         status TEXT NOT NULL, decided_by TEXT, decided_at {real}, decision_note TEXT)""",
+    # One open appeal per person per directive (SPEC §4), enforced by the database itself so
+    # that two concurrent filings cannot both pass: `ONE_OPEN_APPEAL` below, created after
+    # `SUPERSEDE_DUPLICATE_APPEALS` has closed the duplicates an older database may hold.
     """CREATE TABLE IF NOT EXISTS audit (
         seq INTEGER PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
         subject TEXT NOT NULL, data TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)""",
@@ -73,10 +77,42 @@ SCHEMA = [
         id INTEGER PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL)""",
 ]
 
-
 # (sql, params) or (sql, params, True): the third element demands that the statement changes
 # a row, otherwise the whole transaction is refused with Conflict (optimistic guards).
 Statement = tuple[Any, ...]
+
+# Partial unique indexes exist in SQLite (3.8) and PostgreSQL alike.
+ONE_OPEN_APPEAL = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS appeals_one_open ON appeals (directive, filed_by)"
+    " WHERE status = 'open'"
+)
+# A database from before `ONE_OPEN_APPEAL` may hold several open appeals of one person
+# against one directive: all but the first filed are closed as `superseded` (the staff
+# decide the first; the texts stay readable), with an audit event, before the index is made.
+DUPLICATE_OPEN_APPEALS = (
+    "SELECT a.id AS id FROM appeals a WHERE a.status = 'open' AND EXISTS ("
+    " SELECT 1 FROM appeals b WHERE b.directive = a.directive AND b.filed_by = a.filed_by"
+    " AND b.status = 'open' AND (b.filed_at < a.filed_at OR (b.filed_at = a.filed_at AND b.id < a.id)))"
+    " ORDER BY a.id"
+)
+SUPERSEDED_NOTE = (
+    "closed when the one-open-appeal rule came in: an earlier appeal of the same person is open"
+)
+
+
+def supersede_duplicates(ids: list[str], now: float) -> tuple[list[Statement], AuditDraft]:
+    """The statements and audit event that close duplicate open appeals (see above)."""
+    statements: list[Statement] = [
+        ("UPDATE appeals SET status = 'superseded', decided_by = ?, decided_at = ?,"
+         " decision_note = ? WHERE id = ? AND status = 'open'",
+         (SYSTEM.sub, now, SUPERSEDED_NOTE, appeal_id))
+        for appeal_id in ids
+    ]  # fmt: skip
+    draft = AuditDraft(
+        SYSTEM.sub, "appeal.superseded", "store", {"appeals": ids, "note": SUPERSEDED_NOTE}
+    )
+    return statements, draft
+
 
 DIRECTIVE_COLUMNS = (
     "id", "scope", "action", "reason", "legal_basis", "issued_by", "issued_at", "starts_at",

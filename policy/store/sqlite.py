@@ -18,7 +18,16 @@ from typing import Any
 from policy.audit import GENESIS, AuditEvent
 from policy.errors import Conflict, StoreUnavailable
 from policy.store.interface import AuditDraft
-from policy.store.sql import SCHEMA, SCHEMA_VERSION, SqlStore, Statement, seal_next
+from policy.store.sql import (
+    DUPLICATE_OPEN_APPEALS,
+    ONE_OPEN_APPEAL,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SqlStore,
+    Statement,
+    seal_next,
+    supersede_duplicates,
+)
 
 
 class SqliteStore(SqlStore):
@@ -67,6 +76,13 @@ class SqliteStore(SqlStore):
         conn.execute(
             "INSERT OR IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, ?)", (GENESIS,)
         )
+        duplicates = [row["id"] for row in conn.execute(DUPLICATE_OPEN_APPEALS)]
+        if duplicates:
+            statements, draft = supersede_duplicates(duplicates, self.clock())
+            for sql, params in statements:
+                conn.execute(sql, params)
+            self._append(conn, draft)
+        conn.execute(ONE_OPEN_APPEAL)
         conn.execute("COMMIT")
         self._conn = conn
         self.head_seq = conn.execute("SELECT seq FROM audit_head WHERE id = 1").fetchone()[0]
@@ -102,17 +118,7 @@ class SqliteStore(SqlStore):
                     raise Conflict(
                         "state-changed", "the record changed meanwhile; reload and retry"
                     )
-            head = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
-            event = seal_next(head["seq"], head["hash"], audit, self.clock())
-            conn.execute(
-                "INSERT INTO audit (seq, at, actor, action, subject, data, prev_hash, hash)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (event.seq, event.at, event.actor, event.action, event.subject,
-                 json.dumps(event.data, sort_keys=True), event.prev_hash, event.hash),
-            )  # fmt: skip
-            conn.execute(
-                "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (event.seq, event.hash)
-            )
+            event = self._append(conn, audit)
             conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
             conn.execute("ROLLBACK")
@@ -120,6 +126,21 @@ class SqliteStore(SqlStore):
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        return event
+
+    def _append(self, conn: sqlite3.Connection, audit: AuditDraft) -> AuditEvent:
+        """Seal the next audit event and move the head, inside the caller's transaction."""
+        head = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+        event = seal_next(head["seq"], head["hash"], audit, self.clock())
+        conn.execute(
+            "INSERT INTO audit (seq, at, actor, action, subject, data, prev_hash, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (event.seq, event.at, event.actor, event.action, event.subject,
+             json.dumps(event.data, sort_keys=True), event.prev_hash, event.hash),
+        )  # fmt: skip
+        conn.execute(
+            "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (event.seq, event.hash)
+        )
         return event
 
     async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:

@@ -212,7 +212,7 @@ async def test_grid_suspend_contact_family_notice_and_appeal(
         assert "Please write why" in (await fp.text_content("#appeal-text-error") or "")
         words = "I did not threaten anyone. My brother can confirm what was said."
         await fp.fill("#appeal-text", words)
-        assert (await fp.text_content("#appeal-count") or "").startswith(f"{len(words)} of 5,000")
+        assert (await fp.text_content("#appeal-count") or "").startswith(f"{len(words)} of 2,000")
         await shoot(fp, "appeal-form")
         assert await unlabelled(fp) == []
         await fp.click("#appeal-submit")
