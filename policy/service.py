@@ -66,9 +66,10 @@ class Policy:
 
     # -- admission ----------------------------------------------------------------------
     async def load(self) -> None:
-        """Rebuild the in-memory index from the store (start-up, or catch-up after an outage)."""
+        """Rebuild the in-memory index from the store (start-up, or catch-up after an outage).
+        Closed directives are read too: the index remembers that they are closed."""
         fresh = DirectiveIndex()
-        for directive in await self.store.list_directives(status="active"):
+        for directive in await self.store.list_directives():
             fresh.put(directive)
         self.index = fresh
 
@@ -76,9 +77,10 @@ class Policy:
         """The one function that decides admission: O(number of subject keys)."""
         return self.index.evaluate(keys, self.clock())
 
-    def learn(self, directive: Directive) -> None:
-        """Apply a directive change made elsewhere (another node) to the local index."""
-        self.index.put(directive)
+    def learn(self, directive: Directive) -> bool:
+        """Apply a directive change made elsewhere (another node) to the local index; False
+        when the index knows a later state of it already (the copy is stale, and ignored)."""
+        return self.index.put(directive)
 
     # -- roster -------------------------------------------------------------------------
     async def create_facility(self, actor: Actor, body: object) -> Facility:

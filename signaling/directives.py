@@ -118,8 +118,11 @@ class Directives:
 
     # -- one directive on this node's live sessions -----------------------------------------
     def _learn_and_stop(self, directive: Directive) -> Stopped | None:
-        """Step 2, one synchronous block (admission.py's block D): into the index, then halt."""
-        self.policy.learn(directive)
+        """Step 2, one synchronous block (admission.py's block D): into the index, then halt.
+        A copy older than what the index knows (lifted or confirmed here meanwhile) does
+        nothing: a directive's state only moves forward (`DirectiveIndex.put`)."""
+        if not self.policy.learn(directive):
+            return None
         return self._stop(directive)
 
     def _stop(self, directive: Directive) -> Stopped | None:
@@ -166,8 +169,8 @@ class Directives:
             if directive is None:
                 return
             if directive.status != "active":
-                self.policy.learn(directive)
-                await self.release(directive)
+                if self.policy.learn(directive):
+                    await self.release(directive)
                 return
             stopped = self._learn_and_stop(directive)
             if stopped:
