@@ -512,9 +512,13 @@ class Policy:
                        {"session": record.id, "role": record.role, "mode": record.mode, "node": record.node}),
         )  # fmt: skip
 
-    async def session_ended(self, record: SessionRecord, reason: str) -> None:
+    async def session_ended(
+        self, record: SessionRecord, reason: str, *, ended_at: float | None = None
+    ) -> None:
+        """Record a session's end: now, or at `ended_at` (a record written late, once an
+        unavailable store answers again, keeps the moment the session really ended)."""
         await self.store.session_ended(
-            record.id, self.clock(), reason,
+            record.id, self.clock() if ended_at is None else ended_at, reason,
             AuditDraft(record.sub, "session.ended", f"visit:{record.visit}",
                        {"session": record.id, "reason": reason, "node": record.node}),
         )  # fmt: skip

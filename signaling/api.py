@@ -18,7 +18,7 @@ from aiohttp import web
 from policy.actor import Actor
 from policy.appeal import Appeal
 from policy.audit import verify_chain
-from policy.errors import Forbidden, Malformed, NotFound, PolicyError
+from policy.errors import Forbidden, Malformed, NotFound, PolicyError, StoreUnavailable
 from policy.rfc3339 import format_time
 from policy.session import SessionRecord
 from policy.visit import Visit
@@ -35,6 +35,7 @@ log = logging.getLogger("parlor.api")
 STAFF = ("operator", "supervisor")
 READERS = ("operator", "supervisor", "auditor")
 MAX_BODY = 64 * 1024
+RETRY_AFTER = 2  # seconds, told with a 503 `unavailable`: about the store's busy timeout
 STATUS = {
     "malformed": 400,
     "forbidden": 403,
@@ -146,14 +147,22 @@ def guarded(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespons
             response = problem_response(408, P.API_BODY_TIMEOUT)
             response.force_close()
             return response
+        except StoreUnavailable as exc:
+            return store_unavailable(request, exc.message)
         except PolicyError as exc:
             return error_response(STATUS[exc.kind], exc.code, exc.message)
         except OSError as exc:
-            log.warning("store unavailable: %s", exc)
-            return problem_response(503, P.API_STORE_UNREACHABLE)
+            return store_unavailable(request, str(exc))
 
     handler.__name__ = route.handler.__name__
     return handler
+
+
+def store_unavailable(request: web.Request, cause: str) -> web.Response:
+    """503 `unavailable` with `Retry-After`, and one warning (the cause, never a traceback):
+    nothing was done, so the client may simply try again."""
+    log.warning("%s %s: store unavailable: %s", request.method, request.path, cause)
+    return problem_response(503, P.API_STORE_UNREACHABLE, {"Retry-After": str(RETRY_AFTER)})
 
 
 def created(value: Any) -> web.Response:

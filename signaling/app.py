@@ -22,6 +22,7 @@ from relay import pin_ice_addresses
 from signaling import events, logs, scheduler, ws
 from signaling import keys as K
 from signaling.api import ROUTES, error_response, guarded, problem_response
+from signaling.backlog import Backlog
 from signaling.bus import open_bus
 from signaling.config import Config
 from signaling.directives import Directives
@@ -192,7 +193,20 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             )
         )
         await enforcer.drain()
+        await _write_backlog(enforcer.backlog)
         await store.close()
+
+
+async def _write_backlog(backlog: Backlog, timeout: float = 3.0) -> None:
+    """On the way out: a last try at the records an unavailable store could not take."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(backlog.flush(force=True), timeout)
+    if len(backlog):
+        log.warning(
+            "shutting down with %d records the store did not take (the next start closes "
+            "sessions left open as ended with 'error'): %s",
+            len(backlog), "; ".join(backlog.lost()),
+        )  # fmt: skip
 
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:

@@ -36,7 +36,7 @@ from policy.actor import SYSTEM, Actor
 from policy.appeal import Appeal
 from policy.audit import AuditEvent
 from policy.directive import Directive
-from policy.errors import PolicyError
+from policy.errors import PolicyError, StoreUnavailable
 from policy.service import Policy
 from signaling.background import Background
 from signaling.enforcer import Enforcer, Stopped
@@ -83,7 +83,7 @@ class Directives:
         ended = await self.enforcer.complete(stopped) if stopped else []  # 3. complete
         enforced = time.perf_counter()
         if ended:  # 4. count
-            directive = await self.policy.record_enforcement(actor, directive, ended)
+            directive = await self._count(actor, directive, ended)
         recorded = time.perf_counter()
         return Issued(directive, committed - started, enforced - committed, recorded - enforced)
 
@@ -140,7 +140,22 @@ class Directives:
         ended = await self.enforcer.complete(stopped)
         if not ended:
             return directive
-        return await self.policy.record_enforcement(actor, directive, ended, node=node)
+        return await self._count(actor, directive, ended, node=node)
+
+    async def _count(
+        self, actor: Actor, directive: Directive, ended: list[str], *, node: str | None = None
+    ) -> Directive:
+        """Add the sessions ended here to the directive's count; an unavailable store gets
+        the count later (the enforcer's backlog): the sessions are ended either way."""
+        try:
+            return await self.policy.record_enforcement(actor, directive, ended, node=node)
+        except StoreUnavailable as exc:
+            self.enforcer.backlog.add(
+                f"the count of directive {directive.id}'s ended sessions {', '.join(ended)}",
+                lambda: self.policy.record_enforcement(actor, directive, ended, node=node),
+                exc,
+            )
+            return directive.with_changes(sessions_ended=directive.sessions_ended + len(ended))
 
     async def release(self, directive: Directive) -> None:
         """A directive stopped being in force (lifted, expired, lapsed): undo audio-only, and
@@ -205,6 +220,8 @@ class Directives:
         are still live in it; close their records (reason `error`). Only sessions live when
         the link was lost and gone now: an admission half-way then is not mistaken for one."""
         await self.background.drain(5.0)  # sessions the catch-up ended: their records first
+        if not await self.enforcer.backlog.flush(force=True):  # and the ones kept meanwhile
+            raise StoreUnavailable("store-unavailable", "the store refused the kept records")
         live = self.enforcer.sessions.by_id
         for record in await self.policy.store.list_sessions(live=True, node=self.node_id):
             if record.id in self.live_at_loss and record.id not in live:

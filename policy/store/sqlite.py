@@ -2,11 +2,19 @@
 
 The default for one node (SPEC §8). It is not shared with other nodes, so it offers no
 `Cluster` (`SqlStore.cluster` is None) and the node runs the embedded bus.
+
+When the database cannot be used — another process holds its write lock (a backup tool, an
+administrator's `sqlite3` shell in a transaction), or the disk fails — a call waits at most
+`BUSY_TIMEOUT_MS` for the lock and then raises `StoreUnavailable`: the driver's errors are
+mapped in one place, `_run`, by SQLite's result code (`UNAVAILABLE`), never by message text.
+The wait happens on the store's worker thread, so the event loop goes on meanwhile (calls to
+the store queue behind it: there is one connection).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -28,6 +36,28 @@ from policy.store.sql import (
     seal_next,
     supersede_duplicates,
 )
+
+# Another process holds a lock for longer than this: give up (a mature client waits a little,
+# then tells its caller to retry, rather than queueing requests behind an unknown holder).
+BUSY_TIMEOUT_MS = 2000
+
+# SQLite's primary result codes that mean "cannot be used now", not "this statement is wrong".
+UNAVAILABLE = {
+    5: "SQLITE_BUSY",  # another connection holds the lock: "database is locked"
+    6: "SQLITE_LOCKED",
+    10: "SQLITE_IOERR",  # "disk I/O error"
+    13: "SQLITE_FULL",
+    14: "SQLITE_CANTOPEN",
+    15: "SQLITE_PROTOCOL",
+}
+
+
+def unavailable(exc: sqlite3.Error) -> StoreUnavailable | None:
+    """The store's typed error for a driver error that means "unavailable", else None."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in UNAVAILABLE:
+        return None
+    return StoreUnavailable("store-unavailable", f"the database cannot be used now: {exc}")
 
 
 class SqliteStore(SqlStore):
@@ -56,7 +86,7 @@ class SqliteStore(SqlStore):
                 f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
             )
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._conn = conn
             self.head_seq = conn.execute("SELECT seq FROM audit_head WHERE id = 1").fetchone()[0]
             return
@@ -67,7 +97,7 @@ class SqliteStore(SqlStore):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute("BEGIN IMMEDIATE")
         for ddl in SCHEMA:
             conn.execute(ddl.format(real="REAL"))
@@ -100,7 +130,13 @@ class SqliteStore(SqlStore):
     async def _run(self, fn: Any, *args: Any) -> Any:
         if self._executor is None:
             raise StoreUnavailable("store-closed", "the store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            mapped = unavailable(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
     async def _write(self, statements: list[Statement], audit: AuditDraft) -> AuditEvent:
         event: AuditEvent = await self._run(self._write_sync, statements, audit)
@@ -124,7 +160,9 @@ class SqliteStore(SqlStore):
             conn.execute("ROLLBACK")
             raise Conflict("already-exists", f"conflicts with an existing record: {exc}") from exc
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a failed disk may have ended it already
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
         return event
 
