@@ -16,6 +16,7 @@ from typing import Any
 
 from policy.actor import SYSTEM, Actor
 from policy.appeal import Appeal
+from policy.coverage import WINDOW, Coverage, coverage
 from policy.directive import (
     ACTIONS,
     Decision,
@@ -39,6 +40,9 @@ class Rules:
 
     max_directive_seconds: float = 30 * 86400
     confirm_window_seconds: float = 15 * 60
+    # A broad directive that would lapse sooner than this (unconfirmed time left on its scope
+    # today) is refused `confirmation-required`: policy/coverage.py.
+    min_unconfirmed_seconds: float = 60
     visit_early_join_seconds: float = 5 * 60
     max_visit_seconds: float = 4 * 3600
     max_contacts_per_visit: int = 4
@@ -283,10 +287,16 @@ class Policy:
                 "too-long", f"a directive lasts at most {days:g} days; issue a new one when it ends"
             )
         await self._require_scope_target(scope)
+        confirm_by = None
+        if is_broad(scope):  # unconfirmed for as long as the scope's coverage allows
+            covered = await self.scope_coverage(scope, starts_at=starts_at)
+            if covered.lapse_at is None:
+                raise RuleBroken("confirmation-required", covered.refusal())
+            confirm_by = covered.lapse_at
         directive = Directive(
             id=new_id("D"), scope=scope, action=action, reason=reason, legal_basis=legal_basis,
             issued_by=actor.sub, issued_at=now, starts_at=starts_at, expires_at=expires_at,
-            confirm_by=now + self.rules.confirm_window_seconds if is_broad(scope) else None,
+            confirm_by=confirm_by,
         )  # fmt: skip
         await self.store.add_directive(
             directive,
@@ -296,6 +306,19 @@ class Policy:
         )
         self.index.put(directive)
         return directive
+
+    async def scope_coverage(self, scope: object, *, starts_at: float | None = None) -> Coverage:
+        """A broad scope's unconfirmed coverage now (policy/coverage.py), read from the
+        store: every node counts the same directives."""
+        scope = parse_scope(scope)
+        if not is_broad(scope):
+            raise RuleBroken("not-broad", "only system and facility scopes need confirmation")
+        now = self.clock()
+        return coverage(
+            await self.store.list_directives(scope=scope, closed_after=now - WINDOW),
+            scope, now, budget=self.rules.confirm_window_seconds,
+            minimum=self.rules.min_unconfirmed_seconds, starts_at=starts_at,
+        )  # fmt: skip
 
     async def _require_scope_target(self, scope: str) -> None:
         kind, *ids = scope.split(":")

@@ -332,6 +332,13 @@ async def confirm_directive(request: web.Request, actor: Actor) -> web.Response:
     return web.json_response(directive_json(request, directive))
 
 
+async def scope_coverage(request: web.Request, actor: Actor) -> web.Response:
+    """How long a broad scope has been restricted without a second supervisor today, and how
+    long a new unconfirmed directive could stay unconfirmed (policy/coverage.py)."""
+    coverage = await request.app[K.POLICY].scope_coverage(request.match_info["scope"])
+    return web.json_response(coverage.to_json())
+
+
 def appeal_json(appeal: Appeal) -> dict[str, Any]:
     return {
         "id": appeal.id, "directive": appeal.directive, "filed_by": appeal.filed_by, "text": appeal.text,
@@ -464,6 +471,9 @@ ROUTES: list[Route] = [
           _object({"reason": STR}, ["reason"]), 200, ("directives",)),
     Route("POST", "/api/v1/directives/{id}/confirm", confirm_directive, ("supervisor",),
           "Confirm a broad directive (a supervisor other than the issuer)", _object({}, []), 200, ("directives",)),
+    Route("GET", "/api/v1/scopes/{scope}/coverage", scope_coverage, READERS,
+          "A broad scope's unconfirmed time in the last 24 hours, and what a new directive would get",
+          tags=("directives",)),
     Route("POST", "/api/v1/directives/{id}/appeals", file_appeal, ("family",), "Appeal a directive that affected you",
           _object({"text": STR}, ["text"]), 201, ("appeals",)),
     Route("GET", "/api/v1/appeals", list_appeals, READERS, "List appeals (?status=open)", tags=("appeals",)),

@@ -174,7 +174,15 @@ class Store(Protocol):
 
     async def get_directive(self, directive_id: str) -> Directive | None: ...
 
-    async def list_directives(self, *, status: str | None = None) -> list[Directive]: ...
+    async def list_directives(
+        self,
+        *,
+        status: str | None = None,
+        scope: str | None = None,
+        closed_after: float | None = None,
+    ) -> list[Directive]:
+        """Newest first; only those with `status`, on `scope`, or still open or closed after
+        `closed_after` (the ones in force at some moment since), when given."""
 
     async def add_appeal(self, appeal: Appeal, audit: AuditDraft) -> AuditEvent: ...
 

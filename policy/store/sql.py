@@ -61,6 +61,7 @@ SCHEMA = [
         confirm_by {real}, confirmed_by TEXT, confirmed_at {real}, closed_at {real},
         closed_by TEXT, close_reason TEXT, sessions_ended INTEGER NOT NULL DEFAULT 0)""",
     """CREATE INDEX IF NOT EXISTS directives_status ON directives (status)""",
+    """CREATE INDEX IF NOT EXISTS directives_scope ON directives (scope, closed_at)""",
     """CREATE TABLE IF NOT EXISTS appeals (
         id TEXT PRIMARY KEY, directive TEXT NOT NULL REFERENCES directives(id),
         filed_by TEXT NOT NULL, text TEXT NOT NULL, filed_at {real} NOT NULL,
@@ -393,13 +394,24 @@ class SqlStore(ABC):
         row = await self._one("SELECT * FROM directives WHERE id = ?", (directive_id,))
         return _directive(row) if row else None
 
-    async def list_directives(self, *, status: str | None = None) -> list[Directive]:
-        if status is None:
-            rows = await self._fetch("SELECT * FROM directives ORDER BY issued_at DESC, id")
-        else:
-            rows = await self._fetch(
-                "SELECT * FROM directives WHERE status = ? ORDER BY issued_at DESC, id", (status,)
+    async def list_directives(
+        self,
+        *,
+        status: str | None = None,
+        scope: str | None = None,
+        closed_after: float | None = None,
+    ) -> list[Directive]:
+        sql, params = "SELECT * FROM directives WHERE 1 = 1", tuple[Any, ...]()
+        if status is not None:
+            sql, params = sql + " AND status = ?", params + (status,)
+        if scope is not None:
+            sql, params = sql + " AND scope = ?", params + (scope,)
+        if closed_after is not None:
+            sql, params = (
+                sql + " AND (closed_at IS NULL OR closed_at > ?)",
+                params + (closed_after,),
             )
+        rows = await self._fetch(sql + " ORDER BY issued_at DESC, id", params)
         return [_directive(r) for r in rows]
 
     async def add_appeal(self, appeal: Appeal, audit: AuditDraft) -> AuditEvent:

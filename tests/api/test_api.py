@@ -337,7 +337,7 @@ async def test_malformed_json_is_400(server):
 
 async def test_missing_token_is_401(server):
     for route in ROUTES:
-        path = route.path.replace("{id}", "X1")
+        path = route.path.replace("{id}", "X1").replace("{scope}", "system")
         status, answer = await server.api(
             route.method, path, {} if route.method == "POST" else None, token=None
         )
