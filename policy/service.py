@@ -372,7 +372,7 @@ class Policy:
                 actor.sub,
                 "directive.confirmed",
                 f"directive:{directive.id}",
-                {"confirmed_by": actor.sub},
+                {"confirmed_by": actor.sub, "confirmed_at": format_time(confirmed.confirmed_at)},
             ),
             expect_status="active",
         )
@@ -412,9 +412,11 @@ class Policy:
             "expired": "directive.expired",
             "lapsed": "directive.lapsed",
         }[status]
+        # The event carries every field it changes, so the chain alone says what the row is.
+        data = {"reason": reason, "closed_at": format_time(closed.closed_at)}
         await self.store.update_directive(
             closed,
-            AuditDraft(actor.sub, action, f"directive:{directive.id}", {"reason": reason}),
+            AuditDraft(actor.sub, action, f"directive:{directive.id}", data),
             expect_status="active",
         )
         self.index.put(closed)

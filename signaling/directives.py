@@ -50,6 +50,7 @@ CHANGED = ("directive.lifted", "directive.expired", "directive.lapsed", "directi
 SESSION_END_REQUESTED = (
     "session.end-requested"  # written by POST /sessions/{id}/end for another node
 )
+STATE_ACCEPTED = "store.state-accepted"  # a node restored rows to the audit chain's values
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,8 @@ class Directives:
                 self.background.spawn(self._count_here(directive, stopped))
         elif event.action == SESSION_END_REQUESTED:
             await self._end_requested(event)
+        elif event.action == STATE_ACCEPTED:  # rows restored to the chain: read them again
+            await self.policy.load()  # (the scheduler's start_due enforces what is new)
 
     async def _count_here(self, directive: Directive, stopped: Stopped) -> None:
         """Complete what another node's directive stopped here, and add this node's count."""

@@ -286,6 +286,16 @@ class PostgresStore(SqlStore):
             raise _unavailable(exc) from exc
         return [dict(row) for row in rows]
 
+    async def _snapshot(self, queries: list[str]) -> list[list[dict[str, Any]]]:
+        pool = self._ready_pool()
+        try:
+            async with pool.acquire() as conn, conn.transaction(
+                isolation="repeatable_read", readonly=True
+            ):
+                return [[dict(row) for row in await conn.fetch(sql)] for sql in queries]
+        except UNREACHABLE as exc:
+            raise _unavailable(exc) from exc
+
     # -- cluster --------------------------------------------------------------------------
     async def audit_head(self) -> int:
         """The sequence number of the last committed audit event: a bus cursor starts here."""

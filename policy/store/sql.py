@@ -22,7 +22,7 @@ from policy.audit import GENESIS, AuditEvent, audit_time, seal
 from policy.directive import Directive
 from policy.roster import Contact, Device, Facility, Inmate
 from policy.session import SessionRecord
-from policy.store.interface import AuditDraft, Cluster
+from policy.store.interface import AuditDraft, Cluster, Restoration, StoredState
 from policy.visit import Visit
 
 SCHEMA_VERSION = 1
@@ -130,6 +130,31 @@ def _directive(row: dict[str, Any]) -> Directive:
     return Directive(**{column: row[column] for column in DIRECTIVE_COLUMNS})
 
 
+VISIT_COLUMNS = (
+    "id", "facility", "inmate", "device", "contacts", "starts_at", "ends_at", "kind",
+    "created_by", "created_at",
+)  # fmt: skip
+
+
+def _visit_row(v: Visit) -> tuple[Any, ...]:
+    return tuple(
+        json.dumps(list(v.contacts)) if column == "contacts" else getattr(v, column)
+        for column in VISIT_COLUMNS
+    )
+
+
+def _insert(table: str, columns: tuple[str, ...], *, upsert: bool = False) -> str:
+    """INSERT of every column; `upsert`: or, when the id exists, overwrite every other one
+    (SQLite and PostgreSQL share the ON CONFLICT syntax)."""
+    sql = (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+    )
+    if upsert:
+        sets = ", ".join(f"{c} = excluded.{c}" for c in columns if c != "id")
+        sql += f" ON CONFLICT (id) DO UPDATE SET {sets}"
+    return sql
+
+
 def _visit(row: dict[str, Any]) -> Visit:
     return Visit(
         id=row["id"], facility=row["facility"], inmate=row["inmate"], device=row["device"],
@@ -203,6 +228,10 @@ class SqlStore(ABC):
 
     @abstractmethod
     async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    async def _snapshot(self, queries: list[str]) -> list[list[dict[str, Any]]]:
+        """Run read-only queries in one transaction: they all see the same moment."""
 
     async def ping(self) -> None:
         await self._fetch("SELECT 1 AS one")
@@ -295,12 +324,7 @@ class SqlStore(ABC):
 
     # -- visits -------------------------------------------------------------------------
     async def add_visit(self, visit: Visit, audit: AuditDraft) -> AuditEvent:
-        return await self._write(
-            [("INSERT INTO visits (id, facility, inmate, device, contacts, starts_at, ends_at,"
-              " kind, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-              (visit.id, visit.facility, visit.inmate, visit.device, json.dumps(list(visit.contacts)),
-               visit.starts_at, visit.ends_at, visit.kind, visit.created_by, visit.created_at))],
-            audit)  # fmt: skip
+        return await self._write([(_insert("visits", VISIT_COLUMNS), _visit_row(visit))], audit)
 
     async def get_visit(self, visit_id: str) -> Visit | None:
         row = await self._one("SELECT * FROM visits WHERE id = ?", (visit_id,))
@@ -353,10 +377,9 @@ class SqlStore(ABC):
 
     # -- directives and appeals ---------------------------------------------------------
     async def add_directive(self, directive: Directive, audit: AuditDraft) -> AuditEvent:
-        placeholders = ", ".join("?" for _ in DIRECTIVE_COLUMNS)
         return await self._write(
-            [(f"INSERT INTO directives ({', '.join(DIRECTIVE_COLUMNS)}) VALUES ({placeholders})",
-              _directive_row(directive))], audit)  # fmt: skip
+            [(_insert("directives", DIRECTIVE_COLUMNS), _directive_row(directive))], audit
+        )
 
     async def update_directive(
         self, directive: Directive, audit: AuditDraft, *, expect_status: str | None = None
@@ -461,6 +484,50 @@ class SqlStore(ABC):
     async def audit(self, draft: AuditDraft) -> AuditEvent:
         """An audit event with no other state change (e.g. a refused monitor join)."""
         return await self._write([], draft)
+
+    # -- the state as a projection of the chain (policy/replay.py) ----------------------
+    async def state(self) -> StoredState:
+        """The audit chain and the rows it projects to, read in one snapshot."""
+        chain, directives, approvals, visits = await self._snapshot(
+            [
+                "SELECT h.seq AS head_seq, h.hash AS head_hash, a.* FROM audit_head h"
+                " LEFT JOIN audit a ON 1 = 1 WHERE h.id = 1 ORDER BY a.seq",
+                "SELECT * FROM directives ORDER BY id",
+                "SELECT contact, inmate, status FROM approvals ORDER BY contact, inmate",
+                "SELECT * FROM visits ORDER BY id",
+            ]
+        )
+        head = (chain[0]["head_seq"], chain[0]["head_hash"]) if chain else (0, GENESIS)
+        return StoredState(
+            events=[_audit(r) for r in chain if r["seq"] is not None],
+            head=head,
+            directives={r["id"]: _directive(r) for r in directives},
+            approvals={(r["contact"], r["inmate"]): r["status"] for r in approvals},
+            visits={r["id"]: _visit(r) for r in visits},
+        )
+
+    async def restore(self, restoration: Restoration, audit: AuditDraft) -> AuditEvent:
+        """Make the rows what the chain implies, with `audit`, in one transaction: only if
+        no event was written since the state was read (else `Conflict`: read it again)."""
+        statements: list[Statement] = [
+            ("UPDATE audit_head SET seq = seq WHERE id = 1 AND seq = ?", (restoration.head,), True)
+        ]
+        upsert = _insert("directives", DIRECTIVE_COLUMNS, upsert=True)
+        statements += [(upsert, _directive_row(d)) for d in restoration.directives]
+        statements += [("DELETE FROM directives WHERE id = ?", (i,)) for i in restoration.stray_directives]
+        for (contact, inmate), status in restoration.approvals.items():
+            statements.append(
+                ("DELETE FROM approvals WHERE contact = ? AND inmate = ?", (contact, inmate))
+            )
+            if status is not None:
+                statements.append(
+                    ("INSERT INTO approvals (contact, inmate, status, updated_at) VALUES (?, ?, ?, ?)",
+                     (contact, inmate, status, self.clock()))
+                )  # fmt: skip
+        upsert = _insert("visits", VISIT_COLUMNS, upsert=True)
+        statements += [(upsert, _visit_row(v)) for v in restoration.visits]
+        statements += [("DELETE FROM visits WHERE id = ?", (i,)) for i in restoration.stray_visits]
+        return await self._write(statements, audit)
 
 
 def seal_next(head_seq: int, head_hash: str, draft: AuditDraft, now: float) -> AuditEvent:

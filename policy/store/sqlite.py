@@ -184,6 +184,18 @@ class SqliteStore(SqlStore):
     async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         return await self._run(self._fetch_sync, sql, params)
 
+    async def _snapshot(self, queries: list[str]) -> list[list[dict[str, Any]]]:
+        return await self._run(self._snapshot_sync, queries)
+
+    def _snapshot_sync(self, queries: list[str]) -> list[list[dict[str, Any]]]:
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN")  # deferred: a read transaction, one snapshot (WAL)
+        try:
+            return [[dict(row) for row in conn.execute(sql).fetchall()] for sql in queries]
+        finally:
+            conn.execute("COMMIT")
+
     def _fetch_sync(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         assert self._conn is not None
         return [dict(row) for row in self._conn.execute(sql, params).fetchall()]

@@ -461,6 +461,7 @@ async def test_audit_lists_and_verifies_every_write(server):
     assert (status, report) == (200, {
         "ok": True, "events": len(events), "first_bad": None,
         "head": {"seq": events[-1]["seq"], "hash": events[-1]["hash"]}, "anchors_checked": 0,
+        "chain_ok": True, "state": {"ok": True, "disagreements": [], "unreplayed": {}},
     })  # fmt: skip
 
 

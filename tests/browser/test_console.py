@@ -653,3 +653,28 @@ async def test_the_appeals_queue_lists_one_open_appeal_per_person_after_25_attem
     assert await page.text_content("#appeals-summary") == "2 open appeals."
     await shoot(page, "appeals-one-per-person")
     assert await console.problems() == []
+
+
+async def test_verify_lists_records_that_disagree_with_the_audit_chain(
+    live: Server, browser: Browser
+) -> None:
+    """Issue #15, item 3: a visit row changed in the database, without an audit event, is
+    named by the console's "Verify chain"."""
+    import sqlite3
+
+    from signaling import keys as K
+
+    visit = await make_visit(live, ["C1"])
+    with sqlite3.connect(live.app[K.CONFIG].db) as conn:
+        conn.execute("UPDATE visits SET kind = 'privileged' WHERE id = ?", (visit["id"],))
+    console = await open_console(browser, live, live.token("auditor:ann", "auditor"))
+    page = console.page
+    await tab(page, "audit")
+    await page.click("#verify-chain")
+    await page.wait_for_selector('#verify-result[data-ok="false"]', timeout=5_000)
+    text = await page.text_content("#verify-result") or ""
+    assert "1 record disagrees with the audit chain" in text, text
+    assert f'visits {visit["id"]} kind: stored "privileged", the chain says "social"' in text
+    assert "Chain broken" not in text and "null" not in text
+    await shoot(page, "audit-disagreement")
+    assert await console.problems() == []
