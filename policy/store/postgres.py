@@ -289,8 +289,9 @@ class PostgresStore(SqlStore):
     async def _snapshot(self, queries: list[str]) -> list[list[dict[str, Any]]]:
         pool = self._ready_pool()
         try:
-            async with pool.acquire() as conn, conn.transaction(
-                isolation="repeatable_read", readonly=True
+            async with (
+                pool.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
             ):
                 return [[dict(row) for row in await conn.fetch(sql)] for sql in queries]
         except UNREACHABLE as exc:

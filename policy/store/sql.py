@@ -146,9 +146,7 @@ def _visit_row(v: Visit) -> tuple[Any, ...]:
 def _insert(table: str, columns: tuple[str, ...], *, upsert: bool = False) -> str:
     """INSERT of every column; `upsert`: or, when the id exists, overwrite every other one
     (SQLite and PostgreSQL share the ON CONFLICT syntax)."""
-    sql = (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
-    )
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
     if upsert:
         sets = ", ".join(f"{c} = excluded.{c}" for c in columns if c != "id")
         sql += f" ON CONFLICT (id) DO UPDATE SET {sets}"
@@ -514,7 +512,9 @@ class SqlStore(ABC):
         ]
         upsert = _insert("directives", DIRECTIVE_COLUMNS, upsert=True)
         statements += [(upsert, _directive_row(d)) for d in restoration.directives]
-        statements += [("DELETE FROM directives WHERE id = ?", (i,)) for i in restoration.stray_directives]
+        statements += [
+            ("DELETE FROM directives WHERE id = ?", (i,)) for i in restoration.stray_directives
+        ]
         for (contact, inmate), status in restoration.approvals.items():
             statements.append(
                 ("DELETE FROM approvals WHERE contact = ? AND inmate = ?", (contact, inmate))
