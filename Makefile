@@ -32,7 +32,7 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff format --check policy relay signaling tests bench
 
 bench: $(VENV)/.installed-test
-	$(PY) bench/relay.py
+	$(PY) -m bench.sfu
 	$(PY) bench/kill_latency.py
 
 # The long fuzzing profile (tests/hardening/test_fuzz.py): at least FUZZ_FRAMES signaling

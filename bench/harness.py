@@ -3,8 +3,8 @@ REST API, and fleets of real aiortc clients in worker processes.
 
 The bench script is the conductor. It starts `parlor serve` as a subprocess (`ServerProcess`),
 seeds it over HTTP (`seed_calls`), and drives one or more client workers (`Fleet`): each worker
-is this file run as `python -m bench.harness worker` from the repository root (so that
-`relay` is the package, not bench/relay.py), a process of `ParlorClient`s that takes
+is this file run as `python -m bench.harness worker` from the repository root (so that the
+project's packages import as installed), a process of `ParlorClient`s that takes
 JSON-line commands on stdin and answers on stdout. The conductor itself carries no media, so the
 instant it records for an API answer is not delayed by a busy media loop; every process reads
 the same system-wide `time.monotonic()` clock, so instants compare across processes.

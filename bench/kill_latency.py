@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-# bench/relay.py would shadow the `relay` package: import from the repository root instead.
+# Run as a script: import `bench` and the project's packages from the repository root.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 

@@ -1,17 +1,18 @@
-"""Parlor's media plane: forwarding encoded media between a visit's peers.
+"""Parlor's media plane: forwarding RTP packets between a visit's peers.
 
 ``RelayPeer`` is one participant's server-side peer connection, ``Room`` the
-forwarding graph of one visit. Media is forwarded as encoded frames, never
-decoded nor re-encoded (see ``relay.forwarder``). Imports only the standard
-library, aiortc, aioice and av.
+forwarding graph of one visit. The relay is an SFU: it forwards RTP packets
+(``relay.fastpath``, ``relay.uptrack``, ``relay.leg``), never decoding,
+re-encoding nor re-packetizing, and feeds congestion control back to browsers
+(``relay.twcc``, ``relay.congestion``). Imports only the standard library,
+aiortc, aioice, pylibsrtp and av.
 
-The building blocks for forwarding RTP *packets* instead are pure functions
-and small classes over bytes, with explicit times and no asyncio:
-``relay.rtp`` (headers, header extensions, RTX), ``relay.payload`` (VP8 and
-H264 keyframes), ``relay.rtcp`` (RTCP packets), ``relay.twcc``
-(transport-cc feedback), ``relay.rtpstats`` (what receiver and sender
-reports carry), ``relay.retransmission`` (NACKs asked and answered) and
-``relay.ntp`` (NTP and RTP timestamps).
+The packet building blocks are pure functions and small classes over bytes,
+with explicit times and no asyncio: ``relay.rtp`` (headers, header
+extensions, RTX), ``relay.payload`` (VP8 and H264 keyframes), ``relay.rtcp``
+(RTCP packets), ``relay.twcc`` (transport-cc feedback), ``relay.rtpstats``
+(what receiver and sender reports carry), ``relay.retransmission`` (NACKs
+asked and answered) and ``relay.ntp`` (NTP and RTP timestamps).
 """
 
 from relay.ice import pin_ice_addresses, pinned_ice_addresses

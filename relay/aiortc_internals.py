@@ -1,23 +1,37 @@
-"""Every use of aiortc's and aioice's private internals, in one place.
+"""Every use of aiortc's, aioice's and asyncio's private internals, in one place.
 
-aiortc (pinned ``>=1.16,<1.17``) has no public API for the three things an
-SFU needs: receiving *encoded* frames without decoding them, hearing a
-subscriber's keyframe request, and sending a keyframe request upstream. It
-also cannot restrict ICE to chosen local addresses, and its re-offers
-renumber RTP header extensions and payload types the client already
-negotiated (see ``create_offer``). Each workaround below
-names the private attribute it relies on, checks that the attribute is there
-before touching it and raises :class:`AiortcInternalsChanged` otherwise, so an
-aiortc upgrade fails loudly (``tests/relay/test_aiortc_internals.py``) instead
-of silently decoding, transcoding or stalling.
+aiortc (pinned ``>=1.16,<1.17``) keeps ICE, the DTLS handshake, the SRTP keys, SDP and
+the transceivers for Parlor, but has no public API for what an SFU does with them:
 
-Nothing outside this module touches a name-mangled attribute, an underscore
-method of aiortc, or aiortc's undocumented modules (``aiortc.sdp``,
+* a **packet fast path** below aioice's queue (:class:`DatagramPath`): once a transport's
+  DTLS is connected, every SRTP/SRTCP datagram is taken from the nominated pair's socket
+  in a callback, unprotected with the transport's own SRTP session and handed to the relay
+  synchronously; the relay protects what it sends with the same transport's session and
+  ``sendto``-s it on the nominated pair. No task wake-up, no ``RtpPacket`` object;
+* keeping aiortc's own RTP machinery **idle** (:func:`take_over_sender`,
+  :func:`take_over_receiver`): senders and receivers are never started, so no jitter
+  buffer, decoder thread, NACK generator, sender report or retransmission of aiortc's runs,
+  while their SSRCs (the ones the SDP declares) stay the legs' SSRCs;
+* negotiating what aiortc's fixed local lists lack, **per transceiver**
+  (:func:`extend_negotiation`, :func:`create_offer`): transport-wide congestion control on
+  the publisher-side m-lines and Opus in-band FEC, while the aiortc of test clients in the
+  same process stays stock;
+* restricting ICE to chosen local addresses, keeping a client's RTP numbering in server
+  offers (see ``create_offer``) and fixing the DTLS role (:class:`DtlsRole`).
+
+Each workaround names the private attribute it relies on, checks that the attribute is
+there before touching it and raises :class:`AiortcInternalsChanged` otherwise, so an aiortc
+upgrade fails loudly (``tests/relay/test_aiortc_internals.py``) instead of silently
+decoding, stalling or sending garbage.
+
+Nothing outside this module touches a name-mangled attribute, an underscore method of
+aiortc, aioice or asyncio, or aiortc's undocumented modules (``aiortc.sdp``,
 ``aiortc.codecs``, ``aiortc.rtcpeerconnection``).
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,7 +51,9 @@ from aiortc import (
 from aiortc import rtcpeerconnection as aiortc_peerconnection
 from aiortc import sdp as aiortc_sdp
 from aiortc.codecs import CODECS
+from aiortc.rtcrtpparameters import RTCRtcpFeedback
 from OpenSSL import SSL
+from pylibsrtp._binding import ffi as srtp_ffi
 
 SUPPORTED_AIORTC = ("1.16.",)
 
@@ -53,6 +69,8 @@ SENDER_RTP_HISTORY = "_RTCRtpSender__rtp_history"
 SENDER_ENCODER = "_RTCRtpSender__encoder"
 TRANSCEIVER_CODECS = "_codecs"  # what the transceiver's sender/receiver start with
 TRANSCEIVER_HEADER_EXTENSIONS = "_headerExtensions"
+RECEIVER_BITRATE_ESTIMATOR = "_RTCRtpReceiver__remote_bitrate_estimator"
+RECEIVER_NACK_GENERATOR = "_RTCRtpReceiver__nack_generator"
 REMOTE_TRACK_QUEUE = "_queue"  # RemoteStreamTrack's asyncio.Queue of decoded frames
 
 # The function aioice calls to list local addresses; captured once so that
@@ -215,6 +233,314 @@ def encoding_context(sender: RTCRtpSender) -> object | None:
     return None if encoder is None else getattr(encoder, "codec", None)
 
 
+# --- the packet path ----------------------------------------------------------
+
+ICE_CONNECTION = "_connection"  # RTCIceTransport -> aioice.ice.Connection
+ICE_NOMINATED = "_nominated"  # Connection: {component: CandidatePair}
+ICE_PROTOCOLS = "_protocols"  # Connection: [StunProtocol], one per local candidate
+DTLS_RX_SRTP = "_rx_srtp"  # RTCDtlsTransport: pylibsrtp.Session for what arrives
+DTLS_TX_SRTP = "_tx_srtp"  # RTCDtlsTransport: pylibsrtp.Session for what is sent
+DATAGRAM_SOCKET = "_sock"  # asyncio's selector datagram transport: its socket
+DATAGRAM_CONN_LOST = "_conn_lost"
+LOOP_ADD_READER = "_add_reader"  # asyncio selector loop: (re)register a transport's reader
+LOOP_REMOVE_READER = "_remove_reader"
+SRTP_BUFFER = "_cdata"  # pylibsrtp.Session: the one buffer every (un)protect goes through
+SRTP_VIEW = "_buffer"
+SRTP_BUFFER_BYTES = 4096
+"""pylibsrtp's buffer is 1500 bytes and ``protect`` keeps 144 of them for a trailer, so a
+packet over 1356 bytes cannot be protected ("packet is too long"). aiortc's packetizer
+never makes one (1300), but a forwarder carries what publishers made: GStreamer's
+``rtpvp8pay`` fills a 1400-byte MTU, and the leg's header extension adds to it."""
+SENDER_SSRC = "_ssrc"
+SENDER_RTX_SSRC = "_rtx_ssrc"
+RTP_COMPONENT = 1
+DRAIN_BATCH = 64
+"""Datagrams read from one socket per readiness callback, at most (fairness)."""
+
+SrtpHandler = Callable[[bytes], None]
+
+
+class DatagramPath:
+    """SRTP and SRTCP of one DTLS transport, below aioice's queue.
+
+    aioice hands every datagram to the DTLS transport through an ``asyncio.Queue`` that a
+    task awaits, and aiortc's send path awaits a chain of coroutines: task wake-ups on both
+    hops of every packet, the bulk of a relay's cost. Once the transport is ``connected``:
+
+    * :meth:`intercept` takes every datagram whose first byte is 128–191 (RTP/RTCP by
+      RFC 7983) off the transport's sockets and calls ``handler(datagram)`` synchronously,
+      still protected; STUN (0–3) and DTLS (20–63) go on to aioice as before. With
+      ``drain`` (the default) the socket's asyncio reader is replaced by one that reads
+      until the socket would block (at most :data:`DRAIN_BATCH`), so one event-loop
+      iteration serves every datagram that arrived meanwhile; without it aioice's
+      ``StunProtocol.datagram_received`` is wrapped (one datagram per iteration).
+    * :attr:`rx` and :attr:`tx` are the transport's own SRTP sessions (``unprotect``,
+      ``unprotect_rtcp``, ``protect``, ``protect_rtcp``): using the same session as aiortc
+      keeps one SRTCP index and replay window per direction.
+    * :meth:`send` puts a protected datagram on the nominated pair, read again on every
+      call so that a pair aioice nominates later is followed.
+    """
+
+    def __init__(self, dtls_transport: Any) -> None:
+        for name in (DTLS_RX_SRTP, DTLS_TX_SRTP):
+            _require(dtls_transport, name)
+        ice = dtls_transport.transport
+        _require(ice, ICE_CONNECTION)
+        connection = getattr(ice, ICE_CONNECTION)
+        for name in (ICE_NOMINATED, ICE_PROTOCOLS):
+            _require(connection, name)
+        self._dtls = dtls_transport
+        self._nominated: dict[int, Any] = getattr(connection, ICE_NOMINATED)
+        self._protocols: list[Any] = getattr(connection, ICE_PROTOCOLS)
+        self._pair: Any = None
+        self._send_to: Callable[[bytes, Any], None] | None = None
+        self._address: Any = None
+        self._restore: list[Callable[[], None]] = []
+
+    @property
+    def rx(self) -> Any:
+        """The SRTP session that unprotects what the remote peer sends (None before DTLS)."""
+        return getattr(self._dtls, DTLS_RX_SRTP)
+
+    @property
+    def tx(self) -> Any:
+        """The SRTP session that protects what the relay sends (None before DTLS)."""
+        return getattr(self._dtls, DTLS_TX_SRTP)
+
+    def send(self, datagram: bytes) -> bool:
+        """Send one protected datagram on the nominated pair; False when there is none."""
+        pair = self._nominated.get(RTP_COMPONENT)
+        if pair is not self._pair:
+            if pair is None:
+                return False
+            self._pair = pair
+            self._send_to = pair.protocol.transport.sendto
+            self._address = pair.remote_addr
+        assert self._send_to is not None
+        self._send_to(datagram, self._address)
+        return True
+
+    def intercept(self, handler: SrtpHandler, *, drain: bool = True) -> None:
+        """Hand every SRTP/SRTCP datagram arriving on the transport's sockets to ``handler``.
+
+        Call once the DTLS transport is connected (before, the datagrams are aiortc's to
+        handshake with). Idempotent; :meth:`release` undoes it.
+        """
+        if self._restore:
+            return
+        for session in (self.rx, self.tx):
+            if session is not None:
+                widen_srtp_buffer(session)
+        for protocol in self._protocols:
+            transport = getattr(protocol, "transport", None)
+            if drain and _drainable(transport):
+                self._restore.append(_drain_reader(protocol, transport, handler))
+            else:
+                self._restore.append(_wrap_datagram_received(protocol, handler))
+
+    def release(self) -> None:
+        """Give the sockets back to aioice as they were."""
+        restore, self._restore = self._restore, []
+        for undo in restore:
+            undo()
+
+
+def widen_srtp_buffer(session: Any) -> None:
+    """Let ``session`` (a ``pylibsrtp.Session``) protect packets up to ~3.9 kB."""
+    _require(session, SRTP_BUFFER)
+    _require(session, SRTP_VIEW)
+    if len(getattr(session, SRTP_BUFFER)) >= SRTP_BUFFER_BYTES:
+        return
+    buffer = srtp_ffi.new("char[]", SRTP_BUFFER_BYTES)
+    setattr(session, SRTP_BUFFER, buffer)
+    setattr(session, SRTP_VIEW, srtp_ffi.buffer(buffer))
+
+
+def _drainable(transport: Any) -> bool:
+    loop = getattr(transport, "_loop", None)
+    return (
+        transport is not None
+        and hasattr(transport, DATAGRAM_SOCKET)
+        and hasattr(transport, DATAGRAM_CONN_LOST)
+        and hasattr(loop, LOOP_ADD_READER)
+        and hasattr(loop, LOOP_REMOVE_READER)
+    )
+
+
+def _wrap_datagram_received(protocol: Any, handler: SrtpHandler) -> Callable[[], None]:
+    _require(protocol, "datagram_received")
+    original = protocol.datagram_received
+
+    def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
+        if data and 127 < data[0] < 192:
+            handler(data)
+        else:
+            original(data, addr)
+
+    protocol.datagram_received = datagram_received
+
+    def undo() -> None:
+        if protocol.datagram_received is datagram_received:
+            del protocol.datagram_received
+
+    return undo
+
+
+def _drain_reader(protocol: Any, transport: Any, handler: SrtpHandler) -> Callable[[], None]:
+    """Replace asyncio's one-datagram reader of ``transport``'s socket with a draining one."""
+    sock = getattr(transport, DATAGRAM_SOCKET)
+    loop = transport._loop
+    fd = sock.fileno()
+    original = transport._read_ready
+    recvfrom = sock.recvfrom
+    max_size = transport.max_size
+
+    def read_ready() -> None:
+        for _ in range(DRAIN_BATCH):
+            if getattr(transport, DATAGRAM_CONN_LOST):
+                return
+            try:
+                data, addr = recvfrom(max_size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                protocol.error_received(exc)
+                return
+            if data and 127 < data[0] < 192:
+                handler(data)
+            else:
+                protocol.datagram_received(data, addr)
+
+    getattr(loop, LOOP_REMOVE_READER)(fd)
+    getattr(loop, LOOP_ADD_READER)(fd, read_ready)
+
+    def undo() -> None:
+        if not getattr(transport, DATAGRAM_CONN_LOST) and sock.fileno() == fd:
+            getattr(loop, LOOP_REMOVE_READER)(fd)
+            getattr(loop, LOOP_ADD_READER)(fd, original)
+
+    return undo
+
+
+def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
+    """(media SSRC, RTX SSRC) the SDP declares for ``sender``'s m-line (``a=ssrc``)."""
+    _require(sender, SENDER_SSRC)
+    _require(sender, SENDER_RTX_SSRC)
+    return int(getattr(sender, SENDER_SSRC)), int(getattr(sender, SENDER_RTX_SSRC))
+
+
+def take_over_sender(
+    sender: RTCRtpSender, started: Callable[[aiortc.RTCRtpSendParameters], None]
+) -> None:
+    """Keep ``sender`` idle and call ``started(parameters)`` when aiortc would start it.
+
+    aiortc calls ``sender.send(parameters)`` once the transport is connected and the
+    m-line negotiated, with the codecs, header extensions, mid and CNAME the relay must
+    send with. Started, the sender would run an RTP task reading a track and an RTCP task
+    sending sender reports with its own (zero) counts for the SSRC the relay uses; never
+    started, it sends nothing and its ``stop`` does nothing. Call before negotiation.
+    """
+    _require(sender, "send")
+
+    async def send(parameters: aiortc.RTCRtpSendParameters) -> None:
+        started(parameters)
+
+    sender.send = send  # type: ignore[method-assign]
+
+
+def take_over_receiver(
+    receiver: RTCRtpReceiver, started: Callable[[aiortc.RTCRtpReceiveParameters], None]
+) -> None:
+    """Keep ``receiver`` idle and call ``started(parameters)`` when aiortc would start it.
+
+    The parameters carry the negotiated codecs and header extensions and the remote
+    SSRCs the SDP declares (``encodings``, with their RTX SSRC). Never started, the
+    receiver runs no decoder thread, jitter buffer, NACK generator or RTCP task: the relay
+    receives its packets below aiortc (:class:`DatagramPath`). What a video receiver
+    allocates for them up front (a REMB estimator's rate buckets, ~100 kB) is let go.
+    """
+    _require(receiver, "receive")
+    for name in (RECEIVER_BITRATE_ESTIMATOR, RECEIVER_NACK_GENERATOR):
+        _require(receiver, name)
+        setattr(receiver, name, None)  # aiortc checks both for None before use
+
+    async def receive(parameters: aiortc.RTCRtpReceiveParameters) -> None:
+        started(parameters)
+
+    receiver.receive = receive  # type: ignore[method-assign]
+
+
+PC_CNAME = "_RTCPeerConnection__cname"
+
+
+def local_cname(pc: RTCPeerConnection) -> str:
+    """The CNAME ``pc``'s SDP declares for its SSRCs (``a=ssrc:... cname:``)."""
+    _require(pc, PC_CNAME)
+    return str(getattr(pc, PC_CNAME))
+
+
+def dtls_transport_of(transceiver: aiortc.RTCRtpTransceiver) -> aiortc.RTCDtlsTransport:
+    """The DTLS transport ``transceiver`` uses now (the BUNDLE one once negotiated)."""
+    return transceiver.receiver.transport
+
+
+# --- negotiating what aiortc's local lists lack --------------------------------
+
+TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+TRANSPORT_CC_FEEDBACK = "transport-cc"
+OPUS_FEC = {"useinbandfec": 1}
+
+
+def extend_negotiation(pc: RTCPeerConnection, sdp: str, publishing: set[str]) -> None:
+    """Add what the remote description ``sdp`` offers and aiortc's lists lack.
+
+    Call right after ``setRemoteDescription(sdp)``, before anything awaits: aiortc
+    intersects each m-line with its process-wide ``CODECS``/``HEADER_EXTENSIONS``, which
+    have no transport-wide congestion control and no Opus FEC, and the connection task
+    that starts senders and receivers reads the result when it next runs. For the
+    transceivers whose mid is in ``publishing`` (the client sends there, the relay
+    receives) the remote's ``transport-wide-cc`` extension and ``rtcp-fb transport-cc``
+    are kept, so browsers number their packets for the relay's transport-cc feedback;
+    every Opus codec gets ``useinbandfec=1``. The answer (or the next offer) then carries
+    them.
+    """
+    try:
+        description = aiortc_sdp.SessionDescription.parse(sdp)
+    except Exception as exc:
+        raise ValueError(f"malformed SDP: {exc!r}") from exc
+    remote = {media.rtp.muxId: media for media in description.media}
+    for transceiver in pc.getTransceivers():
+        media = remote.get(transceiver.mid)
+        if media is None:
+            continue
+        _require(transceiver, TRANSCEIVER_CODECS)
+        _require(transceiver, TRANSCEIVER_HEADER_EXTENSIONS)
+        codecs: list[RTCRtpCodecParameters] = getattr(transceiver, TRANSCEIVER_CODECS)
+        if transceiver.mid in publishing:
+            extensions = getattr(transceiver, TRANSCEIVER_HEADER_EXTENSIONS)
+            offered = next(
+                (e for e in media.rtp.headerExtensions if e.uri == TRANSPORT_CC_URI), None
+            )
+            if offered is not None and all(e.uri != TRANSPORT_CC_URI for e in extensions):
+                extensions.append(RTCRtpHeaderExtensionParameters(id=offered.id, uri=offered.uri))
+            remote_codecs = {c.payloadType: c for c in media.rtp.codecs}
+            for codec in codecs:
+                theirs = remote_codecs.get(codec.payloadType)
+                if theirs is None or is_rtx_codec(codec):
+                    continue
+                if any(f.type == TRANSPORT_CC_FEEDBACK for f in theirs.rtcpFeedback) and not any(
+                    f.type == TRANSPORT_CC_FEEDBACK for f in codec.rtcpFeedback
+                ):
+                    codec.rtcpFeedback.append(RTCRtcpFeedback(type=TRANSPORT_CC_FEEDBACK))
+        for codec in codecs:
+            _with_opus_fec(codec)
+
+
+def _with_opus_fec(codec: RTCRtpCodecParameters) -> None:
+    if codec.mimeType.lower() == "audio/opus":
+        codec.parameters.update(OPUS_FEC)
+
+
 # --- SDP and codecs -----------------------------------------------------------
 
 
@@ -359,13 +685,37 @@ async def create_offer(
             )
         )
     offer = await pc.createOffer()
+    negotiated = {}
     for transceiver, codecs, extensions in saved:
         if codecs:  # negotiated before (a new transceiver has none yet)
             setattr(transceiver, TRANSCEIVER_CODECS, codecs)
             setattr(transceiver, TRANSCEIVER_HEADER_EXTENSIONS, extensions)
-    if numbering is None:
-        return offer
-    return RTCSessionDescription(sdp=renumber_offer(offer.sdp, numbering), type="offer")
+            negotiated[transceiver.mid] = (codecs, extensions)
+    sdp = _as_negotiated(offer.sdp, negotiated)
+    if numbering is not None:
+        sdp = renumber_offer(sdp, numbering)
+    return RTCSessionDescription(sdp=sdp, type="offer")
+
+
+def _as_negotiated(
+    sdp: str,
+    negotiated: dict[str | None, tuple[list[RTCRtpCodecParameters], list[Any]]],
+) -> str:
+    """An offer whose negotiated m-lines list what was negotiated (with what
+    :func:`extend_negotiation` added, e.g. transport-cc, which aiortc's own offer would drop
+    and the client's answer then with it), and whose Opus asks for in-band FEC."""
+    description = aiortc_sdp.SessionDescription.parse(sdp)
+    for media in description.media:
+        if media.rtp.muxId in negotiated:
+            codecs, extensions = negotiated[media.rtp.muxId]
+            media.rtp.codecs = copy.deepcopy(codecs)
+            media.rtp.headerExtensions = copy.deepcopy(extensions)
+            media.fmt = [codec.payloadType for codec in media.rtp.codecs]
+        else:
+            media.rtp.codecs = copy.deepcopy(media.rtp.codecs)
+        for codec in media.rtp.codecs:
+            _with_opus_fec(codec)
+    return str(description)
 
 
 def rtp_numbering(sdp: str) -> RtpNumbering:

@@ -10,7 +10,9 @@ subscriber.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from aiortc import RTCRtpCodecCapability, RTCRtpSender
 
@@ -68,3 +70,36 @@ class VisitCodec:
                 return True
             position = data.find(b"\x00\x00\x01", position + 3)
         return False
+
+
+@dataclass(frozen=True)
+class NegotiatedCodec:
+    """What one negotiated m-line says about its media codec, for the packet path."""
+
+    payload_type: int
+    clock_rate: int
+    rtx_payload_type: int | None
+    """The RTX payload type paired with it (``apt``), None without RTX."""
+    feedback: frozenset[str]
+    """Its rtcp-fb types: ``nack``, ``nack pli``, ``ccm fir``, ``goog-remb``, ``transport-cc``."""
+
+    @classmethod
+    def of(cls, codecs: Iterable[Any]) -> NegotiatedCodec | None:
+        """From aiortc's negotiated codec list (the media codec first, then RTX)."""
+        listed = list(codecs)
+        media = next((c for c in listed if not c.mimeType.lower().endswith("/rtx")), None)
+        if media is None:
+            return None
+        rtx = next(
+            (
+                int(c.payloadType)
+                for c in listed
+                if c.mimeType.lower().endswith("/rtx")
+                and c.parameters.get("apt") == media.payloadType
+            ),
+            None,
+        )
+        feedback = frozenset(
+            f.type if not f.parameter else f"{f.type} {f.parameter}" for f in media.rtcpFeedback
+        )
+        return cls(int(media.payloadType), int(media.clockRate), rtx, feedback)

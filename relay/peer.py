@@ -28,37 +28,36 @@ Negotiation, as built:
   neither completes within ``MEDIA_SETUP_SECONDS``) or that dies later sets
   :attr:`RelayPeer.lost` with the cause in :attr:`RelayPeer.failure`.
 
-Media never passes through a decoder here: each publishing receiver hands
-its encoded frames to a :class:`~relay.forwarder.Forwarder` (see
-``aiortc_internals.install_encoded_frame_sink``); each sender reads a
-:class:`~relay.forwarder.ForwardedTrack`. Only if that hook is unavailable
-does the peer fall back, with a warning, to decoding and re-encoding.
+Media is forwarded as RTP packets, never decoded, re-encoded nor re-packetized. aiortc
+keeps ICE, DTLS, the SRTP keys, SDP and the transceivers; its senders and receivers are
+never started (``aiortc_internals.take_over_sender``/``take_over_receiver``): each publishing
+m-line is an :class:`~relay.uptrack.UpTrack`, each forwarded m-line a
+:class:`~relay.leg.Leg` with the SSRCs the SDP declares, and once the DTLS transport is
+connected a :class:`~relay.fastpath.MediaTransport` carries both below aioice's queue.
+The publisher-side m-lines negotiate transport-wide congestion control
+(``aiortc_internals.extend_negotiation``), so browser publishers ramp as in a direct call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fractions
 import logging
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
-import av
 from aiortc import (
-    MediaStreamError,
     RTCPeerConnection,
-    RTCRtpCodecParameters,
-    RTCRtpReceiver,
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
 
 from relay import aiortc_internals
-from relay.aiortc_internals import AiortcInternalsChanged, MediaSection
+from relay.aiortc_internals import AiortcInternalsChanged, DatagramPath, MediaSection
 from relay.codec import VisitCodec
-from relay.forwarder import ForwardedTrack, Forwarder
+from relay.fastpath import MediaTransport
 from relay.ice import rtc_configuration
+from relay.leg import Leg
 from relay.negotiation import (
     MEDIA_KINDS,
     PeerClosed,
@@ -68,6 +67,7 @@ from relay.negotiation import (
     without_mdns_candidates,
 )
 from relay.stats import RelayStats
+from relay.uptrack import PublisherClock, Tap, UpTrack
 
 logger = logging.getLogger(__name__)
 
@@ -75,19 +75,23 @@ MEDIA_SETUP_SECONDS = 20.0
 """From the client's first offer to a connected transport, at most (ICE + DTLS)."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Subscription:
     """One publisher track forwarded to this peer."""
 
     publisher_id: str
     kind: str
-    track: ForwardedTrack
+    leg: Leg
     transceiver: RTCRtpTransceiver | None = None
     """None until the next server offer adds it to the connection."""
 
 
 class RelayPeer:
     """One participant's server-side peer connection and its forwarding."""
+
+    DRAIN_SOCKETS = True
+    """Read each socket until it would block per readiness callback (see
+    ``aiortc_internals.DatagramPath``); False wraps aioice's datagram callback instead."""
 
     def __init__(
         self,
@@ -115,22 +119,14 @@ class RelayPeer:
         self._pc.on("connectionstatechange", self._on_connection_state)
         self._stats = RelayStats()
         self._stat_targets = (self._stats,) if totals is None else (self._stats, totals)
-        self._forwarders = {
-            kind: Forwarder(
-                kind,
-                peer_id,
-                partial(self._request_keyframe_upstream, kind),
-                self._stat_targets,
-            )
-            for kind in MEDIA_KINDS
-        }
-        self._receivers: dict[str, RTCRtpReceiver] = {}
+        self._clock = PublisherClock()
+        self._uptracks: dict[str, UpTrack] = {}
+        self._publishing: dict[str, RTCRtpTransceiver] = {}
         self._subscriptions: dict[tuple[str, str], Subscription] = {}
         self._unnegotiated: list[Subscription] = []
         self._departed: list[Subscription] = []
+        self._transports: dict[int, MediaTransport] = {}
         self._tasks: set[asyncio.Future[None]] = set()
-        self._readers: set[str] = set()
-        self._time_bases: dict[int, fractions.Fraction] = {}
         self._forwarding = True
         self._video = True
         self._closed = False
@@ -164,24 +160,33 @@ class RelayPeer:
         return self._video
 
     @property
-    def transcoding(self) -> bool:
-        return any(forwarder.decoded for forwarder in self._forwarders.values())
-
-    @property
     def counters(self) -> RelayStats:
         """This peer's own counters (live object)."""
         return self._stats
 
     def published_kinds(self) -> list[str]:
         """Kinds this peer's client sends to the relay (after its offer)."""
-        return [kind for kind in MEDIA_KINDS if kind in self._receivers]
+        return [kind for kind in MEDIA_KINDS if kind in self._uptracks]
+
+    def uptrack(self, kind: str) -> UpTrack:
+        """The track of ``kind`` this peer publishes (KeyError if it publishes none)."""
+        return self._uptracks[kind]
+
+    def legs(self) -> list[Leg]:
+        """The legs forwarding other peers' tracks to this peer (for inspection)."""
+        return [s.leg for s in self._subscriptions.values()]
+
+    def add_tap(self, kind: str, tap: Tap) -> Any:
+        """Hand every packet this peer publishes of ``kind`` to ``tap`` (for recording);
+        returns the function that removes it. See :meth:`UpTrack.add_tap`."""
+        return self._uptracks[kind].add_tap(tap)
 
     def stats(self) -> dict:
         """Counters and state, for logs, ``/metrics`` and tests.
 
-        ``video_encoders`` counts server senders that opened a video encoder
-        and ``decoders_running`` receivers with a live decoder thread: both
-        stay 0 unless the transcoding fallback is in use.
+        ``video_encoders`` counts server senders that opened a video encoder and
+        ``decoders_running`` receivers with a live decoder thread: aiortc's own media
+        machinery never starts here, so both stay 0.
         """
         transceivers = self._pc.getTransceivers()
         return {
@@ -190,9 +195,8 @@ class RelayPeer:
             "forwarding": self._forwarding,
             "video": self._video,
             "publish": self.publish,
-            "transcoding": self.transcoding,
             "subscriptions": len(self._subscriptions),
-            "queued": sum(s.track.queued for s in self._subscriptions.values()),
+            "legs_live": sum(1 for s in self._subscriptions.values() if s.leg.live),
             "video_encoders": sum(
                 1
                 for t in transceivers
@@ -219,12 +223,20 @@ class RelayPeer:
         if self._pc.signalingState != "stable":
             raise UnsupportedOffer("an offer crossed the server's pending offer; answer it first")
         media = check_description(sdp, self.codec)
-        self._prepare_transceivers(media)
+        try:
+            self._prepare_transceivers(media)
+        except AiortcInternalsChanged as exc:
+            self._broken = True
+            logger.error("peer %s: the packet path is unavailable: %s", self.peer_id, exc)
+            raise UnsupportedOffer(
+                "the server cannot forward media (its aiortc version is not supported)"
+            ) from exc
         try:
             self._dtls.adopt(self._pc)
             await self._pc.setRemoteDescription(
                 RTCSessionDescription(sdp=without_mdns_candidates(sdp), type="offer")
             )
+            aiortc_internals.extend_negotiation(self._pc, sdp, self._publishing_mids())
             self._dtls.choose(self._pc, _bundle_setup(media))
             await self._pc.setLocalDescription(await self._pc.createAnswer())
         except Exception as exc:
@@ -233,7 +245,6 @@ class RelayPeer:
             logger.info("peer %s: offer refused by aiortc: %r", self.peer_id, exc)
             raise UnsupportedOffer(f"offer cannot be applied: {exc}") from exc
         self._numbering = aiortc_internals.rtp_numbering(sdp)
-        self._start_transcoding_readers()
         self._watch_setup()
         return self._pc.localDescription.sdp
 
@@ -252,7 +263,6 @@ class RelayPeer:
         self._departed.clear()
         for transceiver in retiring:
             transceiver.direction = "inactive"
-            aiortc_internals.forget_sent_packets(transceiver.sender)
         try:
             # Not pc.createOffer(): aiortc would renumber RTP header extensions
             # and payload types, which a browser refuses under BUNDLE.
@@ -265,8 +275,6 @@ class RelayPeer:
             if self._closed:  # closed while the offer was being made
                 raise PeerClosed(self.peer_id) from None
             raise
-        for transceiver in retiring:
-            self._run_soon(transceiver.sender.stop())
         return self._pc.localDescription.sdp
 
     async def accept_answer(self, sdp: str) -> None:
@@ -283,6 +291,7 @@ class RelayPeer:
             await self._pc.setRemoteDescription(
                 RTCSessionDescription(sdp=without_mdns_candidates(sdp), type="answer")
             )
+            aiortc_internals.extend_negotiation(self._pc, sdp, self._publishing_mids())
         except Exception as exc:
             logger.info("peer %s: answer refused by aiortc: %r", self.peer_id, exc)
             raise UnsupportedOffer(f"answer cannot be applied: {exc}") from exc
@@ -333,40 +342,40 @@ class RelayPeer:
         """Stop all media from and to this peer, now (synchronous).
 
         After this returns the relay forwards nothing more from this peer's
-        client and sends nothing more to it (an RTP frame already handed to
-        the socket is on the wire); retransmission history is dropped so a
-        NACK cannot resend either. Irreversible; ``close()`` follows.
+        client and sends nothing more to it (a packet already handed to the
+        socket is on the wire): the flags the packet path checks per packet
+        and per NACK are down, so nothing is retransmitted either.
+        Irreversible; ``close()`` follows.
         """
         if not self._forwarding:
             return
         self._forwarding = False
-        for forwarder in self._forwarders.values():
-            forwarder.set_active(False)
+        for transport in self._transports.values():
+            transport.stop()
+        for uptrack in self._uptracks.values():
+            uptrack.set_active(False)
         for subscription in self._subscriptions.values():
-            subscription.track.pause()
-        for transceiver in self._pc.getTransceivers():
-            try:
-                aiortc_internals.forget_sent_packets(transceiver.sender)
-            except AiortcInternalsChanged:
-                logger.exception("peer %s: cannot drop retransmission history", self.peer_id)
+            subscription.leg.pause()
 
     def set_video(self, enabled: bool) -> None:
         """Turn video from and to this peer off or on; audio continues.
 
-        Synchronous like :meth:`stop_forwarding`. When video comes back each
-        subscriber restarts at a (requested) keyframe.
+        Synchronous like :meth:`stop_forwarding`: video is dropped at the
+        packet gates in both directions. When video comes back every video
+        leg restarts at a (requested) keyframe.
         """
         self._video = bool(enabled)
         if not self._forwarding:
             return
-        self._forwarders["video"].set_active(self._video)
+        if "video" in self._uptracks:
+            self._uptracks["video"].set_active(self._video)
         for subscription in self._subscriptions.values():
             if subscription.kind != "video":
                 continue
             if self._video:
-                subscription.track.resume()
+                subscription.leg.resume()
             else:
-                subscription.track.pause()
+                subscription.leg.pause()
 
     def _on_connection_state(self) -> None:
         state = self._pc.connectionState
@@ -436,10 +445,12 @@ class RelayPeer:
         if not self._closed:
             self._closed = True
             self._cancel_setup_timer()
-            for forwarder in self._forwarders.values():
-                forwarder.close()
+            for uptrack in self._uptracks.values():
+                uptrack.close()
             for subscription in self._subscriptions.values():
-                subscription.track.stop()
+                subscription.leg.close()
+            for transport in self._transports.values():
+                transport.close()
             for task in list(self._tasks):
                 task.cancel()
         try:
@@ -450,14 +461,11 @@ class RelayPeer:
 
     # --- wiring (called by Room) ---------------------------------------------
 
-    def forwarder(self, kind: str) -> Forwarder:
-        return self._forwarders[kind]
-
     def subscribe_to(self, publisher: RelayPeer) -> bool:
         """Forward ``publisher``'s tracks to this peer; True if any were new.
 
         The tracks reach the client after the next :meth:`create_offer`;
-        each starts at a keyframe, requested now.
+        video starts at a keyframe, requested once the leg is negotiated.
         """
         added = False
         for kind in publisher.published_kinds():
@@ -465,13 +473,12 @@ class RelayPeer:
             if key in self._subscriptions:
                 continue
             accepting = self._forwarding and (kind == "audio" or self._video)
-            track = ForwardedTrack(
-                publisher.forwarder(kind), accepting=accepting, stats=self._stat_targets
-            )
-            subscription = Subscription(publisher.peer_id, kind, track)
+            uptrack = publisher.uptrack(kind)
+            leg = Leg(uptrack, self.peer_id, self._stat_targets, open=accepting)
+            subscription = Subscription(publisher.peer_id, kind, leg)
             self._subscriptions[key] = subscription
             self._unnegotiated.append(subscription)
-            publisher.forwarder(kind).subscribe(track)
+            uptrack.add_leg(leg)
             added = True
         return added
 
@@ -485,8 +492,7 @@ class RelayPeer:
             subscription = self._subscriptions.pop((publisher_id, kind), None)
             if subscription is None:
                 continue
-            subscription.track.source.unsubscribe(subscription.track)
-            subscription.track.stop()
+            subscription.leg.close()
             if subscription in self._unnegotiated:
                 self._unnegotiated.remove(subscription)
             else:
@@ -510,94 +516,97 @@ class RelayPeer:
         for m in media:
             if m.kind not in MEDIA_KINDS or m.mid in known:
                 continue
-            publishing = self.publish and m.kind not in self._receivers
+            publishing = self.publish and m.kind not in self._uptracks
             transceiver = self._pc.addTransceiver(
                 m.kind, direction="recvonly" if publishing else "inactive"
             )
             transceiver.setCodecPreferences(self.codec.preferences(m.kind))
             if publishing:
-                self._receive(m.kind, transceiver.receiver)
+                self._receive(m.kind, transceiver)
 
-    def _receive(self, kind: str, receiver: RTCRtpReceiver) -> None:
-        self._receivers[kind] = receiver
-        forwarder = self._forwarders[kind]
-        try:
-            aiortc_internals.install_encoded_frame_sink(
-                receiver,
-                partial(self._on_encoded_frame, forwarder),
-                partial(self._on_receiver_end, kind),
-            )
-        except AiortcInternalsChanged:
-            logger.warning(
-                "peer %s: encoded-frame passthrough unavailable, TRANSCODING %s "
-                "(decode + re-encode per subscriber)",
-                self.peer_id,
-                kind,
-                exc_info=True,
-            )
-            forwarder.decoded = True
+    def _receive(self, kind: str, transceiver: RTCRtpTransceiver) -> None:
+        uptrack = UpTrack(kind, self.peer_id, self.codec.name, self._clock, self._stat_targets)
+        uptrack.active = self._forwarding and (kind == "audio" or self._video)
+        self._uptracks[kind] = uptrack
+        self._publishing[kind] = transceiver
+        aiortc_internals.take_over_receiver(
+            transceiver.receiver, partial(self._uptrack_started, uptrack, transceiver)
+        )
 
-    def _on_encoded_frame(
-        self, forwarder: Forwarder, codec: RTCRtpCodecParameters, data: bytes, timestamp: int
+    def _publishing_mids(self) -> set[str]:
+        return {t.mid for t in self._publishing.values() if t.mid is not None}
+
+    def _uptrack_started(
+        self, uptrack: UpTrack, transceiver: RTCRtpTransceiver, parameters: Any
     ) -> None:
-        if not forwarder.active or not data:
-            return
-        time_base = self._time_bases.get(codec.clockRate)
-        if time_base is None:
-            time_base = self._time_bases.setdefault(
-                codec.clockRate, fractions.Fraction(1, codec.clockRate)
-            )
-        packet = av.Packet(data)
-        packet.pts = timestamp
-        packet.time_base = time_base
-        keyframe = forwarder.kind == "video" and self.codec.is_keyframe(data)
-        forwarder.push(packet, keyframe, len(data))
-
-    def _on_receiver_end(self, kind: str) -> None:
-        logger.debug("peer %s: %s receiver ended", self.peer_id, kind)
-
-    def _start_transcoding_readers(self) -> None:
-        """Fallback only: read decoded frames from receivers not hooked."""
-        for kind, receiver in self._receivers.items():
-            forwarder = self._forwarders[kind]
-            if forwarder.decoded and receiver.track is not None and kind not in self._readers:
-                self._readers.add(kind)
-                self._run_soon(self._read_decoded(forwarder, receiver))
-
-    async def _read_decoded(self, forwarder: Forwarder, receiver: RTCRtpReceiver) -> None:
-        track = receiver.track
-        try:
-            while True:
-                frame = await track.recv()
-                forwarder.push(frame, True, 0)
-        except MediaStreamError:
-            return
+        """aiortc would start the publishing m-line's receiver now (DTLS is connected)."""
+        uptrack.configure(parameters)
+        transport = self._transport_for(transceiver)
+        if transport is not None:
+            transport.add_uptrack(uptrack)
 
     def _add_sender(self, subscription: Subscription) -> RTCRtpTransceiver:
-        transceiver = self._pc.addTransceiver(subscription.track, direction="sendonly")
+        transceiver = self._pc.addTransceiver(subscription.kind, direction="sendonly")
         transceiver.setCodecPreferences(self.codec.preferences(subscription.kind))
         aiortc_internals.set_stream_id(transceiver.sender, subscription.publisher_id)
-        if not subscription.track.source.decoded:
-            aiortc_internals.route_keyframe_requests(
-                transceiver.sender, subscription.track.on_keyframe_request
-            )
+        aiortc_internals.take_over_sender(
+            transceiver.sender, partial(self._leg_started, subscription, transceiver)
+        )
+        aiortc_internals.take_over_receiver(transceiver.receiver, _sends_only)
         return transceiver
 
-    def _request_keyframe_upstream(self, kind: str) -> None:
-        receiver = self._receivers.get(kind)
-        if receiver is None or not self._forwarding or self._closed:
-            return
-        request = aiortc_internals.request_picture_loss(receiver)
-        if request is None:
-            return
-        for stats in self._stat_targets:
-            stats.keyframe_requests_forwarded += 1
-        self._run_soon(request)
+    def _leg_started(
+        self, subscription: Subscription, transceiver: RTCRtpTransceiver, parameters: Any
+    ) -> None:
+        """aiortc would start the leg's sender now: its m-line is negotiated, DTLS connected."""
+        transport = self._transport_for(transceiver)
+        if transport is not None:
+            ssrcs = aiortc_internals.sender_ssrcs(transceiver.sender)
+            subscription.leg.start(parameters, transport, ssrcs)
 
-    def _run_soon(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _transport_for(self, transceiver: RTCRtpTransceiver) -> MediaTransport | None:
+        """The packet path of ``transceiver``'s DTLS transport, set up on first use.
+
+        Runs in aiortc's connection task: a changed aiortc fails the session (with the
+        cause logged) rather than that task.
+        """
+        if self._closed:
+            return None
+        try:
+            return self._media_transport(transceiver)
+        except AiortcInternalsChanged as exc:
+            logger.error("peer %s: the packet path is unavailable: %s", self.peer_id, exc)
+            self._fail("the server cannot forward media (its aiortc version is not supported)")
+            return None
+
+    def _media_transport(self, transceiver: RTCRtpTransceiver) -> MediaTransport:
+        dtls = aiortc_internals.dtls_transport_of(transceiver)
+        transport = self._transports.get(id(dtls))
+        if transport is not None:
+            return transport
+        first = self._pc.getTransceivers()[0]
+        transport = MediaTransport(
+            DatagramPath(dtls),
+            self.peer_id,
+            self._stat_targets,
+            rtcp_ssrc=aiortc_internals.sender_ssrcs(first.sender)[0],
+            cname=aiortc_internals.local_cname(self._pc),
+        )
+        self._transports[id(dtls)] = transport
+        transport.start(drain=self.DRAIN_SOCKETS)
+        if not self._forwarding:
+            transport.stop()
+
+        def on_state() -> None:
+            if dtls.state in ("closed", "failed"):
+                transport.close()
+
+        dtls.on("statechange", on_state)
+        return transport
+
+
+def _sends_only(parameters: Any) -> None:
+    """A leg's m-line is sendonly: its receiver is never started, nor wanted."""
 
 
 def _bundle_setup(media: list[MediaSection]) -> str | None:

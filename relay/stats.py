@@ -1,6 +1,6 @@
 """Forwarding counters, per peer and relay-wide.
 
-Counting happens on the hot path (once per encoded frame per subscriber),
+Counting happens on the hot path (once per RTP packet per subscriber leg),
 so the counters are plain integer fields; a peer adds to its own counters
 and, when one was given, to a relay-wide :class:`RelayStats` shared by every
 peer of the process (``RelayPeer(..., totals=shared)``), which is what
@@ -17,21 +17,33 @@ from dataclasses import dataclass
 class RelayStats:
     """Monotonic counters of the media plane.
 
-    A *packet* is one encoded media frame (an ``av.Packet``: one video frame
-    or one 20 ms Opus frame), which aiortc then splits into RTP packets.
+    Every count is of **RTP packets** (the relay forwards packets, not frames):
+    a 640×480 VP8 frame is a handful of packets, a 20 ms Opus frame one.
+    A peer's own counters count what it published (``received``), what was
+    sent to it (``forwarded``, ``retransmitted``, ``dropped``) and the RTCP it
+    sent upstream on its transport.
     """
 
     packets_received: int = 0
-    """Encoded frames received from publishers (before fan-out)."""
+    """RTP packets received from publishers (before fan-out; retransmissions and
+    padding included), after SRTP."""
     bytes_received: int = 0
     packets_forwarded: int = 0
-    """Encoded frames handed to a subscriber's sender."""
+    """RTP packets sent to subscribers (one per leg), retransmissions excluded."""
     bytes_forwarded: int = 0
+    packets_dropped: int = 0
+    """Media packets not forwarded to a subscriber: waiting for a keyframe after
+    joining, resuming or an ``audio-only`` restriction lifting."""
+    packets_retransmitted: int = 0
+    """Packets resent from a leg's history to answer a subscriber's NACK."""
+    nacks_unanswered: int = 0
+    """Sequence numbers a subscriber NACKed that the history no longer held."""
+    nacks_sent: int = 0
+    """NACK packets the relay sent to publishers for its own losses."""
     keyframe_requests_forwarded: int = 0
     """Picture-loss indications sent upstream to publishers."""
-    frames_dropped: int = 0
-    """Frames not forwarded to a subscriber: it fell behind, or was waiting
-    for a keyframe after joining, resyncing or resuming."""
+    transport_feedback_sent: int = 0
+    """Transport-wide congestion control feedback packets sent to publishers."""
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)

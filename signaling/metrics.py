@@ -22,13 +22,18 @@ class RelayCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         t = self.totals
-        yield CounterMetricFamily("parlor_relay_packets_forwarded", "Encoded frames forwarded", value=t.packets_forwarded)
-        yield CounterMetricFamily("parlor_relay_bytes_forwarded", "Encoded bytes forwarded", value=t.bytes_forwarded)
-        yield CounterMetricFamily("parlor_relay_packets_received", "Encoded frames received", value=t.packets_received)
+        yield CounterMetricFamily("parlor_relay_packets_forwarded", "RTP packets forwarded to subscribers", value=t.packets_forwarded)
+        yield CounterMetricFamily("parlor_relay_bytes_forwarded", "RTP bytes forwarded to subscribers", value=t.bytes_forwarded)
+        yield CounterMetricFamily("parlor_relay_packets_received", "RTP packets received from publishers", value=t.packets_received)
         yield CounterMetricFamily(
             "parlor_relay_keyframe_requests_forwarded", "PLIs sent upstream", value=t.keyframe_requests_forwarded
         )
-        yield CounterMetricFamily("parlor_relay_frames_dropped", "Frames not forwarded", value=t.frames_dropped)
+        yield CounterMetricFamily("parlor_relay_packets_dropped", "RTP packets not forwarded to a subscriber (keyframe gating)", value=t.packets_dropped)
+        yield CounterMetricFamily("parlor_relay_packets_retransmitted", "RTP packets resent to subscribers (NACK)", value=t.packets_retransmitted)
+        yield CounterMetricFamily("parlor_relay_nacks_sent", "NACKs sent to publishers for the relay's own losses", value=t.nacks_sent)
+        yield CounterMetricFamily(
+            "parlor_relay_transport_feedback_sent", "Transport-cc feedback packets sent to publishers", value=t.transport_feedback_sent
+        )
 
 
 class Metrics:

@@ -39,7 +39,6 @@ pytestmark = [
 ]
 
 
-
 def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 

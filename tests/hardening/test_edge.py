@@ -56,10 +56,15 @@ async def test_three_hundred_slowloris_connections_are_closed_and_a_live_call_go
             stop, closed = asyncio.Event(), []
             started = time.monotonic()
             before = family.received.frames["audio"]
-            attack = [asyncio.ensure_future(trickle(port, stop, closed, started)) for _ in range(300)]
+            attack = [
+                asyncio.ensure_future(trickle(port, stop, closed, started)) for _ in range(300)
+            ]
             await wait_until(lambda: len(closed) == 300, timeout=20)
             # every one closed by the server after the header timeout, none before
-            assert min(closed) >= limits.header_timeout - 0.1 and max(closed) < limits.header_timeout + 8
+            assert (
+                min(closed) >= limits.header_timeout - 0.1
+                and max(closed) < limits.header_timeout + 8
+            )
             assert srv.app[K.CONNECTIONS].open() <= 5  # the call's sockets, nothing of the attack
             # the call beside kept flowing: ~50 audio frames a second throughout
             elapsed = time.monotonic() - started
@@ -72,7 +77,9 @@ async def test_three_hundred_slowloris_connections_are_closed_and_a_live_call_go
 
 
 async def test_an_address_cannot_hold_more_connections_than_its_limit(tmp_path):
-    async with running(tmp_path, edge=EdgeLimits(header_timeout=1.5, max_per_ip=20), **UNLIMITED) as srv:
+    async with running(
+        tmp_path, edge=EdgeLimits(header_timeout=1.5, max_per_ip=20), **UNLIMITED
+    ) as srv:
         port = int(srv.url.rsplit(":", 1)[1])
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
         await wait_until(lambda: srv.app[K.CONNECTIONS].open() == 20)
@@ -140,14 +147,34 @@ async def test_query_strings_never_reach_the_access_log(tmp_path, caplog):
         ("/api/v1/visits", {"inmate": "I1\n", "device": "K1", "contacts": ["C1"]}),
         ("/api/v1/visits", {"inmate": "I1", "device": "K1\n", "contacts": ["C1"]}),
         ("/api/v1/visits", {"inmate": "I1", "device": "K1", "contacts": ["C1\n"]}),
-        ("/api/v1/directives", {"scope": "contact:C1\n", "action": "suspend", "reason": "r", "legal_basis": "b", "expires_at": "2099-01-01T00:00:00Z"}),
-        ("/api/v1/directives", {"scope": "pair:I1\n:C1", "action": "suspend", "reason": "r", "legal_basis": "b", "expires_at": "2099-01-01T00:00:00Z"}),
+        (
+            "/api/v1/directives",
+            {
+                "scope": "contact:C1\n",
+                "action": "suspend",
+                "reason": "r",
+                "legal_basis": "b",
+                "expires_at": "2099-01-01T00:00:00Z",
+            },
+        ),
+        (
+            "/api/v1/directives",
+            {
+                "scope": "pair:I1\n:C1",
+                "action": "suspend",
+                "reason": "r",
+                "legal_basis": "b",
+                "expires_at": "2099-01-01T00:00:00Z",
+            },
+        ),
     ],
 )
 async def test_an_id_with_a_trailing_newline_is_refused_everywhere(server, path, body):
     await seed(server)
     window = {"starts_at": "2099-01-01T10:00:00Z", "ends_at": "2099-01-01T11:00:00Z"}
-    status, answer = await server.api("POST", path, {**window, **body} if "visits" in path else body)
+    status, answer = await server.api(
+        "POST", path, {**window, **body} if "visits" in path else body
+    )
     assert status == 400, answer
     assert answer["error"]["code"] in ("bad-id", "bad-scope"), answer
 
@@ -161,7 +188,13 @@ async def test_answers_with_tokens_or_personal_data_are_never_cached(server):
     ) as response:
         assert response.status == 200
         assert response.headers["Cache-Control"] == "no-store"
-    for path in ("/api/v1/visits", "/api/v1/contacts", "/api/v1/sessions", "/api/v1/audit", "/api/v1/nope"):
+    for path in (
+        "/api/v1/visits",
+        "/api/v1/contacts",
+        "/api/v1/sessions",
+        "/api/v1/audit",
+        "/api/v1/nope",
+    ):
         async with server.http.get(
             server.url + path, headers={"Authorization": f"Bearer {server.token()}"}
         ) as response:
@@ -182,6 +215,11 @@ async def test_pages_may_open_websockets_to_this_server_and_the_public_url_only(
         for page in ("/", "/console", "/kiosk", "/join/V1"):
             async with srv.http.get(srv.url + page) as response:
                 policy = response.headers["Content-Security-Policy"]
-            connect = next(p for p in policy.split(";") if p.strip().startswith("connect-src")).split()[1:]
+            connect = next(
+                p for p in policy.split(";") if p.strip().startswith("connect-src")
+            ).split()[1:]
             host = srv.url.removeprefix("http://")
-            assert connect == ["'self'", f"ws://{host}", "wss://visits.example.org"], (page, connect)
+            assert connect == ["'self'", f"ws://{host}", "wss://visits.example.org"], (
+                page,
+                connect,
+            )

@@ -189,7 +189,9 @@ async def test_one_person_holds_at_most_the_configured_sessions(tmp_path):
         first, second, third, again = (
             server.client(olga, v["id"], mode="monitor") for v in [*visits, visits[1]]
         )
-        other = server.client(server.token("operator:omar", "operator"), visits[2]["id"], mode="monitor")
+        other = server.client(
+            server.token("operator:omar", "operator"), visits[2]["id"], mode="monitor"
+        )
         try:
             assert (await first.connect(offer=False))["type"] == "joined"
             assert (await second.connect(offer=False))["type"] == "joined"
@@ -201,7 +203,9 @@ async def test_one_person_holds_at_most_the_configured_sessions(tmp_path):
             await asyncio.wait_for(second.closed.wait(), 5)
             assert second.close_code == 4409
             await first.close()
-            await wait_until(lambda: len(server.app[K.SESSIONS].by_sub.get("operator:olga", ())) == 1)
+            await wait_until(
+                lambda: len(server.app[K.SESSIONS].by_sub.get("operator:olga", ())) == 1
+            )
             third = server.client(olga, visits[2]["id"], mode="monitor")
             assert (await third.connect(offer=False))["type"] == "joined"  # room again
         finally:
@@ -215,7 +219,9 @@ async def test_a_full_node_starts_no_new_call_but_keeps_its_calls_whole(tmp_path
         new = await make_visit(server, ["D1"], inmate="I2", device="K2")
         kiosk = server.client(here["join"]["device"]["token"], here["id"])
         family = server.client(here["join"]["C1"]["token"], here["id"])
-        monitor = server.client(server.token("operator:olga", "operator"), here["id"], mode="monitor")
+        monitor = server.client(
+            server.token("operator:olga", "operator"), here["id"], mode="monitor"
+        )
         refused = server.client(new["join"]["device"]["token"], new["id"])
         try:
             assert (await kiosk.connect(offer=False))["type"] == "joined"
@@ -336,7 +342,14 @@ async def test_pages_send_csp_nosniff_and_no_referrer(server):
             assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
             assert response.headers.get("X-Content-Type-Options") == "nosniff", path
             assert response.headers.get("Referrer-Policy") == "no-referrer", path
-    for path in ("/static/call.js", "/api/v1/openapi.json", "/healthz", "/api/v1/facilities", "/nope", "/static/nope.js"):
+    for path in (
+        "/static/call.js",
+        "/api/v1/openapi.json",
+        "/healthz",
+        "/api/v1/facilities",
+        "/nope",
+        "/static/nope.js",
+    ):
         async with server.http.get(server.url + path) as response:
             assert response.headers.get("X-Content-Type-Options") == "nosniff", path
             assert response.headers.get("Referrer-Policy") == "no-referrer", path

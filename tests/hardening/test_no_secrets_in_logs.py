@@ -210,7 +210,9 @@ async def test_no_token_or_secret_in_debug_logs_in_process(tmp_path):
     try:
         issuer = app[K.TOKENS]
         tokens = await workflow(
-            f"http://127.0.0.1:{listening.port}", lambda sub, role: issuer.issue(sub, role, 3600), SECRET
+            f"http://127.0.0.1:{listening.port}",
+            lambda sub, role: issuer.issue(sub, role, 3600),
+            SECRET,
         )
     finally:
         await listening.close()

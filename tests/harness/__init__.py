@@ -10,4 +10,9 @@ import from here; nothing here imports a suite's fixtures, and nothing in the pr
 - `chromium`, `firefox`: the two browsers, with fake devices and WebRTC on loopback;
   `page`: what both offer a flow (open, evaluate, click, screenshot, problems);
   `callpage`: the family and kiosk pages as a person uses them, in either browser.
+- `rtpclient`: a WebRTC client whose media is raw RTP (aiortc negotiates, the packets are
+  its own): exact control and a record of every packet, cheap enough for dozens per
+  process; `footage`: the pre-encoded, pre-packetized media it sends.
+- `netns`: a command run in a network namespace whose loopback loses packets;
+  `losscall`: the Chromium call measured there (freezes, NACKs, repairs).
 """

@@ -25,7 +25,6 @@ import functools
 import glob
 import importlib.util
 import os
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,8 +92,9 @@ def _postgresql() -> str | None:
 
 
 def _netem() -> str | None:
-    absent = [tool for tool in ("tc", "unshare") if shutil.which(tool) is None]
-    return f"not on PATH: {', '.join(absent)}" if absent else None
+    from tests.harness.netns import missing  # tools, and the root a namespace with tc needs
+
+    return missing()
 
 
 REQUIREMENTS = {

@@ -39,7 +39,9 @@ async def test_console_stream_sees_sessions_and_directives(server):
         await client.connect()
         started = await next_event(ws, "session.started")
         assert started["subject"] == f"visit:{visit['id']}" and started["actor"] == "contact:C1"
-        status, directive = await server.api("POST", "/api/v1/directives", directive_body("contact:C1"))
+        status, directive = await server.api(
+            "POST", "/api/v1/directives", directive_body("contact:C1")
+        )
         issued = await next_event(ws, "directive.issued")
         assert issued["data"]["id"] == directive["id"]
         ended = await next_event(ws, "session.ended")

@@ -43,7 +43,9 @@ async def wait_status(server, directive_id: str, wanted: str, timeout: float = 5
 async def test_expiry_happens_on_time_and_readmits(server):
     await seed(server)
     visit = await make_visit(server, ["C1"])
-    status, directive = await server.api("POST", "/api/v1/directives", directive_body("contact:C1", seconds=1.5))
+    status, directive = await server.api(
+        "POST", "/api/v1/directives", directive_body("contact:C1", seconds=1.5)
+    )
     assert status == 201
     refused = server.client(visit["join"]["C1"]["token"], visit["id"], **LIGHT)
     assert (await refused.connect())["type"] == "error"
@@ -54,7 +56,10 @@ async def test_expiry_happens_on_time_and_readmits(server):
     assert (await admitted.connect())["type"] == "joined"
     await admitted.close()
     status, events = await server.api("GET", "/api/v1/audit")
-    assert any(e["action"] == "directive.expired" and e["subject"] == f"directive:{directive['id']}" for e in events)
+    assert any(
+        e["action"] == "directive.expired" and e["subject"] == f"directive:{directive['id']}"
+        for e in events
+    )
 
 
 @pytest.fixture
@@ -63,7 +68,9 @@ async def short_window(tmp_path):
 
     from policy.service import Rules
 
-    srv = await start_server(make_config(tmp_path, rules=replace(Rules(), confirm_window_seconds=1.0)))
+    srv = await start_server(
+        make_config(tmp_path, rules=replace(Rules(), confirm_window_seconds=1.0))
+    )
     try:
         yield srv
     finally:
@@ -77,31 +84,51 @@ async def test_broad_directive_lapses_unless_a_second_supervisor_confirms(short_
     sup2 = server.token("operator:sam", "supervisor")
     op = server.token("operator:olga", "operator")
 
-    status, lapsing = await server.api("POST", "/api/v1/directives", directive_body("facility:F1"), token=sup1)
+    status, lapsing = await server.api(
+        "POST", "/api/v1/directives", directive_body("facility:F1"), token=sup1
+    )
     assert status == 201 and lapsing["broad"] and lapsing["confirm_by"] is not None
     waited = await wait_status(server, lapsing["id"], "lapsed")
     assert waited < 3.0
 
-    status, confirmed = await server.api("POST", "/api/v1/directives", directive_body("system"), token=op)
+    status, confirmed = await server.api(
+        "POST", "/api/v1/directives", directive_body("system"), token=op
+    )
     assert status == 201
-    status, body = await server.api("POST", f"/api/v1/directives/{confirmed['id']}/confirm", {}, token=op)
+    status, body = await server.api(
+        "POST", f"/api/v1/directives/{confirmed['id']}/confirm", {}, token=op
+    )
     assert status == 403  # an operator cannot confirm
-    status, body = await server.api("POST", f"/api/v1/directives/{lapsing['id']}/confirm", {}, token=sup2)
+    status, body = await server.api(
+        "POST", f"/api/v1/directives/{lapsing['id']}/confirm", {}, token=sup2
+    )
     assert status == 409  # too late: it lapsed
-    status, body = await server.api("POST", f"/api/v1/directives/{confirmed['id']}/confirm", {}, token=sup2)
+    status, body = await server.api(
+        "POST", f"/api/v1/directives/{confirmed['id']}/confirm", {}, token=sup2
+    )
     assert status == 200 and body["confirmed_by"] == "operator:sam"
-    status, body = await server.api("POST", f"/api/v1/directives/{confirmed['id']}/confirm", {}, token=sup1)
+    status, body = await server.api(
+        "POST", f"/api/v1/directives/{confirmed['id']}/confirm", {}, token=sup1
+    )
     assert status == 409  # already confirmed
     await asyncio.sleep(1.5)
     assert await directive_status(server, confirmed["id"]) == "active"
 
-    status, own = await server.api("POST", "/api/v1/directives", directive_body("facility:F2"), token=sup1)
-    status, body = await server.api("POST", f"/api/v1/directives/{own['id']}/confirm", {}, token=sup1)
+    status, own = await server.api(
+        "POST", "/api/v1/directives", directive_body("facility:F2"), token=sup1
+    )
+    status, body = await server.api(
+        "POST", f"/api/v1/directives/{own['id']}/confirm", {}, token=sup1
+    )
     assert status == 403 and body["error"]["code"] == "self-confirmation"
 
-    status, targeted = await server.api("POST", "/api/v1/directives", directive_body("contact:C1"), token=op)
+    status, targeted = await server.api(
+        "POST", "/api/v1/directives", directive_body("contact:C1"), token=op
+    )
     assert targeted["confirm_by"] is None
-    status, body = await server.api("POST", f"/api/v1/directives/{targeted['id']}/confirm", {}, token=sup2)
+    status, body = await server.api(
+        "POST", f"/api/v1/directives/{targeted['id']}/confirm", {}, token=sup2
+    )
     assert status == 409 and body["error"]["code"] == "not-broad"
 
     status, events = await server.api("GET", "/api/v1/audit?limit=5000")
@@ -117,9 +144,13 @@ async def test_rules_refuse_unbounded_and_overlong_directives(server):
     del body["expires_at"]
     status, answer = await server.api("POST", "/api/v1/directives", body)
     assert status == 422 and answer["error"]["code"] == "expiry-required"
-    status, answer = await server.api("POST", "/api/v1/directives", directive_body("contact:C1", seconds=31 * 86400))
+    status, answer = await server.api(
+        "POST", "/api/v1/directives", directive_body("contact:C1", seconds=31 * 86400)
+    )
     assert status == 422 and answer["error"]["code"] == "too-long"
-    status, answer = await server.api("POST", "/api/v1/directives", {**directive_body("contact:C1"), "legal_basis": ""})
+    status, answer = await server.api(
+        "POST", "/api/v1/directives", {**directive_body("contact:C1"), "legal_basis": ""}
+    )
     assert status == 400
     status, answer = await server.api("POST", "/api/v1/directives", directive_body("contact:NOPE"))
     assert status == 422 and answer["error"]["code"] == "unknown-target"
@@ -133,7 +164,9 @@ ROLES = ["operator", "supervisor", "auditor", "family", "kiosk", "none", "expire
 async def test_role_matrix_of_directive_routes(server):
     await seed(server)
     visit = await make_visit(server, ["C1"])
-    status, d = await server.api("POST", "/api/v1/directives", directive_body("contact:C1"), token="operator")
+    status, d = await server.api(
+        "POST", "/api/v1/directives", directive_body("contact:C1"), token="operator"
+    )
     assert status == 201
     family = visit["join"]["C1"]["token"]
     tokens = {
@@ -149,27 +182,50 @@ async def test_role_matrix_of_directive_routes(server):
                                    SECRET, algorithm="HS256")  # fmt: skip
     routes = {
         ("GET", "/api/v1/directives"): {"operator": 200, "supervisor": 200, "auditor": 200},
-        ("GET", f"/api/v1/directives/{d['id']}"): {"operator": 200, "supervisor": 200, "auditor": 200},
+        ("GET", f"/api/v1/directives/{d['id']}"): {
+            "operator": 200,
+            "supervisor": 200,
+            "auditor": 200,
+        },
         ("POST", "/api/v1/directives"): {"operator": 201, "supervisor": 201},
         ("POST", f"/api/v1/directives/{d['id']}/confirm"): {"operator": 403, "supervisor": 409},
         ("POST", f"/api/v1/directives/{d['id']}/appeals"): {"family": 201},
-        ("GET", "/api/v1/reports/suspensions"): {"operator": 200, "supervisor": 200, "auditor": 200},
+        ("GET", "/api/v1/reports/suspensions"): {
+            "operator": 200,
+            "supervisor": 200,
+            "auditor": 200,
+        },
         ("GET", "/api/v1/sessions"): {"operator": 200, "supervisor": 200, "auditor": 200},
     }
-    bodies = {"POST /api/v1/directives": directive_body("contact:C2"), "appeals": {"text": "I did nothing wrong"}}
+    bodies = {
+        "POST /api/v1/directives": directive_body("contact:C2"),
+        "appeals": {"text": "I did nothing wrong"},
+    }
     for (method, path), allowed in routes.items():
         for role in ROLES:
-            body = bodies["appeals"] if path.endswith("/appeals") else bodies.get(f"{method} {path}", {})
-            status, answer = await server.api(method, path, body if method == "POST" else None, token=tokens[role])
+            body = (
+                bodies["appeals"]
+                if path.endswith("/appeals")
+                else bodies.get(f"{method} {path}", {})
+            )
+            status, answer = await server.api(
+                method, path, body if method == "POST" else None, token=tokens[role]
+            )
             expected = allowed.get(role, 401 if role in ("none", "expired", "forged") else 403)
             assert status == expected, (method, path, role, status, answer)
     # lift last: operator and supervisor may, others may not
     for role in ("auditor", "family", "kiosk", "none"):
-        status, _ = await server.api("POST", f"/api/v1/directives/{d['id']}/lift", {"reason": "x"}, token=tokens[role])
+        status, _ = await server.api(
+            "POST", f"/api/v1/directives/{d['id']}/lift", {"reason": "x"}, token=tokens[role]
+        )
         assert status in (401, 403), role
-    status, lifted = await server.api("POST", f"/api/v1/directives/{d['id']}/lift", {"reason": "x"}, token=tokens["supervisor"])
+    status, lifted = await server.api(
+        "POST", f"/api/v1/directives/{d['id']}/lift", {"reason": "x"}, token=tokens["supervisor"]
+    )
     assert status == 200 and lifted["status"] == "lifted"
-    status, _ = await server.api("POST", f"/api/v1/directives/{d['id']}/lift", {"reason": "x"}, token=tokens["operator"])
+    status, _ = await server.api(
+        "POST", f"/api/v1/directives/{d['id']}/lift", {"reason": "x"}, token=tokens["operator"]
+    )
     assert status == 409
 
 
@@ -177,7 +233,9 @@ async def test_appeal_is_filed_by_the_affected_and_decided_by_someone_else(serve
     await seed(server)
     visit = await make_visit(server, ["C1", "C2"])
     issuer = server.token("operator:ivan", "operator")
-    status, d = await server.api("POST", "/api/v1/directives", directive_body("contact:C1"), token=issuer)
+    status, d = await server.api(
+        "POST", "/api/v1/directives", directive_body("contact:C1"), token=issuer
+    )
     status, answer = await server.api("POST", f"/api/v1/directives/{d['id']}/appeals", {"text": "x"},
                                       token=visit["join"]["C2"]["token"])  # fmt: skip
     assert status == 403 and answer["error"]["code"] == "not-affected"
@@ -200,7 +258,9 @@ async def test_appeal_is_filed_by_the_affected_and_decided_by_someone_else(serve
     assert report["by_scope_kind"] == {"contact": 1} and report["targeted"] == 1
     status, events = await server.api("GET", "/api/v1/audit")
     actions = [e["action"] for e in events]
-    assert "appeal.filed" in actions and "appeal.decided" in actions and "directive.lifted" in actions
+    assert (
+        "appeal.filed" in actions and "appeal.decided" in actions and "directive.lifted" in actions
+    )
     status, verify = await server.api("GET", "/api/v1/audit/verify")
     assert verify["ok"] is True and verify["events"] == len(events)
 
@@ -224,7 +284,6 @@ async def test_directives_survive_a_restart_and_apply_before_admission(tmp_path)
         assert verify["ok"] is True
     finally:
         await stop_server(server)
-
 
 
 async def wait_healthy(url: str, timeout: float = 20.0) -> None:
@@ -261,8 +320,12 @@ async def test_acknowledged_directives_survive_kill_9(tmp_path):
                 await wait_healthy(url)
                 if round_ == 0:
                     await http.post(url + "/api/v1/facilities", json={"id": "F1", "name": "N"})
-                    await http.post(url + "/api/v1/contacts", json={"id": "C1", "name": "c", "minor": False})
-                async with http.post(url + "/api/v1/directives", json=directive_body("contact:C1")) as response:
+                    await http.post(
+                        url + "/api/v1/contacts", json={"id": "C1", "name": "c", "minor": False}
+                    )
+                async with http.post(
+                    url + "/api/v1/directives", json=directive_body("contact:C1")
+                ) as response:
                     assert response.status == 201
                     acknowledged.append((await response.json())["id"])
                 proc.send_signal(signal.SIGKILL)
@@ -282,4 +345,3 @@ async def test_acknowledged_directives_survive_kill_9(tmp_path):
             proc.wait()
     assert set(acknowledged) <= active
     assert verify["ok"] is True
-

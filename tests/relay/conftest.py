@@ -24,13 +24,14 @@ from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCPeerConnection,
-    RTCRtpSender,
     RTCSessionDescription,
     VideoStreamTrack,
 )
 
 from relay import RelayPeer, RelayStats, Room, pin_ice_addresses, pinned_ice_addresses
-from relay.forwarder import ForwardedTrack
+from relay.leg import Leg
+from tests.harness import rtpclient
+from tests.harness.rtpclient import RtpClient
 
 WIDTH, HEIGHT = 160, 120
 
@@ -163,6 +164,16 @@ class Client:
         await self.pc.close()
 
 
+async def wait_for(condition, timeout: float = 10.0) -> float:  # type: ignore[no-untyped-def]
+    """Poll ``condition()`` until true; return the seconds it took."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
 class Visit:
     """A Room plus one client per RelayPeer, negotiated like signaling does."""
 
@@ -207,37 +218,22 @@ class Visit:
         await peer.accept_answer(client.pc.localDescription.sdp)
         self.negotiated_at[peer.peer_id] = time.monotonic()
 
-    def senders(self, subscriber: str, publisher: str, kind: str) -> list[RTCRtpSender]:
-        """The server senders forwarding ``publisher``'s ``kind`` to ``subscriber``.
-
-        Looked up by the track they read, so call it while forwarding runs.
-        """
+    def legs(self, subscriber: str, publisher: str, kind: str) -> list[Leg]:
+        """The relay's legs forwarding ``publisher``'s ``kind`` to ``subscriber``."""
         return [
-            t.sender
-            for t in self.peers[subscriber].connection.getTransceivers()
-            if isinstance(t.sender.track, ForwardedTrack)
-            and t.sender.track.source.publisher_id == publisher
-            and t.kind == kind
+            leg
+            for leg in self.peers[subscriber].legs()
+            if leg.publisher_id == publisher and leg.kind == kind
         ]
 
     @staticmethod
-    async def packets_sent(senders: list[RTCRtpSender]) -> int:
-        """RTP packets the relay has sent through ``senders`` (outbound-rtp)."""
-        total = 0
-        for sender in senders:
-            for stat in (await sender.getStats()).values():
-                if getattr(stat, "type", "") == "outbound-rtp":
-                    total += stat.packetsSent
-        return total
+    def packets_sent(legs: list[Leg]) -> int:
+        """RTP packets the relay has sent on ``legs`` (retransmissions excluded)."""
+        return sum(leg.sent.packets for leg in legs)
 
     async def wait_for(self, condition, timeout: float = 10.0) -> float:  # type: ignore[no-untyped-def]
         """Poll ``condition()`` until true; return the seconds it took."""
-        start = time.monotonic()
-        while not condition():
-            if time.monotonic() - start > timeout:
-                raise AssertionError(f"condition not met within {timeout} s")
-            await asyncio.sleep(0.01)
-        return time.monotonic() - start
+        return await wait_for(condition, timeout)
 
     def everyone_gets_everyone(self, kind: str, frames: int = 1) -> bool:
         names = list(self.clients)
@@ -273,6 +269,76 @@ async def visit() -> AsyncIterator[Visit]:
 @pytest_asyncio.fixture
 async def h264_visit() -> AsyncIterator[Visit]:
     v = Visit(codec="H264")
+    yield v
+    with contextlib.suppress(Exception):
+        await v.close()
+
+
+class RtpVisit:
+    """A Room plus one raw-RTP client (``tests.harness.rtpclient``) per RelayPeer: exact
+    control of every packet sent, and a record of every packet received."""
+
+    def __init__(self, codec: str = "VP8") -> None:
+        from tests.harness.footage import footage
+
+        self.codec = codec
+        self.footage = footage(codec, WIDTH, HEIGHT, 30, 200_000, 30)
+        self.room = Room("V1", codec=codec)
+        self.totals = RelayStats()
+        self.peers: dict[str, RelayPeer] = {}
+        self.clients: dict[str, RtpClient] = {}
+
+    async def join(
+        self, name: str, *, publish: bool = True, **options: object
+    ) -> tuple[RtpClient, RelayPeer]:
+        client = RtpClient(name, self.footage, publish=publish, keep=True, **options)  # type: ignore[arg-type]
+        peer = RelayPeer(
+            name, codec=self.codec, ice_servers=[], publish=publish, totals=self.totals
+        )
+        self.clients[name], self.peers[name] = client, peer
+        answer = await peer.accept_offer(await client.offer())
+        await client.accept_answer(answer)
+        for changed in self.room.add(peer):
+            await self.renegotiate(changed)
+        return client, peer
+
+    async def renegotiate(self, peer: RelayPeer) -> None:
+        client = self.clients[peer.peer_id]
+        await peer.accept_answer(await client.answer(await peer.create_offer()))
+
+    async def leave(self, name: str) -> None:
+        peer, client = self.peers.pop(name), self.clients.pop(name)
+        changed = self.room.remove(peer)
+        await peer.close()
+        await client.close()
+        for other in changed:
+            await self.renegotiate(other)
+
+    def received(self, subscriber: str, publisher: str, kind: str) -> rtpclient.Reception:
+        found = self.clients[subscriber].from_publisher(publisher, kind)
+        return found if found is not None else rtpclient.Reception(0)
+
+    async def wait_for(self, condition, timeout: float = 10.0) -> float:  # type: ignore[no-untyped-def]
+        """Poll ``condition()`` until true; return the seconds it took."""
+        return await wait_for(condition, timeout)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(peer.close() for peer in self.peers.values()))
+        await asyncio.gather(*(client.close() for client in self.clients.values()))
+
+
+@pytest_asyncio.fixture
+async def rtp_visit() -> AsyncIterator[RtpVisit]:
+    v = RtpVisit()
+    yield v
+    with contextlib.suppress(Exception):
+        await v.close()
+
+
+@pytest_asyncio.fixture(params=["VP8", "H264"])
+async def rtp_visit_each_codec(request: pytest.FixtureRequest) -> AsyncIterator[RtpVisit]:
+    """An RtpVisit of each of the visit codecs."""
+    v = RtpVisit(codec=request.param)
     yield v
     with contextlib.suppress(Exception):
         await v.close()

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import fractions
 import inspect
+import struct
+from typing import Any
 
 import aioice
 import aiortc
@@ -343,8 +345,12 @@ async def test_server_offers_keep_the_clients_rtp_numbering() -> None:
 
         forwarded.sender.send = send  # type: ignore[method-assign]
         plain = (await internals.create_offer(server, None)).sdp
-        plain_ids, _ = numbering_of(plain)
+        plain_ids, _ = numbering_of("m=video" + plain.rsplit("m=video", 1)[1])
         assert plain_ids.get(1) == {MID}, "aiortc's offers no longer use its fixed ids"
+        negotiated_ids, _ = numbering_of(plain.rsplit("m=video", 1)[0])
+        assert negotiated_ids == {1: {AUDIO_LEVEL}, 2: {ABS_SEND_TIME}, 4: {MID}}, (
+            "a negotiated m-line lost the ids it was negotiated with"
+        )
         numbering = internals.rtp_numbering(client_offer)
         offer = (await internals.create_offer(server, numbering)).sdp
         assert offer == internals.renumber_offer(plain, numbering)
@@ -541,3 +547,163 @@ async def test_private_dtls_names_exist() -> None:
     for certificate in getattr(pc, internals.PC_CERTIFICATES):
         assert hasattr(certificate, internals.CERTIFICATE_SSL_CONTEXT), UPDATE
     await pc.close()
+
+
+# --- the packet path ----------------------------------------------------------------------
+
+
+async def test_private_packet_path_names_exist() -> None:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    transceiver = pc.addTransceiver("video")
+    dtls = internals.dtls_transport_of(transceiver)
+    for name in (internals.DTLS_RX_SRTP, internals.DTLS_TX_SRTP):
+        assert hasattr(dtls, name), f"{UPDATE}: RTCDtlsTransport has no {name}"
+    assert hasattr(dtls.transport, internals.ICE_CONNECTION), f"{UPDATE}: no aioice Connection"
+    connection = getattr(dtls.transport, internals.ICE_CONNECTION)
+    for name in (internals.ICE_NOMINATED, internals.ICE_PROTOCOLS):
+        assert hasattr(connection, name), f"{UPDATE}: aioice Connection has no {name}"
+    for name in (internals.SENDER_SSRC, internals.SENDER_RTX_SSRC):
+        assert hasattr(transceiver.sender, name), f"{UPDATE}: RTCRtpSender has no {name}"
+    assert hasattr(pc, internals.PC_CNAME), f"{UPDATE}: RTCPeerConnection keeps no CNAME"
+    for name in (internals.RECEIVER_BITRATE_ESTIMATOR, internals.RECEIVER_NACK_GENERATOR):
+        assert hasattr(transceiver.receiver, name), f"{UPDATE}: RTCRtpReceiver has no {name}"
+    handle = inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
+    assert "self.__remote_bitrate_estimator is not None" in handle, UPDATE
+    assert "self.__nack_generator is not None" in handle, UPDATE
+    connect = inspect.getsource(RTCPeerConnection._RTCPeerConnection__connect)  # type: ignore[attr-defined]
+    assert "sender.send(" in connect and "receiver.receive(" in connect, (
+        f"{UPDATE}: aiortc no longer starts senders and receivers in __connect"
+    )
+    assert "self._rx_srtp.unprotect(" in inspect.getsource(type(dtls)._recv_next), (
+        f"{UPDATE}: the DTLS transport no longer unprotects with _rx_srtp"
+    )
+    loop = asyncio.get_running_loop()
+    for name in (internals.LOOP_ADD_READER, internals.LOOP_REMOVE_READER):
+        assert hasattr(loop, name), f"{UPDATE}: the event loop has no {name}"
+    await pc.close()
+
+
+async def raw_pair(*, drain: bool) -> tuple[RTCPeerConnection, RTCPeerConnection, Any, Any, Any]:
+    """Two connected aiortc peers whose senders and receivers are taken over: (left, right,
+    each side's DatagramPath, what each side's handler got, the parameters aiortc started
+    the senders and receivers with)."""
+    left = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    right = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    paths: dict[str, internals.DatagramPath] = {}
+    got: dict[str, list[bytes]] = {"left": [], "right": []}
+    started: dict[str, list] = {"send": [], "receive": []}
+
+    def connected(side: str, transceiver, parameters) -> None:  # type: ignore[no-untyped-def]
+        if side not in paths:
+            paths[side] = internals.DatagramPath(internals.dtls_transport_of(transceiver))
+            paths[side].intercept(got[side].append, drain=drain)
+
+    for side, pc in (("left", left), ("right", right)):
+        transceiver = pc.addTransceiver("video", direction="sendrecv")
+        internals.take_over_sender(
+            transceiver.sender,
+            lambda p, s=side, t=transceiver: (started["send"].append(p), connected(s, t, p)),
+        )
+        internals.take_over_receiver(
+            transceiver.receiver,
+            lambda p, s=side, t=transceiver: (started["receive"].append(p), connected(s, t, p)),
+        )
+    await left.setLocalDescription(await left.createOffer())
+    await right.setRemoteDescription(left.localDescription)
+    await right.setLocalDescription(await right.createAnswer())
+    await left.setRemoteDescription(right.localDescription)
+    for _ in range(300):
+        if len(paths) == 2:
+            break
+        await asyncio.sleep(0.01)
+    return left, right, paths, got, started
+
+
+@pytest.mark.parametrize("drain", [True, False])
+async def test_datagram_path_carries_srtp_below_aioice_and_aiortc_stays_idle(drain: bool) -> None:
+    from relay.rtp import parse_header
+
+    left, right, paths, got, started = await raw_pair(drain=drain)
+    try:
+        assert set(paths) == {"left", "right"}, f"{UPDATE}: senders/receivers were not taken over"
+        assert started["send"] and started["receive"]
+        parameters = started["send"][0]
+        payload_type = parameters.codecs[0].payloadType
+        ssrc = getattr(left.getTransceivers()[0].sender, internals.SENDER_SSRC)
+        for sequence in range(10):
+            packet = struct.pack("!BBHII", 0x80, payload_type, sequence, 3000 * sequence, ssrc)
+            paths["left"].send(paths["left"].tx.protect(packet + bytes([sequence]) * 100))
+        for _ in range(100):
+            if len(got["right"]) >= 10:
+                break
+            await asyncio.sleep(0.01)
+        plain = [paths["right"].rx.unprotect(datagram) for datagram in got["right"]]
+        assert [parse_header(p).sequence_number for p in plain] == list(range(10))
+        assert plain[3][-100:] == bytes([3]) * 100
+        # aiortc never saw them: no receiver started, no decoder, no sender task.
+        receiver = right.getTransceivers()[0].receiver
+        assert not internals.decoder_running(receiver)
+        assert not getattr(receiver, internals.RECEIVER_STARTED)
+        # STUN still reaches aioice (consent freshness) and DTLS its transport.
+        assert right.connectionState == "connected" and left.connectionState == "connected"
+        paths["right"].release()
+        paths["right"].release()  # idempotent
+    finally:
+        await asyncio.gather(left.close(), right.close())
+
+
+async def test_extend_negotiation_keeps_transport_cc_and_asks_for_opus_fec() -> None:
+    from tests.harness.rtpclient import with_transport_cc
+
+    client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    client.addTransceiver("audio")
+    client.addTransceiver("video")
+    offer = (await client.createOffer()).sdp
+    await client.close()
+    offer = with_transport_cc(offer)
+    server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    for kind in ("audio", "video"):
+        server.addTransceiver(kind, direction="recvonly").setCodecPreferences(
+            VisitCodec("VP8").preferences(kind)
+        )
+    await server.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+    stock = (await server.createAnswer()).sdp
+    assert "transport-wide-cc" not in stock, "aiortc itself now negotiates transport-cc"
+    internals.extend_negotiation(server, offer, {"0", "1"})
+    answer = (await server.createAnswer()).sdp
+    audio, video = answer.split("m=video")
+    for section in (audio, video):
+        assert f"a=extmap:5 {TRANSPORT_CC}" in section
+        assert "transport-cc" in section.split(TRANSPORT_CC)[1]
+    assert "useinbandfec=1" in audio
+    # Only this connection's transceivers changed: aiortc's own lists stay stock.
+    from aiortc.codecs import CODECS, HEADER_EXTENSIONS
+
+    assert all(e.uri != TRANSPORT_CC for k in HEADER_EXTENSIONS for e in HEADER_EXTENSIONS[k])
+    assert not any("useinbandfec" in c.parameters for c in CODECS["audio"])
+    await server.close()
+
+
+async def test_srtp_sessions_are_widened_for_packets_publishers_make() -> None:
+    """GStreamer fills a 1400-byte MTU; pylibsrtp alone refuses to protect over 1356."""
+    import os
+
+    import pylibsrtp
+
+    def session(direction: int) -> pylibsrtp.Session:
+        policy = pylibsrtp.Policy(key=bytes(30), ssrc_type=direction)
+        return pylibsrtp.Session(policy)
+
+    packet = struct.pack("!BBHII", 0x80, 96, 1, 3000, 1234) + os.urandom(1396)
+    stock = session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    with pytest.raises(ValueError, match="too long"):
+        stock.protect(packet)
+    assert hasattr(stock, internals.SRTP_BUFFER) and hasattr(stock, internals.SRTP_VIEW), UPDATE
+    sender, receiver = (
+        session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND),
+        session(pylibsrtp.Policy.SSRC_ANY_INBOUND),
+    )
+    internals.widen_srtp_buffer(sender)
+    internals.widen_srtp_buffer(receiver)
+    assert receiver.unprotect(sender.protect(packet)) == packet
+    assert receiver.unprotect_rtcp(sender.protect_rtcp(bytes([0x80, 201, 0, 1]) + bytes(4)))

@@ -265,19 +265,19 @@ async def test_codec_names_and_room_codec_checks() -> None:
         await peer.close()
 
 
-async def test_transcoding_fallback_when_passthrough_is_unavailable(
-    visit, monkeypatch, caplog
-) -> None:
+async def test_an_aiortc_without_the_packet_path_refuses_offers_loudly(monkeypatch, caplog) -> None:
+    """No transcoding fallback: a changed aiortc is an error the client is told about."""
+
     def unavailable(*args: object) -> None:
         raise aiortc_internals.AiortcInternalsChanged("simulated aiortc change")
 
-    monkeypatch.setattr(aiortc_internals, "install_encoded_frame_sink", unavailable)
-    with caplog.at_level(logging.WARNING, logger="relay.peer"):
-        await visit.join("A")
-        await visit.join("B")
-    await visit.wait_for(lambda: visit.everyone_gets_everyone("video", 10))
-    assert visit.peers["A"].stats()["transcoding"] is True
-    assert "TRANSCODING" in caplog.text
+    monkeypatch.setattr(aiortc_internals, "take_over_receiver", unavailable)
+    peer = RelayPeer("A", ice_servers=[])
+    with caplog.at_level(logging.ERROR, logger="relay.peer"):
+        with pytest.raises(UnsupportedOffer, match="cannot forward media"):
+            await peer.accept_offer(await client_offer())
+    assert "simulated aiortc change" in caplog.text
+    await peer.close()
 
 
 async def test_answer_carries_only_the_visit_codecs() -> None:

@@ -197,8 +197,12 @@ def test_load_limits_are_configurable(tmp_path):
     assert (config.max_sessions_per_subject, config.max_calls) == (10, 0)
     assert config.overload_lag_seconds == 0.15
     config = load_config(
-        env(tmp_path, PARLOR_MAX_SESSIONS_PER_SUBJECT="3", PARLOR_MAX_CALLS="40",
-            PARLOR_OVERLOAD_LAG_SECONDS="0.3")  # fmt: skip
+        env(
+            tmp_path,
+            PARLOR_MAX_SESSIONS_PER_SUBJECT="3",
+            PARLOR_MAX_CALLS="40",
+            PARLOR_OVERLOAD_LAG_SECONDS="0.3",
+        )  # fmt: skip
     )
     assert (config.max_sessions_per_subject, config.max_calls) == (3, 40)
     assert config.overload_lag_seconds == 0.3
@@ -206,8 +210,12 @@ def test_load_limits_are_configurable(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("PARLOR_MAX_SESSIONS_PER_SUBJECT", "0"), ("PARLOR_MAX_SESSIONS_PER_SUBJECT", "many"),
-     ("PARLOR_MAX_CALLS", "-1"), ("PARLOR_MAX_CALLS", "1e3")],  # fmt: skip
+    [
+        ("PARLOR_MAX_SESSIONS_PER_SUBJECT", "0"),
+        ("PARLOR_MAX_SESSIONS_PER_SUBJECT", "many"),
+        ("PARLOR_MAX_CALLS", "-1"),
+        ("PARLOR_MAX_CALLS", "1e3"),
+    ],  # fmt: skip
 )
 def test_bad_load_limits_are_refused(tmp_path, name, value):
     refused(env(tmp_path, **{name: value}), name)

@@ -284,7 +284,10 @@ async def test_counting_ended_sessions_never_writes_a_lift_back(policy, clock):
     again = await other.record_enforcement(SYSTEM, d, ["S3"], node="B")
     assert again.sessions_ended == 3  # two nodes' counts add up
     events = [e for e in await policy.store.audit_events() if e.action == "directive.enforced"]
-    assert [e.data for e in events] == [{"sessions": ["S1", "S2"]}, {"sessions": ["S3"], "node": "B"}]
+    assert [e.data for e in events] == [
+        {"sessions": ["S1", "S2"]},
+        {"sessions": ["S3"], "node": "B"},
+    ]
 
 
 async def test_load_rebuilds_the_index_from_the_store(policy):
