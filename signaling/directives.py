@@ -202,6 +202,7 @@ class Directives:
         are still live in it; close their records (reason `error`). Only sessions live when
         the link was lost and gone now: an admission half-way then is not mistaken for one."""
         await self.background.drain(5.0)  # sessions the catch-up ended: their records first
+        await self.enforcer.completing.drain(5.0)  # and those other policy changes halted
         live = self.enforcer.sessions.by_id
         for record in await self.policy.store.list_sessions(live=True, node=self.node_id):
             if record.id in self.live_at_loss and record.id not in live:
