@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from policy.rfc3339 import format_time
 from signaling import keys as K
 from signaling.kiosk import PresenceLink
 from tests.cluster.conftest import client, close_all, in_call, start_node, wait_for
@@ -139,3 +140,24 @@ async def test_a_kiosk_held_by_a_is_seen_online_from_b_and_offline_when_it_or_a_
             await link.stop()
         await stop_server(b)
         await stop_server(a)
+
+
+async def test_two_nodes_booking_one_kiosk_slot_at_once_cannot_both_win(cluster):
+    """The double-booking check runs inside the write's transaction (the kiosk's row locked,
+    then the overlap read in a fresh snapshot): on PostgreSQL too, with writers on two nodes."""
+    a, b = cluster
+    await seed(a)
+    start = time.time() + 7200
+    times = {"starts_at": format_time(start), "ends_at": format_time(start + 1800)}
+    bodies = [
+        {"inmate": "I1", "device": "K1", "contacts": [f"C{n}"], "kind": "social", **times}
+        for n in (1, 2, 3, 4)
+    ]
+    answers = await asyncio.gather(
+        *(
+            node.api("POST", "/api/v1/visits", body)
+            for node, body in zip((a, b, a, b), bodies, strict=True)
+        )
+    )
+    assert sorted(status for status, _ in answers) == [201, 409, 409, 409], answers
+    assert {a["error"]["code"] for s, a in answers if s == 409} == {"double-booked"}
