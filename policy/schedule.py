@@ -131,13 +131,20 @@ class Schedule:
         return visit
 
     async def reschedule(self, actor: Actor, visit_id: str, body: object) -> Visit:
-        """Move a booked visit to a new window; it keeps its id, so the links sent out go on
-        working. Refused while someone is in it (end the call, or cancel the visit)."""
+        """Move a booked visit to a new window, and/or to another kiosk of its facility (one
+        out of service, say); it keeps its id, so the links sent out go on working. Refused
+        while someone is in it (end the call, or cancel the visit)."""
         data = _body(body)
         visit = await self._changeable(visit_id)
         starts_at, ends_at = _window(data)
-        if (starts_at, ends_at) == (visit.starts_at, visit.ends_at):
-            raise RuleBroken("unchanged", "the visit is at that time already")
+        device = visit.device
+        if data.get("device") not in (None, visit.device):
+            other = await self.policy.get_device(check_id(data.get("device"), "device"))
+            if other.facility != visit.facility:
+                raise Conflict("wrong-facility", f"kiosk {other.id} is not in the visit's facility")
+            device = other.id
+        if (starts_at, ends_at, device) == (visit.starts_at, visit.ends_at, visit.device):
+            raise RuleBroken("unchanged", "the visit is at that time and kiosk already")
         now = self.policy.clock()
         if ends_at <= now:
             raise RuleBroken("visit-in-past", "ends_at is in the past")
@@ -147,16 +154,16 @@ class Schedule:
                 "visit-live", "someone is in this visit now: end the call first, or cancel it"
             )
         moved = visit.with_changes(
-            starts_at=starts_at, ends_at=ends_at, moved_from=(visit.starts_at, visit.ends_at),
-            moved_at=now, moved_by=actor.sub,
+            starts_at=starts_at, ends_at=ends_at, device=device,
+            moved_from=(visit.starts_at, visit.ends_at), moved_at=now, moved_by=actor.sub,
         )  # fmt: skip
         await self._kiosk_free(moved)
         await self.policy.store.update_visit(
             moved,
             AuditDraft(actor.sub, "visit.rescheduled", f"visit:{visit.id}", {
                 "visit": moved.to_json(),
-                "old": window_json(visit.starts_at, visit.ends_at),
-                "new": window_json(starts_at, ends_at),
+                "old": {**window_json(visit.starts_at, visit.ends_at), "device": visit.device},
+                "new": {**window_json(starts_at, ends_at), "device": device},
             }),
             buffer=self.buffer,
         )  # fmt: skip
@@ -308,7 +315,7 @@ class Schedule:
         if taken:
             other = taken[0]
             gap = (
-                f" (a kiosk keeps {_minutes(self.buffer)} free between visits)"
+                f"; a kiosk keeps {_minutes(self.buffer)} free between visits"
                 if self.buffer
                 else ""
             )

@@ -407,14 +407,14 @@ def _register(
     session of the same identity it replaces (if any)."""
     config, policy, sessions = app[K.CONFIG], app[K.POLICY], app[K.SESSIONS]
     call = sessions.calls.get(visit.id) or call
-    visit = policy.visit_changes.current(
-        call.visit if call.visit.version > visit.version else visit
-    )
-    _joinable(policy, visit)  # changed since it was read: cancelled, moved
+    read = call.visit if call.visit.version > visit.version else visit
+    latest = policy.visit_changes.current(read)
+    if latest.version > visit.version:  # changed since it was read: cancelled, moved, its kind
+        _joinable(policy, latest)
+        keys = subject_keys(actor, visit=latest, mode=mode)  # a move to another kiosk, say
+        visit = latest
     if call.visit.version < visit.version:
         call.visit = visit
-    if mode == "monitor" and not visit.monitored:
-        raise Refusal.of(P.PRIVILEGED)
     audio_only = _decide(app, actor, visit, mode, keys, call)
     session_id = f"S-{secrets.token_hex(6)}"
     record = SessionRecord(

@@ -44,9 +44,10 @@ export const ACTIONS = [
  * @param {string} [options.intro]         a paragraph under the title
  * @param {{value, label, hint?}[]} options.scopes  the scope choices
  * @param {boolean} [options.broad]        the facility / system stop
+ * @param {{scope?: string, action?: string}} [options.preset]  choices made already
  * @param {(directive) => void} [options.onIssued]
  */
-export function openDirectiveDialog({ api, title, intro = "", scopes, broad = false, onIssued = () => {} }) {
+export function openDirectiveDialog({ api, title, intro = "", scopes, broad = false, preset = {}, onIssued = () => {} }) {
   return openDialog({
     title,
     className: broad ? "dialog--broad" : "dialog--directive",
@@ -124,7 +125,7 @@ export function openDirectiveDialog({ api, title, intro = "", scopes, broad = fa
       }
 
       form.append(
-        intro ? h("p", { class: "dialog-intro" }, intro) : null,
+        intro ? h("p", { class: "dialog-intro" }, intro) : "", // append() would write "null"
         problems,
         scopeGroup,
         actionGroup,
@@ -139,11 +140,15 @@ export function openDirectiveDialog({ api, title, intro = "", scopes, broad = fa
               h("strong", {}, "This takes effect at once for every matching call. "),
               "It lapses automatically unless a second, different supervisor confirms it.",
             )
-          : null,
-        confirmField,
+          : "",
+        confirmField ?? "",
         h("div", { class: "actions" }, submit, cancel),
       );
 
+      for (const [name, value] of Object.entries(preset)) {
+        const choice = form.querySelector(`input[name="${name}"][value="${CSS.escape(value)}"]`);
+        if (choice) choice.checked = true;
+      }
       clearErrorsOnEdit(form);
       form.addEventListener("submit", async (event) => {
         event.preventDefault();

@@ -256,8 +256,8 @@ async def test_rescheduling_keeps_the_visit_and_its_links_and_is_audited(server)
     assert moved["moved"]["from"] == {"starts_at": visit["starts_at"], "ends_at": visit["ends_at"]}
     assert moved["links_kept"] is True and set(moved["join"]) == {"C1", "device"}
     (event,) = await events(server, "visit.rescheduled")
-    assert event["data"]["old"] == {"starts_at": visit["starts_at"], "ends_at": visit["ends_at"]}
-    assert event["data"]["new"] == moved_to
+    assert event["data"]["old"] == {"starts_at": visit["starts_at"], "ends_at": visit["ends_at"], "device": "K1"}
+    assert event["data"]["new"] == {**moved_to, "device": "K1"}
     # The link sent before the move joins the same visit, now.
     family = server.client(visit["join"]["C1"]["token"], visit["id"], **QUIET)
     try:
@@ -292,6 +292,21 @@ async def test_a_move_onto_a_booked_slot_is_refused(server):
         "POST", f"/api/v1/visits/{first['id']}/reschedule", window(3600 + 600, 1800)
     )
     assert status == 200
+    # Or to another kiosk of its facility, at the same time (its own is out of order, say);
+    # not to one in another facility.
+    same = {"starts_at": second["starts_at"], "ends_at": second["ends_at"]}
+    status, moved = await server.api(
+        "POST", f"/api/v1/visits/{second['id']}/reschedule", {**same, "device": "K3"}
+    )
+    assert (status, moved["device"], moved["starts_at"]) == (200, "K3", second["starts_at"])
+    status, answer = await server.api(
+        "POST", f"/api/v1/visits/{second['id']}/reschedule", {**same, "device": "K2"}
+    )
+    refused(answer, 409, status, "wrong-facility")
+    status, answer = await server.api(
+        "POST", f"/api/v1/visits/{second['id']}/reschedule", {**same, "device": "K3"}
+    )
+    refused(answer, 422, status, "unchanged")
 
 
 # -- after the window: ended or no-show, counted -----------------------------------------------

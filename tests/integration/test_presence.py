@@ -152,3 +152,40 @@ async def test_presence_refusals(tmp_path):
             await new.close()
     finally:
         await stop_server(srv)
+
+
+async def test_parlor_kiosk_holds_its_presence_and_joins_its_visit_when_it_opens(tmp_path):
+    """`parlor kiosk` without --visit: the headless kiosk says it is there, finds the visit
+    open at its kiosk and joins it, and leaves after --seconds."""
+    import os
+    import sys
+    from pathlib import Path
+
+    srv = await start_server(make_config(tmp_path, kiosk_heartbeat_seconds=HEARTBEAT))
+    try:
+        await seed(srv)
+        visit = await make_visit(srv, ["C1"])
+        parlor = Path(sys.executable).with_name("parlor")
+        command = [str(parlor)] if parlor.exists() else [sys.executable, "-m", "signaling.cli"]
+        env = {**os.environ, "PARLOR_ICE_ADDRESSES": "127.0.0.1"}
+        process = await asyncio.create_subprocess_exec(
+            *command, "kiosk", "--server", srv.url, "--token", srv.token("device:K1", "kiosk"),
+            "--seconds", "6", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while await presence_of(srv, "K1") != "online":
+            assert time.monotonic() < deadline and process.returncode is None
+            await asyncio.sleep(0.2)
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+        assert process.returncode == 0, err.decode()[-2000:]
+        assert lines[0]["presence"]["device"] == "K1"
+        joined = next(line["joined"] for line in lines if "joined" in line)
+        assert joined["visit"] == visit["id"] and joined["role"] == "kiosk"
+        deadline = time.monotonic() + 10
+        while await presence_of(srv, "K1") != "offline":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+    finally:
+        await stop_server(srv)
