@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from policy.rfc3339 import format_time
+from policy.rfc3339 import format_time, parse_time
 
 VISIT_KINDS = ("social", "privileged")
 VISIT_STATUSES = ("booked", "cancelled", "ended", "no-show")
@@ -99,6 +99,37 @@ class Visit:
             },
             "closed_at": format_time(self.closed_at),
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Visit:
+        """The inverse of `to_json` (the derived `monitored` is ignored): how the audit
+        chain's visit events, which carry the whole visit, are read back (policy/replay.py).
+        An event from before a visit had a life (status, version, ...) reads as booked."""
+
+        def moment(value: Any, name: str) -> float | None:
+            return None if value is None else parse_time(value, name)
+
+        cancelled = data.get("cancellation") or {}
+        moved = data.get("moved")
+        return cls(
+            id=str(data["id"]), facility=str(data["facility"]), inmate=str(data["inmate"]),
+            device=str(data["device"]), contacts=tuple(str(c) for c in data["contacts"]),
+            starts_at=parse_time(data["starts_at"], "starts_at"),
+            ends_at=parse_time(data["ends_at"], "ends_at"), kind=str(data["kind"]),
+            created_by=str(data["created_by"]),
+            created_at=parse_time(data["created_at"], "created_at"),
+            status=str(data.get("status", "booked")), version=int(data.get("version", 1)),
+            cancel_reason=cancelled.get("reason"), cancel_note=cancelled.get("note"),
+            cancelled_at=moment(cancelled.get("at"), "cancellation.at"),
+            cancelled_by=cancelled.get("by"),
+            moved_from=None if not moved else (
+                parse_time(moved["from"]["starts_at"], "moved.from.starts_at"),
+                parse_time(moved["from"]["ends_at"], "moved.from.ends_at"),
+            ),
+            moved_at=moment(moved.get("at"), "moved.at") if moved else None,
+            moved_by=moved.get("by") if moved else None,
+            closed_at=moment(data.get("closed_at"), "closed_at"),
+        )  # fmt: skip
 
 
 def device_keys(facility: str, device: str) -> tuple[str, ...]:

@@ -12,11 +12,21 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from policy.store.interface import AuditDraft, Cluster, Listener, Placement, Presence, Store
+from policy.store.interface import (
+    AuditDraft,
+    Cluster,
+    Listener,
+    Placement,
+    Presence,
+    Restoration,
+    Store,
+    StoredState,
+)
 from policy.store.sqlite import SqliteStore
 
 __all__ = [
-    "AuditDraft", "Cluster", "Listener", "Placement", "Presence", "Store", "SqliteStore", "open_store",
+    "AuditDraft", "Cluster", "Listener", "Placement", "Presence", "Restoration", "Store", "StoredState",
+    "SqliteStore", "open_store",
 ]  # fmt: skip
 
 

@@ -16,6 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any
 
+from policy.actor import SYSTEM
 from policy.appeal import Appeal
 from policy.approval import Approval
 from policy.audit import GENESIS, AuditEvent, audit_time, seal
@@ -23,7 +24,7 @@ from policy.directive import Directive
 from policy.errors import Conflict
 from policy.roster import Contact, Device, Facility, Inmate
 from policy.session import SessionRecord
-from policy.store.interface import AuditDraft, Cluster, Presence
+from policy.store.interface import AuditDraft, Cluster, Presence, Restoration, StoredState
 from policy.visit import Visit
 
 SCHEMA_VERSION = 2
@@ -75,10 +76,14 @@ SCHEMA = [
         confirm_by {real}, confirmed_by TEXT, confirmed_at {real}, closed_at {real},
         closed_by TEXT, close_reason TEXT, sessions_ended INTEGER NOT NULL DEFAULT 0)""",
     """CREATE INDEX IF NOT EXISTS directives_status ON directives (status)""",
+    """CREATE INDEX IF NOT EXISTS directives_scope ON directives (scope, closed_at)""",
     """CREATE TABLE IF NOT EXISTS appeals (
         id TEXT PRIMARY KEY, directive TEXT NOT NULL REFERENCES directives(id),
         filed_by TEXT NOT NULL, text TEXT NOT NULL, filed_at {real} NOT NULL,
         status TEXT NOT NULL, decided_by TEXT, decided_at {real}, decision_note TEXT)""",
+    # One open appeal per person per directive (SPEC §4), enforced by the database itself so
+    # that two concurrent filings cannot both pass: `ONE_OPEN_APPEAL` below, created after
+    # `SUPERSEDE_DUPLICATE_APPEALS` has closed the duplicates an older database may hold.
     """CREATE TABLE IF NOT EXISTS audit (
         seq INTEGER PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
         subject TEXT NOT NULL, data TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)""",
@@ -131,6 +136,39 @@ def guard_failed(guard: list[Any]) -> Conflict:
     return Conflict("state-changed", "the record changed meanwhile; reload and retry")
 
 
+# Partial unique indexes exist in SQLite (3.8) and PostgreSQL alike.
+ONE_OPEN_APPEAL = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS appeals_one_open ON appeals (directive, filed_by)"
+    " WHERE status = 'open'"
+)
+# A database from before `ONE_OPEN_APPEAL` may hold several open appeals of one person
+# against one directive: all but the first filed are closed as `superseded` (the staff
+# decide the first; the texts stay readable), with an audit event, before the index is made.
+DUPLICATE_OPEN_APPEALS = (
+    "SELECT a.id AS id FROM appeals a WHERE a.status = 'open' AND EXISTS ("
+    " SELECT 1 FROM appeals b WHERE b.directive = a.directive AND b.filed_by = a.filed_by"
+    " AND b.status = 'open' AND (b.filed_at < a.filed_at OR (b.filed_at = a.filed_at AND b.id < a.id)))"
+    " ORDER BY a.id"
+)
+SUPERSEDED_NOTE = (
+    "closed when the one-open-appeal rule came in: an earlier appeal of the same person is open"
+)
+
+
+def supersede_duplicates(ids: list[str], now: float) -> tuple[list[Statement], AuditDraft]:
+    """The statements and audit event that close duplicate open appeals (see above)."""
+    statements: list[Statement] = [
+        ("UPDATE appeals SET status = 'superseded', decided_by = ?, decided_at = ?,"
+         " decision_note = ? WHERE id = ? AND status = 'open'",
+         (SYSTEM.sub, now, SUPERSEDED_NOTE, appeal_id))
+        for appeal_id in ids
+    ]  # fmt: skip
+    draft = AuditDraft(
+        SYSTEM.sub, "appeal.superseded", "store", {"appeals": ids, "note": SUPERSEDED_NOTE}
+    )
+    return statements, draft
+
+
 DIRECTIVE_COLUMNS = (
     "id", "scope", "action", "reason", "legal_basis", "issued_by", "issued_at", "starts_at",
     "expires_at", "status", "confirm_by", "confirmed_by", "confirmed_at", "closed_at",
@@ -167,6 +205,16 @@ def _visit_row(v: Visit) -> tuple[Any, ...]:
         v.cancel_note, v.cancelled_at, v.cancelled_by, moved[0], moved[1], v.moved_at,
         v.moved_by, v.closed_at,
     )  # fmt: skip
+
+
+def _insert(table: str, columns: tuple[str, ...], *, upsert: bool = False) -> str:
+    """INSERT of every column; `upsert`: or, when the id exists, overwrite every other one
+    (SQLite and PostgreSQL share the ON CONFLICT syntax)."""
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+    if upsert:
+        sets = ", ".join(f"{c} = excluded.{c}" for c in columns if c != "id")
+        sql += f" ON CONFLICT (id) DO UPDATE SET {sets}"
+    return sql
 
 
 def _visit(row: dict[str, Any]) -> Visit:
@@ -265,6 +313,10 @@ class SqlStore(ABC):
 
     @abstractmethod
     async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    async def _snapshot(self, queries: list[str]) -> list[list[dict[str, Any]]]:
+        """Run read-only queries in one transaction: they all see the same moment."""
 
     async def ping(self) -> None:
         await self._fetch("SELECT 1 AS one")
@@ -414,9 +466,7 @@ class SqlStore(ABC):
         self, visit: Visit, audit: AuditDraft, *, buffer: float | None = None
     ) -> AuditEvent:
         """Insert a visit; with `buffer` (seconds), only if its kiosk is free then."""
-        placeholders = ", ".join("?" for _ in VISIT_COLUMNS)
-        insert = (f"INSERT INTO visits ({', '.join(VISIT_COLUMNS)}) VALUES ({placeholders})",
-                  _visit_row(visit))  # fmt: skip
+        insert = (_insert("visits", VISIT_COLUMNS), _visit_row(visit))
         return await self._write([*self._kiosk_free(visit, buffer), insert], audit)
 
     async def update_visit(
@@ -497,10 +547,9 @@ class SqlStore(ABC):
 
     # -- directives and appeals ---------------------------------------------------------
     async def add_directive(self, directive: Directive, audit: AuditDraft) -> AuditEvent:
-        placeholders = ", ".join("?" for _ in DIRECTIVE_COLUMNS)
         return await self._write(
-            [(f"INSERT INTO directives ({', '.join(DIRECTIVE_COLUMNS)}) VALUES ({placeholders})",
-              _directive_row(directive))], audit)  # fmt: skip
+            [(_insert("directives", DIRECTIVE_COLUMNS), _directive_row(directive))], audit
+        )
 
     async def update_directive(
         self, directive: Directive, audit: AuditDraft, *, expect_status: str | None = None
@@ -538,13 +587,24 @@ class SqlStore(ABC):
         row = await self._one("SELECT * FROM directives WHERE id = ?", (directive_id,))
         return _directive(row) if row else None
 
-    async def list_directives(self, *, status: str | None = None) -> list[Directive]:
-        if status is None:
-            rows = await self._fetch("SELECT * FROM directives ORDER BY issued_at DESC, id")
-        else:
-            rows = await self._fetch(
-                "SELECT * FROM directives WHERE status = ? ORDER BY issued_at DESC, id", (status,)
+    async def list_directives(
+        self,
+        *,
+        status: str | None = None,
+        scope: str | None = None,
+        closed_after: float | None = None,
+    ) -> list[Directive]:
+        sql, params = "SELECT * FROM directives WHERE 1 = 1", tuple[Any, ...]()
+        if status is not None:
+            sql, params = sql + " AND status = ?", params + (status,)
+        if scope is not None:
+            sql, params = sql + " AND scope = ?", params + (scope,)
+        if closed_after is not None:
+            sql, params = (
+                sql + " AND (closed_at IS NULL OR closed_at > ?)",
+                params + (closed_after,),
             )
+        rows = await self._fetch(sql + " ORDER BY issued_at DESC, id", params)
         return [_directive(r) for r in rows]
 
     async def add_appeal(self, appeal: Appeal, audit: AuditDraft) -> AuditEvent:
@@ -620,6 +680,52 @@ class SqlStore(ABC):
     async def audit(self, draft: AuditDraft) -> AuditEvent:
         """An audit event with no other state change (e.g. a refused monitor join)."""
         return await self._write([], draft)
+
+    # -- the state as a projection of the chain (policy/replay.py) ----------------------
+    async def state(self) -> StoredState:
+        """The audit chain and the rows it projects to, read in one snapshot."""
+        chain, directives, approvals, visits = await self._snapshot(
+            [
+                "SELECT h.seq AS head_seq, h.hash AS head_hash, a.* FROM audit_head h"
+                " LEFT JOIN audit a ON 1 = 1 WHERE h.id = 1 ORDER BY a.seq",
+                "SELECT * FROM directives ORDER BY id",
+                "SELECT contact, inmate, status FROM approvals ORDER BY contact, inmate",
+                "SELECT * FROM visits ORDER BY id",
+            ]
+        )
+        head = (chain[0]["head_seq"], chain[0]["head_hash"]) if chain else (0, GENESIS)
+        return StoredState(
+            events=[_audit(r) for r in chain if r["seq"] is not None],
+            head=head,
+            directives={r["id"]: _directive(r) for r in directives},
+            approvals={(r["contact"], r["inmate"]): r["status"] for r in approvals},
+            visits={r["id"]: _visit(r) for r in visits},
+        )
+
+    async def restore(self, restoration: Restoration, audit: AuditDraft) -> AuditEvent:
+        """Make the rows what the chain implies, with `audit`, in one transaction: only if
+        no event was written since the state was read (else `Conflict`: read it again)."""
+        statements: list[Statement] = [
+            ("UPDATE audit_head SET seq = seq WHERE id = 1 AND seq = ?", (restoration.head,), True)
+        ]
+        upsert = _insert("directives", DIRECTIVE_COLUMNS, upsert=True)
+        statements += [(upsert, _directive_row(d)) for d in restoration.directives]
+        statements += [
+            ("DELETE FROM directives WHERE id = ?", (i,)) for i in restoration.stray_directives
+        ]
+        for (contact, inmate), status in restoration.approvals.items():
+            statements.append(
+                ("DELETE FROM approvals WHERE contact = ? AND inmate = ?", (contact, inmate))
+            )
+            if status is not None:
+                statements.append(
+                    ("INSERT INTO approvals (contact, inmate, status, updated_at) VALUES (?, ?, ?, ?)",
+                     (contact, inmate, status, self.clock()))
+                )  # fmt: skip
+        upsert = _insert("visits", VISIT_COLUMNS, upsert=True)
+        statements += [(upsert, _visit_row(v)) for v in restoration.visits]
+        statements += [("DELETE FROM visits WHERE id = ?", (i,)) for i in restoration.stray_visits]
+        return await self._write(statements, audit)
 
 
 def seal_next(head_seq: int, head_hash: str, draft: AuditDraft, now: float) -> AuditEvent:

@@ -35,6 +35,13 @@ async def events(srv: Server, action: str) -> list[dict[str, Any]]:
     return [e for e in found if e["action"] == action]
 
 
+async def replayed(srv: Server) -> None:
+    """The rows are what the audit chain implies (policy/replay.py), every event folded."""
+    status, report = await srv.api("GET", "/api/v1/audit/verify", token="auditor")
+    assert status == 200 and report["ok"] is True, report
+    assert report["state"]["unreplayed"] == {} and report["state"]["disagreements"] == []
+
+
 def refused(answer: Any, status: int, got: int, code: str) -> None:
     assert (got, answer["error"]["code"]) == (status, code), answer
     assert answer["error"]["message"]
@@ -169,6 +176,7 @@ async def test_a_privileged_visit_is_marked_never_monitored_and_its_kind_fixed_o
         "POST", f"/api/v1/visits/{later['id']}/kind", {"kind": "privileged"}
     )
     refused(answer, 422, status, "unchanged")
+    await replayed(server)
 
 
 # -- cancelling ---------------------------------------------------------------------------
@@ -205,6 +213,7 @@ async def test_cancelling_needs_a_structured_reason_and_is_audited(server):
     assert state["state"] == "cancelled"
     assert state["cancelled"]["text"] == "The visiting kiosk is out of order. Screen broken"
     assert state["cancelled"]["at"] == cancelled["cancellation"]["at"]
+    await replayed(server)
 
 
 async def test_cancelling_a_live_visit_ends_its_sessions_and_tells_them_why(server):
@@ -276,6 +285,7 @@ async def test_rescheduling_keeps_the_visit_and_its_links_and_is_audited(server)
     refused(answer, 422, status, "visit-in-past")
     status, answer = await server.api("POST", path, {"starts_at": "tomorrow"})
     refused(answer, 400, status, "bad-time")
+    await replayed(server)
 
 
 async def test_a_move_onto_a_booked_slot_is_refused(server):
@@ -343,6 +353,7 @@ async def test_after_its_window_a_visit_is_ended_or_a_no_show_and_counted(server
     _, state = await server.api("GET", f"/api/v1/visits/{missed['id']}/state",
                                 token=missed["join"]["C1"]["token"])  # fmt: skip
     assert state["state"] == "ended"
+    await replayed(server)
 
 
 # -- what a family's link reads --------------------------------------------------------------

@@ -26,19 +26,20 @@ import glob
 import importlib.util
 import os
 import shutil
-import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.harness import gstreamer
+from tests.harness.gstreamer import SYSTEM_PYTHON
+
 TESTS = Path(__file__).resolve().parent.parent
 ARTIFACTS = TESTS / "artifacts"  # screenshots and logs a person can look at after a run
 
 CHROMIUM = Path("/usr/bin/chromium")
 FIREFOX = Path("/usr/bin/firefox-esr")
-SYSTEM_PYTHON = Path("/usr/bin/python3")  # the one with `gi` (GStreamer); the venv has none
 
 MARKER = "requires"
 REASON_PREFIX = "missing system software: "
@@ -73,36 +74,6 @@ def _firefox() -> str | None:
     return None
 
 
-GSTREAMER_PROBE = """
-import gi
-gi.require_version("Gst", "1.0")
-gi.require_version("GstWebRTC", "1.0")
-gi.require_version("GstSdp", "1.0")
-from gi.repository import Gst, GstWebRTC, GstSdp
-Gst.init(None)
-absent = [e for e in ("webrtcbin", "nicesrc", "nicesink", "dtlssrtpenc", "vp8enc", "opusenc")
-          if Gst.ElementFactory.find(e) is None]
-print(" ".join(absent))
-"""
-
-
-def _gstreamer() -> str | None:
-    if not os.access(SYSTEM_PYTHON, os.X_OK):
-        return f"no {SYSTEM_PYTHON}"
-    try:
-        probe = subprocess.run(
-            [str(SYSTEM_PYTHON), "-c", GSTREAMER_PROBE], capture_output=True, text=True, timeout=30
-        )
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"{SYSTEM_PYTHON} could not probe GStreamer: {error}"
-    if probe.returncode != 0:
-        last = (probe.stderr.strip().splitlines() or ["failed"])[-1]
-        return f"{SYSTEM_PYTHON} cannot load GStreamer through gi: {last}"
-    if probe.stdout.strip():
-        return f"GStreamer elements not found: {probe.stdout.strip()}"
-    return None
-
-
 def postgres_bindir() -> Path | None:
     """The newest PostgreSQL bin directory with initdb, pg_ctl and postgres, or None."""
     preferred = Path("/usr/lib/postgresql/15/bin")
@@ -133,11 +104,9 @@ REQUIREMENTS = {
         Requirement("firefox", f"Firefox ESR at {FIREFOX}", "apt-get install firefox-esr", _firefox),
         Requirement(
             "gstreamer",
-            f"GStreamer 1.x with webrtcbin, usable from {SYSTEM_PYTHON} (gi)",
-            "apt-get install python3-gi python3-gst-1.0 gir1.2-gst-plugins-bad-1.0 "
-            "gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad "
-            "gstreamer1.0-nice",
-            _gstreamer,
+            f"GStreamer 1.x with webrtcbin and libnice, usable from {SYSTEM_PYTHON} (gi)",
+            gstreamer.INSTALL,
+            gstreamer.gstreamer_missing,
         ),
         Requirement("postgresql", "PostgreSQL server binaries", "apt-get install postgresql", _postgresql),
         Requirement("netem", "tc (netem) and unshare", "apt-get install iproute2 util-linux", _netem),

@@ -156,6 +156,8 @@ async def test_visits_left_without_an_approved_contact_are_cancelled(server):
         f"visit:{v['id']}" for v in (live, future)
     )
     assert all(e["data"]["reason"] == "approval-withdrawn" for e in cancelled)
+    status, report = await server.api("GET", "/api/v1/audit/verify", token="auditor")
+    assert status == 200 and report["ok"] and report["state"]["unreplayed"] == {}, report
 
 
 async def test_a_denial_or_withdrawal_needs_a_reason_and_a_pending_request_ends_nothing(server):
