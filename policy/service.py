@@ -1,4 +1,5 @@
-"""The policy service: every rule of SPEC §4 and every write of the domain, in one place.
+"""The policy service: every rule of SPEC §4 and every write of the domain, in one place
+(the scheduling of visits is policy/schedule.py's, on top of this).
 
 Signaling calls these methods and then acts on live sessions; nothing here knows about
 sockets or media. Every write goes through the store together with its audit event.
@@ -16,6 +17,7 @@ from typing import Any
 
 from policy.actor import SYSTEM, Actor
 from policy.appeal import Appeal
+from policy.approval import APPROVAL_STATUSES, Approval, ApprovalIndex, withdraws
 from policy.coverage import WINDOW, Coverage, coverage
 from policy.directive import (
     ACTIONS,
@@ -28,10 +30,10 @@ from policy.directive import (
 )
 from policy.errors import Conflict, Forbidden, Malformed, NotFound, RuleBroken
 from policy.rfc3339 import format_time, parse_time
-from policy.roster import APPROVAL_STATUSES, Contact, Device, Facility, Inmate, check_id, check_text
+from policy.roster import Contact, Device, Facility, Inmate, check_id, check_text
 from policy.session import SessionRecord
-from policy.store import AuditDraft, Store
-from policy.visit import VISIT_KINDS, Visit, subject_keys
+from policy.store import AuditDraft, Presence, Store
+from policy.visit import Visit, VisitChanges, subject_keys
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,13 @@ class Rules:
     # today) is refused `confirmation-required`: policy/coverage.py.
     min_unconfirmed_seconds: float = 60
     visit_early_join_seconds: float = 5 * 60
-    max_visit_seconds: float = 4 * 3600
+    max_visit_seconds: float = 4 * 3600  # a facility may set its own (Facility.max_visit_seconds)
     max_contacts_per_visit: int = 4
+    visit_buffer_seconds: float = 5 * 60  # free time a kiosk keeps between two visits
+
+
+MIN_VISIT_SECONDS = 60.0
+LONGEST_VISIT_SECONDS = 24 * 3600.0  # the most a facility's maximum may be
 
 
 MAX_APPEAL_TEXT = 2000  # characters: as long as a directive's reason or a decision's note
@@ -61,12 +68,28 @@ def _body(value: object) -> dict[str, Any]:
     return value
 
 
+def _visit_maximum(value: object) -> float | None:
+    """A facility's maximum visit length in seconds (null: the server's default)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Malformed("bad-field", "max_visit_seconds must be a number of seconds, or null")
+    if not MIN_VISIT_SECONDS <= value <= LONGEST_VISIT_SECONDS:
+        raise RuleBroken(
+            "bad-maximum",
+            f"max_visit_seconds must be between {MIN_VISIT_SECONDS:g} and {LONGEST_VISIT_SECONDS:g}",
+        )
+    return float(value)
+
+
 @dataclass
 class Policy:
     store: Store
     rules: Rules = field(default_factory=Rules)
     clock: Callable[[], float] = time.time
     index: DirectiveIndex = field(default_factory=DirectiveIndex)
+    approvals: ApprovalIndex = field(default_factory=ApprovalIndex)
+    visit_changes: VisitChanges = field(default_factory=VisitChanges)
 
     # -- admission ----------------------------------------------------------------------
     async def load(self) -> None:
@@ -86,10 +109,24 @@ class Policy:
         when the index knows a later state of it already (the copy is stale, and ignored)."""
         return self.index.put(directive)
 
+    async def load_approvals(self) -> None:
+        """Rebuild the approval index from the store (start-up, or catch-up after an outage)."""
+        fresh = ApprovalIndex()
+        for approval in await self.store.list_approvals():
+            fresh.put(approval.contact, approval.inmate, approval.status)
+        self.approvals = fresh
+
+    def max_visit_seconds(self, facility: Facility) -> float:
+        return facility.max_visit_seconds or self.rules.max_visit_seconds
+
     # -- roster -------------------------------------------------------------------------
     async def create_facility(self, actor: Actor, body: object) -> Facility:
         data = _body(body)
-        facility = Facility(id=check_id(data.get("id")), name=check_text(data.get("name"), "name"))
+        facility = Facility(
+            id=check_id(data.get("id")),
+            name=check_text(data.get("name"), "name"),
+            max_visit_seconds=_visit_maximum(data.get("max_visit_seconds")),
+        )
         await self.store.add_facility(
             facility,
             AuditDraft(
@@ -97,6 +134,58 @@ class Policy:
             ),
         )
         return facility
+
+    async def update_facility(self, actor: Actor, facility_id: str, body: object) -> Facility:
+        """Rename a facility or change its maximum visit length (visits booked already keep
+        their length). The event carries the row before and after."""
+        data = _body(body)
+        old = await self.get_facility(facility_id)
+        new = replace(
+            old,
+            name=check_text(data["name"], "name") if "name" in data else old.name,
+            max_visit_seconds=_visit_maximum(data["max_visit_seconds"])
+            if "max_visit_seconds" in data
+            else old.max_visit_seconds,
+        )
+        return await self._edited(actor, "facility", old, new, self.store.update_facility)
+
+    async def update_inmate(self, actor: Actor, inmate_id: str, body: object) -> Inmate:
+        """Correct an inmate's name. (A move to another facility is a transfer: their booked
+        visits are at that facility's kiosks, so it is not an edit.)"""
+        data = _body(body)
+        if "facility" in data:
+            raise Malformed("not-editable", "an inmate's facility cannot be edited")
+        old = await self.store.get_inmate(inmate_id)
+        if old is None:
+            raise NotFound("unknown-inmate", f"no inmate {inmate_id!r}")
+        new = replace(old, name=check_text(data["name"], "name") if "name" in data else old.name)
+        return await self._edited(actor, "inmate", old, new, self.store.update_inmate)
+
+    async def update_contact(self, actor: Actor, contact_id: str, body: object) -> Contact:
+        data = _body(body)
+        old = await self.get_contact(contact_id)
+        minor = data.get("minor", old.minor)
+        if not isinstance(minor, bool):
+            raise Malformed("bad-field", "minor must be true or false")
+        new = replace(
+            old, name=check_text(data["name"], "name") if "name" in data else old.name, minor=minor
+        )
+        return await self._edited(actor, "contact", old, new, self.store.update_contact)
+
+    async def _edited(self, actor: Actor, kind: str, old: Any, new: Any, write: Any) -> Any:
+        """Write an edit with its audit event `<kind>.updated`: the fields before and after."""
+        before, after = old.to_json(), new.to_json()
+        changed = sorted(k for k in after if after[k] != before[k] and k != "approvals")
+        if not changed:
+            raise RuleBroken("unchanged", "nothing to change: the values are the current ones")
+        await write(
+            new,
+            AuditDraft(actor.sub, f"{kind}.updated", f"{kind}:{new.id}", {
+                "id": new.id, "changed": changed,
+                "old": {k: before[k] for k in changed}, "new": {k: after[k] for k in changed},
+            }),
+        )  # fmt: skip
+        return new
 
     async def create_device(self, actor: Actor, body: object) -> Device:
         data = _body(body)
@@ -139,104 +228,83 @@ class Policy:
         )
         return contact
 
-    async def set_approval(self, actor: Actor, contact_id: str, body: object) -> Contact:
+    async def set_approval(
+        self, actor: Actor, contact_id: str, body: object
+    ) -> tuple[Approval, str | None]:
+        """Ask for (`pending`), grant or deny a contact's approval for an inmate. Denying or
+        withdrawing one needs a reason. Returns the approval as committed and the status it
+        had before; what it does to live sessions and visits is signaling/approvals.py's.
+        The event carries the whole row and the status before (its replay needs no other)."""
         data = _body(body)
         inmate_id = check_id(data.get("inmate"), "inmate")
         status = data.get("status")
         if status not in APPROVAL_STATUSES:
             raise Malformed("bad-field", f"status must be one of {', '.join(APPROVAL_STATUSES)}")
-        if await self.store.get_contact(contact_id) is None:
-            raise NotFound("unknown-contact", f"no contact {contact_id!r}")
+        await self.get_contact(contact_id)
         if await self.store.get_inmate(inmate_id) is None:
             raise NotFound("unknown-inmate", f"no inmate {inmate_id!r}")
+        stored = await self.store.get_approval(contact_id, inmate_id)
+        previous = stored.status if stored is not None else None
+        reason = data.get("reason")
+        if reason in (None, "") and withdraws(previous, status):
+            raise Malformed(
+                "reason-required", "say why: denying or withdrawing an approval needs a reason"
+            )
+        reason = None if reason in (None, "") else check_text(reason, "reason", max_length=1000)
+        if previous == status and (stored.reason if stored else None) == reason:
+            raise RuleBroken("unchanged", f"the approval is {status} already")
+        approval = Approval(
+            contact=contact_id, inmate=inmate_id, status=status, updated_at=self.clock(),
+            reason=reason, decided_by=None if status == "pending" else actor.sub,
+        )  # fmt: skip
         await self.store.set_approval(
             contact_id, inmate_id, status,
-            AuditDraft(actor.sub, "approval.set", f"pair:{inmate_id}:{contact_id}", {"status": status}),
+            AuditDraft(actor.sub, "approval.set", f"pair:{inmate_id}:{contact_id}",
+                       {**approval.to_json(), "previous": previous}),
+            reason=approval.reason, by=approval.decided_by,
         )  # fmt: skip
+        return approval, previous
+
+    async def get_contact(self, contact_id: str) -> Contact:
         contact = await self.store.get_contact(contact_id)
-        assert contact is not None
+        if contact is None:
+            raise NotFound("unknown-contact", f"no contact {contact_id!r}")
         return contact
 
-    async def _require_facility(self, facility_id: str) -> None:
-        if await self.store.get_facility(facility_id) is None:
+    async def get_facility(self, facility_id: str) -> Facility:
+        facility = await self.store.get_facility(facility_id)
+        if facility is None:
             raise NotFound("unknown-facility", f"no facility {facility_id!r}")
+        return facility
 
-    # -- visits -------------------------------------------------------------------------
-    async def create_visit(self, actor: Actor, body: object) -> Visit:
-        data = _body(body)
-        inmate_id = check_id(data.get("inmate"), "inmate")
-        device_id = check_id(data.get("device"), "device")
-        contacts = data.get("contacts")
-        if not isinstance(contacts, list) or not contacts:
-            raise Malformed("bad-field", "contacts must be a non-empty list of contact ids")
-        contact_ids = tuple(check_id(c, "contact") for c in contacts)
-        if len(set(contact_ids)) != len(contact_ids):
-            raise Malformed("bad-field", "contacts must not repeat")
-        if len(contact_ids) > self.rules.max_contacts_per_visit:
-            raise RuleBroken(
-                "too-many-contacts",
-                f"a visit has at most {self.rules.max_contacts_per_visit} contacts",
-            )
-        kind = data.get("kind", "social")
-        if kind not in VISIT_KINDS:
-            raise Malformed("bad-field", "kind must be 'social' or 'privileged'")
-        starts_at = parse_time(data.get("starts_at"), "starts_at")
-        ends_at = parse_time(data.get("ends_at"), "ends_at")
-        if ends_at <= starts_at:
-            raise RuleBroken("bad-window", "ends_at must be after starts_at")
-        if ends_at - starts_at > self.rules.max_visit_seconds:
-            raise RuleBroken(
-                "visit-too-long",
-                f"a visit lasts at most {self.rules.max_visit_seconds / 3600:g} hours",
-            )
+    async def _require_facility(self, facility_id: str) -> None:
+        await self.get_facility(facility_id)
+
+    # -- kiosk presence (signaling/presence.py decides when) -------------------------------
+    async def device_online(self, device: Device, node: str) -> Presence:
         now = self.clock()
-        if ends_at <= now:
-            raise RuleBroken("visit-in-past", "ends_at is in the past")
+        presence = Presence(device.id, "online", node, since=now, last_seen=now)
+        await self.store.set_presence(presence, AuditDraft(
+            f"device:{device.id}", "device.online", f"device:{device.id}",
+            {"device": device.id, "facility": device.facility, "node": node,
+             "since": format_time(now)},
+        ))  # fmt: skip
+        return presence
 
-        inmate = await self.store.get_inmate(inmate_id)
-        if inmate is None:
-            raise NotFound("unknown-inmate", f"no inmate {inmate_id!r}")
-        device = await self.store.get_device(device_id)
-        if device is None:
-            raise NotFound("unknown-device", f"no device {device_id!r}")
-        if device.facility != inmate.facility:
-            raise Conflict(
-                "wrong-facility", f"device {device_id} is not in inmate {inmate_id}'s facility"
-            )
-        visit = Visit(
-            id=new_id("V"), facility=inmate.facility, inmate=inmate.id, device=device.id,
-            contacts=contact_ids, starts_at=starts_at, ends_at=ends_at, kind=kind,
-            created_by=actor.sub, created_at=now,
-        )  # fmt: skip
-        for contact_id in contact_ids:
-            contact = await self.store.get_contact(contact_id)
-            if contact is None:
-                raise NotFound("unknown-contact", f"no contact {contact_id!r}")
-            if contact.approvals.get(inmate.id) != "approved":
-                raise Conflict(
-                    "contact-not-approved",
-                    f"contact {contact_id} is not approved for inmate {inmate.id}",
-                )
-            # A suspended contact cannot be put on a new visit while suspended (SPEC §3/§4).
-            decision = self.evaluate(subject_keys(visit, contact=contact_id))
-            if not decision.admitted:
-                assert decision.blocking is not None
-                raise Conflict(
-                    "suspended",
-                    f"contact {contact_id} is suspended by directive {decision.blocking.id} "
-                    f"until {format_time(decision.blocking.expires_at)}",
-                )
-        decision = self.evaluate(subject_keys(visit))
-        if not decision.admitted:
-            assert decision.blocking is not None
-            raise Conflict(
-                "suspended", f"this visit is refused by directive {decision.blocking.id}"
-            )
-        await self.store.add_visit(
-            visit, AuditDraft(actor.sub, "visit.created", f"visit:{visit.id}", visit.to_json())
-        )
-        return visit
+    async def device_offline(
+        self, device: Device, node: str, last_seen: float, why: str
+    ) -> Presence:
+        """Only while `node` holds it online: else it went online elsewhere (`Conflict`)."""
+        now = self.clock()
+        presence = Presence(device.id, "offline", node, since=now, last_seen=last_seen)
+        await self.store.set_presence(presence, AuditDraft(
+            SYSTEM.sub, "device.offline", f"device:{device.id}",
+            {"device": device.id, "facility": device.facility, "node": node, "why": why,
+             "since": format_time(now), "last_seen": format_time(last_seen)},
+        ), expect_node=node)  # fmt: skip
+        return presence
 
+    # -- visits (their writes: policy/schedule.py) ----------------------------------------
     async def get_visit(self, visit_id: str) -> Visit:
         visit = await self.store.get_visit(visit_id)
         if visit is None:
@@ -252,7 +320,7 @@ class Policy:
     async def current_visit(self, device_id: str) -> tuple[Visit | None, Visit | None]:
         """The visit open at a kiosk now, and the next one after it."""
         now = self.clock()
-        visits = await self.store.list_visits(device=device_id, after=now)
+        visits = await self.store.list_visits(device=device_id, after=now, status="booked")
         current = next(
             (v for v in visits if v.is_open(now, early=self.rules.visit_early_join_seconds)), None
         )

@@ -223,6 +223,7 @@ class Directives:
         are still live in it; close their records (reason `error`). Only sessions live when
         the link was lost and gone now: an admission half-way then is not mistaken for one."""
         await self.background.drain(5.0)  # sessions the catch-up ended: their records first
+        await self.enforcer.completing.drain(5.0)  # and those other policy changes halted
         if not await self.enforcer.backlog.flush(force=True):  # and the ones kept meanwhile
             raise StoreUnavailable("store-unavailable", "the store refused the kept records")
         live = self.enforcer.sessions.by_id

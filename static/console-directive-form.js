@@ -47,9 +47,10 @@ export const ACTIONS = [
  * @param {string} [options.intro]         a paragraph under the title
  * @param {{value, label, hint?}[]} options.scopes  the scope choices
  * @param {boolean} [options.broad]        the facility / system stop
+ * @param {{scope?: string, action?: string}} [options.preset]  choices made already
  * @param {(directive) => void} [options.onIssued]
  */
-export function openDirectiveDialog({ api, title, intro = "", scopes, broad = false, onIssued = () => {} }) {
+export function openDirectiveDialog({ api, title, intro = "", scopes, broad = false, preset = {}, onIssued = () => {} }) {
   return openDialog({
     title,
     className: broad ? "dialog--broad" : "dialog--directive",
@@ -168,6 +169,10 @@ export function openDirectiveDialog({ api, title, intro = "", scopes, broad = fa
         ].filter(Boolean),
       );
 
+      for (const [name, value] of Object.entries(preset)) {
+        const choice = form.querySelector(`input[name="${name}"][value="${CSS.escape(value)}"]`);
+        if (choice) choice.checked = true;
+      }
       clearErrorsOnEdit(form);
       form.addEventListener("submit", async (event) => {
         event.preventDefault();

@@ -539,8 +539,8 @@ async def test_sign_in_form_and_end_call(live: Server, browser: Browser) -> None
     # Keyboard: the tabs follow the arrow keys.
     await page.focus("#tab-calls")
     await page.keyboard.press("ArrowRight")
-    assert await page.evaluate("document.activeElement.id") == "tab-directives"
-    assert await page.is_visible("#panel-directives")
+    assert await page.evaluate("document.activeElement.id") == "tab-visits"
+    assert await page.is_visible("#panel-visits")
     assert await watched.problems(allow="401") == []
 
 
