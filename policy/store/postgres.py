@@ -40,6 +40,7 @@ from policy.store.sql import (
     SCHEMA_VERSION,
     SqlStore,
     Statement,
+    migrations,
     seal_next,
     supersede_duplicates,
 )
@@ -198,10 +199,15 @@ class PostgresStore(SqlStore):
                     await conn.execute(postgres_ddl(ddl))
                 for ddl in CLUSTER_SCHEMA:
                     await conn.execute(ddl)
-                if await conn.fetchval("SELECT COUNT(*) FROM schema_version") == 0:
+                stored = await conn.fetchval("SELECT MAX(version) FROM schema_version")
+                if stored is None:
                     await conn.execute(
                         "INSERT INTO schema_version (version) VALUES ($1)", SCHEMA_VERSION
                     )
+                elif stored < SCHEMA_VERSION:
+                    for ddl in migrations(stored):
+                        await conn.execute(postgres_ddl(ddl))
+                    await conn.execute("UPDATE schema_version SET version = $1", SCHEMA_VERSION)
                 await conn.execute(
                     "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, $1) ON CONFLICT (id) DO NOTHING",
                     GENESIS,

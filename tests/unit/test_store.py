@@ -227,6 +227,32 @@ async def test_schema_creation_is_idempotent(tmp_path):
         await second.close()
 
 
+async def test_a_version_1_database_gets_the_request_column(tmp_path):
+    """A database made before requests (schema 1) opens, its directives read as ordinary
+    ones, and a request written after the upgrade reads back as one."""
+    path = tmp_path / "parlor.db"
+    first = SqliteStore(path, clock=lambda: T0)
+    await first.open()
+    await roster(first)
+    await first.add_directive(directive("D1"), draft())
+    await first.close()
+    with sqlite3.connect(path) as conn:  # what version 1 made
+        conn.execute("ALTER TABLE directives DROP COLUMN starts_on_confirmation")
+        conn.execute("UPDATE schema_version SET version = 1")
+
+    second = SqliteStore(path, clock=lambda: T0)
+    await second.open()
+    try:
+        assert await second.get_directive("D1") == directive("D1")
+        request = directive("D2", status="pending", starts_on_confirmation=True)
+        await second.add_directive(request, draft())
+        assert await second.get_directive("D2") == request
+    finally:
+        await second.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+
+
 async def test_every_write_appends_one_sealed_event(store):
     await roster(store)
     events = await store.audit_events()
