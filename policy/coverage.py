@@ -32,9 +32,9 @@ that is bounded, and a second supervisor has until then and a window more). When
 leaves less than `Rules.min_unconfirmed_seconds` (a minute; less if the window is shorter)
 for a second supervisor to act, it is refused `confirmation-required`; `free_at` says when a
 new one could be issued again as the old time leaves the 24 hours (unless a confirmation
-comes first). A confirmed directive needs none of this. Refused, the issuer may ask for a request instead
-(`await_confirmation`): it waits, `pending`, for a second supervisor, and starts when they
-confirm it (policy/service.py `Policy.issue`).
+comes first). A confirmed directive needs none of this. Refused, the issuer may make it a
+request instead (`await_confirmation`): it waits, `pending`, for a second supervisor, and
+starts when they confirm it (policy/service.py `Policy.issue`).
 
 Across nodes: the count is made from the store's directives, not one node's memory. Two
 directives issued at once on two nodes may both pass on the same count, but then they start

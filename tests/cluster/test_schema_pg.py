@@ -1,5 +1,5 @@
-"""On PostgreSQL, a database made by schema version 1 (before a directive could be a request
-waiting for a second supervisor) is brought up to date when a node opens it."""
+"""On PostgreSQL, a database made by the schema version before requests (a directive that
+starts when a second supervisor confirms it) is brought up to date when a node opens it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from policy.directive import Directive
 from policy.store import AuditDraft
 from policy.store.postgres import PostgresStore
+from policy.store.sql import SCHEMA_VERSION
 
 pytestmark = pytest.mark.cluster
 
@@ -22,15 +23,15 @@ def directive(id: str, **changes: object) -> Directive:
     ).with_changes(**changes)  # fmt: skip
 
 
-async def test_a_version_1_database_gets_the_request_column(pg_url):
+async def test_a_database_from_before_requests_gets_their_column(pg_url):
     store = PostgresStore(pg_url, clock=lambda: T0)
     await store.open()
     await store.add_directive(directive("D1"), AuditDraft("operator:alice", "t", "t:1", {}))
     await store.close()
     conn = await asyncpg.connect(pg_url)
-    try:  # what version 1 made
+    try:  # what the version before made
         await conn.execute("ALTER TABLE directives DROP COLUMN starts_on_confirmation")
-        await conn.execute("UPDATE schema_version SET version = 1")
+        await conn.execute("UPDATE schema_version SET version = $1", SCHEMA_VERSION - 1)
     finally:
         await conn.close()
 
@@ -45,6 +46,6 @@ async def test_a_version_1_database_gets_the_request_column(pg_url):
         await store.close()
     conn = await asyncpg.connect(pg_url)
     try:
-        assert await conn.fetchval("SELECT version FROM schema_version") == 2
+        assert await conn.fetchval("SELECT version FROM schema_version") == SCHEMA_VERSION
     finally:
         await conn.close()

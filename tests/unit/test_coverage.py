@@ -304,8 +304,10 @@ async def test_nobody_can_appeal_a_request_that_never_started(policy):
     await p.create_inmate(ALICE, {"id": "I1", "facility": "F1", "name": "Sam"})
     await p.create_contact(ALICE, {"id": "C1", "name": "C1", "minor": False})
     await p.set_approval(ALICE, "C1", {"inmate": "I1", "status": "approved"})
-    visit = await p.create_visit(ALICE, {"inmate": "I1", "device": "K1", "contacts": ["C1"],
-                                         "starts_at": format_time(T0), "ends_at": format_time(T0 + 7200)})  # fmt: skip
+    window = {"starts_at": format_time(T0), "ends_at": format_time(T0 + 7200)}
+    visit = await p.create_visit(
+        ALICE, {"inmate": "I1", "device": "K1", "contacts": ["C1"], **window}
+    )
     family = Actor("contact:C1", "family", visit=visit.id)
     await used_up(p, clock)
     request = await p.issue(ALICE, asking(clock))
