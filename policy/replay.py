@@ -258,10 +258,16 @@ def _moment(p: Projection, e: AuditEvent, name: str, directive: Directive) -> fl
 
 @folds("directive.confirmed")
 def _confirmed(p: Projection, e: AuditEvent) -> None:
+    """A confirmation; of a pending request, also its start (`status`, `starts_at`)."""
     d = _directive(p, e)
-    p.directives[d.id] = d.with_changes(
+    d = d.with_changes(
         confirmed_by=e.data["confirmed_by"], confirmed_at=_moment(p, e, "confirmed_at", d)
     )
+    if "status" in e.data:
+        d = d.with_changes(
+            status=str(e.data["status"]), starts_at=parse_time(e.data["starts_at"], "starts_at")
+        )
+    p.directives[d.id] = d
 
 
 @folds("directive.lifted", "directive.expired", "directive.lapsed")

@@ -45,16 +45,25 @@ class Rules:
     # A broad directive that would lapse sooner than this (unconfirmed time left on its scope
     # today) is refused `confirmation-required`: policy/coverage.py.
     min_unconfirmed_seconds: float = 60
+    # How long a request (a broad directive past its scope's unconfirmed time, issued with
+    # `await_confirmation`) waits for a second supervisor; None: the confirmation window.
+    await_confirmation_seconds: float | None = None
     visit_early_join_seconds: float = 5 * 60
     max_visit_seconds: float = 4 * 3600  # a facility may set its own (Facility.max_visit_seconds)
     max_contacts_per_visit: int = 4
     visit_buffer_seconds: float = 5 * 60  # free time a kiosk keeps between two visits
+
+    @property
+    def request_wait_seconds(self) -> float:
+        wait = self.await_confirmation_seconds
+        return self.confirm_window_seconds if wait is None else wait
 
 
 MIN_VISIT_SECONDS = 60.0
 LONGEST_VISIT_SECONDS = 24 * 3600.0  # the most a facility's maximum may be
 
 
+UNCONFIRMED = "not confirmed by a second supervisor in time"  # why a directive lapsed
 MAX_APPEAL_TEXT = 2000  # characters: as long as a directive's reason or a decision's note
 
 
@@ -329,6 +338,15 @@ class Policy:
 
     # -- directives ---------------------------------------------------------------------
     async def issue(self, actor: Actor, body: object) -> Directive:
+        """A new directive, in force from `starts_at` (now by default).
+
+        A broad one past its scope's unconfirmed time (policy/coverage.py) is refused
+        `confirmation-required`, unless the body says `await_confirmation: true`: then it is a
+        request, `pending` until a second supervisor confirms it (`confirm`) and `lapsed` if
+        nobody has by `confirm_by` (`Rules.request_wait_seconds` after its start). Pending, it
+        is in force nowhere. The flag only says what to do instead of a refusal: a directive
+        that may start unconfirmed starts at once, as without it.
+        """
         data = _body(body)
         scope = parse_scope(data.get("scope"))
         action = data.get("action")
@@ -336,6 +354,9 @@ class Policy:
             raise Malformed("bad-action", f"action must be one of {', '.join(ACTIONS)}")
         reason = check_text(data.get("reason"), "reason", max_length=2000)
         legal_basis = check_text(data.get("legal_basis"), "legal_basis", max_length=300)
+        await_confirmation = data.get("await_confirmation", False)
+        if not isinstance(await_confirmation, bool):
+            raise Malformed("bad-field", "await_confirmation must be true or false")
         if data.get("expires_at") in (None, ""):
             raise RuleBroken(
                 "expiry-required",
@@ -355,16 +376,20 @@ class Policy:
                 "too-long", f"a directive lasts at most {days:g} days; issue a new one when it ends"
             )
         await self._require_scope_target(scope)
-        confirm_by = None
+        confirm_by, status = None, "active"
         if is_broad(scope):  # unconfirmed for as long as the scope's coverage allows
             covered = await self.scope_coverage(scope, starts_at=starts_at)
-            if covered.lapse_at is None:
+            if covered.lapse_at is not None:
+                confirm_by = covered.lapse_at
+            elif await_confirmation:  # a request: nothing starts until a second supervisor says so
+                status = "pending"
+                confirm_by = min(starts_at + self.rules.request_wait_seconds, expires_at)
+            else:
                 raise RuleBroken("confirmation-required", covered.refusal())
-            confirm_by = covered.lapse_at
         directive = Directive(
             id=new_id("D"), scope=scope, action=action, reason=reason, legal_basis=legal_basis,
             issued_by=actor.sub, issued_at=now, starts_at=starts_at, expires_at=expires_at,
-            confirm_by=confirm_by,
+            status=status, confirm_by=confirm_by, starts_on_confirmation=status == "pending",
         )  # fmt: skip
         await self.store.add_directive(
             directive,
@@ -417,6 +442,10 @@ class Policy:
         return await self._close(actor, await self.get_directive(directive_id), "lifted", reason)
 
     async def confirm(self, actor: Actor, directive_id: str) -> Directive:
+        """A second supervisor's confirmation. A pending request starts now (or at the start
+        it was issued with, if later) and keeps its `expires_at`: what the confirming
+        supervisor saw is what they confirmed, and nothing runs longer than its issuer asked.
+        Enforcing it is the caller's (signaling/directives.py), as for a new directive."""
         directive = await self.get_directive(directive_id)
         if actor.role != "supervisor":
             raise Forbidden(
@@ -429,20 +458,27 @@ class Policy:
             )
         if not directive.broad:
             raise Conflict("not-broad", "only system and facility directives need confirmation")
-        if directive.status != "active":
+        if directive.status not in ("active", "pending"):
             raise Conflict("not-active", f"the directive is {directive.status}")
         if directive.confirmed_by is not None:
             raise Conflict("already-confirmed", f"already confirmed by {directive.confirmed_by}")
-        confirmed = directive.with_changes(confirmed_by=actor.sub, confirmed_at=self.clock())
+        now = self.clock()
+        confirmed = directive.with_changes(confirmed_by=actor.sub, confirmed_at=now)
+        data = {"confirmed_by": actor.sub, "confirmed_at": format_time(now)}
+        if directive.status == "pending":
+            if directive.confirm_by is not None and directive.confirm_by <= now:
+                raise Conflict(
+                    "confirmation-too-late",
+                    "nobody confirmed this request in time, so it lapses; issue a new one",
+                )
+            confirmed = confirmed.with_changes(
+                status="active", starts_at=max(directive.starts_at, now)
+            )
+            data |= {"status": "active", "starts_at": format_time(confirmed.starts_at)}
         await self.store.update_directive(
             confirmed,
-            AuditDraft(
-                actor.sub,
-                "directive.confirmed",
-                f"directive:{directive.id}",
-                {"confirmed_by": actor.sub, "confirmed_at": format_time(confirmed.confirmed_at)},
-            ),
-            expect_status="active",
+            AuditDraft(actor.sub, "directive.confirmed", f"directive:{directive.id}", data),
+            expect_status=directive.status,
         )
         self.index.put(confirmed)
         return confirmed
@@ -452,12 +488,12 @@ class Policy:
         now = self.clock()
         closed = []
         for directive in self.index.due(now):
-            status = "expired" if directive.expires_at <= now else "lapsed"
-            note = (
-                "reached its expiry"
-                if status == "expired"
-                else "not confirmed by a second supervisor in time"
-            )
+            if directive.status == "pending":  # a request nobody confirmed: it never started
+                status, note = "lapsed", f"{UNCONFIRMED}; it never started"
+            elif directive.expires_at <= now:
+                status, note = "expired", "reached its expiry"
+            else:
+                status, note = "lapsed", UNCONFIRMED
             try:
                 closed.append(await self._close(SYSTEM, directive, status, note))
             except Conflict:
@@ -470,7 +506,7 @@ class Policy:
     async def _close(
         self, actor: Actor, directive: Directive, status: str, reason: str
     ) -> Directive:
-        if directive.status != "active":
+        if directive.status not in ("active", "pending"):  # a request can be withdrawn too
             raise Conflict("not-active", f"the directive is already {directive.status}")
         closed = directive.with_changes(
             status=status, closed_at=self.clock(), closed_by=actor.sub, close_reason=reason
@@ -485,7 +521,7 @@ class Policy:
         await self.store.update_directive(
             closed,
             AuditDraft(actor.sub, action, f"directive:{directive.id}", data),
-            expect_status="active",
+            expect_status=directive.status,
         )
         self.index.put(closed)
         return closed
@@ -529,6 +565,12 @@ class Policy:
             visit, contact=contact_id
         ):
             raise Forbidden("not-affected", "this directive did not apply to you")
+        if directive.starts_on_confirmation and directive.confirmed_by is None:
+            raise Conflict(
+                "never-in-force",
+                "This directive never took effect (nobody confirmed it), so it did not affect"
+                " you: there is nothing to appeal.",
+            )
         await self._refuse_second_appeal(directive.id, actor.sub)
         appeal = Appeal(
             id=new_id("A"),
@@ -624,8 +666,12 @@ class Policy:
         directives = await self.store.list_directives()
         appeals = await self.store.list_appeals()
         now = self.clock()
-        planned = [d.expires_at - d.starts_at for d in directives]
-        actual = [(d.closed_at or min(now, d.expires_at)) - d.starts_at for d in directives]
+        # Requests nobody confirmed (pending, lapsed, withdrawn) were never in force: they have
+        # no length, and are counted on their own.
+        requests = [d for d in directives if d.starts_on_confirmation]
+        started = [d for d in directives if not d.starts_on_confirmation or d.confirmed_by]
+        planned = [d.expires_at - d.starts_at for d in started]
+        actual = [(d.closed_at or min(now, d.expires_at)) - d.starts_at for d in started]
         return {
             "directives": len(directives),
             "by_scope_kind": dict(Counter(scope_kind(d.scope) for d in directives)),
@@ -638,4 +684,13 @@ class Policy:
             "median_planned_seconds": statistics.median(planned) if planned else None,
             "median_actual_seconds": statistics.median(actual) if actual else None,
             "appeals": {"filed": len(appeals), **Counter(a.status for a in appeals)},
+            "requests": {
+                "made": len(requests),
+                "pending": sum(1 for d in requests if d.status == "pending"),
+                "confirmed": sum(1 for d in requests if d.confirmed_by is not None),
+                "lapsed": sum(1 for d in requests if d.status == "lapsed"),
+                "withdrawn": sum(
+                    1 for d in requests if d.status == "lifted" and d.confirmed_by is None
+                ),
+            },
         }

@@ -301,6 +301,10 @@ def load_config(env: Mapping[str, str], **flags: Any) -> Config:
         edge["max_per_ip"] = _int(str(per_ip), "PARLOR_MAX_CONNECTIONS_PER_IP", 1, 1_000_000)
     if edge:
         extra["edge"] = EdgeLimits(**edge)
+    wait = pick("await_confirmation", "PARLOR_AWAIT_CONFIRMATION_SECONDS")
+    if wait is not None:  # how long a broad request waits for a second supervisor
+        seconds = _seconds(str(wait), "PARLOR_AWAIT_CONFIRMATION_SECONDS")
+        rules = Rules(**{**rules.__dict__, "await_confirmation_seconds": seconds})
     if flags.get("accept_store_state"):
         extra["accept_store_state"] = True
     return Config(

@@ -256,9 +256,16 @@ export class ReportView {
         countTable("By action", "Action", r.by_action),
         countTable("By status", "Status", r.by_status),
         countTable("By reason (top 20)", "Reason", r.by_reason),
+        countTable("Broad stops asked of a second supervisor", "Outcome", requestOutcomes(r.requests)),
       ),
     );
   }
+}
+
+/** A report's `requests` (broad directives that waited for a second supervisor) by outcome, in words. */
+function requestOutcomes(requests = {}) {
+  const words = { pending: "Waiting", confirmed: "Confirmed (started)", lapsed: "Lapsed (never started)", withdrawn: "Withdrawn" };
+  return Object.fromEntries(Object.entries(words).map(([key, text]) => [text, requests?.[key] ?? 0]));
 }
 
 function countTable(title, label, counts = {}) {

@@ -376,7 +376,10 @@ export class CallsView {
       scopes,
       broad: true,
       onIssued: (directive) => {
-        const text = `Broad directive ${directive.id} (${directive.scope}) is in effect and needs a second supervisor's confirmation.`;
+        const text =
+          directive.status === "pending"
+            ? `Request ${directive.id} (${directive.scope}) is waiting for a second supervisor: nothing has stopped yet.`
+            : `Broad directive ${directive.id} (${directive.scope}) is in effect and needs a second supervisor's confirmation.`;
         this.#flash(text, "error");
         this.#announce(text);
       },

@@ -27,7 +27,7 @@ from policy.session import SessionRecord
 from policy.store.interface import AuditDraft, Cluster, Presence, Restoration, StoredState
 from policy.visit import Visit
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # {real} is DOUBLE PRECISION on PostgreSQL: its REAL is only 4 bytes.
 SCHEMA = [
@@ -74,7 +74,8 @@ SCHEMA = [
         legal_basis TEXT NOT NULL, issued_by TEXT NOT NULL, issued_at {real} NOT NULL,
         starts_at {real} NOT NULL, expires_at {real} NOT NULL, status TEXT NOT NULL,
         confirm_by {real}, confirmed_by TEXT, confirmed_at {real}, closed_at {real},
-        closed_by TEXT, close_reason TEXT, sessions_ended INTEGER NOT NULL DEFAULT 0)""",
+        closed_by TEXT, close_reason TEXT, sessions_ended INTEGER NOT NULL DEFAULT 0,
+        starts_on_confirmation INTEGER NOT NULL DEFAULT 0)""",
     """CREATE INDEX IF NOT EXISTS directives_status ON directives (status)""",
     """CREATE INDEX IF NOT EXISTS directives_scope ON directives (scope, closed_at)""",
     """CREATE TABLE IF NOT EXISTS appeals (
@@ -114,6 +115,9 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE visits ADD COLUMN moved_by TEXT",
         "ALTER TABLE visits ADD COLUMN closed_at {real}",
     ],
+    # Version 2 -> 3: a directive may be a request that starts only when a second supervisor
+    # confirms it.
+    3: ["ALTER TABLE directives ADD COLUMN starts_on_confirmation INTEGER NOT NULL DEFAULT 0"],
 }
 
 
@@ -172,16 +176,19 @@ def supersede_duplicates(ids: list[str], now: float) -> tuple[list[Statement], A
 DIRECTIVE_COLUMNS = (
     "id", "scope", "action", "reason", "legal_basis", "issued_by", "issued_at", "starts_at",
     "expires_at", "status", "confirm_by", "confirmed_by", "confirmed_at", "closed_at",
-    "closed_by", "close_reason", "sessions_ended",
+    "closed_by", "close_reason", "sessions_ended", "starts_on_confirmation",
 )  # fmt: skip
 
 
 def _directive_row(d: Directive) -> tuple[Any, ...]:
-    return tuple(getattr(d, column) for column in DIRECTIVE_COLUMNS)
+    row = tuple(getattr(d, column) for column in DIRECTIVE_COLUMNS[:-1])
+    return row + (int(d.starts_on_confirmation),)
 
 
 def _directive(row: dict[str, Any]) -> Directive:
-    return Directive(**{column: row[column] for column in DIRECTIVE_COLUMNS})
+    """A row as a directive; a read-only view of a version 1 database lacks the last column."""
+    values = {column: row[column] for column in DIRECTIVE_COLUMNS[:-1]}
+    return Directive(**values, starts_on_confirmation=bool(row.get("starts_on_confirmation")))
 
 
 VISIT_COLUMNS = (
