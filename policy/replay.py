@@ -53,6 +53,7 @@ from policy.visit import Visit
 Fold = Callable[["Projection", AuditEvent], None]
 FOLDS: dict[str, Fold] = {}
 PROJECTED = ("directive.", "visit.", "approval.")  # actions here without a fold: unreplayed
+GUARDIANS_SET = "contact.guardians-set"
 TIME_TOLERANCE = 1e-3  # seconds: the chain keeps times to the microsecond, rows as floats
 TIME_FIELDS = {
     "issued_at", "starts_at", "expires_at", "confirm_by", "confirmed_at", "closed_at",
@@ -68,6 +69,7 @@ class Projection:
     directives: dict[str, Directive] = field(default_factory=dict)
     approvals: dict[tuple[str, str], str] = field(default_factory=dict)  # (contact, inmate)
     visits: dict[str, Visit] = field(default_factory=dict)
+    guardians: dict[str, tuple[str, ...]] = field(default_factory=dict)  # minor -> guardians
     loose: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # (table, id): fields
     unreplayed: Counter[str] = field(default_factory=Counter)  # actions no fold knows
     unreadable: list[int] = field(default_factory=list)  # seqs a fold could not read
@@ -78,8 +80,8 @@ class Projection:
 
 @dataclass(frozen=True)
 class Disagreement:
-    table: str  # directives | approvals | visits | audit (an event no fold could read)
-    id: str  # the row's id; an approval's is "<contact>:<inmate>"
+    table: str  # directives | approvals | visits | guardians | audit (an unreadable event)
+    id: str  # the row's id; an approval's is "<contact>:<inmate>", guardians' the minor's
     field: str  # a column, or "row" when the row is missing on one side
     stored: Any
     implied: Any
@@ -134,6 +136,10 @@ def compare(projection: Projection, stored: StoredState) -> list[Disagreement]:
         have, want = stored.approvals.get(key), projection.approvals.get(key)
         if have != want:
             found.append(Disagreement("approvals", ":".join(key), "status", have, want))
+    for minor in sorted(set(stored.guardians) | set(projection.guardians)):
+        had, wanted = stored.guardians.get(minor, ()), projection.guardians.get(minor, ())
+        if had != wanted:
+            found.append(Disagreement("guardians", minor, "guardians", list(had), list(wanted)))
     return found
 
 
@@ -197,6 +203,11 @@ def restoration(report: StateReport) -> Restoration:
         },
         visits=made("visits", projection.visits, stored.visits),
         stray_visits=sorted(set(stored.visits) - set(projection.visits)),
+        guardians={
+            minor: projection.guardians.get(minor, ())
+            for minor in set(stored.guardians) | set(projection.guardians)
+            if stored.guardians.get(minor, ()) != projection.guardians.get(minor, ())
+        },
     )
 
 
@@ -223,7 +234,9 @@ def _same(name: str, a: Any, b: Any) -> bool:
     if name in TIME_FIELDS and isinstance(a, int | float) and isinstance(b, int | float):
         return abs(a - b) < TIME_TOLERANCE
     if name in WINDOW_FIELDS and isinstance(a, tuple) and isinstance(b, tuple):
-        return len(a) == len(b) and all(abs(x - y) < TIME_TOLERANCE for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) and all(
+            abs(x - y) < TIME_TOLERANCE for x, y in zip(a, b, strict=True)
+        )
     return bool(a == b)
 
 
@@ -291,6 +304,17 @@ def _approval(p: Projection, e: AuditEvent) -> None:
     if kind != "pair":
         raise ValueError(e.subject)
     p.approvals[(contact, inmate)] = e.data["status"]
+
+
+@folds(GUARDIANS_SET)
+def _guardians(p: Projection, e: AuditEvent) -> None:
+    """A minor's guardians, all of them as they are after the change (`guardians`)."""
+    minor = e.subject.removeprefix("contact:")
+    guardians = tuple(sorted(str(g) for g in e.data["guardians"]))
+    if guardians:
+        p.guardians[minor] = guardians
+    else:
+        p.guardians.pop(minor, None)
 
 
 @folds("visit.created")

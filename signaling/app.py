@@ -304,6 +304,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
         appeal_base=config.base_url,
         metrics=metrics_,
         tokens=tokens,
+        guardian_grace_seconds=config.guardian_grace_seconds,
     )
     app[K.ENFORCER] = enforcer
     directives = Directives(
