@@ -43,6 +43,14 @@ visit's newest version (`Policy.visit_changes`; a cancellation halts `visit:V` i
 signaling/visits.py). So a withdrawn approval or a cancelled visit is refused or ended
 exactly as a directive is (`not-approved`, 4403; `visit-cancelled`, 4410).
 
+A minor (policy/guardian.py) is decided in the same block too: refused `guardian-required`
+when none of their guardians on the visit is approved any more, else placed *with* a guardian
+of theirs who is joined in the call, or held back (`waiting`: the relay forwards nothing to or
+from them) until one is. Once any session is joined (`_welcome`) the call's minors are stepped
+again, and when one ends the enforcer's `halt` does the same, in its synchronous block: so a
+guardian halted by a directive pauses their minor at the moment the directive stops them, and
+a guardian the directive refused never counts as present.
+
 The audit log of such a session: its start is written from A on (the write begins in the
 block), so a directive that ends it meanwhile waits for that write and then records the end
 (`Enforcer.finish`): `session.started` then `session.ended` with reason `directive:<id>`,

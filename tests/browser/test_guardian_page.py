@@ -1,0 +1,56 @@
+"""A minor on the family page in real Chromium (SPEC §4 "Minors", issue #17 item 5): what
+they read while they wait for their guardian, the call once the guardian (an aiortc
+participant) is in it, and the countdown when the guardian leaves."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from playwright.async_api import Browser
+
+from tests.browser.conftest import media_faults
+from tests.conftest import Server, add_minor, make_visit
+from tests.harness import callpage
+from tests.harness.chromium import call_page
+from tests.harness.page import wait_for
+from tests.harness.system import require
+
+pytestmark = [pytest.mark.browser, require("chromium"), pytest.mark.asyncio(loop_scope="module")]
+
+BANNER = """() => { const b = document.querySelector("#guardian-banner");
+  return b && !b.hidden ? b.textContent : null; }"""
+LIGHT = {"size": (160, 120), "fps": 10}  # the aiortc guardian: enough video, little CPU
+NO_BANNER = """() => document.querySelector("#guardian-banner")?.hidden === true"""
+
+
+async def test_the_minor_reads_that_they_wait_for_their_guardian(
+    live: Server, browser: Browser, caplog: pytest.LogCaptureFixture
+) -> None:
+    await add_minor(live, "M1", "Mia", guardians=["C1"])
+    visit = await make_visit(live, ["C1", "M1"])
+    page = await call_page(browser)
+    await callpage.join_as_family(page, callpage.links(live.url, visit, "M1").family)
+    waiting = await wait_for(page, BANNER)
+    assert "Waiting for Contact 1 to join." in waiting, waiting
+    assert "No video or sound is shared until then." in waiting
+    await page.screenshot("guardian-waiting")
+
+    guardian = live.client(visit["join"]["C1"]["token"], visit["id"], **LIGHT)
+    try:
+        assert (await guardian.connect())["type"] == "joined"
+        await wait_for(page, NO_BANNER)
+        await callpage.plays(page, await callpage.sole_remote(page))  # the guardian, on screen
+        await guardian.leave()
+        paused = await wait_for(page, BANNER)
+        assert paused.startswith("Paused: your guardian left; the call ends in "), paused
+        assert "unless Contact 1 comes back." in paused
+        await asyncio.sleep(1.5)
+        later = await page.evaluate(BANNER)
+        seconds = [int(text.split("ends in ")[1].split(" s")[0]) for text in (paused, later)]
+        assert seconds[1] < seconds[0] <= 60, (paused, later)  # it counts down
+        await page.screenshot("guardian-paused")
+    finally:
+        await guardian.close()
+    assert await page.problems() == []
+    assert media_faults(caplog) == []
