@@ -10,6 +10,7 @@ import pytest
 from playwright.async_api import Browser
 
 from tests.browser.conftest import media_faults
+from tests.browser.test_console import card, open_console, tab, unlabelled
 from tests.conftest import Server, add_minor, make_visit
 from tests.harness import callpage
 from tests.harness.chromium import call_page
@@ -54,3 +55,40 @@ async def test_the_minor_reads_that_they_wait_for_their_guardian(
         await guardian.close()
     assert await page.problems() == []
     assert media_faults(caplog) == []
+
+
+async def test_the_console_sets_guardians_and_flags_a_call_with_a_minor(
+    live: Server, browser: Browser
+) -> None:
+    """Staff set a minor's guardians in the contacts view; the live calls show the visit
+    with a minor."""
+    await add_minor(live, "M2", "Max", guardians=[])
+    watched = await open_console(browser, live, live.token("operator:alice", "operator"))
+    console = watched.page
+    await tab(console, "contacts")
+    row = console.locator('#contact-rows tr[data-contact="M2"]')
+    assert "No guardian set" in (await row.text_content() or "")
+    await row.locator('[data-action="edit"]').click()
+    dialog = console.locator("dialog[open]")
+    await dialog.locator("#guardian-C2").check()
+    assert await dialog.locator("#guardian-M1").count() == 0  # a minor is no guardian
+    await dialog.locator('button[type="submit"]').click()
+    await dialog.wait_for(state="detached")
+    await console.wait_for_function(
+        """() => document.querySelector('#contact-rows tr[data-contact="M2"] [data-guardians]')
+                 ?.textContent === 'Guardians: Contact 2'"""
+    )
+    status, contact = await live.api("GET", "/api/v1/contacts/M2")
+    assert status == 200 and contact["guardians"] == ["C2"], contact
+
+    visit = await make_visit(live, ["C2", "M2"])
+    guardian = live.client(visit["join"]["C2"]["token"], visit["id"], video=None, audio=False)
+    try:
+        assert (await guardian.connect(offer=False))["type"] == "joined"
+        await tab(console, "calls")
+        flag = console.locator(f'{card(visit)} [data-flag="minor"]')
+        await flag.wait_for()
+        assert await flag.text_content() == "With a minor"
+        assert await unlabelled(console) == []
+    finally:
+        await guardian.close()
