@@ -290,6 +290,9 @@ class SqlStore(ABC):
         self.clock = clock
         self.head_seq = 0  # the highest audit sequence number this process knows of
         self._advanced = asyncio.Event()
+        # False only in a read-only view of a database from before schema version 4 (a
+        # node's open brings any database up to date): it has no guardians yet.
+        self.guardians_table = True
 
     def noticed(self, seq: int) -> None:
         """Record that the audit log reached `seq` (a local commit, or another node's on the bus)
@@ -395,10 +398,16 @@ class SqlStore(ABC):
         return await self._write(statements, audit)
 
     async def wards_of(self, guardian: str) -> list[str]:
-        rows = await self._fetch(
-            "SELECT minor FROM guardians WHERE guardian = ? ORDER BY minor", (guardian,)
+        return [r["minor"] for r in await self._guardians("WHERE guardian = ?", (guardian,))]
+
+    async def _guardians(
+        self, where: str = "", params: tuple[Any, ...] = ()
+    ) -> list[dict[str, Any]]:
+        if not self.guardians_table:
+            return []
+        return await self._fetch(
+            f"SELECT minor, guardian FROM guardians {where} ORDER BY minor, guardian", params
         )
-        return [r["minor"] for r in rows]
 
     async def get_approval(self, contact: str, inmate: str) -> Approval | None:
         row = await self._one(
@@ -448,9 +457,7 @@ class SqlStore(ABC):
         approvals = await self._fetch(
             "SELECT inmate, status FROM approvals WHERE contact = ? ORDER BY inmate", (contact_id,)
         )
-        guardians = await self._fetch(
-            "SELECT guardian FROM guardians WHERE minor = ? ORDER BY guardian", (contact_id,)
-        )
+        guardians = await self._guardians("WHERE minor = ?", (contact_id,))
         return Contact(
             id=row["id"], name=row["name"], minor=bool(row["minor"]),
             approvals={a["inmate"]: a["status"] for a in approvals},
@@ -463,7 +470,7 @@ class SqlStore(ABC):
         for a in await self._fetch("SELECT contact, inmate, status FROM approvals"):
             approvals.setdefault(a["contact"], {})[a["inmate"]] = a["status"]
         guardians: dict[str, list[str]] = {}
-        for g in await self._fetch("SELECT minor, guardian FROM guardians ORDER BY guardian"):
+        for g in await self._guardians():
             guardians.setdefault(g["minor"], []).append(g["guardian"])
         return [
             Contact(
@@ -721,16 +728,19 @@ class SqlStore(ABC):
     # -- the state as a projection of the chain (policy/replay.py) ----------------------
     async def state(self) -> StoredState:
         """The audit chain and the rows it projects to, read in one snapshot."""
-        chain, directives, approvals, visits, guardians = await self._snapshot(
+        read = await self._snapshot(
             [
                 "SELECT h.seq AS head_seq, h.hash AS head_hash, a.* FROM audit_head h"
                 " LEFT JOIN audit a ON 1 = 1 WHERE h.id = 1 ORDER BY a.seq",
                 "SELECT * FROM directives ORDER BY id",
                 "SELECT contact, inmate, status FROM approvals ORDER BY contact, inmate",
                 "SELECT * FROM visits ORDER BY id",
-                "SELECT minor, guardian FROM guardians ORDER BY minor, guardian",
+                *(["SELECT minor, guardian FROM guardians ORDER BY minor, guardian"]
+                  if self.guardians_table else []),
             ]
-        )
+        )  # fmt: skip
+        chain, directives, approvals, visits = read[:4]
+        guardians = read[4] if self.guardians_table else []
         wards: dict[str, tuple[str, ...]] = {}
         for g in guardians:
             wards[g["minor"]] = (*wards.get(g["minor"], ()), g["guardian"])

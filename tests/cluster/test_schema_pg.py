@@ -77,6 +77,13 @@ async def test_a_database_from_before_guardians_gets_their_table(pg_url):
         await store.add_contact(contact, AuditDraft("operator:alice", "t", "t:c", {}))
     await store.close()
     await as_version(pg_url, GUARDIANS_VERSION - 1, "DROP TABLE guardians")
+    viewer = PostgresStore(pg_url, clock=lambda: T0, read_only=True)  # `audit verify` first
+    await viewer.open()
+    try:
+        assert (await viewer.state()).guardians == {}
+        assert (await viewer.get_contact("M1")).guardians == ()
+    finally:
+        await viewer.close()
 
     store = PostgresStore(pg_url, clock=lambda: T0)
     await store.open()

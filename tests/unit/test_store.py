@@ -273,6 +273,13 @@ async def test_a_database_from_before_guardians_gets_their_table(tmp_path):
     with sqlite3.connect(path) as conn:  # what the version before made
         conn.execute("DROP TABLE guardians")
         conn.execute("UPDATE schema_version SET version = ?", (GUARDIANS_VERSION - 1,))
+    viewer = SqliteStore(path, clock=lambda: T0, read_only=True)  # `audit verify` before a node
+    await viewer.open()
+    try:
+        assert (await viewer.state()).guardians == {}
+        assert (await viewer.get_contact("C1")).guardians == ()
+    finally:
+        await viewer.close()
 
     second = SqliteStore(path, clock=lambda: T0)
     await second.open()
