@@ -308,20 +308,22 @@ class Enforcer:
                 self._enter(session, step)
 
     def _guardian_present(self, session: Session, call: Call) -> bool:
-        """Is a guardian of this minor in the call: joined, live, no directive blocking them
-        and their approval for the inmate standing (a suspended guardian lets nobody in)?"""
+        """Is a guardian of this minor in the call: joined and live, with no directive blocking
+        them and their approval for the inmate standing (a suspended guardian lets nobody in)?"""
         assert session.ward is not None
         inmate = session.visit.inmate
-        eligible = {
-            s.actor.subject_id
+        in_call = {
+            s.actor.subject_id: s
             for s in call.joined()
-            if s.role == "family"
-            and not s.monitor
-            and s is not session
-            and self.policy.evaluate(s.keys).blocking is None
-            and self.policy.approvals.approved(s.actor.subject_id, inmate)
+            if s.role == "family" and not s.monitor and s is not session
         }
-        return bool(guardian.present(session.ward, eligible, eligible.__contains__))
+
+        def eligible(contact: str) -> bool:
+            keys = in_call[contact].keys
+            blocked = self.policy.evaluate(keys).blocking is not None
+            return not blocked and self.policy.approvals.approved(contact, inmate)
+
+        return bool(guardian.present(session.ward, in_call, eligible))
 
     def _enter(self, session: Session, step: guardian.Step) -> None:
         """Put a minor's session in `step.state`: its media gates at once, its grace timer, and
