@@ -2,7 +2,7 @@
 
 "The store's state (directives, approvals, visits) is a projection of the audit chain: `audit
 verify` replays the chain and reports every row that disagrees with it, and a node checks
-the same at start-up."
+the same at start-up." A minor's guardians are projected the same way (table `guardians`).
 
 Every change is written with its audit event in one transaction, so folding the chain's
 events in order gives back exactly the rows the store should hold. `project` does the fold;
@@ -23,9 +23,10 @@ event type that changes a directive, an approval or a visit needs exactly one su
 here (and the event must carry every value it sets, times included: a fold reads the event,
 never the clock). A new field of `Directive` or `Visit` is compared automatically (every
 dataclass field is); a fold must set it. Until a fold exists, the action is listed as
-`unreplayed` in every report (actions under `directive.`, `visit.` and `approval.`; others
-change nothing projected), and the rows it changed show up as disagreements — loudly, on
-purpose: a node that cannot derive a row from the chain should not trust it.
+`unreplayed` in every report (actions under `directive.`, `visit.` and `approval.`, and
+`contact.guardians-set`, which projects a minor's guardians; others change nothing
+projected), and the rows it changed show up as disagreements — loudly, on purpose: a node
+that cannot derive a row from the chain should not trust it.
 
 Events written before a field was carried (the moment a directive was confirmed or closed
 was only the event's own `at` until the chain carried it) leave that field open (`loose`):
@@ -52,8 +53,9 @@ from policy.visit import Visit
 
 Fold = Callable[["Projection", AuditEvent], None]
 FOLDS: dict[str, Fold] = {}
-PROJECTED = ("directive.", "visit.", "approval.")  # actions here without a fold: unreplayed
-GUARDIANS_SET = "contact.guardians-set"
+GUARDIANS_SET = "contact.guardians-set"  # a minor's guardians (policy/guardian.py)
+# Actions (by prefix) whose rows are projected: one of them without a fold is `unreplayed`.
+PROJECTED = ("directive.", "visit.", "approval.", GUARDIANS_SET)
 TIME_TOLERANCE = 1e-3  # seconds: the chain keeps times to the microsecond, rows as floats
 TIME_FIELDS = {
     "issued_at", "starts_at", "expires_at", "confirm_by", "confirmed_at", "closed_at",
