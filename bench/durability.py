@@ -36,12 +36,12 @@ sys.path.insert(0, str(HERE.parent))
 from bench.harness import (  # noqa: E402
     ServerProcess,
     api_ok,
-    free_port,
     progress,
     seed_visit,
     workdir,
 )
 from policy.rfc3339 import format_time  # noqa: E402
+from tests.harness.ports import free_port  # noqa: E402
 
 VISIT_HOURS = 3.5  # visits last at most 4 hours; every round's contact has one open now
 

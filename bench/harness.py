@@ -25,7 +25,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from tests.harness.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PROBLEM = re.compile(r'"level":\s*"(error|critical)"|\b(ERROR|CRITICAL|Traceback)\b')
@@ -60,16 +61,14 @@ def progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def percentiles(values: list[float]) -> dict[str, float | int | None]:
-    """p50/p99/max (linear interpolation between ranks) and the sample count."""
+def percentiles(
+    values: list[float], points: tuple[float, ...] = (0.5, 0.99)
+) -> dict[str, float | int | None]:
+    """The sample count, p50/p99 (or the `points` asked for; linear interpolation between
+    ranks) and max."""
+    names = [f"p{round(q * 100)}" for q in points]
     if not values:
-        return {"n": 0, "p50": None, "p99": None, "max": None}
+        return {"n": 0, **dict.fromkeys(names), "max": None}
     ordered = sorted(values)
 
     def rank(q: float) -> float:
@@ -78,12 +77,8 @@ def percentiles(values: list[float]) -> dict[str, float | int | None]:
         high = min(low + 1, len(ordered) - 1)
         return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
-    return {
-        "n": len(ordered),
-        "p50": round(rank(0.5), 2),
-        "p99": round(rank(0.99), 2),
-        "max": round(ordered[-1], 2),
-    }
+    quantiles = {name: round(rank(q), 2) for name, q in zip(names, points, strict=True)}
+    return {"n": len(ordered), **quantiles, "max": round(ordered[-1], 2)}
 
 
 # -- the server ---------------------------------------------------------------------------
@@ -493,9 +488,10 @@ def encoded_loop(
 
     from signaling.kiosk import PatternTrack, ToneTrack
 
+    PAST = -1e9  # the tracks' first frame was due long ago: they never wait
+
     def frames(track: Any, count: int) -> list[Any]:
-        """The track's next frames, now: with its clock set far back, recv() never sleeps."""
-        track._start = -1e9
+        """The track's next frames, now: with its clock started far back, recv() never sleeps."""
         out = []
         for _ in range(count):
             step = track.recv()
@@ -513,7 +509,7 @@ def encoded_loop(
         opus.sample_rate, opus.layout, opus.format, opus.bit_rate = 48000, "stereo", "s16", 64000
         opus.options = {"frame_duration": str(ptime), "application": "voip"}
         encoded = []
-        for frame in frames(ToneTrack(), int(seconds * 50)):
+        for frame in frames(ToneTrack(start=PAST), int(seconds * 50)):
             encoded.extend(bytes(p) for p in opus.encode(frame))
         return tuple(encoded)
     if kind == "audio":
@@ -526,7 +522,7 @@ def encoded_loop(
             )
         )
         payloads = []
-        for frame in frames(ToneTrack(), int(seconds * 50)):
+        for frame in frames(ToneTrack(start=PAST), int(seconds * 50)):
             encoded, _ = encoder.encode(frame)
             payloads.extend(encoded)
         return tuple(payloads)
@@ -536,7 +532,9 @@ def encoded_loop(
     context.bit_rate, context.gop_size = 300_000, fps
     context.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
     packets = []
-    for n, frame in enumerate(frames(PatternTrack(width, height, fps=fps), int(seconds * fps))):
+    for n, frame in enumerate(
+        frames(PatternTrack(width, height, fps=fps, start=PAST), int(seconds * fps))
+    ):
         frame.pts, frame.time_base = n, context.time_base
         packets.extend(bytes(p) for p in context.encode(frame))
     packets.extend(bytes(p) for p in context.encode(None))
@@ -584,8 +582,6 @@ def _encoded_loop_track_class() -> type:
 
 
 def _bench_client_class() -> type:
-    from aiortc.mediastreams import MediaStreamError
-
     from signaling.kiosk import ParlorClient
 
     loop_track = _encoded_loop_track_class()
@@ -612,9 +608,9 @@ def _bench_client_class() -> type:
             self.decode = True
             self.decode_frames: int | None = None
 
-        def _tracks(self, joined: dict[str, Any]) -> tuple[Any, Any]:
+        def tracks(self, joined: dict[str, Any]) -> tuple[Any, Any]:
             if not self.preencoded:
-                return super()._tracks(joined)
+                return super().tracks(joined)
             (width, height), fps = self.size, self.fps
             ptime = self.ptime
             audio = loop_track(
@@ -626,12 +622,9 @@ def _bench_client_class() -> type:
             )
             return audio, video
 
-        def _on_track(self, track: Any) -> None:
-            super()._on_track(track)
-            assert self.pc is not None
-            for receiver in self.pc.getReceivers():
-                if receiver.track is track:
-                    self._watch_rtp(receiver, track.kind)
+        def track_received(self, track: Any, receiver: Any) -> None:
+            if receiver is not None:
+                self._watch_rtp(receiver, track.kind)
 
         def _watch_rtp(self, receiver: Any, kind: str) -> None:
             """Note when each RTP packet arrives, before the jitter buffer and the decoder:
@@ -646,35 +639,17 @@ def _bench_client_class() -> type:
 
             receiver._handle_rtp_packet = timed
 
-        async def _consume(self, track: Any) -> None:
-            # ParlorClient._consume plus the arrival instants (the gap analysis needs them).
+        def frame_received(self, kind: str, frame: Any, at: float) -> None:
+            # The arrival instants (the gap analysis needs them).
+            self.arrivals.setdefault(kind, deque(maxlen=3000)).append(at)
             got = self.received
-            kind = track.kind
-            arrivals = self.arrivals.setdefault(kind, deque(maxlen=3000))
-            while True:
-                try:
-                    frame = await track.recv()
-                except MediaStreamError:
-                    return
-                now = time.monotonic()
-                got.frames[kind] += 1
-                got.first_at.setdefault(kind, now)
-                if kind in got.last_at:
-                    got.max_gap[kind] = max(got.max_gap.get(kind, 0.0), now - got.last_at[kind])
-                got.last_at[kind] = now
-                arrivals.append(now)
-                if kind == "video":
-                    got.video_sizes.add((frame.width, frame.height))
-                wanted = self.decode_frames
-                if wanted is not None and min(got.frames["audio"], got.frames["video"]) >= wanted:
-                    # Proven decodable. Decoding 2N streams would swamp this process.
-                    self.decode = False
+            wanted = self.decode_frames
+            if wanted is not None and min(got.frames["audio"], got.frames["video"]) >= wanted:
+                # Proven decodable. Decoding 2N streams would swamp this process.
+                self.decode = False
 
-        async def _read(self) -> None:
-            try:
-                await super()._read()
-            finally:
-                self.closed_at = time.monotonic()
+        def socket_closed(self, at: float) -> None:
+            self.closed_at = at
 
         def record(self, since: float) -> dict[str, Any]:
             terminated = self.last("terminated")

@@ -32,7 +32,7 @@ same reason). Unaffected sessions: the largest gap between audio packets in
 window before any directive (the baseline). The clients' and the server's event-loop lag are
 reported as well: a late loop delays every timestamp taken on it.
 
-`--nodes 2` measures the cluster (SPEC §8): a throwaway PostgreSQL (tests/cluster/pg.py)
+`--nodes 2` measures the cluster (SPEC §8): a throwaway PostgreSQL (tests/harness/pg.py)
 and two `parlor serve` nodes on it. Every directive is issued on node B. The calls are spread
 over both nodes (every other call of each facility joins B; the 1-call round's call is on A),
 so each round ends sessions on A, where the kill crossed the bus (NOTIFY carrying the event,
@@ -407,7 +407,7 @@ async def quiet_machine(limit_percent: float, wait: float) -> dict[str, Any]:
 
 async def start_cluster_store() -> tuple[Any, str]:
     """A throwaway PostgreSQL server and a fresh database on it, for `--nodes 2`."""
-    from tests.cluster.pg import start_postgres
+    from tests.harness.pg import start_postgres
 
     postgres = await asyncio.to_thread(start_postgres)
     if postgres is None:
@@ -742,9 +742,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.nodes == 2:
-        from tests.cluster.pg import find_bindir
+        from tests.harness.system import postgres_bindir
 
-        if find_bindir() is None:
+        if postgres_bindir() is None:
             parser.error(
                 "--nodes 2 needs the PostgreSQL server binaries (install the postgresql package)"
             )

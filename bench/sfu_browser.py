@@ -97,7 +97,7 @@ async def _sample(page: Any, pc_name: str, seconds: float) -> dict[str, Any]:
 
 async def _through_relay(browser: Any, seconds: float) -> dict[str, Any]:
     from bench.harness import ServerProcess, seed_calls
-    from tests.browser.chromium import watched_page
+    from tests.harness.chromium import watched_page
 
     server = ServerProcess(Path(tempfile.mkdtemp(prefix="parlor-ramp-")))
     await server.start()
@@ -119,7 +119,7 @@ async def _through_relay(browser: Any, seconds: float) -> dict[str, Any]:
 
 
 async def _direct(browser: Any, seconds: float) -> dict[str, Any]:
-    from tests.browser.chromium import watched_page
+    from tests.harness.chromium import watched_page
 
     app = web.Application()
     app.router.add_get(
@@ -141,7 +141,7 @@ async def _direct(browser: Any, seconds: float) -> dict[str, Any]:
 
 
 async def browser_ramp(quick: bool) -> dict[str, Any]:
-    from tests.browser.chromium import launch_chromium
+    from tests.harness.chromium import launch_chromium
 
     rounds = 1 if quick else 3
     runs: dict[str, list[dict[str, Any]]] = {"relay": [], "direct": []}

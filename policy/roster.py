@@ -8,13 +8,13 @@ from typing import Any
 
 from policy.errors import Malformed
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: "$" would allow a final "\n"
 APPROVAL_STATUSES = ("pending", "approved", "denied")
 
 
 def check_id(value: object, field: str = "id") -> str:
     """Ids become parts of scope keys (`pair:I:C`), so they may not contain ':' or spaces."""
-    if not isinstance(value, str) or not ID_PATTERN.match(value):
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise Malformed(
             "bad-id", f"{field} must be 1-64 characters of letters, digits, '_', '.', '-'"
         )

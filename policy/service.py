@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from policy.actor import SYSTEM, Actor
+from policy.appeal import Appeal
 from policy.directive import (
     ACTIONS,
     Decision,
@@ -27,7 +28,8 @@ from policy.directive import (
 from policy.errors import Conflict, Forbidden, Malformed, NotFound, RuleBroken
 from policy.rfc3339 import format_time, parse_time
 from policy.roster import APPROVAL_STATUSES, Contact, Device, Facility, Inmate, check_id, check_text
-from policy.store import Appeal, AuditDraft, SessionRecord, Store
+from policy.session import SessionRecord
+from policy.store import AuditDraft, Store
 from policy.visit import VISIT_KINDS, Visit, subject_keys
 
 
@@ -79,14 +81,23 @@ class Policy:
     async def create_facility(self, actor: Actor, body: object) -> Facility:
         data = _body(body)
         facility = Facility(id=check_id(data.get("id")), name=check_text(data.get("name"), "name"))
-        await self.store.add_facility(facility, AuditDraft(actor.sub, "facility.created", f"facility:{facility.id}", facility.to_json()))
+        await self.store.add_facility(
+            facility,
+            AuditDraft(
+                actor.sub, "facility.created", f"facility:{facility.id}", facility.to_json()
+            ),
+        )
         return facility
 
     async def create_device(self, actor: Actor, body: object) -> Device:
         data = _body(body)
-        device = Device(id=check_id(data.get("id")), facility=check_id(data.get("facility"), "facility"))
+        device = Device(
+            id=check_id(data.get("id")), facility=check_id(data.get("facility"), "facility")
+        )
         await self._require_facility(device.facility)
-        await self.store.add_device(device, AuditDraft(actor.sub, "device.created", f"device:{device.id}", device.to_json()))
+        await self.store.add_device(
+            device, AuditDraft(actor.sub, "device.created", f"device:{device.id}", device.to_json())
+        )
         return device
 
     async def create_inmate(self, actor: Actor, body: object) -> Inmate:
@@ -97,7 +108,9 @@ class Policy:
             name=check_text(data.get("name"), "name"),
         )
         await self._require_facility(inmate.facility)
-        await self.store.add_inmate(inmate, AuditDraft(actor.sub, "inmate.created", f"inmate:{inmate.id}", inmate.to_json()))
+        await self.store.add_inmate(
+            inmate, AuditDraft(actor.sub, "inmate.created", f"inmate:{inmate.id}", inmate.to_json())
+        )
         return inmate
 
     async def create_contact(self, actor: Actor, body: object) -> Contact:
@@ -105,8 +118,16 @@ class Policy:
         minor = data.get("minor", False)
         if not isinstance(minor, bool):
             raise Malformed("bad-field", "minor must be true or false")
-        contact = Contact(id=check_id(data.get("id")), name=check_text(data.get("name"), "name"), minor=minor, approvals={})
-        await self.store.add_contact(contact, AuditDraft(actor.sub, "contact.created", f"contact:{contact.id}", contact.to_json()))
+        contact = Contact(
+            id=check_id(data.get("id")),
+            name=check_text(data.get("name"), "name"),
+            minor=minor,
+            approvals={},
+        )
+        await self.store.add_contact(
+            contact,
+            AuditDraft(actor.sub, "contact.created", f"contact:{contact.id}", contact.to_json()),
+        )
         return contact
 
     async def set_approval(self, actor: Actor, contact_id: str, body: object) -> Contact:
@@ -143,7 +164,10 @@ class Policy:
         if len(set(contact_ids)) != len(contact_ids):
             raise Malformed("bad-field", "contacts must not repeat")
         if len(contact_ids) > self.rules.max_contacts_per_visit:
-            raise RuleBroken("too-many-contacts", f"a visit has at most {self.rules.max_contacts_per_visit} contacts")
+            raise RuleBroken(
+                "too-many-contacts",
+                f"a visit has at most {self.rules.max_contacts_per_visit} contacts",
+            )
         kind = data.get("kind", "social")
         if kind not in VISIT_KINDS:
             raise Malformed("bad-field", "kind must be 'social' or 'privileged'")
@@ -152,7 +176,10 @@ class Policy:
         if ends_at <= starts_at:
             raise RuleBroken("bad-window", "ends_at must be after starts_at")
         if ends_at - starts_at > self.rules.max_visit_seconds:
-            raise RuleBroken("visit-too-long", f"a visit lasts at most {self.rules.max_visit_seconds / 3600:g} hours")
+            raise RuleBroken(
+                "visit-too-long",
+                f"a visit lasts at most {self.rules.max_visit_seconds / 3600:g} hours",
+            )
         now = self.clock()
         if ends_at <= now:
             raise RuleBroken("visit-in-past", "ends_at is in the past")
@@ -164,7 +191,9 @@ class Policy:
         if device is None:
             raise NotFound("unknown-device", f"no device {device_id!r}")
         if device.facility != inmate.facility:
-            raise Conflict("wrong-facility", f"device {device_id} is not in inmate {inmate_id}'s facility")
+            raise Conflict(
+                "wrong-facility", f"device {device_id} is not in inmate {inmate_id}'s facility"
+            )
         visit = Visit(
             id=new_id("V"), facility=inmate.facility, inmate=inmate.id, device=device.id,
             contacts=contact_ids, starts_at=starts_at, ends_at=ends_at, kind=kind,
@@ -175,7 +204,10 @@ class Policy:
             if contact is None:
                 raise NotFound("unknown-contact", f"no contact {contact_id!r}")
             if contact.approvals.get(inmate.id) != "approved":
-                raise Conflict("contact-not-approved", f"contact {contact_id} is not approved for inmate {inmate.id}")
+                raise Conflict(
+                    "contact-not-approved",
+                    f"contact {contact_id} is not approved for inmate {inmate.id}",
+                )
             # A suspended contact cannot be put on a new visit while suspended (SPEC §3/§4).
             decision = self.evaluate(subject_keys(visit, contact=contact_id))
             if not decision.admitted:
@@ -188,8 +220,12 @@ class Policy:
         decision = self.evaluate(subject_keys(visit))
         if not decision.admitted:
             assert decision.blocking is not None
-            raise Conflict("suspended", f"this visit is refused by directive {decision.blocking.id}")
-        await self.store.add_visit(visit, AuditDraft(actor.sub, "visit.created", f"visit:{visit.id}", visit.to_json()))
+            raise Conflict(
+                "suspended", f"this visit is refused by directive {decision.blocking.id}"
+            )
+        await self.store.add_visit(
+            visit, AuditDraft(actor.sub, "visit.created", f"visit:{visit.id}", visit.to_json())
+        )
         return visit
 
     async def get_visit(self, visit_id: str) -> Visit:
@@ -198,11 +234,19 @@ class Policy:
             raise NotFound("unknown-visit", f"no visit {visit_id!r}")
         return visit
 
+    async def get_device(self, device_id: str) -> Device:
+        device = await self.store.get_device(device_id)
+        if device is None:
+            raise NotFound("unknown-device", f"no device {device_id!r}")
+        return device
+
     async def current_visit(self, device_id: str) -> tuple[Visit | None, Visit | None]:
         """The visit open at a kiosk now, and the next one after it."""
         now = self.clock()
         visits = await self.store.list_visits(device=device_id, after=now)
-        current = next((v for v in visits if v.is_open(now, early=self.rules.visit_early_join_seconds)), None)
+        current = next(
+            (v for v in visits if v.is_open(now, early=self.rules.visit_early_join_seconds)), None
+        )
         upcoming = next((v for v in visits if v is not current and v.starts_at > now), None)
         return current, upcoming
 
@@ -225,10 +269,14 @@ class Policy:
         starts_at = parse_time(data["starts_at"], "starts_at") if data.get("starts_at") else now
         starts_at = max(starts_at, now)
         if expires_at <= max(now, starts_at):
-            raise RuleBroken("expiry-in-past", "expires_at must be in the future and after starts_at")
+            raise RuleBroken(
+                "expiry-in-past", "expires_at must be in the future and after starts_at"
+            )
         if expires_at - starts_at > self.rules.max_directive_seconds:
             days = self.rules.max_directive_seconds / 86400
-            raise RuleBroken("too-long", f"a directive lasts at most {days:g} days; issue a new one when it ends")
+            raise RuleBroken(
+                "too-long", f"a directive lasts at most {days:g} days; issue a new one when it ends"
+            )
         await self._require_scope_target(scope)
         directive = Directive(
             id=new_id("D"), scope=scope, action=action, reason=reason, legal_basis=legal_basis,
@@ -236,7 +284,10 @@ class Policy:
             confirm_by=now + self.rules.confirm_window_seconds if is_broad(scope) else None,
         )  # fmt: skip
         await self.store.add_directive(
-            directive, AuditDraft(actor.sub, "directive.issued", f"directive:{directive.id}", directive.to_json())
+            directive,
+            AuditDraft(
+                actor.sub, "directive.issued", f"directive:{directive.id}", directive.to_json()
+            ),
         )
         self.index.put(directive)
         return directive
@@ -248,10 +299,16 @@ class Policy:
             "inmate": self.store.get_inmate, "contact": self.store.get_contact,
             "visit": self.store.get_visit,
         }  # fmt: skip
-        targets = list(zip(["inmate", "contact"], ids, strict=True)) if kind == "pair" else [(kind, i) for i in ids]
+        targets = (
+            list(zip(["inmate", "contact"], ids, strict=True))
+            if kind == "pair"
+            else [(kind, i) for i in ids]
+        )
         for target_kind, target_id in targets:
             if await lookups[target_kind](target_id) is None:
-                raise RuleBroken("unknown-target", f"scope names an unknown {target_kind} {target_id!r}")
+                raise RuleBroken(
+                    "unknown-target", f"scope names an unknown {target_kind} {target_id!r}"
+                )
 
     async def get_directive(self, directive_id: str) -> Directive:
         directive = await self.store.get_directive(directive_id)
@@ -266,9 +323,14 @@ class Policy:
     async def confirm(self, actor: Actor, directive_id: str) -> Directive:
         directive = await self.get_directive(directive_id)
         if actor.role != "supervisor":
-            raise Forbidden("supervisor-required", "only a supervisor can confirm a broad directive")
+            raise Forbidden(
+                "supervisor-required", "only a supervisor can confirm a broad directive"
+            )
         if actor.sub == directive.issued_by:
-            raise Forbidden("self-confirmation", "a broad directive must be confirmed by a second, different supervisor")
+            raise Forbidden(
+                "self-confirmation",
+                "a broad directive must be confirmed by a second, different supervisor",
+            )
         if not directive.broad:
             raise Conflict("not-broad", "only system and facility directives need confirmation")
         if directive.status != "active":
@@ -278,7 +340,12 @@ class Policy:
         confirmed = directive.with_changes(confirmed_by=actor.sub, confirmed_at=self.clock())
         await self.store.update_directive(
             confirmed,
-            AuditDraft(actor.sub, "directive.confirmed", f"directive:{directive.id}", {"confirmed_by": actor.sub}),
+            AuditDraft(
+                actor.sub,
+                "directive.confirmed",
+                f"directive:{directive.id}",
+                {"confirmed_by": actor.sub},
+            ),
             expect_status="active",
         )
         self.index.put(confirmed)
@@ -290,7 +357,11 @@ class Policy:
         closed = []
         for directive in self.index.due(now):
             status = "expired" if directive.expires_at <= now else "lapsed"
-            note = "reached its expiry" if status == "expired" else "not confirmed by a second supervisor in time"
+            note = (
+                "reached its expiry"
+                if status == "expired"
+                else "not confirmed by a second supervisor in time"
+            )
             try:
                 closed.append(await self._close(SYSTEM, directive, status, note))
             except Conflict:
@@ -300,13 +371,23 @@ class Policy:
                     self.index.put(stored)
         return closed
 
-    async def _close(self, actor: Actor, directive: Directive, status: str, reason: str) -> Directive:
+    async def _close(
+        self, actor: Actor, directive: Directive, status: str, reason: str
+    ) -> Directive:
         if directive.status != "active":
             raise Conflict("not-active", f"the directive is already {directive.status}")
-        closed = directive.with_changes(status=status, closed_at=self.clock(), closed_by=actor.sub, close_reason=reason)
-        action = {"lifted": "directive.lifted", "expired": "directive.expired", "lapsed": "directive.lapsed"}[status]
+        closed = directive.with_changes(
+            status=status, closed_at=self.clock(), closed_by=actor.sub, close_reason=reason
+        )
+        action = {
+            "lifted": "directive.lifted",
+            "expired": "directive.expired",
+            "lapsed": "directive.lapsed",
+        }[status]
         await self.store.update_directive(
-            closed, AuditDraft(actor.sub, action, f"directive:{directive.id}", {"reason": reason}), expect_status="active"
+            closed,
+            AuditDraft(actor.sub, action, f"directive:{directive.id}", {"reason": reason}),
+            expect_status="active",
         )
         self.index.put(closed)
         return closed
@@ -329,7 +410,9 @@ class Policy:
         )  # fmt: skip
         current = await self.store.get_directive(directive.id)
         if current is None:  # cannot happen: directives are never deleted
-            return directive.with_changes(sessions_ended=directive.sessions_ended + len(session_ids))
+            return directive.with_changes(
+                sessions_ended=directive.sessions_ended + len(session_ids)
+            )
         self.index.put(current)  # newer than ours: e.g. lifted meanwhile on another node
         return current
 
@@ -341,15 +424,31 @@ class Policy:
             raise Forbidden("family-only", "appeals are filed by the affected family member")
         visit = await self.get_visit(actor.visit)
         contact_id = actor.subject_id
-        if contact_id not in visit.contacts or directive.scope not in subject_keys(visit, contact=contact_id):
+        if contact_id not in visit.contacts or directive.scope not in subject_keys(
+            visit, contact=contact_id
+        ):
             raise Forbidden("not-affected", "this directive did not apply to you")
-        appeal = Appeal(id=new_id("A"), directive=directive.id, filed_by=actor.sub, text=text, filed_at=self.clock())
+        appeal = Appeal(
+            id=new_id("A"),
+            directive=directive.id,
+            filed_by=actor.sub,
+            text=text,
+            filed_at=self.clock(),
+        )
         await self.store.add_appeal(
-            appeal, AuditDraft(actor.sub, "appeal.filed", f"directive:{directive.id}", {"appeal": appeal.id, "text": text})
+            appeal,
+            AuditDraft(
+                actor.sub,
+                "appeal.filed",
+                f"directive:{directive.id}",
+                {"appeal": appeal.id, "text": text},
+            ),
         )
         return appeal
 
-    async def decide_appeal(self, actor: Actor, appeal_id: str, body: object) -> tuple[Appeal, Directive | None]:
+    async def decide_appeal(
+        self, actor: Actor, appeal_id: str, body: object
+    ) -> tuple[Appeal, Directive | None]:
         """Uphold the directive, or lift it; never by the directive's own issuer."""
         data = _body(body)
         decision = data.get("decision")
@@ -363,7 +462,10 @@ class Policy:
             raise Conflict("already-decided", f"the appeal was already {appeal.status}")
         directive = await self.get_directive(appeal.directive)
         if actor.sub == directive.issued_by:
-            raise Forbidden("issuer-cannot-decide", "an appeal is decided by someone other than the directive's issuer")
+            raise Forbidden(
+                "issuer-cannot-decide",
+                "an appeal is decided by someone other than the directive's issuer",
+            )
         decided = replace(
             appeal, status="upheld" if decision == "uphold" else "lifted",
             decided_by=actor.sub, decided_at=self.clock(), decision_note=note,
@@ -375,7 +477,9 @@ class Policy:
         )  # fmt: skip
         lifted = None
         if decision == "lift" and directive.status == "active":
-            lifted = await self._close(actor, directive, "lifted", f"appeal {appeal.id} granted: {note}")
+            lifted = await self._close(
+                actor, directive, "lifted", f"appeal {appeal.id} granted: {note}"
+            )
         return decided, lifted
 
     # -- sessions -----------------------------------------------------------------------

@@ -48,12 +48,15 @@ class Visit:
         }
 
 
+def device_keys(facility: str, device: str) -> tuple[str, ...]:
+    """The keys of a kiosk outside any visit (its token refresh): its facility and itself."""
+    return ("system", f"facility:{facility}", f"device:{device}")
+
+
 def subject_keys(visit: Visit, *, contact: str | None = None) -> tuple[str, ...]:
     """SPEC §4: the kiosk's keys; a contact adds `contact:C` and `pair:I:C`."""
     keys = [
-        "system",
-        f"facility:{visit.facility}",
-        f"device:{visit.device}",
+        *device_keys(visit.facility, visit.device),
         f"inmate:{visit.inmate}",
         f"visit:{visit.id}",
     ]

@@ -53,6 +53,7 @@ from aiortc import sdp as aiortc_sdp
 from aiortc.codecs import CODECS
 from aiortc.rtcrtpparameters import RTCRtcpFeedback
 from OpenSSL import SSL
+from pylibsrtp._binding import ffi as srtp_ffi
 
 SUPPORTED_AIORTC = ("1.16.",)
 
@@ -68,6 +69,8 @@ SENDER_RTP_HISTORY = "_RTCRtpSender__rtp_history"
 SENDER_ENCODER = "_RTCRtpSender__encoder"
 TRANSCEIVER_CODECS = "_codecs"  # what the transceiver's sender/receiver start with
 TRANSCEIVER_HEADER_EXTENSIONS = "_headerExtensions"
+RECEIVER_BITRATE_ESTIMATOR = "_RTCRtpReceiver__remote_bitrate_estimator"
+RECEIVER_NACK_GENERATOR = "_RTCRtpReceiver__nack_generator"
 REMOTE_TRACK_QUEUE = "_queue"  # RemoteStreamTrack's asyncio.Queue of decoded frames
 
 # The function aioice calls to list local addresses; captured once so that
@@ -241,6 +244,13 @@ DATAGRAM_SOCKET = "_sock"  # asyncio's selector datagram transport: its socket
 DATAGRAM_CONN_LOST = "_conn_lost"
 LOOP_ADD_READER = "_add_reader"  # asyncio selector loop: (re)register a transport's reader
 LOOP_REMOVE_READER = "_remove_reader"
+SRTP_BUFFER = "_cdata"  # pylibsrtp.Session: the one buffer every (un)protect goes through
+SRTP_VIEW = "_buffer"
+SRTP_BUFFER_BYTES = 4096
+"""pylibsrtp's buffer is 1500 bytes and ``protect`` keeps 144 of them for a trailer, so a
+packet over 1356 bytes cannot be protected ("packet is too long"). aiortc's packetizer
+never makes one (1300), but a forwarder carries what publishers made: GStreamer's
+``rtpvp8pay`` fills a 1400-byte MTU, and the leg's header extension adds to it."""
 SENDER_SSRC = "_ssrc"
 SENDER_RTX_SSRC = "_rtx_ssrc"
 RTP_COMPONENT = 1
@@ -318,6 +328,9 @@ class DatagramPath:
         """
         if self._restore:
             return
+        for session in (self.rx, self.tx):
+            if session is not None:
+                widen_srtp_buffer(session)
         for protocol in self._protocols:
             transport = getattr(protocol, "transport", None)
             if drain and _drainable(transport):
@@ -330,6 +343,17 @@ class DatagramPath:
         restore, self._restore = self._restore, []
         for undo in restore:
             undo()
+
+
+def widen_srtp_buffer(session: Any) -> None:
+    """Let ``session`` (a ``pylibsrtp.Session``) protect packets up to ~3.9 kB."""
+    _require(session, SRTP_BUFFER)
+    _require(session, SRTP_VIEW)
+    if len(getattr(session, SRTP_BUFFER)) >= SRTP_BUFFER_BYTES:
+        return
+    buffer = srtp_ffi.new("char[]", SRTP_BUFFER_BYTES)
+    setattr(session, SRTP_BUFFER, buffer)
+    setattr(session, SRTP_VIEW, srtp_ffi.buffer(buffer))
 
 
 def _drainable(transport: Any) -> bool:
@@ -432,9 +456,13 @@ def take_over_receiver(
     The parameters carry the negotiated codecs and header extensions and the remote
     SSRCs the SDP declares (``encodings``, with their RTX SSRC). Never started, the
     receiver runs no decoder thread, jitter buffer, NACK generator or RTCP task: the relay
-    receives its packets below aiortc (:class:`DatagramPath`).
+    receives its packets below aiortc (:class:`DatagramPath`). What a video receiver
+    allocates for them up front (a REMB estimator's rate buckets, ~100 kB) is let go.
     """
     _require(receiver, "receive")
+    for name in (RECEIVER_BITRATE_ESTIMATOR, RECEIVER_NACK_GENERATOR):
+        _require(receiver, name)
+        setattr(receiver, name, None)  # aiortc checks both for None before use
 
     async def receive(parameters: aiortc.RTCRtpReceiveParameters) -> None:
         started(parameters)

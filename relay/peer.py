@@ -552,6 +552,7 @@ class RelayPeer:
         aiortc_internals.take_over_sender(
             transceiver.sender, partial(self._leg_started, subscription, transceiver)
         )
+        aiortc_internals.take_over_receiver(transceiver.receiver, _sends_only)
         return transceiver
 
     def _leg_started(
@@ -602,6 +603,10 @@ class RelayPeer:
 
         dtls.on("statechange", on_state)
         return transport
+
+
+def _sends_only(parameters: Any) -> None:
+    """A leg's m-line is sendonly: its receiver is never started, nor wanted."""
 
 
 def _bundle_setup(media: list[MediaSection]) -> str | None:

@@ -38,10 +38,14 @@ if TYPE_CHECKING:
     from relay.fastpath import MediaTransport
     from relay.leg import Leg
 
-Tap = Callable[[str, bytes, float], None]
-"""``tap(kind, packet, arrival)``: a plaintext RTP packet of the track (RTX unwrapped,
-padding dropped) and its arrival time (``time.time()``), on the event loop. A tap must
-return at once (queue the packet for a thread, e.g. a recorder writing it off the loop)."""
+Tap = Callable[[bytes | bytearray, int], None]
+"""``tap(packet, arrival_us)``, :class:`relay.recorder.TrackTap`'s protocol: every RTP
+packet of the track the relay forwards (plaintext, RTX unwrapped, padding-only ones too,
+duplicates not; nothing while the track is gated off), as the publisher sent it, with its
+arrival time in µs on ``time.monotonic_ns() // 1000``; and, if the tap has a
+``sender_report(ssrc, ntp_timestamp, rtp_timestamp, arrival_us)`` method, the
+publisher's sender reports about the track (for aligning audio and video). On the event
+loop: a tap must return at once (a recorder queues for its writer thread)."""
 
 SEEN_MASK = 1023
 _NTP_HALF = 1 << 63
@@ -216,6 +220,9 @@ class UpTrack:
         if not self.active:
             return
         self._octets += len(packet)
+        if self._taps:
+            for tap in self._taps:
+                tap(packet, now_us)
         start, end = header.payload_start, header.payload_end
         if start == end:
             for leg in self.legs:
@@ -230,11 +237,6 @@ class UpTrack:
                 return
             if keyframe:
                 self._keyframe_asked = False
-        if self._taps:
-            arrival = time.time()
-            data = bytes(packet)
-            for tap in self._taps:
-                tap(self.kind, data, arrival)
         for leg in self.legs:
             leg.forward(packet, header, keyframe, now_us)
 
@@ -259,9 +261,12 @@ class UpTrack:
             self.legs.remove(leg)
 
     def add_tap(self, tap: Tap) -> Callable[[], None]:
-        """Also hand every media packet of this track to ``tap``; returns its remover.
+        """Also hand every packet of this track to ``tap`` (see :data:`Tap`); returns the
+        function that removes it. Costs nothing per packet while no tap is installed.
 
-        Nothing is done per packet while no tap is installed.
+        For a recording: ``recorder.track(participant, uptrack.kind, codec,
+        uptrack.clock_rate, uptrack.payload_type)`` gives the tap (the payload type is the
+        publisher's, known once its m-line is negotiated).
         """
         self._taps.append(tap)
 
@@ -305,6 +310,10 @@ class UpTrack:
 
     def on_sender_report(self, ntp: int, rtp: int, arrival_ntp: int, arrival_us: int) -> None:
         self._sender_report = (ntp, rtp)
+        for tap in self._taps:
+            report = getattr(tap, "sender_report", None)
+            if report is not None and self.ssrc is not None:
+                report(self.ssrc, ntp, rtp, arrival_us)
         self.clock.observe(ntp, arrival_ntp)
         if self.receive is not None:
             self.receive.on_sender_report(ntp, arrival_us)

@@ -6,9 +6,9 @@ Domain refusals (`PolicyError`) become `{"error": {"code", "message"}}` with the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,14 +16,18 @@ from typing import Any
 from aiohttp import web
 
 from policy.actor import Actor
+from policy.appeal import Appeal
 from policy.audit import verify_chain
 from policy.errors import Forbidden, Malformed, NotFound, PolicyError
 from policy.rfc3339 import format_time
-from policy.store import Appeal, SessionRecord
-from policy.visit import Visit, subject_keys
+from policy.session import SessionRecord
+from policy.visit import Visit
+from signaling import admission
 from signaling import keys as K
-from signaling.bus import SESSION_END_REQUESTED
-from signaling.enforcer import REFUSED
+from signaling import protocol as P
+from signaling.admission import Refusal
+from signaling.directives import SESSION_END_REQUESTED
+from signaling.protocol import Close, Error, Problem
 from signaling.tokens import TokenError, Tokens
 
 log = logging.getLogger("parlor.api")
@@ -31,7 +35,14 @@ log = logging.getLogger("parlor.api")
 STAFF = ("operator", "supervisor")
 READERS = ("operator", "supervisor", "auditor")
 MAX_BODY = 64 * 1024
-STATUS = {"malformed": 400, "forbidden": 403, "not-found": 404, "conflict": 409, "rule": 422, "unavailable": 503}
+STATUS = {
+    "malformed": 400,
+    "forbidden": 403,
+    "not-found": 404,
+    "conflict": 409,
+    "rule": 422,
+    "unavailable": 503,
+}
 
 Handler = Callable[[web.Request, Actor], Awaitable[web.StreamResponse]]
 
@@ -48,21 +59,42 @@ class Route:
     tags: tuple[str, ...] = field(default=())
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
+
+
+def problem_response(
+    status: int, problem: Problem, headers: dict[str, str] | None = None
+) -> web.Response:
+    return error_response(status, problem.code, problem.message(), headers)
+
+
+def refusal_response(refusal: Refusal) -> web.Response:
+    """An admission refused over HTTP (a token refresh): 409 while suspended, else 403; the
+    directive's notice beside the error, as a refused join carries it."""
+    body: dict[str, Any] = {"error": {"code": refusal.code, "message": refusal.message}}
+    if refusal.notice is not None:
+        body["directive"] = refusal.notice
+    return web.json_response(body, status=409 if refusal.code == Error.SUSPENDED else 403)
 
 
 def authenticate(request: web.Request) -> Actor:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise TokenError("missing-token", "send 'Authorization: Bearer <token>'")
+        raise TokenError(Error.MISSING_TOKEN, "send 'Authorization: Bearer <token>'")
     return request.app[K.TOKENS].verify(token.strip()).actor
 
 
-async def read_json(request: web.Request) -> Any:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise Malformed("body-too-large", f"request bodies are limited to {MAX_BODY} bytes")
+class BodyTimeout(Exception):
+    """A request body that trickles in (slowloris on the body): 408, and the connection closes."""
+
+
+async def _read_body(request: web.Request) -> bytes:
     # StreamReader.read(n) answers with what has arrived so far: a body split over several
     # TCP segments must be read to its end, or it is cut and refused as bad JSON.
     raw = b""
@@ -71,14 +103,25 @@ async def read_json(request: web.Request) -> Any:
         if not chunk:
             break
         raw += chunk
+    return raw
+
+
+async def read_json(request: web.Request) -> Any:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise Malformed(Error.BODY_TOO_LARGE, f"request bodies are limited to {MAX_BODY} bytes")
+    timeout = request.app[K.CONFIG].edge.body_timeout
+    try:
+        raw = await asyncio.wait_for(_read_body(request), timeout)
+    except TimeoutError:
+        raise BodyTimeout() from None
     if len(raw) > MAX_BODY:
-        raise Malformed("body-too-large", f"request bodies are limited to {MAX_BODY} bytes")
+        raise Malformed(Error.BODY_TOO_LARGE, f"request bodies are limited to {MAX_BODY} bytes")
     if not raw.strip():
         return {}
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):  # ValueError: also int's 4300-digit limit, bad UTF-8
-        raise Malformed("bad-json", "the request body is not valid JSON") from None
+        raise Malformed(Error.BAD_JSON, "the request body is not valid JSON") from None
 
 
 def guarded(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -89,18 +132,25 @@ def guarded(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespons
             actor = authenticate(request)
             wait = request.app[K.LIMITS].api_per_identity.check(actor.sub)
             if wait:
-                return error_response(429, "rate-limited", "too many requests; slow down",
-                                      {"Retry-After": str(max(1, round(wait)))})  # fmt: skip
+                return problem_response(
+                    429, P.API_RATE_LIMITED, {"Retry-After": str(max(1, round(wait)))}
+                )
             if actor.role not in route.roles:
-                raise Forbidden("role-not-allowed", f"role {actor.role} may not {route.method} {route.path}")
+                raise Forbidden(
+                    Error.ROLE_NOT_ALLOWED, f"role {actor.role} may not {route.method} {route.path}"
+                )
             return await route.handler(request, actor)
         except TokenError as exc:
             return error_response(401, exc.code, exc.message, {"WWW-Authenticate": "Bearer"})
+        except BodyTimeout:
+            response = problem_response(408, P.API_BODY_TIMEOUT)
+            response.force_close()
+            return response
         except PolicyError as exc:
             return error_response(STATUS[exc.kind], exc.code, exc.message)
         except OSError as exc:
             log.warning("store unavailable: %s", exc)
-            return error_response(503, "unavailable", "the store cannot be reached; try again shortly")
+            return problem_response(503, P.API_STORE_UNREACHABLE)
 
     handler.__name__ = route.handler.__name__
     return handler
@@ -150,7 +200,9 @@ async def list_contacts(request: web.Request, actor: Actor) -> web.Response:
 
 
 async def set_approval(request: web.Request, actor: Actor) -> web.Response:
-    contact = await request.app[K.POLICY].set_approval(actor, request.match_info["id"], await read_json(request))
+    contact = await request.app[K.POLICY].set_approval(
+        actor, request.match_info["id"], await read_json(request)
+    )
     return web.json_response(contact.to_json())
 
 
@@ -198,7 +250,9 @@ async def kiosk_visit(request: web.Request, actor: Actor) -> web.Response:
         }
 
     if current is None:
-        body: dict[str, Any] = {"error": {"code": "no-visit", "message": "no visit at this kiosk right now"}}
+        body: dict[str, Any] = {
+            "error": {"code": P.NO_VISIT_AT_KIOSK.code, "message": P.NO_VISIT_AT_KIOSK.message()}
+        }
         if upcoming is not None:
             body["next"] = await describe(upcoming)
         return web.json_response(body, status=404)
@@ -208,25 +262,12 @@ async def kiosk_visit(request: web.Request, actor: Actor) -> web.Response:
 async def refresh_token(request: web.Request, actor: Actor) -> web.Response:
     """A fresh token for a family member or kiosk: refused while a directive suspends them."""
     app = request.app
-    policy, tokens = app[K.POLICY], app[K.TOKENS]
-    if actor.role == "family":
-        assert actor.visit is not None
-        visit = await policy.get_visit(actor.visit)
-        decision = policy.evaluate(subject_keys(visit, contact=actor.subject_id))
-        ttl = visit.ends_at - tokens.clock() + 60
-    else:
-        decision = policy.evaluate(("system", f"device:{actor.subject_id}"))
-        ttl = app[K.CONFIG].device_token_ttl
-    if not decision.admitted:
-        assert decision.blocking is not None
-        return web.json_response(
-            {"error": {"code": "suspended", "message": "suspended by a directive"},
-             "directive": app[K.ENFORCER].notice(actor, decision.blocking)},
-            status=409,
-        )  # fmt: skip
-    if ttl <= 0:
-        raise Forbidden("visit-over", "this visit has ended")
-    return web.json_response({"token": tokens.issue(actor.sub, actor.role, ttl, visit=actor.visit)})
+    outcome = await admission.refresh(app, actor)
+    if isinstance(outcome, Refusal):
+        return refusal_response(outcome)
+    return web.json_response(
+        {"token": app[K.TOKENS].issue(actor.sub, actor.role, outcome, visit=actor.visit)}
+    )
 
 
 # -- directives --------------------------------------------------------------------------
@@ -235,29 +276,21 @@ def directive_json(request: web.Request, directive: Any) -> dict[str, Any]:
 
 
 async def issue_directive(request: web.Request, actor: Actor) -> web.Response:
-    """Validate and commit, then end or restrict every matching live session, then answer.
+    """Validate and commit, then end or restrict every matching live session, then answer
+    (signaling/directives.py: `Directives.issue`).
 
     The answer's `Server-Timing` header says where the time went (`commit`, `enforce`: until
     the last matching session here is closed, `record`: its count written), for the console's
     network panel and the benches.
     """
-    app = request.app
-    policy = app[K.POLICY]
-    started = time.perf_counter()
-    directive = await policy.issue(actor, await read_json(request))
-    committed = time.perf_counter()
-    ended = await app[K.ENFORCER].apply(directive)
-    enforced = time.perf_counter()
-    app[K.METRICS].directives.labels(directive.action, directive.scope.split(":", 1)[0]).inc()
-    if ended:
-        directive = await policy.record_enforcement(actor, directive, ended)
-    response = created(directive_json(request, directive))
+    issued = await request.app[K.DIRECTIVES].issue(actor, await read_json(request))
+    response = created(directive_json(request, issued.directive))
     response.headers["Server-Timing"] = ", ".join(
-        f"{name};dur={1000 * (end - start):.1f}"
-        for name, start, end in (
-            ("commit", started, committed),
-            ("enforce", committed, enforced),
-            ("record", enforced, time.perf_counter()),
+        f"{name};dur={1000 * seconds:.1f}"
+        for name, seconds in (
+            ("commit", issued.commit),
+            ("enforce", issued.enforce),
+            ("record", issued.record),
         )
     )
     return response
@@ -272,19 +305,21 @@ async def list_directives(request: web.Request, actor: Actor) -> web.Response:
 async def get_directive(request: web.Request, actor: Actor) -> web.Response:
     directive = await request.app[K.POLICY].get_directive(request.match_info["id"])
     appeals = await request.app[K.STORE].list_appeals(directive=directive.id)
-    return web.json_response({**directive_json(request, directive), "appeals": [appeal_json(a) for a in appeals]})
+    return web.json_response(
+        {**directive_json(request, directive), "appeals": [appeal_json(a) for a in appeals]}
+    )
 
 
 async def lift_directive(request: web.Request, actor: Actor) -> web.Response:
-    app = request.app
-    directive = await app[K.POLICY].lift(actor, request.match_info["id"], await read_json(request))
-    await app[K.ENFORCER].released(directive)
+    directive = await request.app[K.DIRECTIVES].lift(
+        actor, request.match_info["id"], await read_json(request)
+    )
     return web.json_response(directive_json(request, directive))
 
 
 async def confirm_directive(request: web.Request, actor: Actor) -> web.Response:
     await read_json(request)
-    directive = await request.app[K.POLICY].confirm(actor, request.match_info["id"])
+    directive = await request.app[K.DIRECTIVES].confirm(actor, request.match_info["id"])
     return web.json_response(directive_json(request, directive))
 
 
@@ -297,21 +332,24 @@ def appeal_json(appeal: Appeal) -> dict[str, Any]:
 
 
 async def file_appeal(request: web.Request, actor: Actor) -> web.Response:
-    appeal = await request.app[K.POLICY].file_appeal(actor, request.match_info["id"], await read_json(request))
+    appeal = await request.app[K.POLICY].file_appeal(
+        actor, request.match_info["id"], await read_json(request)
+    )
     return created(appeal_json(appeal))
 
 
 async def list_appeals(request: web.Request, actor: Actor) -> web.Response:
     appeals = await request.app[K.STORE].list_appeals()
     status = request.query.get("status")
-    return web.json_response([appeal_json(a) for a in appeals if status is None or a.status == status])
+    return web.json_response(
+        [appeal_json(a) for a in appeals if status is None or a.status == status]
+    )
 
 
 async def decide_appeal(request: web.Request, actor: Actor) -> web.Response:
-    app = request.app
-    appeal, lifted = await app[K.POLICY].decide_appeal(actor, request.match_info["id"], await read_json(request))
-    if lifted is not None:
-        await app[K.ENFORCER].released(lifted)
+    appeal = await request.app[K.DIRECTIVES].decide_appeal(
+        actor, request.match_info["id"], await read_json(request)
+    )
     return web.json_response(appeal_json(appeal))
 
 
@@ -338,7 +376,7 @@ async def end_session(request: web.Request, actor: Actor) -> web.Response:
     if session is None:
         record = await app[K.STORE].get_session(session_id)
         if record is None or record.ended_at is not None:
-            raise NotFound("unknown-session", f"no live session {session_id!r}")
+            raise NotFound(Error.UNKNOWN_SESSION, f"no live session {session_id!r}")
         # Live on another node: the request travels on the cluster bus (signaling/bus.py) and
         # that node ends the session. 202: durably requested, done within the bus's delivery time.
         await app[K.POLICY].audit(
@@ -346,7 +384,7 @@ async def end_session(request: web.Request, actor: Actor) -> web.Response:
             {"session": session_id, "by": actor.sub, "node": record.node},
         )  # fmt: skip
         return web.json_response({**session_json(record), "end_requested": True}, status=202)
-    await app[K.ENFORCER].end_session(session, actor.sub, REFUSED, message="Facility staff ended this call.")
+    await app[K.ENFORCER].end_session(session, actor.sub, Close.REFUSED, message=P.STAFF_ENDED)
     record = await app[K.STORE].get_session(session_id)
     assert record is not None
     return web.json_response(session_json(record))
@@ -357,11 +395,11 @@ async def list_audit(request: web.Request, actor: Actor) -> web.Response:
         after = int(request.query.get("after", "0"))
         limit = min(int(request.query.get("limit", "500")), 5000)
     except ValueError:
-        raise Malformed("bad-query", "after and limit must be integers") from None
+        raise Malformed(Error.BAD_QUERY, "after and limit must be integers") from None
     # a negative LIMIT means "no limit" to SQLite: it would lift the cap; past 2**63 - 1 the
     # driver raises OverflowError (a 500)
     if not 0 <= after < 2**63 or limit < 1:
-        raise Malformed("bad-query", "after must be between 0 and 2**63 - 1, and limit >= 1")
+        raise Malformed(Error.BAD_QUERY, "after must be between 0 and 2**63 - 1, and limit >= 1")
     events = await request.app[K.STORE].audit_events(after=after, limit=limit)
     return web.json_response([e.to_json() for e in events])
 

@@ -21,13 +21,16 @@ from policy.store import AuditDraft, open_store
 from relay import pin_ice_addresses
 from signaling import events, logs, scheduler, ws
 from signaling import keys as K
-from signaling.api import ROUTES, error_response, guarded
+from signaling.api import ROUTES, error_response, guarded, problem_response
 from signaling.bus import open_bus
 from signaling.config import Config
+from signaling.directives import Directives
 from signaling.enforcer import Enforcer
+from signaling.listener import Connections
 from signaling.memory import trim_after_sessions_end
 from signaling.metrics import Metrics
 from signaling.openapi import document
+from signaling.protocol import API_INTERNAL, RESTARTING, Close, Reason
 from signaling.ratelimit import Limits
 from signaling.registry import LiveSessions
 from signaling.tokens import Tokens
@@ -38,9 +41,33 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "media-src 'self' blob: mediastream:; connect-src 'self' ws: wss:; frame-ancestors 'none'; "
+    "media-src 'self' blob: mediastream:; connect-src {connect}; frame-ancestors 'none'; "
     "base-uri 'none'; form-action 'self'"
 )
+
+
+def content_security_policy(request: web.Request) -> str:
+    """The pages may open WebSockets to this server and to the configured public URL only:
+    'self' for browsers that match ws(s) to their own origin (CSP 3), the explicit ws(s)
+    origins for the others."""
+    sources = ["'self'", f"{'wss' if request.secure else 'ws'}://{request.host}"]
+    public_url = request.app[K.CONFIG].public_url
+    if public_url:
+        scheme, _, rest = public_url.rstrip("/").partition("://")
+        sources.append(f"{'wss' if scheme == 'https' else 'ws'}://{rest.split('/')[0]}")
+    return CSP.format(connect=" ".join(dict.fromkeys(sources)))
+
+
+@web.middleware
+async def edge(request: web.Request, handler: Callable) -> web.StreamResponse:
+    """Tell the listener a request is being handled, so no header deadline runs meanwhile
+    (signaling/listener.py); a body is read within the body timeout by `api.read_json`."""
+    connections = request.app[K.CONNECTIONS]
+    connections.request_started(request.transport)
+    try:
+        return await handler(request)
+    finally:
+        connections.request_finished(request.transport)
 
 
 @web.middleware
@@ -59,13 +86,16 @@ async def security_headers(request: web.Request, handler: Callable) -> web.Strea
             raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        response = error_response(500, "internal", "internal error")
+        response = problem_response(500, API_INTERNAL)
     if not response.prepared:
         response.headers.setdefault("X-Request-Id", rid)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         if response.content_type == "text/html":
-            response.headers.setdefault("Content-Security-Policy", CSP)
+            response.headers.setdefault("Content-Security-Policy", content_security_policy(request))
+            response.headers.setdefault("Cache-Control", "no-store")
+        elif request.path.startswith("/api/"):
+            # Tokens and personal data: never kept by a browser or a proxy cache.
             response.headers.setdefault("Cache-Control", "no-store")
     return response
 
@@ -92,7 +122,11 @@ async def readyz(request: web.Request) -> web.Response:
             await asyncio.wait_for(app[K.STORE].ping(), timeout=1.0)
         except Exception:
             ready = False
-    body = {"ready": ready, "directives_loaded": app[K.READY].is_set(), "sessions": len(app[K.SESSIONS])}
+    body = {
+        "ready": ready,
+        "directives_loaded": app[K.READY].is_set(),
+        "sessions": len(app[K.SESSIONS]),
+    }
     return web.json_response(body, status=200 if ready else 503)
 
 
@@ -125,7 +159,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.open()
     policy = app[K.POLICY]
     await policy.load()
-    await policy.close_due()
+    await app[K.DIRECTIVES].close_due()
     orphans = await store.list_sessions(live=True, node=app[K.CONFIG].node_id)
     if orphans:
         await store.end_orphan_sessions(
@@ -144,6 +178,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         app[K.READY].clear()
+        await app[K.DIRECTIVES].drain(1.0)  # counts of sessions just ended: let them land
         await app[K.BUS].stop()
         for task in tasks:
             task.cancel()
@@ -151,14 +186,17 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.gather(*tasks)
         enforcer = app[K.ENFORCER]
         await asyncio.gather(
-            *(enforcer.end_session(s, "error", 1001, message="The server is restarting.") for s in list(app[K.SESSIONS].by_id.values()))
+            *(
+                enforcer.end_session(s, Reason.ERROR, Close.GOING_AWAY, message=RESTARTING)
+                for s in list(app[K.SESSIONS].by_id.values())
+            )
         )
         await enforcer.drain()
         await store.close()
 
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
-    app = web.Application(middlewares=[security_headers], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[security_headers, edge], client_max_size=64 * 1024)
     store = open_store(config.db, clock)
     policy = Policy(store=store, rules=config.rules, clock=clock)
     sessions = LiveSessions()
@@ -166,16 +204,30 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app[K.CONFIG] = config
     app[K.STORE] = store
     app[K.POLICY] = policy
-    tokens = Tokens(config.secret, leeway=config.token_leeway, public_key=config.jwt_public_key, clock=clock)
+    tokens = Tokens(
+        config.secret, leeway=config.token_leeway, public_key=config.jwt_public_key, clock=clock
+    )
     app[K.TOKENS] = tokens
     app[K.SESSIONS] = sessions
-    app[K.ENFORCER] = Enforcer(
-        sessions=sessions, policy=policy, appeal_base=config.base_url, metrics=metrics_, tokens=tokens
+    enforcer = Enforcer(
+        sessions=sessions,
+        policy=policy,
+        appeal_base=config.base_url,
+        metrics=metrics_,
+        tokens=tokens,
     )
+    app[K.ENFORCER] = enforcer
+    directives = Directives(
+        policy=policy, enforcer=enforcer, node_id=config.node_id, metrics=metrics_
+    )
+    app[K.DIRECTIVES] = directives
     app[K.READY] = asyncio.Event()
     app[K.METRICS] = metrics_
-    app[K.LIMITS] = Limits.of(config.join_rate_per_ip, config.join_rate_per_identity, config.api_rate_per_identity)
-    app[K.BUS] = open_bus(config, store, policy, app[K.ENFORCER], sessions, app[K.READY])
+    app[K.CONNECTIONS] = Connections(config.edge)
+    app[K.LIMITS] = Limits.of(
+        config.join_rate_per_ip, config.join_rate_per_identity, config.api_rate_per_identity
+    )
+    app[K.BUS] = open_bus(config, store, directives, app[K.READY])
     if config.ice_addresses is not None:
         pin_ice_addresses(config.ice_addresses)
     app.cleanup_ctx.append(store_ctx)

@@ -45,15 +45,15 @@ def _config(args: argparse.Namespace) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args)  # before the slow imports (aiortc, av): a bad value fails at once
-    from aiohttp import web
-
+    from signaling import keys as K
     from signaling.app import create_app
+    from signaling.listener import serve_forever
     from signaling.logs import configure
 
     configure(os.environ.get("PARLOR_LOG_LEVEL", "INFO"), os.environ.get("PARLOR_LOG_FORMAT", "json"))
     app = create_app(config)
     print(f"Parlor listening on http://{config.host}:{config.port}  (node {config.node_id}, store {_store_label(config.db)})", flush=True)
-    web.run_app(app, host=config.host, port=config.port, print=None, access_log_format='%a "%r" %s %b %Tf')
+    asyncio.run(serve_forever(app, config.host, config.port, app[K.CONNECTIONS]))
     return 0
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from policy.service import Rules
+from signaling.listener import EdgeLimits
 from signaling.ratelimit import Rate
 
 MIN_SECRET_BYTES = 32
@@ -52,6 +53,7 @@ class Config:
     max_sessions_per_subject: int = 10  # live sessions of one person or device on this node
     max_calls: int = 0  # calls this node starts relaying at most (0: no fixed limit)
     overload_lag_seconds: float = 0.15  # mean event-loop lag above which no new call starts
+    edge: EdgeLimits = field(default_factory=EdgeLimits)  # request timeouts, connections per IP
 
     @property
     def base_url(self) -> str:
@@ -207,6 +209,17 @@ def load_config(env: Mapping[str, str], **flags: Any) -> Config:
     tick = pick("tick", "PARLOR_TICK_SECONDS")
     if tick is not None:
         extra["tick_seconds"] = _seconds(str(tick), "PARLOR_TICK_SECONDS")
+    edge: dict[str, Any] = {}
+    for name, var in (("header_timeout", "PARLOR_HEADER_TIMEOUT_SECONDS"),
+                      ("body_timeout", "PARLOR_BODY_TIMEOUT_SECONDS")):  # fmt: skip
+        text = pick(name, var)
+        if text is not None:
+            edge[name] = _seconds(str(text), var)
+    per_ip = pick("max_connections_per_ip", "PARLOR_MAX_CONNECTIONS_PER_IP")
+    if per_ip is not None:
+        edge["max_per_ip"] = _int(str(per_ip), "PARLOR_MAX_CONNECTIONS_PER_IP", 1, 1_000_000)
+    if edge:
+        extra["edge"] = EdgeLimits(**edge)
     return Config(
         secret=secret, db=db, host=host, port=port, ice_servers=ice_servers,
         ice_addresses=ice_addresses, public_url=public_url, node_url=node_url or None, codec=codec, rules=rules,

@@ -1,11 +1,16 @@
 """The enforcer: turns policy decisions into ended or restricted live sessions.
 
-`end_session` is the one way a session ends, whatever the reason. `apply` is what happens
-to live calls when a directive is issued: the matching sessions are found through the
-subject-key index, their forwarding is stopped synchronously (no media flows past this
-point), then each is told why and its end recorded; that is when the directive's answer goes
-out. The close handshakes, the peer connections' teardown and the renegotiation of those who
-stay in the call go on after it (a busy client's close frame must not hold up the operator).
+`end_session` is the one way a session ends, whatever the reason. It has two halves:
+`halt`, synchronous, after which the session is ended for everyone (no media flows, it is out
+of the live-session index, its admission can no longer complete), and `finish`, which tells
+the person, closes the connection and records the end.
+
+`stop` and `complete` are what a directive does to the live sessions it matches
+(signaling/directives.py decides when): `stop` halts (or, for audio-only, restricts) every
+matching session synchronously — no media flows past this point — and `complete` tells each
+one why and records its end; that is when the directive's answer goes out. The close
+handshakes, the peer connections' teardown and the renegotiation of those who stay in the
+call go on after it (a busy client's close frame must not hold up the operator).
 """
 
 from __future__ import annotations
@@ -18,36 +23,41 @@ from typing import Any
 
 from policy.actor import Actor
 from policy.directive import Directive
-from policy.rfc3339 import format_time
 from policy.service import Policy
+from relay import RelayPeer
 from signaling.background import Background
 from signaling.metrics import Metrics
+from signaling.protocol import Close, Error, Message, Reason, directive_reason, ended_text
 from signaling.registry import Call, LiveSessions
-from signaling.session import Session
+from signaling.session import Ending, Session
 from signaling.tokens import Tokens
 
 log = logging.getLogger("parlor.enforcer")
 
-# WebSocket close codes (SPEC §5)
-NORMAL = 1000
-PROTOCOL_ERROR = 4400
-BAD_TOKEN = 4401
-REFUSED = 4403
-REPLACED = 4409
-VISIT_OVER = 4410
-TOO_LARGE = 4413
-RATE_LIMITED = 4429
-MEDIA_FAILED = 4502
-UNAVAILABLE = 4503
-
 APPEAL_GRACE_SECONDS = 30 * 86400  # an appeal may be filed up to 30 days after the directive ends
 
-MESSAGES = {
-    "left": "You left the call.",
-    "visit-ended": "The visit's time is over.",
-    "replaced": "You joined this call from another window or device.",
-    "error": "The call ended because of an error.",
-}
+
+@dataclass
+class Halted:
+    """A session `halt` ended, and what `finish` still owes the others in its call."""
+
+    session: Session
+    call: Call | None
+    renegotiate: list[RelayPeer]  # the peers that subscribed to it
+    told: list[Session]  # who hears `participant-left`: the joined ones when it ended
+
+
+@dataclass
+class Stopped:
+    """What `Enforcer.stop` (or `halt_matching`) did, for `Enforcer.complete` to finish."""
+
+    directive: Directive | None  # the directive enforced, if a directive it was
+    started: float  # time.perf_counter() when it began: the kill's clock
+    halted: list[Halted] = field(default_factory=list)  # ended (suspend, end)
+    restricted: list[Session] = field(default_factory=list)  # audio-only
+
+    def __bool__(self) -> bool:
+        return bool(self.halted or self.restricted)
 
 
 @dataclass
@@ -57,52 +67,48 @@ class Enforcer:
     appeal_base: str = ""
     metrics: Metrics = field(default_factory=Metrics)
     tokens: Tokens | None = None  # mints the appeal tokens carried in family notices
-    applied: set[str] = field(default_factory=set)  # directives already enforced on this node
     closing: Background = field(default_factory=Background)  # detached closes running
 
-    async def apply(self, directive: Directive) -> list[str]:
-        """Enforce a directive in force on this node's live sessions; return the ended ids.
-
-        A directive that starts later is applied by the scheduler when it starts; one
-        already applied here (e.g. seen again on the cluster bus) is not applied twice.
-        """
-        started = time.perf_counter()
-        matching = self.stop(directive)
-        return await self.complete(directive, matching, started) if matching else []
-
-    def stop(self, directive: Directive) -> list[Session]:
-        """The synchronous half of `apply`: no media flows to or from a matching session (or,
-        for audio-only, no video) once this returns. Returns the sessions `complete` finishes."""
-        if directive.id in self.applied or not directive.in_force(self.policy.clock()):
-            return []
-        self.applied.add(directive.id)
-        matching = [s for s in self.sessions.matching(directive.scope) if not s.ended]
-        for session in matching:  # media stops for every affected session before anyone is told
-            if directive.action == "audio-only":
-                self.restrict(session, directive)
-            else:
-                session.peer.stop_forwarding()
-        return matching
-
-    async def complete(
-        self, directive: Directive, matching: list[Session], started: float | None = None
-    ) -> list[str]:
-        """The rest of `apply`: tell the restricted, or end (tell and record) the stopped;
-        return the ended ids."""
-        if directive.action == "audio-only":
-            await asyncio.gather(*(self._tell_restricted(s, directive) for s in matching))
-            return []
-        await asyncio.gather(
-            *(
-                self.end_session(
-                    session, f"directive:{directive.id}", REFUSED, directive=directive, detach=True
-                )
-                for session in matching
+    # -- a directive on the live sessions it matches ----------------------------------------
+    def stop(self, directive: Directive) -> Stopped:
+        """The synchronous half of enforcing a directive: once this returns, no media flows to
+        or from a matching session (for audio-only: no video), and every matching session,
+        provisional ones included, is ended (or restricted). `complete` does the rest."""
+        if directive.action != "audio-only":
+            return self.halt_matching(
+                directive.scope, directive_reason(directive), directive=directive
             )
-        )
-        if matching and started is not None:
-            self.metrics.kill_seconds.observe(time.perf_counter() - started)
-        return [s.id for s in matching]
+        stopped = Stopped(directive, started=time.perf_counter())
+        for session in self.sessions.matching(directive.scope):
+            self.restrict(session, directive)
+            stopped.restricted.append(session)
+        return stopped
+
+    def halt_matching(
+        self, scope: str, reason: str, *, directive: Directive | None = None
+    ) -> Stopped:
+        """Halt every live session `scope` matches (close 4403, end reason `reason`): what a
+        directive that ends sessions does, and what any policy change that no longer admits
+        them does (e.g. an approval withdrawn, `pair:I:C`). Synchronous, like `stop`."""
+        stopped = Stopped(directive, started=time.perf_counter())
+        for session in self.sessions.matching(scope):
+            halted = self.halt(session, reason, Close.REFUSED, directive=directive)
+            if halted is not None:
+                stopped.halted.append(halted)
+        return stopped
+
+    async def complete(self, stopped: Stopped) -> list[str]:
+        """Tell the restricted, or tell and record the ended; return the ids of the ended
+        sessions whose start had been recorded (what the directive counts)."""
+        directive = stopped.directive
+        if directive is not None:
+            await asyncio.gather(*(self._tell_restricted(s, directive) for s in stopped.restricted))
+        recorded = await asyncio.gather(*(self.finish(h, detach=True) for h in stopped.halted))
+        if stopped.halted:
+            self.metrics.kill_seconds.observe(time.perf_counter() - stopped.started)
+        return [
+            h.session.id for h, counted in zip(stopped.halted, recorded, strict=True) if counted
+        ]
 
     def notice(self, actor: Actor, directive: Directive) -> dict[str, Any]:
         """What an affected person is told. A family member's appeal link carries a token of
@@ -120,14 +126,15 @@ class Enforcer:
         session.peer.set_video(False)
 
     async def _tell_restricted(self, session: Session, directive: Directive) -> None:
-        await session.send(
-            {"type": "restricted", "action": "audio-only", "directive": self.notice(session.actor, directive)}
-        )
+        if session.joined:  # a provisional session learns it in its `joined` (`audio_only`)
+            notice = self.notice(session.actor, directive)
+            await session.send(
+                {"type": Message.RESTRICTED, "action": "audio-only", "directive": notice}
+            )
 
-    async def released(self, directive: Directive) -> None:
-        """A directive stopped being in force (lifted, expired, lapsed): undo audio-only."""
-        if directive.status != "active":
-            self.applied.discard(directive.id)
+    async def unrestrict(self, directive: Directive) -> None:
+        """An audio-only directive stopped being in force: video resumes where no other
+        audio-only directive still applies."""
         if directive.action != "audio-only":
             return
         for session in self.sessions.matching(directive.scope):
@@ -139,8 +146,13 @@ class Enforcer:
                 continue
             session.audio_only = None
             session.peer.set_video(True)
-            await session.send({"type": "restricted", "action": "none", "directive": directive.notice(appeal_base=self.appeal_base)})
+            if session.joined:
+                notice = directive.notice(appeal_base=self.appeal_base)
+                await session.send(
+                    {"type": Message.RESTRICTED, "action": "none", "directive": notice}
+                )
 
+    # -- ending one session ---------------------------------------------------------------
     async def end_session(
         self,
         session: Session,
@@ -150,67 +162,102 @@ class Enforcer:
         directive: Directive | None = None,
         message: str | None = None,
         detach: bool = False,
-    ) -> None:
+    ) -> bool:
         """End one session: stop its media, tell it why, close it, record the end reason.
+        Returns whether its start had been recorded (and so its end is, too).
 
         `detach`: return once the session is told and its end recorded, and leave the close
         handshake, the peer connection's teardown and the others' renegotiation to run on
         (`self.closing`). A directive's answer need not wait for a busy client's close frame.
         """
+        halted = self.halt(session, reason, code, directive=directive, message=message)
+        if halted is None:
+            return False
+        return await self.finish(halted, detach=detach)
+
+    def halt(
+        self,
+        session: Session,
+        reason: str,
+        code: int,
+        *,
+        directive: Directive | None = None,
+        message: str | None = None,
+    ) -> Halted | None:
+        """The synchronous half of `end_session` (None: it had ended already). From here the
+        session is ended for everyone: no media flows, nothing finds it in the live-session
+        index, and if it was still provisional its admission refuses it."""
         if session.ended:
-            return
+            return None
         session.ended = True
+        session.ending = Ending(reason, code, message or ended_text(reason, directive), directive)
         session.peer.stop_forwarding()
         call = self.sessions.remove(session)
         renegotiate = call.room.remove(session.peer) if call is not None else []
+        told = call.joined() if call is not None and session.announced else []
+        return Halted(session, call, renegotiate, told)
+
+    async def finish(self, halted: Halted, *, detach: bool = False) -> bool:
+        """The rest of `end_session`: tell, close, record (see there)."""
+        session = halted.session
+        ending = session.ending
+        assert ending is not None
         # The record is written while the (possibly slow) close handshakes run, so a client that
         # never answers its close frame cannot keep the session listed as live.
-        recorded = asyncio.ensure_future(self._record_end(session, reason))
-        if reason == "media-failed":
-            # Not final: the client may try again (SPEC §5, 4502), so an error, not `terminated`.
-            await session.send({"type": "error", "code": "media-failed", "message": message or "media failed"})
-        elif reason != "left":
-            terminated: dict[str, Any] = {
-                "type": "terminated",
-                "reason": reason,
-                "message": message or self._message(reason, directive),
-            }
-            if directive is not None:
-                terminated["directive"] = self.notice(session.actor, directive)
-            await session.send(terminated)
-        closing = self._close(session, code, reason, call, renegotiate)
+        recorded = asyncio.ensure_future(self._record_end(session, ending.reason))
+        if not session.joined:  # provisional: its admission sends the refusal and closes the socket
+            closing = session.peer.close()
+        else:
+            if ending.reason == Reason.MEDIA_FAILED:
+                # Not final: the client may try again (SPEC §5, 4502), so an error, not `terminated`.
+                await session.send(
+                    {"type": Message.ERROR, "code": Error.MEDIA_FAILED, "message": ending.message}
+                )
+            elif ending.reason != Reason.LEFT:  # who left knows why
+                terminated: dict[str, Any] = {
+                    "type": Message.TERMINATED,
+                    "reason": ending.reason,
+                    "message": ending.message,
+                }
+                if ending.directive is not None:
+                    terminated["directive"] = self.notice(session.actor, ending.directive)
+                await session.send(terminated)
+            closing = self._close(halted, ending)
         if detach:
             self.closing.spawn(closing)
         else:
             await closing
-        await recorded
+        return await recorded
 
-    async def _close(
-        self, session: Session, code: int, reason: str, call: Call | None, renegotiate: list[Any]
-    ) -> None:
+    async def _close(self, halted: Halted, ending: Ending) -> None:
+        session, call = halted.session, halted.call
         try:
-            await session.ws.close(code=code, message=reason.encode()[:120])
+            await session.ws.close(code=ending.code, message=ending.reason.encode()[:120])
         except (ConnectionError, RuntimeError):
             pass
         await session.peer.close()
-        if call is not None:
-            if not session.monitor:
-                left = {"type": "participant-left", "participant": session.id}
-                await asyncio.gather(*(s.send(left) for s in call.sessions if not s.ended))
-            for peer in renegotiate:
-                other = call.session_of(peer)
-                if other is not None:
-                    await self.renegotiate(other)
+        if call is None:
+            return
+        if not session.monitor:
+            left = {"type": Message.PARTICIPANT_LEFT, "participant": session.id}
+            await asyncio.gather(*(s.send(left) for s in halted.told if not s.ended))
+        for peer in halted.renegotiate:
+            other = call.session_of(peer)
+            if other is not None:
+                await self.renegotiate(other)
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait (a while) for the detached closes still running: before shutting down."""
         await self.closing.drain(timeout)
 
-    async def _record_end(self, session: Session, reason: str) -> None:
+    async def _record_end(self, session: Session, reason: str) -> bool:
+        if not await session.start_recorded():
+            return False  # never recorded as started: nothing to close
         try:
             await self.policy.session_ended(session.record, reason)
         except Exception:  # the session is over either way; the orphan sweep closes the record
             log.exception("could not record the end of session %s", session.id)
+        return True
 
     async def renegotiate(self, session: Session) -> None:
         """Send a session a server offer; a failure ends that session alone, never the caller's."""
@@ -219,15 +266,4 @@ class Enforcer:
                 await session.renegotiate()
         except Exception:
             log.exception("renegotiation of session %s failed", session.id)
-            await self.end_session(session, "error", 1011)
-
-    def _message(self, reason: str, directive: Directive | None) -> str:
-        if directive is not None:
-            return (
-                f"This call was stopped by facility staff ({directive.action}) until "
-                f"{format_time(directive.expires_at)}. Reason: {directive.reason}. "
-                f"Legal basis: {directive.legal_basis}."
-            )
-        if reason.startswith("operator:"):
-            return "Facility staff ended this call."
-        return MESSAGES.get(reason, "The call ended.")
+            await self.end_session(session, Reason.ERROR, Close.INTERNAL_ERROR)

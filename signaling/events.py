@@ -20,6 +20,8 @@ import logging
 from aiohttp import WSMsgType, web
 
 from signaling import keys as K
+from signaling import protocol as P
+from signaling.protocol import Close, Error, Message
 from signaling.tokens import TokenError
 
 log = logging.getLogger("parlor.events")
@@ -35,7 +37,7 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
     try:
         msg = await ws.receive(timeout=10)
     except TimeoutError:
-        await ws.close(code=4400, message=b"auth-timeout")
+        await ws.close(code=Close.PROTOCOL_ERROR, message=Error.AUTH_TIMEOUT.encode())
         return ws
     auth = None
     if msg.type == WSMsgType.TEXT:
@@ -43,24 +45,23 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
             auth = json.loads(msg.data)
     if ws.closed:  # aiohttp closed it already (a frame over max_msg_size: 1009)
         return ws
-    if not isinstance(auth, dict) or auth.get("type") != "auth":
-        await ws.send_json({"type": "error", "code": "auth-required", "message": "send {type: auth, token} first"})
-        await ws.close(code=4400, message=b"auth-required")
+    if not isinstance(auth, dict) or auth.get("type") != Message.AUTH:
+        await _refuse(ws, P.AUTH_REQUIRED.frame(), Close.PROTOCOL_ERROR)
         return ws
     try:
         actor = app[K.TOKENS].verify(auth.get("token")).actor
     except TokenError as exc:
-        await ws.send_json({"type": "error", "code": exc.code, "message": exc.message})
-        await ws.close(code=4401, message=exc.code.encode())
+        await _refuse(
+            ws, {"type": Message.ERROR, "code": exc.code, "message": exc.message}, Close.BAD_TOKEN
+        )
         return ws
     if actor.role not in STAFF_AND_AUDITORS:
-        await ws.send_json({"type": "error", "code": "forbidden", "message": "staff and auditors only"})
-        await ws.close(code=4403, message=b"forbidden")
+        await _refuse(ws, P.STAFF_AND_AUDITORS_ONLY.frame(), Close.REFUSED)
         return ws
     store = app[K.STORE]
     after = auth.get("after")
     cursor = after if isinstance(after, int) and 0 <= after <= store.head_seq else store.head_seq
-    await ws.send_json({"type": "ready", "head": store.head_seq})
+    await ws.send_json({"type": Message.READY, "head": store.head_seq})
     reader = asyncio.create_task(_drain(ws))
     try:
         while not ws.closed:
@@ -72,7 +73,7 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
             if not waiter.result():
                 continue
             for event in await store.audit_events(after=cursor, limit=BATCH):
-                await ws.send_json({"type": "event", "event": event.to_json()})
+                await ws.send_json({"type": Message.EVENT, "event": event.to_json()})
                 cursor = event.seq
     except (ConnectionError, RuntimeError):
         pass
@@ -83,6 +84,11 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
         if not ws.closed:
             await ws.close()
     return ws
+
+
+async def _refuse(ws: web.WebSocketResponse, error: dict[str, str], code: Close) -> None:
+    await ws.send_json(error)
+    await ws.close(code=code, message=error["code"].encode())
 
 
 async def _drain(ws: web.WebSocketResponse) -> None:

@@ -10,7 +10,9 @@ from policy.service import Policy
 from policy.store import Store
 from signaling.bus import Bus
 from signaling.config import Config
+from signaling.directives import Directives
 from signaling.enforcer import Enforcer
+from signaling.listener import Connections
 from signaling.metrics import Metrics
 from signaling.ratelimit import Limits
 from signaling.registry import LiveSessions
@@ -22,7 +24,11 @@ POLICY = web.AppKey("policy", Policy)
 TOKENS = web.AppKey("tokens", Tokens)
 SESSIONS = web.AppKey("sessions", LiveSessions)
 ENFORCER = web.AppKey("enforcer", Enforcer)
+DIRECTIVES = web.AppKey("directives", Directives)  # a directive's life on this node
 READY = web.AppKey("ready", asyncio.Event)  # set once directives are loaded and the store answers
 METRICS = web.AppKey("metrics", Metrics)
 BUS = web.AppKey("bus", Bus)  # embedded (SQLite) or PostgreSQL: see signaling/bus.py
 LIMITS = web.AppKey("limits", Limits)
+CONNECTIONS = web.AppKey(
+    "connections", Connections
+)  # open HTTP connections (signaling/listener.py)

@@ -1,7 +1,9 @@
 """The headless kiosk: an aiortc client that speaks Parlor's signaling protocol.
 
 It sends a media file or a generated test pattern, receives every other participant's
-media and counts decoded frames. Tests and `bench/` use `ParlorClient` as their peer.
+media and counts decoded frames. Tests and `bench/` use `ParlorClient` as their peer; a
+subclass changes what it sends and learns what it receives through the public hooks
+(`tracks`, `track_received`, `frame_received`, `socket_closed`), never its private methods.
 """
 
 from __future__ import annotations
@@ -29,20 +31,27 @@ from aiortc import (
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import AUDIO_PTIME, MediaStreamError
 
+from signaling.protocol import Message
+
 log = logging.getLogger("parlor.kiosk")
 
-NO_RECONNECT = (4401, 4403, 4409, 4410)
+SOCKET_CLOSED = "closed"  # not on the wire: what `connect` answers if the socket closed first
 
 
 class PatternTrack(MediaStreamTrack):
-    """A moving test pattern generated in memory (no file, no lavfi needed)."""
+    """A moving test pattern generated in memory (no file, no lavfi needed).
+
+    `start`: the monotonic instant of its first frame (default: when first asked). One far in
+    the past makes `recv` return every frame at once (bench/harness.py pre-encodes so)."""
 
     kind = "video"
 
-    def __init__(self, width: int = 640, height: int = 480, fps: int = 30) -> None:
+    def __init__(
+        self, width: int = 640, height: int = 480, fps: int = 30, *, start: float | None = None
+    ) -> None:
         super().__init__()
         self.width, self.height, self.fps = width, height, fps
-        self._start: float | None = None
+        self._start = start
         self._count = 0
         self._planes: list[bytes] = []
 
@@ -72,19 +81,20 @@ class PatternTrack(MediaStreamTrack):
 
 
 class ToneTrack(MediaStreamTrack):
-    """20 ms of quiet 440 Hz tone per frame, in real time."""
+    """20 ms of quiet 440 Hz tone per frame, in real time (`start`: as for `PatternTrack`)."""
 
     kind = "audio"
 
-    def __init__(self) -> None:
+    def __init__(self, *, start: float | None = None) -> None:
         super().__init__()
-        self._start: float | None = None
+        self._start = start
         self._count = 0
         import math
 
         samples = 960  # 20 ms at 48 kHz
         self._pcm = b"".join(
-            int(800 * math.sin(2 * math.pi * 440 * i / 48000)).to_bytes(2, "little", signed=True) for i in range(samples)
+            int(800 * math.sin(2 * math.pi * 440 * i / 48000)).to_bytes(2, "little", signed=True)
+            for i in range(samples)
         )
 
     async def recv(self) -> av.AudioFrame:
@@ -155,14 +165,16 @@ class ParlorClient:
     async def connect(self, *, offer: bool = True, timeout: float = 10.0) -> dict[str, Any]:
         """Join; on `joined`, negotiate media. Returns `joined`, or the refusal `error`."""
         self._session = aiohttp.ClientSession()
-        self._ws = await self._session.ws_connect(self.server.replace("http", "ws", 1) + "/ws", max_msg_size=0)
-        join: dict[str, Any] = {"type": "join", "token": self.token, "visit": self.visit}
+        self._ws = await self._session.ws_connect(
+            self.server.replace("http", "ws", 1) + "/ws", max_msg_size=0
+        )
+        join: dict[str, Any] = {"type": Message.JOIN, "token": self.token, "visit": self.visit}
         if self.mode == "monitor":
             join["mode"] = "monitor"
         await self._ws.send_json(join)
         self._reader = asyncio.create_task(self._read())
         first = await asyncio.wait_for(self._events.get(), timeout)
-        if first.get("type") != "joined":
+        if first.get("type") != Message.JOINED:
             await asyncio.wait_for(self.closed.wait(), timeout)
             return first
         self.joined = first
@@ -185,16 +197,20 @@ class ParlorClient:
             pc.addTransceiver("audio", direction="recvonly")
             pc.addTransceiver("video", direction="recvonly")
         else:
-            audio, video = self._tracks(joined)
+            audio, video = self.tracks(joined)
             if audio is not None:
                 pc.addTransceiver(audio, direction="sendrecv")
             if video is not None:
                 transceiver = pc.addTransceiver(video, direction="sendrecv")
                 self._prefer(transceiver, codec)
         await pc.setLocalDescription(await pc.createOffer())
-        await self.send({"type": "offer", "sdp": pc.localDescription.sdp})
+        await self.send({"type": Message.OFFER, "sdp": pc.localDescription.sdp})
 
-    def _tracks(self, joined: dict[str, Any]) -> tuple[MediaStreamTrack | None, MediaStreamTrack | None]:
+    # -- hooks: what a subclass may change or learn -------------------------------------------
+    def tracks(
+        self, joined: dict[str, Any]
+    ) -> tuple[MediaStreamTrack | None, MediaStreamTrack | None]:
+        """The audio and video this client sends (called once `joined` arrived)."""
         audio: MediaStreamTrack | None = ToneTrack() if self.audio else None
         video: MediaStreamTrack | None = None
         if self.video == "testsrc":
@@ -217,10 +233,27 @@ class ParlorClient:
         transceiver.setCodecPreferences(wanted + rtx)
 
     def _on_state(self) -> None:
-        if self.pc is not None and self.pc.connectionState == "connected" and self.connected_at is None:
+        if (
+            self.pc is not None
+            and self.pc.connectionState == "connected"
+            and self.connected_at is None
+        ):
             self.connected_at = time.monotonic()
 
+    def track_received(self, track: MediaStreamTrack, receiver: Any) -> None:
+        """A remote track arrived on `receiver` (its frames are read and counted next)."""
+
+    def frame_received(self, kind: str, frame: Any, at: float) -> None:
+        """A frame of `kind` was decoded at `at` (time.monotonic()) and counted."""
+
+    def socket_closed(self, at: float) -> None:
+        """The signaling socket closed at `at` (time.monotonic())."""
+
+    # -- the rest is this client's own --------------------------------------------------------
     def _on_track(self, track: MediaStreamTrack) -> None:
+        assert self.pc is not None
+        receiver = next((r for r in self.pc.getReceivers() if r.track is track), None)
+        self.track_received(track, receiver)
         self._consumers.append(asyncio.create_task(self._consume(track)))
 
     async def _consume(self, track: MediaStreamTrack) -> None:
@@ -240,6 +273,7 @@ class ParlorClient:
             got.last_at[kind] = now
             if kind == "video":
                 got.video_sizes.add((frame.width, frame.height))
+            self.frame_received(kind, frame, now)
 
     async def _read(self) -> None:
         assert self._ws is not None
@@ -253,25 +287,26 @@ class ParlorClient:
                 await self._handle(data)
         finally:
             self.close_code = self._ws.close_code
+            self.socket_closed(time.monotonic())
             self.closed.set()
-            await self._events.put({"type": "closed", "code": self.close_code})
+            await self._events.put({"type": SOCKET_CLOSED, "code": self.close_code})
 
     async def _handle(self, data: dict[str, Any]) -> None:
         kind = data.get("type")
-        if kind in ("joined", "error", "redirect") and self.joined is None:
-            if kind == "error":
+        if kind in (Message.JOINED, Message.ERROR, Message.REDIRECT) and self.joined is None:
+            if kind == Message.ERROR:
                 self.error = data
             await self._events.put(data)
-        elif kind == "answer" and self.pc is not None:
+        elif kind == Message.ANSWER and self.pc is not None:
             await self.pc.setRemoteDescription(RTCSessionDescription(data["sdp"], "answer"))
             self._answered.set()
-        elif kind == "offer" and self.pc is not None:
+        elif kind == Message.OFFER and self.pc is not None:
             await self.pc.setRemoteDescription(RTCSessionDescription(data["sdp"], "offer"))
             await self.pc.setLocalDescription(await self.pc.createAnswer())
-            await self.send({"type": "answer", "sdp": self.pc.localDescription.sdp})
-        elif kind == "terminated":
+            await self.send({"type": Message.ANSWER, "sdp": self.pc.localDescription.sdp})
+        elif kind == Message.TERMINATED:
             self.terminated = data
-        elif kind == "error":
+        elif kind == Message.ERROR:
             self.error = data
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -290,15 +325,19 @@ class ParlorClient:
             await asyncio.sleep(0.02)
         raise TimeoutError(f"no {kind!r} message within {timeout} s")
 
-    async def wait_frames(self, kind: str = "video", count: int = 10, timeout: float = 10.0) -> None:
+    async def wait_frames(
+        self, kind: str = "video", count: int = 10, timeout: float = 10.0
+    ) -> None:
         deadline = time.monotonic() + timeout
         while self.received.frames[kind] < count:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"received {self.received.frames[kind]} {kind} frames, wanted {count}")
+                raise TimeoutError(
+                    f"received {self.received.frames[kind]} {kind} frames, wanted {count}"
+                )
             await asyncio.sleep(0.02)
 
     async def leave(self) -> None:
-        await self.send({"type": "leave"})
+        await self.send({"type": Message.LEAVE})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.closed.wait(), 5)
         await self.close()
@@ -328,11 +367,13 @@ async def run_kiosk(args: Any) -> int:
         pin_ice_addresses([a.strip() for a in addresses.split(",") if a.strip()])
     client = ParlorClient(args.server, args.token, args.visit, video=args.video)
     first = await client.connect()
-    if first.get("type") != "joined":
+    if first.get("type") != Message.JOINED:
         print(json.dumps({"refused": first, "close_code": client.close_code}))
         await client.close()
         return 1
-    print(json.dumps({"joined": {k: v for k, v in first.items() if k != "ice_servers"}}), flush=True)
+    print(
+        json.dumps({"joined": {k: v for k, v in first.items() if k != "ice_servers"}}), flush=True
+    )
     started = time.monotonic()
     while not client.closed.is_set():
         if args.seconds and time.monotonic() - started >= args.seconds:
@@ -340,7 +381,23 @@ async def run_kiosk(args: Any) -> int:
             break
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(client.closed.wait(), 5)
-        print(json.dumps({"frames": dict(client.received.frames), "state": client.pc.connectionState if client.pc else None}), flush=True)
-    print(json.dumps({"ended": client.terminated, "close_code": client.close_code, "frames": dict(client.received.frames)}))
+        print(
+            json.dumps(
+                {
+                    "frames": dict(client.received.frames),
+                    "state": client.pc.connectionState if client.pc else None,
+                }
+            ),
+            flush=True,
+        )
+    print(
+        json.dumps(
+            {
+                "ended": client.terminated,
+                "close_code": client.close_code,
+                "frames": dict(client.received.frames),
+            }
+        )
+    )
     await client.close()
     return 0

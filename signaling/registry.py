@@ -25,7 +25,12 @@ class Call:
     warned: set[int] = field(default_factory=set)  # time-remaining thresholds already sent
 
     def participants(self) -> list[Session]:
+        """Live participants, provisional ones included (what a visit's capacity counts)."""
         return [s for s in self.sessions if not s.monitor and not s.ended]
+
+    def joined(self) -> list[Session]:
+        """Live sessions that were told `joined`: the ones that hear of others coming and going."""
+        return [s for s in self.sessions if s.joined and not s.ended]
 
     def session_of(self, peer: RelayPeer) -> Session | None:
         return next((s for s in self.sessions if s.peer is peer), None)
@@ -41,7 +46,9 @@ class LiveSessions:
     ended: int = 0  # sessions removed since start (signaling.memory trims after they end)
 
     def add(self, session: Session, call: Call) -> Session | None:
-        """Register a session; return the older session of the same identity it replaces."""
+        """Register a session (and its call, if the visit has none here yet); return the older
+        session of the same identity it replaces."""
+        call = self.calls.setdefault(session.visit.id, call)
         replaced = self.by_identity.get(session.identity)
         self.by_id[session.id] = session
         self.by_identity[session.identity] = session

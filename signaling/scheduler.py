@@ -11,9 +11,8 @@ import logging
 
 from aiohttp import web
 
-from policy.actor import SYSTEM
 from signaling import keys as K
-from signaling.enforcer import VISIT_OVER
+from signaling.protocol import Close, Message, Reason
 
 log = logging.getLogger("parlor.scheduler")
 
@@ -33,30 +32,34 @@ async def run(app: web.Application) -> None:
 
 
 async def tick(app: web.Application) -> float:
-    """Close due directives, warn and end visits; return how long to sleep."""
-    policy, enforcer, sessions = app[K.POLICY], app[K.ENFORCER], app[K.SESSIONS]
+    """Close due directives, start the ones due, warn and end visits; return how long to sleep."""
+    policy, enforcer, sessions, directives = (
+        app[K.POLICY],
+        app[K.ENFORCER],
+        app[K.SESSIONS],
+        app[K.DIRECTIVES],
+    )
     if app[K.READY].is_set():
-        for directive in await policy.close_due():
-            await enforcer.released(directive)
+        await directives.close_due()
+    await directives.start_due()
     now = policy.clock()
-    for directive in policy.index.active():  # directives issued to start later begin on time
-        ended = await enforcer.apply(directive)  # nothing if not in force yet, or applied already
-        if ended:
-            await policy.record_enforcement(SYSTEM, directive, ended)
     deadlines = []
     for call in list(sessions.calls.values()):
         left = call.visit.ends_at - now
         if left <= 0:
             await asyncio.gather(
-                *(enforcer.end_session(s, "visit-ended", VISIT_OVER) for s in list(call.sessions))
+                *(
+                    enforcer.end_session(s, Reason.VISIT_ENDED, Close.VISIT_OVER)
+                    for s in list(call.sessions)
+                )
             )
             continue
         deadlines.append(call.visit.ends_at)
         for threshold in WARNINGS:
             if left <= threshold and threshold not in call.warned:
                 call.warned.update(t for t in WARNINGS if t >= threshold)
-                message = {"type": "time-remaining", "seconds": int(left)}
-                await asyncio.gather(*(s.send(message) for s in call.sessions))
+                message = {"type": Message.TIME_REMAINING, "seconds": int(left)}
+                await asyncio.gather(*(s.send(message) for s in call.joined()))
                 break
         deadlines += [call.visit.ends_at - t for t in WARNINGS if t not in call.warned]
     directive_deadline = policy.index.next_deadline()

@@ -1,4 +1,10 @@
-"""A session: one participant's (or monitor's) live WebSocket plus its server-side peer."""
+"""A session: one participant's (or monitor's) live WebSocket plus its server-side peer.
+
+A session is in the live-session index from the moment its admission decided to admit it,
+before it is told: until its `joined` is sent it is *provisional* (`joined` False), and
+whoever ends it then (a directive, a newer session of the same identity, the visit's end)
+leaves telling the client to its admission, which refuses it (signaling/admission.py).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +17,23 @@ from aiohttp import web
 
 from policy.actor import Actor
 from policy.directive import Directive
-from policy.store import SessionRecord
+from policy.session import SessionRecord
 from policy.visit import Visit
 from relay import PeerClosed, RelayPeer
+from signaling.protocol import Message
 
 log = logging.getLogger("parlor.session")
+
+
+@dataclass(frozen=True)
+class Ending:
+    """Why and how a session ended: its recorded reason, the close code, the directive that
+    ended it (if one did) and what its person is told."""
+
+    reason: str
+    code: int
+    message: str
+    directive: Directive | None = None
 
 
 @dataclass(eq=False)
@@ -30,7 +48,11 @@ class Session:
     peer: RelayPeer
     record: SessionRecord
     audio_only: Directive | None = None
+    started: asyncio.Future[None] | None = None  # the write of its start record
+    joined: bool = False  # told `joined`: no longer provisional
+    announced: bool = False  # the others were told `participant-joined`
     ended: bool = False
+    ending: Ending | None = None
     negotiated: bool = False  # the client's first offer was answered and the peer wired in
     offer_outstanding: bool = False  # a server offer awaits the client's answer
     renegotiate_again: bool = False
@@ -51,6 +73,23 @@ class Session:
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "role": self.role, "name": self.name}
+
+    async def start_recorded(self) -> bool:
+        """Whether its start record is written, waiting for the write if it is under way.
+
+        A session whose start was never recorded has no end to record, and a directive does
+        not count it among the sessions it ended."""
+        if self.started is None:
+            return False
+        try:
+            await asyncio.shield(self.started)
+        except asyncio.CancelledError:
+            if not self.started.cancelled():
+                raise  # it is the caller that is being cancelled
+            return False
+        except Exception:  # the admission refuses it (`unavailable`)
+            return False
+        return True
 
     async def send(self, message: dict[str, Any]) -> bool:
         """Send a JSON message; a peer that went away is not an error for anyone else."""
@@ -77,4 +116,4 @@ class Session:
         except PeerClosed:  # it is being torn down; its own handler ends the session
             self.offer_outstanding = False
             return
-        await self.send({"type": "offer", "sdp": sdp})
+        await self.send({"type": Message.OFFER, "sdp": sdp})

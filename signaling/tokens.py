@@ -14,8 +14,16 @@ from dataclasses import dataclass
 import jwt
 
 from policy.actor import ROLES, Actor
+from signaling.protocol import Error
 
-SUB_KINDS = {"family": "contact", "kiosk": "device", "operator": "operator", "supervisor": "operator", "auditor": "auditor"}
+MAX_TOKEN_CHARS = 4 * 1024
+SUB_KINDS = {
+    "family": "contact",
+    "kiosk": "device",
+    "operator": "operator",
+    "supervisor": "operator",
+    "auditor": "auditor",
+}
 
 
 class TokenError(Exception):
@@ -49,7 +57,15 @@ class Tokens:
         self.leeway = leeway
         self.clock = clock
 
-    def issue(self, sub: str, role: str, ttl: float, *, visit: str | None = None, not_before: float | None = None) -> str:
+    def issue(
+        self,
+        sub: str,
+        role: str,
+        ttl: float,
+        *,
+        visit: str | None = None,
+        not_before: float | None = None,
+    ) -> str:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
         if ":" not in sub:
@@ -72,37 +88,39 @@ class Tokens:
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def verify(self, token: object) -> Claims:
-        if not isinstance(token, str) or not token or len(token) > 4096:
-            raise TokenError("bad-token", "a token is required")
-        if not token.isascii():  # a JWT is base64url and dots; PyJWT raises UnicodeEncodeError on the rest
-            raise TokenError("bad-token", "the token is not a JWT")
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
+            raise TokenError(Error.BAD_TOKEN, "a token is required")
+        if (
+            not token.isascii()
+        ):  # a JWT is base64url and dots; PyJWT raises UnicodeEncodeError on the rest
+            raise TokenError(Error.BAD_TOKEN, "the token is not a JWT")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise TokenError("bad-token", "the token is not a JWT") from None
+            raise TokenError(Error.BAD_TOKEN, "the token is not a JWT") from None
         algorithm = header.get("alg")
         if algorithm == "HS256":
             key: object = self._secret
         elif algorithm in ("EdDSA", "RS256") and self._public_key is not None:
             key = self._public_key
         else:
-            raise TokenError("bad-token", f"tokens signed with {algorithm!r} are not accepted")
+            raise TokenError(Error.BAD_TOKEN, f"tokens signed with {algorithm!r} are not accepted")
         try:
             claims = jwt.decode(
                 token, key, algorithms=[algorithm], leeway=self.leeway,
                 options={"require": ["sub", "role", "iat", "nbf", "exp", "jti"]},
             )  # fmt: skip
         except jwt.ExpiredSignatureError:
-            raise TokenError("expired-token", "the token has expired") from None
+            raise TokenError(Error.EXPIRED_TOKEN, "the token has expired") from None
         except jwt.ImmatureSignatureError:
-            raise TokenError("token-not-yet-valid", "the token is not valid yet") from None
+            raise TokenError(Error.TOKEN_NOT_YET_VALID, "the token is not valid yet") from None
         except jwt.PyJWTError:
-            raise TokenError("bad-token", "the token is not valid") from None
+            raise TokenError(Error.BAD_TOKEN, "the token is not valid") from None
         role, sub, visit = claims.get("role"), claims.get("sub"), claims.get("visit")
         if role not in ROLES or not isinstance(sub, str) or sub.split(":", 1)[0] != SUB_KINDS[role]:
-            raise TokenError("bad-token", "the token's role and subject do not agree")
+            raise TokenError(Error.BAD_TOKEN, "the token's role and subject do not agree")
         if role == "family" and not isinstance(visit, str):
-            raise TokenError("bad-token", "a family token must name its visit")
+            raise TokenError(Error.BAD_TOKEN, "a family token must name its visit")
         return Claims(
             actor=Actor(sub=sub, role=role, visit=visit if isinstance(visit, str) else None),
             jti=str(claims["jti"]),

@@ -12,8 +12,9 @@
 //   restricted         {action: "audio-only"|"none", directive}  ("none": video is allowed again)
 //   problem            {code, message}  (an `error` from the server)
 //   ended              {ending: {kind, reason, code, message, directive, errorCode?}}
+//                      (kind "unsupported": this browser cannot call; reason says what it lacks)
 
-import { openDevice } from "./localmedia.js";
+import { explainForFamily, missingCallSupport, openDevice } from "./localmedia.js";
 
 /** Close codes after which trying again cannot help (SPEC §5). */
 const FINAL_CLOSE_CODES = new Map([
@@ -83,6 +84,12 @@ export class CallClient extends EventTarget {
   }
 
   start() {
+    // Without WebRTC no attempt can succeed: end at once, never join and retry.
+    const missing = missingCallSupport();
+    if (missing) {
+      this.#finish({ kind: "unsupported", reason: missing, message: explainForFamily(missing) });
+      return;
+    }
     window.addEventListener("online", this.#onOnline);
     this.#connect();
   }

@@ -6,7 +6,7 @@
 import { busy, openDialog, problemBox, showSummary } from "./console-dialog.js";
 import { openDirectiveDialog } from "./console-directive-form.js";
 import { MonitorClient, MonitorView } from "./console-monitor.js";
-import { formatCountdown } from "./console-time.js";
+import { formatTimeLeft } from "./console-time.js";
 import { h, listNames, placeAfter } from "./ui.js";
 
 export class CallsView {
@@ -136,7 +136,7 @@ export class CallsView {
     const now = Date.now();
     for (const element of this.#el.grid.querySelectorAll("[data-ends-at]")) {
       const left = Date.parse(element.dataset.endsAt) - now;
-      element.textContent = Number.isNaN(left) ? "—" : formatCountdown(left);
+      element.textContent = Number.isNaN(left) ? "—" : formatTimeLeft(left);
       element.closest(".call-time")?.classList.toggle("is-warning", left <= 5 * 60_000);
     }
   }

@@ -5,7 +5,7 @@
 
 import { ApiError } from "./console-api.js";
 import { busy, clearErrorsOnEdit, field, openDialog, problemBox, showProblems, showSummary } from "./console-dialog.js";
-import { formatCountdown, formatLength, formatWhen } from "./console-time.js";
+import { formatLength, formatTimeLeft, formatWhen } from "./console-time.js";
 import { h } from "./ui.js";
 
 const ACTION_WORDS = { suspend: "Suspend", end: "End now", "audio-only": "Audio only" };
@@ -96,7 +96,7 @@ export class DirectivesView {
   tick() {
     const now = Date.now();
     for (const element of this.#el.body.querySelectorAll("[data-confirm-by]")) {
-      element.textContent = formatCountdown(Date.parse(element.dataset.confirmBy) - now);
+      element.textContent = formatTimeLeft(Date.parse(element.dataset.confirmBy) - now);
     }
     for (const element of this.#el.body.querySelectorAll("[data-expires-at]")) {
       const text = `in ${formatLength((Date.parse(element.dataset.expiresAt) - now) / 1000)}`;

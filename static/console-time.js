@@ -18,7 +18,7 @@ export const UNITS = [
 export const MAX_DIRECTIVE_SECONDS = 30 * 86400;
 
 /** 05:09 under an hour, 1:05:09 under a day, else "2 d 4 h". */
-export function formatCountdown(ms) {
+export function formatTimeLeft(ms) {
   const total = Math.max(0, Math.ceil(ms / 1000));
   const days = Math.floor(total / 86400);
   const hours = Math.floor((total % 86400) / 3600);

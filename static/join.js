@@ -8,6 +8,7 @@ import {
   explainForFamily,
   classifyMediaError,
   listDevices,
+  missingCallSupport,
   openDevice,
   openLocalMedia,
   playTestSound,
@@ -25,6 +26,7 @@ const tokenKey = `parlor.token.visit.${visit}`;
 const token = visit ? takeToken(tokenKey) : null;
 
 const TITLES = {
+  unsupported: "This browser cannot make the call",
   preview: "Check your camera and microphone",
   joining: "Joining the call",
   "in-call": "In the call",
@@ -49,11 +51,23 @@ function setState(state) {
   app.dataset.state = state;
   $("preview").hidden = state !== "preview";
   $("call").hidden = state !== "joining" && state !== "in-call";
-  $("end").hidden = state !== "ended";
+  $("end").hidden = state !== "ended" && state !== "unsupported";
   document.title = `${TITLES[state] ?? "Video visit"} — Parlor`;
 }
 
 // --- step 1: device check -----------------------------------------------------
+
+/**
+ * A browser without WebRTC or without camera access can never make this call:
+ * say so once, with what to do instead, and stop. No camera preview, no Join
+ * button, no socket, no retry (retrying cannot help, and the network is fine).
+ */
+function showUnsupported(kind) {
+  const ending = { kind: "unsupported", reason: kind, message: explainForFamily(kind) };
+  renderEndScreen($("end"), ending, { audience: "family" });
+  setState("unsupported");
+  $("end-title").focus();
+}
 
 async function startPreview(devices = {}) {
   setState("preview");
@@ -304,6 +318,8 @@ function showBrokenLink() {
 
 if (!visit || !token) {
   showBrokenLink();
+} else if (missingCallSupport()) {
+  showUnsupported(missingCallSupport());
 } else {
   $("join-button").addEventListener("click", joinCall);
   $("retry-media").addEventListener("click", () => startPreview());

@@ -3,9 +3,24 @@
 
 const VIDEO = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } };
 
+/** The browsers the family page is tested with (README: "Browsers"). */
+export const WORKING_BROWSERS = "an up-to-date Chrome, Edge or Firefox";
+
+/**
+ * What this browser lacks to make a call at all, or null: "no-webrtc" (no
+ * RTCPeerConnection, e.g. a WebKit build without WebRTC) or "unsupported" (no
+ * navigator.mediaDevices.getUserMedia: an old browser, or a page not opened over
+ * https). Nothing a retry can change, so the page must not try to join.
+ */
+export function missingCallSupport() {
+  if (typeof window.RTCPeerConnection !== "function") return "no-webrtc";
+  if (typeof navigator.mediaDevices?.getUserMedia !== "function") return "unsupported";
+  return null;
+}
+
 /** Why the camera or microphone could not be used, in a few fixed kinds. */
 export class LocalMediaError extends Error {
-  /** @param {"denied"|"not-found"|"in-use"|"unsupported"|"failed"} kind */
+  /** @param {"denied"|"not-found"|"in-use"|"unsupported"|"no-webrtc"|"failed"} kind */
   constructor(kind, cause) {
     super(kind);
     this.name = "LocalMediaError";
@@ -101,10 +116,17 @@ export function explainForFamily(kind, { cameraOnly = false } = {}) {
         `Another app seems to be using ${what}. ` +
         "Close other apps that might use it, such as another video call, then select Try again."
       );
+    case "no-webrtc":
+      return (
+        "It has no support for video calls (WebRTC). " +
+        `Open the link you were sent in ${WORKING_BROWSERS}, on a computer, tablet or phone. ` +
+        "Safari has not been tested with these calls yet."
+      );
     case "unsupported":
       return (
         "This browser cannot use a camera or microphone on this page. " +
-        "Try an up-to-date Chrome, Edge, Firefox or Safari, and open the link exactly as you received it."
+        `Open the link you were sent, exactly as it was sent, in ${WORKING_BROWSERS}. ` +
+        "Safari has not been tested with these calls yet."
       );
     default:
       return `Something went wrong when starting ${what}. Select Try again, or restart your browser.`;

@@ -49,6 +49,15 @@ export function describeEnd(ending, audience = "family") {
   const { reason = "", code, message = "", directive = null } = ending;
   const kiosk = audience === "kiosk";
 
+  if (ending.kind === "unsupported") {
+    return {
+      title: "This browser cannot make the video call.",
+      detail: kiosk ? "Please tell a member of staff." : message,
+      directive,
+      canRejoin: false,
+    };
+  }
+
   if (directive || reason.startsWith("directive:")) {
     return {
       title: "This call was stopped by facility staff.",

@@ -19,11 +19,31 @@ from signaling import keys as K
 from signaling.app import create_app
 from signaling.config import Config
 from signaling.kiosk import ParlorClient
+from signaling.listener import Listening, listen
+from tests.harness import system
+from tests.harness.ports import free_port
 
 SECRET = b"test-secret-that-is-long-enough-for-hs256-0123456789"
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 pin_ice_addresses(["127.0.0.1"])
+
+
+# Suites that need system software say so with tests/harness/system.py's `require(...)`.
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{system.MARKER}(*names): needs system software")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    system.check_marks(item)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    lines = system.summary_lines(terminalreporter.stats.get("skipped", []))
+    if lines:
+        terminalreporter.section("suites skipped: system software missing", yellow=True, bold=True)
+        for line in lines:
+            terminalreporter.line(line)
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:
@@ -45,7 +65,7 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
 @dataclass
 class Server:
     app: web.Application
-    runner: web.AppRunner
+    listening: Listening
     url: str
     http: aiohttp.ClientSession
 
@@ -95,14 +115,6 @@ class Server:
         return ParlorClient(self.url, token, visit, **kw)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 async def start_server(config: Config) -> Server:
     """Start an app; a config with port 0 gets a free port first, so the links it writes work."""
     if config.port == 0:
@@ -110,19 +122,16 @@ async def start_server(config: Config) -> Server:
 
         config = replace(config, port=free_port())
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", config.port)
-    await site.start()
+    listening = await listen(app, "127.0.0.1", config.port, app[K.CONNECTIONS], access_log=False)
     port = config.port
     return Server(
-        app=app, runner=runner, url=f"http://127.0.0.1:{port}", http=aiohttp.ClientSession()
+        app=app, listening=listening, url=f"http://127.0.0.1:{port}", http=aiohttp.ClientSession()
     )
 
 
 async def stop_server(server: Server) -> None:
     await server.http.close()
-    await server.runner.cleanup()
+    await server.listening.close()
 
 
 @pytest.fixture

@@ -478,3 +478,28 @@ async def test_audit_verify_detects_tampering_of_the_live_database(server):
         )
     status, report = await server.api("GET", "/api/v1/audit/verify", token="auditor")
     assert status == 200 and (report["ok"], report["first_bad"]) == (False, 4)
+
+
+# -- token refresh -------------------------------------------------------------------------
+async def test_token_refresh_is_refused_under_every_directive_that_matches_the_kiosk(server):
+    """A kiosk's refresh is an admission (SPEC §3): its subject keys are its facility's and
+    its own, the same ones its join is checked with, so `facility:F` refuses it too."""
+    await seed(server)
+    k1 = (await make_visit(server, ["C1"]))["join"]["device"]["token"]  # kiosk K1, facility F1
+    k2 = (await make_visit(server, ["D1"], inmate="I2", device="K2"))["join"]["device"]["token"]
+    for scope in ("facility:F1", "device:K1", "system"):
+        status, directive = await server.api("POST", "/api/v1/directives", {
+            "scope": scope, "action": "suspend", "reason": "Lockdown", "legal_basis": "Rule 7.1",
+            "expires_at": future(3600)})  # fmt: skip
+        assert status == 201, directive
+        status, body = await server.api("POST", "/api/v1/tokens/refresh", {}, token=k1)
+        assert status == 409 and body["error"]["code"] == "suspended", (scope, body)
+        assert body["directive"]["id"] == directive["id"]
+        status, body = await server.api("POST", "/api/v1/tokens/refresh", {}, token=k2)
+        assert (status == 409) == (scope == "system"), (scope, body)  # F2's kiosk: only by system
+        status, _ = await server.api(
+            "POST", f"/api/v1/directives/{directive['id']}/lift", {"reason": "over"}
+        )
+        assert status == 200
+    status, body = await server.api("POST", "/api/v1/tokens/refresh", {}, token=k1)
+    assert status == 200 and server.tokens.verify(body["token"]).actor.sub == "device:K1"

@@ -20,7 +20,7 @@ import pytest
 
 from policy.audit import GENESIS, seal
 from signaling.tokens import Tokens
-from tests.conftest import free_port
+from tests.harness.ports import free_port
 
 PARLOR = Path(sys.executable).with_name("parlor")
 SECRET = "cli-test-secret-that-is-long-enough-0123456789"

@@ -3,15 +3,17 @@ seeded server (tests/conftest.py binds it to a known port, so the links it write
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_asyncio
 from playwright.async_api import Browser
 
-from tests.browser.chromium import launch_chromium
 from tests.conftest import Server, make_config, seed, start_server, stop_server
+from tests.harness.chromium import launch_chromium
 
 
 async def seeded_server(tmp_path: Path, **config: Any) -> Server:
@@ -42,3 +44,15 @@ async def browser(chromium: Browser) -> AsyncIterator[Browser]:
     yield chromium
     for context in set(chromium.contexts) - before:
         await context.close()
+
+
+def media_faults(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What went wrong on the server side: any error (e.g. a failed
+    renegotiation), and any warning of aiortc or the relay (e.g. a transport
+    that died parsing a client's RTP header extensions)."""
+    return [
+        f"{r.levelname} {r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.levelno >= logging.ERROR
+        or (r.levelno >= logging.WARNING and r.name.split(".")[0] in ("aiortc", "relay"))
+    ]

@@ -14,7 +14,6 @@ Screenshots go to tests/artifacts/.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,47 +21,25 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, ConsoleMessage, Page
+from playwright.async_api import Browser
 
 from policy.rfc3339 import format_time
-from tests.browser.chromium import CHROMIUM, Watched, watched_page
-from tests.browser.conftest import seeded_server
+from tests.browser.conftest import media_faults, seeded_server
 from tests.conftest import (
-    ARTIFACTS,
     Server,
     make_visit,
     stop_server,
 )
+from tests.harness import callpage
+from tests.harness.chromium import Watched, call_page
+from tests.harness.system import require
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium"),
+    require("chromium"),
     pytest.mark.asyncio(loop_scope="module"),  # one Chromium for the module
 ]
 LIGHT = {"size": (160, 120), "fps": 10}  # the aiortc participant: enough video, little CPU
-
-# The tile's <video>, its MediaStream's video track, that track's receiver on
-# the page's peer connection, and the receiver's inbound-rtp statistics.
-REMOTE_VIDEO = """async (selector) => {
-  const video = document.querySelector(selector);
-  const track = video?.srcObject?.getVideoTracks?.()[0];
-  if (!track) return null;
-  const receiver = window.__parlorPc?.getReceivers().find((r) => r.track === track);
-  let inbound = null;
-  let stats = null;
-  if (receiver) {
-    stats = await receiver.getStats();
-    stats.forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "video") inbound = r; });
-  }
-  return {
-    width: video.videoWidth,
-    height: video.videoHeight,
-    time: video.currentTime,
-    paused: video.paused,
-    framesDecoded: inbound?.framesDecoded ?? 0,
-    codec: inbound && stats.get(inbound.codecId)?.mimeType || null,
-  };
-}"""
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -74,99 +51,22 @@ async def live_h264(tmp_path: Path) -> AsyncIterator[Server]:
         await stop_server(srv)
 
 
-async def open_watched(browser: Browser, url: str) -> Watched:
-    """A page in its own context; besides errors it records call.js's warnings
-    ("parlor: signaling step failed" is how a refused server offer shows)."""
-    watched = await watched_page(browser)
-
-    def warning(message: ConsoleMessage) -> None:
-        if message.type == "warning" and message.text.startswith("parlor:"):
-            watched.errors.append(f"console warning: {message.text}")
-
-    watched.page.on("console", warning)
-    await watched.page.goto(url)
-    return watched
-
-
-async def state(page: Page, value: str, timeout: float = 15_000) -> None:
-    await page.wait_for_selector(f'#app[data-state="{value}"]', timeout=timeout)
-
-
-async def shoot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-
-
 async def start_call(
     browser: Browser, srv: Server, visit: dict[str, Any]
 ) -> tuple[Watched, Watched]:
     """The family joins through the device check while the kiosk joins by itself."""
 
     async def family() -> Watched:
-        watched = await open_watched(
-            browser, f"{srv.url}/join/{visit['id']}#token={visit['join']['C1']['token']}"
-        )
-        await state(watched.page, "preview")
-        await watched.page.wait_for_selector("#join-button:enabled", timeout=15_000)
-        await watched.page.click("#join-button")
-        await state(watched.page, "in-call")
+        watched = await call_page(browser)
+        await callpage.join_as_family(watched, callpage.links(srv.url, visit).family)
         return watched
 
     async def kiosk() -> Watched:
-        watched = await open_watched(
-            browser, f"{srv.url}/kiosk#token={visit['join']['device']['token']}"
-        )
-        await state(watched.page, "in-call")
+        watched = await call_page(browser)
+        await callpage.open_kiosk(watched, callpage.links(srv.url, visit).kiosk)
         return watched
 
     return await asyncio.gather(family(), kiosk())
-
-
-async def remote_video(page: Page, selector: str) -> dict[str, Any] | None:
-    return await page.evaluate(REMOTE_VIDEO, selector)
-
-
-async def assert_plays(page: Page, selector: str, timeout: float = 15.0) -> dict[str, Any]:
-    """The remote <video> shows a picture that moves: size, clock and decoded frames advance."""
-    deadline = time.monotonic() + timeout
-    first: dict[str, Any] | None = None
-    last: dict[str, Any] | None = None
-    while time.monotonic() < deadline:
-        last = await remote_video(page, selector)
-        if last and last["width"] > 0 and last["framesDecoded"] > 0:
-            if first is None:
-                first = last
-            elif (
-                last["time"] > first["time"] + 0.3
-                and last["framesDecoded"] >= first["framesDecoded"] + 5
-            ):
-                assert not last["paused"]
-                return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{selector} does not play on {page.url}: first {first}, last {last}")
-
-
-async def sole_remote(page: Page) -> str:
-    await page.wait_for_selector(
-        "figure.tile[data-participant] video.remote-video", state="attached"
-    )
-    ids = await page.eval_on_selector_all(
-        "figure.tile[data-participant]", "els => els.map(e => e.dataset.participant)"
-    )
-    assert len(ids) == 1, ids
-    return f'figure.tile[data-participant="{ids[0]}"] video.remote-video'
-
-
-def media_faults(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """What went wrong on the server side: any error (e.g. a failed
-    renegotiation), and any warning of aiortc or the relay (e.g. a transport
-    that died parsing a client's RTP header extensions)."""
-    return [
-        f"{r.levelname} {r.name}: {r.getMessage()}"
-        for r in caplog.records
-        if r.levelno >= logging.ERROR
-        or (r.levelno >= logging.WARNING and r.name.split(".")[0] in ("aiortc", "relay"))
-    ]
 
 
 async def self_view_covers(page: Any) -> list[str]:
@@ -184,7 +84,7 @@ async def self_view_covers(page: Any) -> list[str]:
 
 async def both_play(pages: list[Watched], selectors: list[str]) -> list[dict[str, Any]]:
     return await asyncio.gather(
-        *(assert_plays(w.page, sel) for w, sel in zip(pages, selectors, strict=True))
+        *(callpage.plays(w, sel) for w, sel in zip(pages, selectors, strict=True))
     )
 
 
@@ -194,10 +94,10 @@ async def test_family_and_kiosk_see_each_other(
     visit = await make_visit(live, ["C1"])
     family, kiosk = await start_call(browser, live, visit)
     pages = [family, kiosk]
-    seen = await both_play(pages, [await sole_remote(w.page) for w in pages])
+    seen = await both_play(pages, [await callpage.sole_remote(w) for w in pages])
     assert [s["codec"] for s in seen] == ["video/VP8", "video/VP8"], seen
-    await shoot(family.page, "call-pages-family-vp8")
-    await shoot(kiosk.page, "call-pages-kiosk-vp8")
+    await family.screenshot("call-pages-family-vp8")
+    await kiosk.screenshot("call-pages-kiosk-vp8")
     for watched in pages:
         assert await watched.problems() == []
     assert media_faults(caplog) == []
@@ -209,7 +109,7 @@ async def test_late_joiner_reaches_both_pages_and_old_streams_keep_playing(
     visit = await make_visit(live, ["C1", "C2"])
     family, kiosk = await start_call(browser, live, visit)
     pages = [family, kiosk]
-    before = [await sole_remote(w.page) for w in pages]
+    before = [await callpage.sole_remote(w) for w in pages]
     await both_play(pages, before)
 
     # A third participant (aiortc, light media) joins: the relay re-offers to both pages.
@@ -224,8 +124,8 @@ async def test_late_joiner_reaches_both_pages_and_old_streams_keep_playing(
         await both_play(pages, before)
         for watched in pages:  # with two people on screen, your own picture covers neither
             assert await self_view_covers(watched.page) == [], await self_view_covers(watched.page)
-        await shoot(family.page, "call-pages-family-three")
-        await shoot(kiosk.page, "call-pages-kiosk-three")
+        await family.screenshot("call-pages-family-three")
+        await kiosk.screenshot("call-pages-kiosk-three")
         await late.wait_frames("video", count=20, timeout=10)  # it sees the pages, too
         for watched in pages:
             assert await watched.problems() == []
@@ -240,10 +140,10 @@ async def test_h264_call_plays_on_both_pages(
     visit = await make_visit(live_h264, ["C1"])
     family, kiosk = await start_call(browser, live_h264, visit)
     pages = [family, kiosk]
-    seen = await both_play(pages, [await sole_remote(w.page) for w in pages])
+    seen = await both_play(pages, [await callpage.sole_remote(w) for w in pages])
     assert [s["codec"] for s in seen] == ["video/H264", "video/H264"], seen
-    await shoot(family.page, "call-pages-family-h264")
-    await shoot(kiosk.page, "call-pages-kiosk-h264")
+    await family.screenshot("call-pages-family-h264")
+    await kiosk.screenshot("call-pages-kiosk-h264")
     for watched in pages:
         assert await watched.problems() == []
     assert media_faults(caplog) == []
@@ -254,7 +154,7 @@ async def test_suspending_the_contact_ends_the_family_call_only(
 ) -> None:
     visit = await make_visit(live, ["C1"])
     family, kiosk = await start_call(browser, live, visit)
-    await both_play([family, kiosk], [await sole_remote(w.page) for w in (family, kiosk)])
+    await both_play([family, kiosk], [await callpage.sole_remote(w) for w in (family, kiosk)])
 
     reason, basis = "Contraband passed on camera", "Rule 51(4) Prison Rules"
     status, directive = await live.api(
@@ -265,15 +165,15 @@ async def test_suspending_the_contact_ends_the_family_call_only(
     )  # fmt: skip
     assert status == 201, directive
     issued = time.monotonic()
+    await callpage.state(family, "ended", timeout=2.0)
     page = family.page
-    await state(page, "ended", timeout=2_000)
     assert time.monotonic() - issued < 2.0
     assert reason in (await page.text_content("#end-reason") or "")
     assert basis in (await page.text_content("#end-legal-basis") or "")
     assert await page.is_visible("#appeal-link")
     appeal = await page.get_attribute("#appeal-link", "href") or ""
     assert appeal.startswith(live.url) and directive["id"] in appeal, appeal
-    await shoot(page, "call-pages-family-suspended")
+    await family.screenshot("call-pages-family-suspended")
 
     # The kiosk keeps its call: it takes the server's offer that retires the
     # family's media, stays in the call and connected.
@@ -286,6 +186,6 @@ async def test_suspending_the_contact_ends_the_family_call_only(
     await asyncio.sleep(0.5)
     assert await kiosk.page.get_attribute("#app", "data-state") == "in-call"
     assert await kiosk.page.evaluate("window.__parlorPc?.connectionState") == "connected"
-    await shoot(kiosk.page, "call-pages-kiosk-after-suspend")
+    await kiosk.screenshot("call-pages-kiosk-after-suspend")
     assert await kiosk.problems() == []
     assert media_faults(caplog) == []

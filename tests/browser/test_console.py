@@ -21,12 +21,13 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page
 
-from tests.browser.chromium import CHROMIUM, Watched
-from tests.browser.chromium import open_page as open_watched
 from tests.conftest import (
     Server,
     make_visit,
 )
+from tests.harness.chromium import Watched
+from tests.harness.chromium import open_page as open_watched
+from tests.harness.system import require
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -34,7 +35,7 @@ LIGHT = {"size": (160, 120), "fps": 10}  # aiortc participants: enough video, li
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium"),
+    require("chromium"),
     pytest.mark.asyncio(loop_scope="module"),  # one Chromium for the module
 ]
 
@@ -223,7 +224,7 @@ async def test_grid_suspend_contact_family_notice_and_appeal(
 
         # ... and it reaches the console's queue live, through the event stream.
         await page.wait_for_function(
-            "document.getElementById('count-appeals').textContent === '(1)'", timeout=2_000
+            "() => document.getElementById('count-appeals').textContent === '(1)'", timeout=2_000
         )
         await tab(page, "appeals")
         appeal_card = page.locator(f'article[data-appeal="{appeal_id}"]')

@@ -17,29 +17,18 @@ import sys
 
 import pytest
 
-from tests.browser.chromium import CHROMIUM
 from tests.harness import netns
+from tests.harness.system import require
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium"),
+    require("chromium", "netem"),
     pytest.mark.asyncio,
 ]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def need_lossy_namespace() -> None:
-    missing = netns.missing()
-    if missing is None:
-        return
-    reason = f"a lossy network namespace needs: {missing}"
-    if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
-        pytest.fail(f"{reason}; under CI=true it may not be skipped", pytrace=False)
-    pytest.skip(reason)
-
-
 async def test_three_percent_loss_freezes_no_video_longer_than_a_second() -> None:
-    need_lossy_namespace()
     run = await netns.run_with_loss(
         [sys.executable, "-m", "tests.harness.losscall", "--seconds", "20"],
         0.03,

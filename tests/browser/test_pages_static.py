@@ -24,7 +24,8 @@ import pytest_asyncio
 from aiohttp import WSMsgType, web
 from playwright.async_api import Browser, Page
 
-from tests.browser.chromium import CHROMIUM, DESKTOP, Watched, launch_chromium, open_page
+from tests.harness.chromium import DESKTOP, Watched, launch_chromium, open_page
+from tests.harness.system import require
 
 ROOT = Path(__file__).resolve().parents[2]
 STATIC = ROOT / "static"
@@ -34,7 +35,7 @@ PHONE = {"width": 390, "height": 844}
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium"),
+    require("chromium"),
 ]
 
 

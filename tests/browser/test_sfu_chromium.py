@@ -17,13 +17,14 @@ import pytest
 from playwright.async_api import Browser
 
 from signaling import keys as K
-from tests.browser.chromium import CHROMIUM
-from tests.browser.test_call_pages import both_play, sole_remote, start_call
+from tests.browser.test_call_pages import both_play, start_call
 from tests.conftest import Server, make_visit
+from tests.harness import callpage
+from tests.harness.system import require
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium"),
+    require("chromium"),
     pytest.mark.asyncio(loop_scope="module"),
 ]
 TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
@@ -52,7 +53,7 @@ async def test_transport_cc_is_negotiated_fed_back_and_chromium_ramps(
 ) -> None:
     visit = await make_visit(live, ["C1"])
     family, kiosk = await start_call(browser, live, visit)
-    await both_play([family, kiosk], [await sole_remote(w.page) for w in (family, kiosk)])
+    await both_play([family, kiosk], [await callpage.sole_remote(w) for w in (family, kiosk)])
 
     for watched in (family, kiosk):
         # The server's latest offer: the page's own m-lines first (the relay receives

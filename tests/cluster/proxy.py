@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from tests.cluster.pg import free_port
+from tests.harness.ports import free_port
 
 
 class Proxy:

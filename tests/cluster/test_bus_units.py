@@ -10,11 +10,14 @@ import pytest
 
 from policy.audit import AuditEvent
 from policy.directive import Directive
-from policy.pgstore import PostgresStore, announced, announcement, numbered, postgres_ddl
-from policy.store import SCHEMA, SqliteStore
-from signaling.bus import REDIRECT, EmbeddedBus, PostgresBus, open_bus, ws_url
+from policy.store import SqliteStore
+from policy.store.postgres import PostgresStore, announced, announcement, numbered, postgres_ddl
+from policy.store.sql import SCHEMA
+from signaling.bus import EmbeddedBus, PostgresBus, open_bus, ws_url
 from signaling.config import ConfigError, load_config
+from signaling.directives import Directives
 from signaling.enforcer import Enforcer
+from signaling.protocol import Close
 from signaling.registry import LiveSessions
 from tests.conftest import SECRET, make_config
 
@@ -22,7 +25,7 @@ ENV = {"PARLOR_SECRET": SECRET.decode()}
 
 
 def test_redirect_close_code_is_outside_spec_codes() -> None:
-    assert REDIRECT == 4307
+    assert Close.REDIRECT == 4307
 
 
 def test_ws_url_of_a_node() -> None:
@@ -46,11 +49,9 @@ def test_the_store_chooses_the_bus(tmp_path: Path) -> None:
         from policy.service import Policy
 
         policy = Policy(store=store)
-        sessions = LiveSessions()
-        enforcer = Enforcer(sessions=sessions, policy=policy)
-        return open_bus(
-            make_config(tmp_path, **config), store, policy, enforcer, sessions, asyncio.Event()
-        )
+        enforcer = Enforcer(sessions=LiveSessions(), policy=policy)
+        directives = Directives(policy=policy, enforcer=enforcer, node_id="A")
+        return open_bus(make_config(tmp_path, **config), store, directives, asyncio.Event())
 
     assert isinstance(bus_for(SqliteStore(tmp_path / "p.db")), EmbeddedBus)
     pg = bus_for(PostgresStore("postgresql://x@127.0.0.1:1/db"), node_id="B", port=8081)
@@ -126,14 +127,14 @@ class LogOnly:
         return self.directives.get(directive_id)
 
 
-def _bus(tmp_path: Path, store: LogOnly) -> tuple[PostgresBus, Enforcer]:
+def _bus(tmp_path: Path, store: LogOnly) -> tuple[PostgresBus, Directives]:
     from policy.service import Policy
 
-    policy = Policy(store=SqliteStore(tmp_path / "unused.db"))
-    sessions = LiveSessions()
-    enforcer = Enforcer(sessions=sessions, policy=policy)
-    bus = PostgresBus(store, policy, enforcer, sessions, asyncio.Event(), node_id="A", url="ws://a")  # type: ignore[arg-type]
-    return bus, enforcer
+    policy = Policy(store=store)  # type: ignore[arg-type]
+    enforcer = Enforcer(sessions=LiveSessions(), policy=policy)
+    directives = Directives(policy=policy, enforcer=enforcer, node_id="A")
+    bus = PostgresBus(store, store, directives, asyncio.Event(), node_id="A", url="ws://a")  # type: ignore[arg-type]
+    return bus, directives
 
 
 def _suspension(id: str) -> Directive:
@@ -149,13 +150,15 @@ async def test_the_next_announced_directive_is_enforced_without_reading_the_data
     directive = _suspension("D1")
     issued = _event(6, "directive.issued", directive.to_json())
     store = LogOnly([issued], {})  # the directive is not even readable: the payload is enough
-    bus, enforcer = _bus(tmp_path, store)
+    bus, directives = _bus(tmp_path, store)
     bus.cursor = 5
     bus._notified(6, issued)
     await bus._catch_up()
     assert store.reads == []
-    assert bus.cursor == 6 and "D1" in enforcer.applied
-    assert bus.policy.index.by_id["D1"].to_json() == directive.to_json()  # to the microsecond
+    assert bus.cursor == 6 and "D1" in directives.stopped
+    assert (
+        directives.policy.index.by_id["D1"].to_json() == directive.to_json()
+    )  # to the microsecond
 
 
 async def test_a_gap_or_a_bare_number_is_read_from_the_log(tmp_path) -> None:
@@ -166,12 +169,12 @@ async def test_a_gap_or_a_bare_number_is_read_from_the_log(tmp_path) -> None:
         _event(8, "directive.issued", d3.to_json()),
     ]
     store = LogOnly(events, {"D2": d2, "D3": d3})
-    bus, enforcer = _bus(tmp_path, store)
+    bus, directives = _bus(tmp_path, store)
     bus.cursor = 5
     bus._notified(8, events[2])  # 6 and 7 were never announced here
     await bus._catch_up()
     assert store.reads[0] == "log>5" and bus.cursor == 8
-    assert {"D2", "D3"} <= enforcer.applied
+    assert {"D2", "D3"} <= directives.stopped
     # from the log, a directive's *current* state is read: a later event may have changed it
     assert "directive:D2" in store.reads
     store.reads.clear()
@@ -197,9 +200,9 @@ async def test_an_event_this_node_wrote_only_moves_the_cursor(tmp_path) -> None:
     directive = _suspension("D4")
     issued = _event(6, "directive.issued", directive.to_json())
     store = LogOnly([issued], {})
-    bus, enforcer = _bus(tmp_path, store)
+    bus, directives = _bus(tmp_path, store)
     bus.cursor = 5
     bus._notified(6, issued, True)
     await bus._catch_up()
     assert store.reads == [] and bus.cursor == 6 and store.head_seq == 6
-    assert "D4" not in enforcer.applied and "D4" not in bus.policy.index.by_id
+    assert "D4" not in directives.stopped and "D4" not in directives.policy.index.by_id

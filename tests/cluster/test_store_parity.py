@@ -16,14 +16,17 @@ from typing import Any
 import asyncpg
 import pytest
 
+from policy.appeal import Appeal
 from policy.audit import GENESIS, verify_chain
 from policy.directive import Directive
 from policy.errors import Conflict, StoreUnavailable
-from policy.pgstore import PostgresStore
 from policy.roster import Contact, Device, Facility, Inmate
-from policy.store import Appeal, AuditDraft, SessionRecord, SqliteStore, Store, open_store
+from policy.session import SessionRecord
+from policy.store import AuditDraft, SqliteStore, Store, open_store
+from policy.store.postgres import PostgresStore
 from policy.visit import Visit
-from tests.cluster.pg import PostgresServer, free_port
+from tests.harness.pg import PostgresServer
+from tests.harness.ports import free_port
 
 pytestmark = pytest.mark.cluster
 

@@ -27,8 +27,8 @@ from tests.cluster.conftest import (
     start_node,
     wait_for,
 )
-from tests.cluster.pg import free_port
 from tests.conftest import SECRET, Server, make_visit, seed, stop_server
+from tests.harness.ports import free_port
 
 pytestmark = pytest.mark.cluster
 

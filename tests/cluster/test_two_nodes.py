@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from policy.pgstore import PostgresStore
+from policy.store.postgres import PostgresStore
 from signaling import keys as K
-from signaling.bus import REDIRECT, STALE_AFTER, ws_url
+from signaling.bus import STALE_AFTER, ws_url
+from signaling.protocol import Close
 from tests.cluster.conftest import (
     client,
     close_all,
@@ -188,7 +189,7 @@ async def test_a_participant_reaching_b_for_a_visit_on_a_is_redirected(cluster):
         first = await c2.connect()
         await c2.close()
         assert first == {**first, "type": "redirect", "url": ws_url(a.url)}
-        assert c2.close_code == REDIRECT == 4307
+        assert c2.close_code == Close.REDIRECT == 4307
         assert not b.app[K.SESSIONS].calls  # B holds nothing for this visit
 
         # Following the redirect joins the call on A, with the others.

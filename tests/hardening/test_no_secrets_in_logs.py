@@ -4,7 +4,7 @@ A realistic workflow — roster and visit through the API, a kiosk and a family 
 real call, a monitor, the staff event stream, token refresh, a directive that ends the call
 (its notice carries an appeal token), a refused rejoin, an appeal decided and lifted, forged
 and expired tokens — runs twice: in-process with every logger at DEBUG and the aiohttp access
-log in the production format of signaling/cli.py, and against `parlor serve` in its own
+log through signaling/listener.py as `parlor serve` does, and against `parlor serve` in its own
 process with PARLOR_LOG_LEVEL=DEBUG, whose log file is then searched. Every token the
 workflow saw (and its signature alone) and the HS256 secret must be absent from both.
 """
@@ -12,7 +12,6 @@ workflow saw (and its signature alone) and the HS256 secret must be absent from 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import re
@@ -22,13 +21,12 @@ from typing import Any
 
 import aiohttp
 import jwt
-from aiohttp import web
 
 from bench.harness import ServerProcess
-from signaling import cli
 from signaling import keys as K
 from signaling.app import create_app
 from signaling.kiosk import ParlorClient
+from signaling.listener import listen
 from signaling.logs import JsonFormatter
 from signaling.tokens import Tokens
 from tests.conftest import SECRET, make_config
@@ -37,13 +35,6 @@ from tests.integration.test_directives import LIGHT, directive_body
 
 Mint = Callable[[str, str], str]
 TOKEN = re.compile(r"#token=([A-Za-z0-9_\-.]+)")
-
-
-def production_access_log_format() -> str:
-    """The access-log format `parlor serve` uses, read from signaling/cli.py itself."""
-    found = re.search(r"access_log_format='([^']+)'", inspect.getsource(cli.cmd_serve))
-    assert found, "signaling/cli.py no longer sets access_log_format: update this test"
-    return found.group(1)
 
 
 class Api:
@@ -215,19 +206,16 @@ async def test_no_token_or_secret_in_debug_logs_in_process(tmp_path):
     root.addHandler(capture)
     root.setLevel(logging.DEBUG)
     app = create_app(make_config(tmp_path, **UNLIMITED))
-    runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access"),
-                           access_log_format=production_access_log_format())  # fmt: skip
+    listening = await listen(app, "127.0.0.1", 0, app[K.CONNECTIONS])  # as `parlor serve` does
     try:
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         issuer = app[K.TOKENS]
         tokens = await workflow(
-            f"http://127.0.0.1:{port}", lambda sub, role: issuer.issue(sub, role, 3600), SECRET
+            f"http://127.0.0.1:{listening.port}",
+            lambda sub, role: issuer.issue(sub, role, 3600),
+            SECRET,
         )
     finally:
-        await runner.cleanup()
+        await listening.close()
         root.removeHandler(capture)
         root.setLevel(level)
     text = "\n".join(capture.lines)

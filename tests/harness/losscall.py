@@ -46,7 +46,7 @@ def _pick(stats: dict[str, Any] | None, fields: tuple[str, ...]) -> dict[str, An
 
 async def call(seconds: float) -> dict[str, Any]:
     from bench.harness import ServerProcess, seed_calls
-    from tests.browser.chromium import launch_chromium, watched_page
+    from tests.harness.chromium import launch_chromium, watched_page
 
     server = ServerProcess(Path(tempfile.mkdtemp(prefix="parlor-loss-")))
     await server.start()

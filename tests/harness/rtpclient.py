@@ -377,6 +377,13 @@ class RtpClient:
         """The video packet sent (or skipped) with ``sequence``, as it went out (plaintext)."""
         return self._history.get(sequence)
 
+    def send_payload(self, kind: str, payload: bytes, timestamp: int) -> int:
+        """Send one packet of ``kind`` carrying ``payload`` (marker set); its sequence number."""
+        sender = self._senders[kind]
+        sequence = int(sender["sequence"])
+        self._send(kind, sender, payload, timestamp & 0xFFFFFFFF, True)
+        return sequence
+
     def send_rtx(self, sequence: int) -> None:
         """Resend video packet ``sequence`` as RTX, unasked (as Chromium probes bandwidth)."""
         sender = self._senders["video"]

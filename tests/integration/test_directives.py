@@ -208,7 +208,7 @@ async def test_renegotiation_offer_is_an_admission(server):
             issued_by="operator:other-node", issued_at=now, starts_at=now, expires_at=now + 600,
         )  # fmt: skip
         policy.learn(known)
-        server.app[K.ENFORCER].applied.add(known.id)  # as if another path was about to enforce it
+        server.app[K.DIRECTIVES].stopped.add(known.id)  # as if another path was about to enforce it
         await c1.pc.setLocalDescription(await c1.pc.createOffer())
         await c1.send({"type": "offer", "sdp": c1.pc.localDescription.sdp})
         await asyncio.wait_for(c1.closed.wait(), 5)

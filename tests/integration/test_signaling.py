@@ -76,6 +76,30 @@ async def test_newer_session_of_the_same_identity_replaces_the_older(server):
         await asyncio.gather(first.close(), second.close())
 
 
+async def test_the_first_message_of_a_replacing_session_is_joined(server):
+    """SPEC §5: every session's first server message is `joined` — also for a second window
+    that replaces the first, in a call where others hear the first one go."""
+    await seed(server)
+    visit = await make_visit(server, ["C1"])
+    token = visit["join"]["C1"]["token"]
+    kiosk = server.client(visit["join"]["device"]["token"], visit["id"], **LIGHT)
+    first = server.client(token, visit["id"], **LIGHT)
+    second = server.client(token, visit["id"], **LIGHT)
+    try:
+        assert (await kiosk.connect())["type"] == "joined"
+        one = await first.connect()
+        await second.connect()
+        await asyncio.wait_for(first.closed.wait(), 5)
+        await kiosk.wait_for("participant-left")
+        assert [m["type"] for m in second.messages][:2] == ["joined", "time-remaining"]
+        assert [p["role"] for p in second.joined["participants"]] == ["kiosk"]
+        # the kiosk hears the first window go; the second never hears of its predecessor
+        assert kiosk.last("participant-left")["participant"] == one["session"]
+        assert not any(m["type"] == "participant-left" for m in second.messages)
+    finally:
+        await asyncio.gather(kiosk.close(), first.close(), second.close())
+
+
 async def test_visit_ends_on_the_server_at_ends_at(server):
     await seed(server)
     visit = await make_visit(server, ["C1"], starts_in=-1, length=4)

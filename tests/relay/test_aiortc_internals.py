@@ -565,6 +565,11 @@ async def test_private_packet_path_names_exist() -> None:
     for name in (internals.SENDER_SSRC, internals.SENDER_RTX_SSRC):
         assert hasattr(transceiver.sender, name), f"{UPDATE}: RTCRtpSender has no {name}"
     assert hasattr(pc, internals.PC_CNAME), f"{UPDATE}: RTCPeerConnection keeps no CNAME"
+    for name in (internals.RECEIVER_BITRATE_ESTIMATOR, internals.RECEIVER_NACK_GENERATOR):
+        assert hasattr(transceiver.receiver, name), f"{UPDATE}: RTCRtpReceiver has no {name}"
+    handle = inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
+    assert "self.__remote_bitrate_estimator is not None" in handle, UPDATE
+    assert "self.__nack_generator is not None" in handle, UPDATE
     connect = inspect.getsource(RTCPeerConnection._RTCPeerConnection__connect)  # type: ignore[attr-defined]
     assert "sender.send(" in connect and "receiver.receive(" in connect, (
         f"{UPDATE}: aiortc no longer starts senders and receivers in __connect"
@@ -677,3 +682,28 @@ async def test_extend_negotiation_keeps_transport_cc_and_asks_for_opus_fec() -> 
     assert all(e.uri != TRANSPORT_CC for k in HEADER_EXTENSIONS for e in HEADER_EXTENSIONS[k])
     assert not any("useinbandfec" in c.parameters for c in CODECS["audio"])
     await server.close()
+
+
+async def test_srtp_sessions_are_widened_for_packets_publishers_make() -> None:
+    """GStreamer fills a 1400-byte MTU; pylibsrtp alone refuses to protect over 1356."""
+    import os
+
+    import pylibsrtp
+
+    def session(direction: int) -> pylibsrtp.Session:
+        policy = pylibsrtp.Policy(key=bytes(30), ssrc_type=direction)
+        return pylibsrtp.Session(policy)
+
+    packet = struct.pack("!BBHII", 0x80, 96, 1, 3000, 1234) + os.urandom(1396)
+    stock = session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    with pytest.raises(ValueError, match="too long"):
+        stock.protect(packet)
+    assert hasattr(stock, internals.SRTP_BUFFER) and hasattr(stock, internals.SRTP_VIEW), UPDATE
+    sender, receiver = (
+        session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND),
+        session(pylibsrtp.Policy.SSRC_ANY_INBOUND),
+    )
+    internals.widen_srtp_buffer(sender)
+    internals.widen_srtp_buffer(receiver)
+    assert receiver.unprotect(sender.protect(packet)) == packet
+    assert receiver.unprotect_rtcp(sender.protect_rtcp(bytes([0x80, 201, 0, 1]) + bytes(4)))

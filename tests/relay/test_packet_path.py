@@ -192,6 +192,18 @@ async def test_an_rtx_probe_carrying_a_lost_packet_is_forwarded_once(rtp_visit) 
     assert lost[0] not in a.nacks_received, "the relay NACKed a packet it had"
 
 
+async def test_packets_as_large_as_a_1400_byte_mtu_get_through(rtp_visit) -> None:
+    """GStreamer fills a 1400-byte MTU, and the leg adds a header extension to it."""
+    a, _ = await rtp_visit.join("A")
+    await rtp_visit.join("B")
+    received = rtp_visit.received("B", "A", "video")
+    await rtp_visit.wait_for(lambda: received.frames >= 5)
+    # A VP8 interframe packet (S=1, PID=0, P=1) filling 1400 bytes with its RTP header.
+    payload = bytes([0x10, 0x01]) + bytes(range(256)) * 5 + bytes(1400 - 12 - 8 - 2 - 1280)
+    a.send_payload("video", payload, 123_456_789)
+    await rtp_visit.wait_for(lambda: payload in received.payloads, timeout=2)
+
+
 async def test_sender_reports_carry_the_true_counts_and_keep_lip_sync(rtp_visit) -> None:
     await rtp_visit.join("A")
     await rtp_visit.join("B")
@@ -234,26 +246,53 @@ async def test_transport_cc_feedback_reports_every_packet_the_relay_received(rtp
     reported = reported()
     received = [s for s, arrival in reported.items() if arrival is not None]
     assert len(received) >= 100
-    sent = [s for s in a.transport_sent if s <= max(received)]
+    # From the first number the relay saw (a few may precede its packet path, at DTLS time).
+    sent = [s for s in a.transport_sent if min(reported) <= s <= max(received)]
     missing = [s for s in sent if reported.get(s) is None]
     assert missing == [], f"{len(missing)} packets reported lost on a lossless loopback"
     stats = rtp_visit.peers["A"].stats()
     assert stats["transport_feedback_sent"] >= 10
 
 
-async def test_a_tap_gets_every_media_packet_of_a_track_and_can_be_removed(rtp_visit) -> None:
+async def test_a_recorders_tap_gets_every_packet_of_a_track_and_its_sender_reports(
+    rtp_visit, tmp_path
+) -> None:
+    """The tap is relay.recorder's TrackTap: what the publisher sent, padding too, and SRs."""
+    from relay.recorder import Recorder
+
     a, peer_a = await rtp_visit.join("A")
     await rtp_visit.join("B")
-    tapped: list[tuple[str, bytes, float]] = []
-    remove = peer_a.add_tap("audio", lambda kind, packet, at: tapped.append((kind, packet, at)))
-    await rtp_visit.wait_for(lambda: len(tapped) >= 20)
+    uptrack = peer_a.uptrack("video")
+    await rtp_visit.wait_for(lambda: uptrack.payload_type is not None)
+    recorder = Recorder(tmp_path, "V1", "social")
+    tap = recorder.track("A", "video", "VP8", uptrack.clock_rate, uptrack.payload_type)
+    tapped: list[tuple[bytes, int]] = []
+    reports: list[tuple[int, int, int, int]] = []
+
+    class Both:
+        def __call__(self, packet: bytes, arrival_us: int) -> None:
+            tapped.append((bytes(packet), arrival_us))
+            tap(packet, arrival_us)
+
+        def sender_report(self, ssrc: int, ntp: int, rtp: int, arrival_us: int) -> None:
+            reports.append((ssrc, ntp, rtp, arrival_us))
+            tap.sender_report(ssrc, ntp, rtp, arrival_us)
+
+    remove = peer_a.add_tap("video", Both())
+    probes = a.send_padding(2)
+    await rtp_visit.wait_for(lambda: len(tapped) >= 40 and reports, timeout=5)
     remove()
     count = len(tapped)
     await asyncio.sleep(0.2)
+    status = await recorder.close()
 
     assert len(tapped) == count, "the tap kept receiving after its removal"
-    sent = {payload for _, payload in a.sent_payloads["audio"]}
-    for kind, packet, at in tapped:
-        assert kind == "audio" and parse_header(packet).ssrc == a.sent_ssrc("audio")
-        assert any(packet.endswith(payload) for payload in sent), "not a packet A published"
-        assert at > 0
+    sent = {sequence: payload for sequence, payload in a.sent_payloads["video"]}
+    numbers = [parse_header(packet).sequence_number for packet, _ in tapped]
+    assert set(probes) <= set(numbers), "padding-only probes were not tapped"
+    for (packet, arrival_us), number in zip(tapped, numbers, strict=True):
+        header = parse_header(packet)
+        assert header.ssrc == a.sent_ssrc("video") and arrival_us > 0
+        assert number in probes or packet[header.payload_start : header.payload_end] == sent[number]
+    assert reports[0][0] == a.sent_ssrc("video")
+    assert status.complete and status.packets_written >= count

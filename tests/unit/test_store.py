@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from policy.appeal import Appeal
 from policy.audit import GENESIS, verify_chain
 from policy.directive import Directive
 from policy.errors import Conflict
 from policy.roster import Contact, Device, Facility, Inmate
-from policy.store import Appeal, AuditDraft, SessionRecord, SqliteStore
+from policy.session import SessionRecord
+from policy.store import AuditDraft, SqliteStore
 from policy.visit import Visit
 
 T0 = 1_700_000_000.0

@@ -1,6 +1,6 @@
-"""The PostgreSQL store: the shared store of a cluster, and (through `listen`) its bus.
+"""The PostgreSQL store: the shared store of a cluster, and its `Cluster` (bus and placement).
 
-The domain SQL is `policy.store`'s, written once with `?` placeholders and rewritten here to
+The domain SQL is `policy/store/sql.py`'s, written once with `?` placeholders and rewritten here to
 `$n`. Every write is one transaction that also appends its audit event under a row lock on
 `audit_head` and sends `pg_notify('parlor_events', <the event>)`: PostgreSQL delivers a
 notification only when its transaction commits, so a node never hears of an event it cannot
@@ -26,14 +26,14 @@ import functools
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from policy.audit import GENESIS, AuditEvent, canonical_json
 from policy.errors import Conflict, StoreUnavailable
-from policy.store import SCHEMA, SCHEMA_VERSION, AuditDraft, Statement, Store, seal_next
+from policy.store.interface import AuditDraft, Cluster, Placement
+from policy.store.sql import SCHEMA, SCHEMA_VERSION, SqlStore, Statement, seal_next
 
 CHANNEL = "parlor_events"
 NOTIFY_LIMIT = 7999  # bytes: PostgreSQL refuses a longer payload
@@ -120,16 +120,7 @@ def _unavailable(exc: BaseException) -> StoreUnavailable:
     return StoreUnavailable("store-unavailable", f"the database cannot be reached: {exc!r}")
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Which node hosts a visit's call, and the WebSocket URL participants are sent to."""
-
-    visit: str
-    node: str
-    url: str
-
-
-class Listener:
+class PostgresListener:
     """A dedicated connection that LISTENs for committed events and carries the heartbeat.
 
     `listen`'s `on_event` runs for every notification; `on_lost()` runs once when the connection
@@ -159,8 +150,9 @@ class Listener:
             self._conn.terminate()
 
 
-class PostgresStore(Store):
-    """A connection pool; each write is one transaction that appends and announces its event."""
+class PostgresStore(SqlStore):
+    """A connection pool; each write is one transaction that appends and announces its event.
+    It is its own `Cluster`: the bus and the placements live in the same database."""
 
     def __init__(
         self, url: str, clock: Any = time.time, *, pool_size: int = 10, read_only: bool = False
@@ -171,6 +163,10 @@ class PostgresStore(Store):
         self.read_only = read_only  # an auditor's view: every transaction is READ ONLY
         self._writers: set[int] = set()  # server PIDs of its open connections it wrote on
         self._pool: asyncpg.Pool | None = None
+
+    @property
+    def cluster(self) -> Cluster:
+        return self
 
     # -- lifecycle ------------------------------------------------------------------------
     async def open(self) -> None:
@@ -280,7 +276,7 @@ class PostgresStore(Store):
         self,
         on_event: Callable[[int, AuditEvent | None, bool], None],
         on_lost: Callable[[], None],
-    ) -> Listener:
+    ) -> PostgresListener:
         """Open a dedicated connection that LISTENs on the events channel.
 
         `on_event(seq, event, own)` runs for every committed event; `event` is None when the
@@ -304,7 +300,7 @@ class PostgresStore(Store):
         except UNREACHABLE as exc:
             conn.terminate()
             raise _unavailable(exc) from exc
-        return Listener(conn, on_lost)
+        return PostgresListener(conn, on_lost)
 
     async def place(self, visit: str, node: str, url: str, stale_after: float) -> Placement:
         """Claim a visit for `node` unless a live node holds it; return who holds it now.

@@ -1,30 +1,27 @@
-"""The store: one interface, an embedded SQLite implementation and (policy/pgstore.py) PostgreSQL.
+"""The SQL of the store, written once: the schema, the row mappings and every domain query.
 
-Every change is written together with its audit event in one transaction (`_write`), so a
-state change without its audit record, or the reverse, cannot be observed. The rest of the
-code calls the domain methods below and cannot tell which database runs.
-
-SQL is written once with `?` placeholders; the PostgreSQL store rewrites them to `$n`.
-Times are epoch seconds (double precision); JSON values are stored as text.
+`SqlStore` implements `policy.store.interface.Store` on two primitives its subclasses
+provide: `_write` (run statements and append their audit event in one durable transaction)
+and `_fetch`. `SqliteStore` (policy/store/sqlite.py) and `PostgresStore`
+(policy/store/postgres.py) are those subclasses; SQL is written with `?` placeholders and the
+PostgreSQL store rewrites them to `$n`. Times are epoch seconds (double precision); JSON
+values are stored as text.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sqlite3
 import time
 from abc import ABC, abstractmethod
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from policy.appeal import Appeal
 from policy.audit import GENESIS, AuditEvent, audit_time, seal
 from policy.directive import Directive
-from policy.errors import Conflict, StoreUnavailable
 from policy.roster import Contact, Device, Facility, Inmate
+from policy.session import SessionRecord
+from policy.store.interface import AuditDraft, Cluster
 from policy.visit import Visit
 
 SCHEMA_VERSION = 1
@@ -77,43 +74,6 @@ SCHEMA = [
 ]
 
 
-@dataclass(frozen=True)
-class AuditDraft:
-    """An audit event before the store gives it a sequence number and seals it."""
-
-    actor: str
-    action: str
-    subject: str
-    data: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class SessionRecord:
-    id: str
-    visit: str
-    sub: str
-    role: str
-    mode: str
-    node: str
-    keys: tuple[str, ...]
-    started_at: float
-    ended_at: float | None = None
-    end_reason: str | None = None
-
-
-@dataclass(frozen=True)
-class Appeal:
-    id: str
-    directive: str
-    filed_by: str
-    text: str
-    filed_at: float
-    status: str = "open"  # open | upheld | lifted
-    decided_by: str | None = None
-    decided_at: float | None = None
-    decision_note: str | None = None
-
-
 # (sql, params) or (sql, params, True): the third element demands that the statement changes
 # a row, otherwise the whole transaction is refused with Conflict (optimistic guards).
 Statement = tuple[Any, ...]
@@ -162,8 +122,8 @@ def _audit(row: dict[str, Any]) -> AuditEvent:
     )  # fmt: skip
 
 
-class Store(ABC):
-    """Domain-level persistence. Subclasses provide `_write`, `_fetch` and the lifecycle."""
+class SqlStore(ABC):
+    """`Store` on SQL. Subclasses provide `_write`, `_fetch` and the lifecycle."""
 
     def __init__(self, clock: Any = time.time) -> None:
         self.clock = clock
@@ -187,6 +147,11 @@ class Store(ABC):
         except TimeoutError:
             return False
         return self.head_seq > seq
+
+    @property
+    def cluster(self) -> Cluster | None:
+        """A store only this node uses: no cluster (PostgresStore overrides this)."""
+        return None
 
     # -- backend primitives -------------------------------------------------------------
     @abstractmethod
@@ -243,14 +208,18 @@ class Store(ABC):
         return Facility(**row) if row else None
 
     async def list_facilities(self) -> list[Facility]:
-        return [Facility(**r) for r in await self._fetch("SELECT id, name FROM facilities ORDER BY id")]
+        return [
+            Facility(**r) for r in await self._fetch("SELECT id, name FROM facilities ORDER BY id")
+        ]
 
     async def get_device(self, device_id: str) -> Device | None:
         row = await self._one("SELECT id, facility FROM devices WHERE id = ?", (device_id,))
         return Device(**row) if row else None
 
     async def list_devices(self) -> list[Device]:
-        return [Device(**r) for r in await self._fetch("SELECT id, facility FROM devices ORDER BY id")]
+        return [
+            Device(**r) for r in await self._fetch("SELECT id, facility FROM devices ORDER BY id")
+        ]
 
     async def get_inmate(self, inmate_id: str) -> Inmate | None:
         row = await self._one("SELECT id, facility, name FROM inmates WHERE id = ?", (inmate_id,))
@@ -278,7 +247,12 @@ class Store(ABC):
         for a in await self._fetch("SELECT contact, inmate, status FROM approvals"):
             approvals.setdefault(a["contact"], {})[a["inmate"]] = a["status"]
         return [
-            Contact(id=r["id"], name=r["name"], minor=bool(r["minor"]), approvals=approvals.get(r["id"], {}))
+            Contact(
+                id=r["id"],
+                name=r["name"],
+                minor=bool(r["minor"]),
+                approvals=approvals.get(r["id"], {}),
+            )
             for r in rows
         ]
 
@@ -295,7 +269,9 @@ class Store(ABC):
         row = await self._one("SELECT * FROM visits WHERE id = ?", (visit_id,))
         return _visit(row) if row else None
 
-    async def list_visits(self, *, device: str | None = None, after: float | None = None) -> list[Visit]:
+    async def list_visits(
+        self, *, device: str | None = None, after: float | None = None
+    ) -> list[Visit]:
         sql, params = "SELECT * FROM visits WHERE 1 = 1", tuple[Any, ...]()
         if device is not None:
             sql, params = sql + " AND device = ?", params + (device,)
@@ -322,7 +298,9 @@ class Store(ABC):
         row = await self._one("SELECT * FROM sessions WHERE id = ?", (session_id,))
         return _session(row) if row else None
 
-    async def list_sessions(self, *, live: bool = True, node: str | None = None) -> list[SessionRecord]:
+    async def list_sessions(
+        self, *, live: bool = True, node: str | None = None
+    ) -> list[SessionRecord]:
         sql, params = "SELECT * FROM sessions WHERE 1 = 1", tuple[Any, ...]()
         if live:
             sql += " AND ended_at IS NULL"
@@ -356,7 +334,9 @@ class Store(ABC):
         params = _directive_row(directive)[1:] + (directive.id,)
         if expect_status is None:
             return await self._write([(sql, params)], audit)
-        return await self._write([(sql + " AND status = ?", params + (expect_status,), True)], audit)
+        return await self._write(
+            [(sql + " AND status = ?", params + (expect_status,), True)], audit
+        )
 
     async def count_enforcement(
         self, directive_id: str, ended: int, audit: AuditDraft
@@ -364,7 +344,12 @@ class Store(ABC):
         """Add `ended` to a directive's count of ended sessions, in place: whatever else
         changed meanwhile (a lift, another node's count) stays as it is."""
         return await self._write(
-            [("UPDATE directives SET sessions_ended = sessions_ended + ? WHERE id = ?", (ended, directive_id))],
+            [
+                (
+                    "UPDATE directives SET sessions_ended = sessions_ended + ? WHERE id = ?",
+                    (ended, directive_id),
+                )
+            ],
             audit,
         )
 
@@ -387,15 +372,12 @@ class Store(ABC):
             [(f"INSERT INTO appeals ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
               tuple(getattr(appeal, n) for n in names))], audit)  # fmt: skip
 
-    async def decide_appeal(
-        self, appeal: Appeal, audit: AuditDraft, extra: list[Statement] | None = None
-    ) -> AuditEvent:
+    async def decide_appeal(self, appeal: Appeal, audit: AuditDraft) -> AuditEvent:
         return await self._write(
             [("UPDATE appeals SET status = ?, decided_by = ?, decided_at = ?, decision_note = ?"
               " WHERE id = ? AND status = 'open'",
               (appeal.status, appeal.decided_by, appeal.decided_at, appeal.decision_note, appeal.id),
-              True)]
-            + (extra or []), audit)  # fmt: skip
+              True)], audit)  # fmt: skip
 
     async def get_appeal(self, appeal_id: str) -> Appeal | None:
         row = await self._one("SELECT * FROM appeals WHERE id = ?", (appeal_id,))
@@ -405,7 +387,9 @@ class Store(ABC):
         if directive is None:
             rows = await self._fetch("SELECT * FROM appeals ORDER BY filed_at")
         else:
-            rows = await self._fetch("SELECT * FROM appeals WHERE directive = ? ORDER BY filed_at", (directive,))
+            rows = await self._fetch(
+                "SELECT * FROM appeals WHERE directive = ? ORDER BY filed_at", (directive,)
+            )
         return [_appeal(r) for r in rows]
 
     # -- audit --------------------------------------------------------------------------
@@ -435,119 +419,6 @@ def seal_next(head_seq: int, head_hash: str, draft: AuditDraft, now: float) -> A
     seq = head_seq + 1
     at = audit_time(now)
     digest = seal(seq, at, draft.actor, draft.action, draft.subject, draft.data, head_hash)
-    return AuditEvent(seq, at, draft.actor, draft.action, draft.subject, draft.data, head_hash, digest)
-
-
-class SqliteStore(Store):
-    """The embedded default: one connection on one worker thread, WAL, synchronous=FULL.
-
-    A single thread serialises every transaction (SQLite allows one writer anyway) and keeps
-    fsync off the event loop; synchronous=FULL makes an acknowledged write survive power loss.
-    """
-
-    def __init__(
-        self, path: str | os.PathLike[str], clock: Any = time.time, *, read_only: bool = False
-    ) -> None:
-        super().__init__(clock)
-        self.path = Path(path)
-        self.read_only = read_only  # an auditor's view: SQLite refuses every write
-        self._conn: sqlite3.Connection | None = None
-        self._executor: ThreadPoolExecutor | None = None
-
-    async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parlor-sqlite")
-        await self._run(self._open_sync)
-
-    def _open_sync(self) -> None:
-        if self.read_only:
-            conn = sqlite3.connect(
-                f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
-            )
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout=5000")
-            self._conn = conn
-            self.head_seq = conn.execute("SELECT seq FROM audit_head WHERE id = 1").fetchone()[0]
-            return
-        if str(self.path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("BEGIN IMMEDIATE")
-        for ddl in SCHEMA:
-            conn.execute(ddl.format(real="REAL"))
-        if conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 0:
-            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-        conn.execute("INSERT OR IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, ?)", (GENESIS,))
-        conn.execute("COMMIT")
-        self._conn = conn
-        self.head_seq = conn.execute("SELECT seq FROM audit_head WHERE id = 1").fetchone()[0]
-
-    async def close(self) -> None:
-        if self._executor is None:
-            return
-        conn = self._conn
-        if conn is not None:
-            await self._run(conn.close)
-        self._executor.shutdown(wait=True)
-        self._executor = None
-        self._conn = None
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        if self._executor is None:
-            raise StoreUnavailable("store-closed", "the store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    async def _write(self, statements: list[Statement], audit: AuditDraft) -> AuditEvent:
-        event: AuditEvent = await self._run(self._write_sync, statements, audit)
-        self.noticed(event.seq)
-        return event
-
-    def _write_sync(self, statements: list[Statement], audit: AuditDraft) -> AuditEvent:
-        conn = self._conn
-        assert conn is not None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for sql, params, *guard in statements:
-                cursor = conn.execute(sql, params)
-                if guard and cursor.rowcount == 0:
-                    raise Conflict("state-changed", "the record changed meanwhile; reload and retry")
-            head = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
-            event = seal_next(head["seq"], head["hash"], audit, self.clock())
-            conn.execute(
-                "INSERT INTO audit (seq, at, actor, action, subject, data, prev_hash, hash)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (event.seq, event.at, event.actor, event.action, event.subject,
-                 json.dumps(event.data, sort_keys=True), event.prev_hash, event.hash),
-            )  # fmt: skip
-            conn.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (event.seq, event.hash))
-            conn.execute("COMMIT")
-        except sqlite3.IntegrityError as exc:
-            conn.execute("ROLLBACK")
-            raise Conflict("already-exists", f"conflicts with an existing record: {exc}") from exc
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return event
-
-    async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        return await self._run(self._fetch_sync, sql, params)
-
-    def _fetch_sync(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        assert self._conn is not None
-        return [dict(row) for row in self._conn.execute(sql, params).fetchall()]
-
-
-def open_store(url: str, clock: Any = time.time, *, read_only: bool = False) -> Store:
-    """Choose the implementation from PARLOR_DB: a `postgresql://` URL or a SQLite path.
-
-    `read_only`: the database itself refuses writes (and nothing is created): for auditors.
-    """
-    if url.startswith(("postgresql://", "postgres://")):
-        from policy.pgstore import PostgresStore
-
-        return PostgresStore(url, clock, read_only=read_only)
-    return SqliteStore(url, clock, read_only=read_only)
+    return AuditEvent(
+        seq, at, draft.actor, draft.action, draft.subject, draft.data, head_hash, digest
+    )

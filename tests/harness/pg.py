@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL server for the cluster tests: initdb into a temp dir, 127.0.0.1 only.
+"""A throwaway PostgreSQL server for the cluster tests and benches: initdb into a temp dir,
+127.0.0.1 only.
 
 As root the Debian binaries run as the `postgres` user (initdb refuses root); otherwise as
 the current user. The unix socket lives in the temp dir, authentication is `trust`, and
@@ -7,7 +8,6 @@ the current user. The unix socket lives in the temp dir, authentication is `trus
 
 from __future__ import annotations
 
-import glob
 import os
 import pwd
 import secrets
@@ -18,19 +18,8 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.conftest import free_port
-
-
-def find_bindir() -> Path | None:
-    """The newest PostgreSQL bin directory with initdb, pg_ctl and postgres, or None."""
-    preferred = Path("/usr/lib/postgresql/15/bin")
-    candidates = [preferred] + sorted(
-        (Path(p).parent for p in glob.glob("/usr/lib/postgresql/*/bin/initdb")), reverse=True
-    )
-    for bindir in candidates:
-        if all((bindir / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
-            return bindir
-    return None
+from tests.harness.ports import free_port
+from tests.harness.system import postgres_bindir
 
 
 class PostgresServer:
@@ -105,7 +94,7 @@ class PostgresServer:
 
 def start_postgres() -> PostgresServer | None:
     """A fresh running server, or None when the PostgreSQL binaries are not installed."""
-    bindir = find_bindir()
+    bindir = postgres_bindir()
     if bindir is None:
         return None
     server = PostgresServer(bindir)

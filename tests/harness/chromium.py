@@ -1,4 +1,4 @@
-"""How the browser tests run Chromium: Debian's build, fake devices, loopback WebRTC; and the
+"""How the browser tests and benches run Chromium: Debian's build, fake devices, loopback WebRTC; and the
 watched pages they open in it."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Any
 
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
-CHROMIUM = Path("/usr/bin/chromium")
+from tests.harness.system import ARTIFACTS, CHROMIUM
+
 CHROMIUM_ARGS = [
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
@@ -63,6 +64,24 @@ class Watched:
         found = self.errors + [f"csp: {v}" for v in csp]
         return [p for p in found if not (allow and re.search(allow, p))]
 
+    # The calls tests/harness/callpage.py drives a page with, the same as Firefox's.
+    async def open(self, url: str) -> None:
+        await self.page.goto(url)
+
+    async def evaluate(self, function: str, *args: Any) -> Any:
+        """Call the function expression `function` in the page with `args`."""
+        return await self.page.evaluate(f"(args) => ({function})(...args)", list(args))
+
+    async def click(self, selector: str) -> None:
+        await self.page.click(selector)
+
+    async def screenshot(self, name: str) -> Path:
+        """The page as tests/artifacts/`name`.png."""
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        await self.page.screenshot(path=str(path))
+        return path
+
 
 async def watched_page(
     browser: Browser,
@@ -81,6 +100,19 @@ async def watched_page(
     for script in init_scripts:
         await context.add_init_script(script)
     return Watched(await context.new_page())
+
+
+async def call_page(browser: Browser, **options: Any) -> Watched:
+    """`watched_page` for a call page: besides errors it records call.js's warnings ("parlor:
+    signaling step failed" is how a refused server offer shows), as Firefox's does."""
+    watched = await watched_page(browser, **options)
+
+    def warning(message: ConsoleMessage) -> None:
+        if message.type == "warning" and message.text.startswith("parlor:"):
+            watched.errors.append(f"console warning: {message.text}")
+
+    watched.page.on("console", warning)
+    return watched
 
 
 async def open_page(

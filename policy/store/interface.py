@@ -1,0 +1,197 @@
+"""What the domain needs from persistence (`Store`), and what only a cluster needs (`Cluster`).
+
+`Store` is the one interface the rest of the code sees. Two implementations exist, both on
+the SQL written once in `policy/store/sql.py`: `policy/store/sqlite.py` (the embedded
+default) and `policy/store/postgres.py` (the shared store of a cluster). `open_store` picks
+one from the URL at start-up; nothing above it can tell which runs.
+
+A cluster needs more than a store: the audit log as a bus (`listen`, `audit_head`) and the
+table that says which node holds a visit's call (`place`, `leave`). Those are `Cluster`, a
+separate small interface; `Store.cluster` is the store's implementation of it, or None when
+the store is not shared (SQLite: one node, nothing to listen to, every visit here). The
+cluster bus is chosen by that (`signaling/bus.py:open_bus`), never by asking which class
+the store is.
+
+Every change is written together with its audit event in one transaction, so a state change
+without its audit record, or the reverse, cannot be observed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from policy.appeal import Appeal
+from policy.audit import AuditEvent
+from policy.directive import Directive
+from policy.roster import Contact, Device, Facility, Inmate
+from policy.session import SessionRecord
+from policy.visit import Visit
+
+
+@dataclass(frozen=True)
+class AuditDraft:
+    """An audit event before the store gives it a sequence number and seals it."""
+
+    actor: str
+    action: str
+    subject: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which node hosts a visit's call, and the WebSocket URL participants are sent to."""
+
+    visit: str
+    node: str
+    url: str
+
+
+class Listener(Protocol):
+    """A cluster node's link to the shared store: it hears committed events and carries the
+    node's heartbeat. Opened by `Cluster.listen`."""
+
+    async def heartbeat(self, node: str, url: str) -> None:
+        """Record that `node` is alive; a failure means the link to the cluster is down."""
+
+    def close(self) -> None:
+        """Drop the link at once."""
+
+
+class Cluster(Protocol):
+    """What only a shared store offers: the audit log as a bus, and where each call lives."""
+
+    async def audit_head(self) -> int:
+        """The sequence number of the last committed audit event: a bus cursor starts here."""
+
+    async def listen(
+        self,
+        on_event: Callable[[int, AuditEvent | None, bool], None],
+        on_lost: Callable[[], None],
+    ) -> Listener:
+        """Hear every committed event: `on_event(seq, event or None, written by this store)`;
+        `on_lost()` once when the link dies."""
+
+    async def place(self, visit: str, node: str, url: str, stale_after: float) -> Placement:
+        """Claim a visit for `node` unless a live node holds it; return who holds it now."""
+
+    async def leave(self, node: str) -> None:
+        """A node shutting down: its visits may be placed elsewhere at once."""
+
+
+class Store(Protocol):
+    """Domain-level persistence: records in, records out, each write with its audit event."""
+
+    head_seq: int  # the highest audit sequence number this process knows of
+
+    @property
+    def cluster(self) -> Cluster | None:
+        """The cluster-only half of a shared store; None for a store only this node uses."""
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    # -- the audit log's tail -----------------------------------------------------------
+    def noticed(self, seq: int) -> None:
+        """The audit log reached `seq` (a local commit, or another node's on the bus)."""
+
+    async def wait_beyond(self, seq: int, timeout: float) -> bool:
+        """Wait until the audit log passes `seq`; False on timeout."""
+
+    # -- roster -------------------------------------------------------------------------
+    async def add_facility(self, facility: Facility, audit: AuditDraft) -> AuditEvent: ...
+
+    async def add_device(self, device: Device, audit: AuditDraft) -> AuditEvent: ...
+
+    async def add_inmate(self, inmate: Inmate, audit: AuditDraft) -> AuditEvent: ...
+
+    async def add_contact(self, contact: Contact, audit: AuditDraft) -> AuditEvent: ...
+
+    async def set_approval(
+        self, contact: str, inmate: str, status: str, audit: AuditDraft
+    ) -> AuditEvent: ...
+
+    async def get_facility(self, facility_id: str) -> Facility | None: ...
+
+    async def list_facilities(self) -> list[Facility]: ...
+
+    async def get_device(self, device_id: str) -> Device | None: ...
+
+    async def list_devices(self) -> list[Device]: ...
+
+    async def get_inmate(self, inmate_id: str) -> Inmate | None: ...
+
+    async def list_inmates(self) -> list[Inmate]: ...
+
+    async def get_contact(self, contact_id: str) -> Contact | None: ...
+
+    async def list_contacts(self) -> list[Contact]: ...
+
+    # -- visits -------------------------------------------------------------------------
+    async def add_visit(self, visit: Visit, audit: AuditDraft) -> AuditEvent: ...
+
+    async def get_visit(self, visit_id: str) -> Visit | None: ...
+
+    async def list_visits(
+        self, *, device: str | None = None, after: float | None = None
+    ) -> list[Visit]: ...
+
+    # -- sessions -----------------------------------------------------------------------
+    async def session_started(self, record: SessionRecord, audit: AuditDraft) -> AuditEvent: ...
+
+    async def session_ended(
+        self, session_id: str, ended_at: float, reason: str, audit: AuditDraft
+    ) -> AuditEvent: ...
+
+    async def get_session(self, session_id: str) -> SessionRecord | None: ...
+
+    async def list_sessions(
+        self, *, live: bool = True, node: str | None = None
+    ) -> list[SessionRecord]: ...
+
+    async def end_orphan_sessions(self, node: str, reason: str, audit: AuditDraft) -> AuditEvent:
+        """On start-up: sessions this node left open when it died ended with it."""
+
+    # -- directives and appeals ---------------------------------------------------------
+    async def add_directive(self, directive: Directive, audit: AuditDraft) -> AuditEvent: ...
+
+    async def update_directive(
+        self, directive: Directive, audit: AuditDraft, *, expect_status: str | None = None
+    ) -> AuditEvent:
+        """Replace a directive's mutable state; with `expect_status`, only from that status
+        (else `Conflict`, and the audit event is not written)."""
+
+    async def count_enforcement(
+        self, directive_id: str, ended: int, audit: AuditDraft
+    ) -> AuditEvent:
+        """Add `ended` to a directive's count of ended sessions, in place."""
+
+    async def get_directive(self, directive_id: str) -> Directive | None: ...
+
+    async def list_directives(self, *, status: str | None = None) -> list[Directive]: ...
+
+    async def add_appeal(self, appeal: Appeal, audit: AuditDraft) -> AuditEvent: ...
+
+    async def decide_appeal(self, appeal: Appeal, audit: AuditDraft) -> AuditEvent:
+        """Record a decision on an open appeal (else `Conflict`)."""
+
+    async def get_appeal(self, appeal_id: str) -> Appeal | None: ...
+
+    async def list_appeals(self, *, directive: str | None = None) -> list[Appeal]: ...
+
+    # -- audit --------------------------------------------------------------------------
+    async def audit_events(
+        self, *, after: int = 0, limit: int | None = None
+    ) -> list[AuditEvent]: ...
+
+    async def audit_chain(self) -> tuple[list[AuditEvent], tuple[int, str]]:
+        """Every event and the chain's head (seq, hash), read together."""
+
+    async def audit(self, draft: AuditDraft) -> AuditEvent:
+        """An audit event with no other state change (e.g. a refused monitor join)."""
