@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from signaling.loadmedia import PTIMES, LoadMedia, VideoSpec, load_media
+from signaling.protocol import Close
 
 MAX_CALLS = 500
 MAX_SECONDS = 3600.0
@@ -51,7 +52,7 @@ SETUP_SECONDS = 120.0
 """What joining may take on top of the held time, in a worker's lifetime."""
 FRESH = 1.0
 """A participant receives media when both kinds arrived within this many seconds."""
-RETRYABLE = (4429, 4503)
+RETRYABLE = (Close.RATE_LIMITED, Close.UNAVAILABLE)
 """Close codes after which a join is tried again (rate limited, node overloaded)."""
 
 
@@ -629,10 +630,8 @@ async def run_load(args: argparse.Namespace, token: str) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``parlor load``."""
-    parser.add_argument(
-        "--server", required=True, help="the node's URL, e.g. http://127.0.0.1:8080"
-    )
+    """The flags of ``parlor load`` besides --server and the operator's token (``parlor``'s
+    own, as for every command that talks to a running node)."""
     parser.add_argument(
         "--calls", type=int, default=10, help=f"1:1 calls to hold (1..{MAX_CALLS}; default 10)"
     )

@@ -53,6 +53,7 @@ from relay.ntp import ntp_from_unix_ns
 from relay.rtcp import build_sdes_cname, build_sender_report, iter_packets
 from relay.rtp import MalformedPacket
 from signaling.loadmedia import AUDIO_CLOCK, VIDEO_CLOCK, LoadMedia
+from signaling.protocol import Message
 
 log = logging.getLogger("parlor.load")
 
@@ -69,6 +70,8 @@ RETRY_AFTER = 0.2
 """Seconds before a join refused with a retryable close code is tried again."""
 ARRIVALS_KEPT = 1500
 """Arrival instants kept per kind (30 s of 20 ms audio, ~8 s of 640x480@30 video)."""
+SOCKET_CLOSED = "closed"
+"""Not on the wire: what a join meets when the socket closed before any answer."""
 _HEADER = struct.Struct("!BBHII")
 _PSFB = 206  # RTCP payload-specific feedback: FMT 1 PLI, FMT 4 FIR
 _PLI, _FIR = 1, 4
@@ -269,7 +272,7 @@ class LoadParticipant:
         url = self.server
         for _ in range(2):
             joined = await self._join_at(url)
-            if joined.get("type") != "redirect":
+            if joined.get("type") != Message.REDIRECT:
                 break
             ws, self._ws = self._ws, None
             await self._close_socket(ws)
@@ -304,10 +307,10 @@ class LoadParticipant:
         first: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read(ws, first))
         self.times.setdefault("join", time.monotonic())
-        await ws.send_json({"type": "join", "token": self.token, "visit": self.visit})
+        await ws.send_json({"type": Message.JOIN, "token": self.token, "visit": self.visit})
         answer = await first
         kind = answer.get("type")
-        if kind in ("joined", "redirect"):
+        if kind in (Message.JOINED, Message.REDIRECT):
             return answer
         await asyncio.wait_for(self.closed.wait(), 10)
         code = str(answer.get("code") or kind)
@@ -330,7 +333,7 @@ class LoadParticipant:
         self._take_over()
         await pc.setLocalDescription(await pc.createOffer())
         self.times["offer"] = time.monotonic()
-        await self._send({"type": "offer", "sdp": pc.localDescription.sdp})
+        await self._send({"type": Message.OFFER, "sdp": pc.localDescription.sdp})
 
     async def _wait_connected(self) -> None:
         waiters = [asyncio.ensure_future(e.wait()) for e in (self.connected, self.closed)]
@@ -441,25 +444,25 @@ class LoadParticipant:
                 self._stop_sending()
                 self.closed.set()
             if not first.done():
-                first.set_result({"type": "closed", "code": "closed"})
+                first.set_result({"type": SOCKET_CLOSED, "code": SOCKET_CLOSED})
 
     async def _handle(self, data: dict[str, Any]) -> None:
         kind = data.get("type")
         pc = self.pc
-        if kind == "answer" and pc is not None:
+        if kind == Message.ANSWER and pc is not None:
             await pc.setRemoteDescription(RTCSessionDescription(data["sdp"], "answer"))
             self._take_over()
             self.times.setdefault("answer", time.monotonic())
             self._answered.set()
-        elif kind == "offer" and pc is not None:
+        elif kind == Message.OFFER and pc is not None:
             await pc.setRemoteDescription(RTCSessionDescription(data["sdp"], "offer"))
             self._take_over()  # before aiortc's connection task starts the new m-lines
             await pc.setLocalDescription(await pc.createAnswer())
-            await self._send({"type": "answer", "sdp": pc.localDescription.sdp})
-        elif kind == "terminated":
+            await self._send({"type": Message.ANSWER, "sdp": pc.localDescription.sdp})
+        elif kind == Message.TERMINATED:
             self.terminated = data
             self.times["terminated"] = time.monotonic()
-        elif kind == "error":
+        elif kind == Message.ERROR:
             self.errors.append(
                 {"code": data.get("code"), "message": data.get("message"), "at": time.monotonic()}
             )
@@ -589,7 +592,7 @@ class LoadParticipant:
     async def leave(self) -> None:
         """Say ``leave`` and wait (briefly) for the close 1000, then close."""
         with contextlib.suppress(Exception):
-            await self._send({"type": "leave"})
+            await self._send({"type": Message.LEAVE})
             await asyncio.wait_for(self.closed.wait(), 5)
         await self.close()
 

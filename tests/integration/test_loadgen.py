@@ -9,6 +9,9 @@ processes, over real WebSockets and real peer connections on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -99,3 +102,37 @@ def _in(seconds: float) -> str:
     from policy.rfc3339 import format_time
 
     return format_time(time.time() + seconds)
+
+
+async def test_parlor_load_holds_calls_and_reports_json(node) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "signaling.cli", "load", "--server", node.url,
+        "--token", node.token(), "--calls", "2", "--seconds", "2", "--processes", "1", "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, err.decode()[-2000:]
+    report = json.loads(out)
+    assert report["joined"] == "4/4"
+    assert report["held"]["receiving_audio_and_video"] == 4
+    assert report["held"]["packets_per_second"]["audio"]["p1"] > 25  # 20 ms Opus: 50 a second
+    assert report["generator_cpu"]["per_participant_percent_of_a_core"] > 0
+    assert report["media"]["audio"] == "Opus 20 ms packets"
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--calls", "0"], "--calls must be 1..500"),
+        (["--seconds", "0"], "--seconds must be"),
+        (["--video", "640x480"], "--video: video must look like"),
+        (["--processes", "99"], "--processes must be 1..16"),
+    ],
+)
+def test_parlor_load_refuses_bad_flags_in_one_line(flags: list[str], says: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "signaling.cli", "load", "--server", "http://127.0.0.1:9", "--token", "t", *flags],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert says in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
