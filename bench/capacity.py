@@ -37,8 +37,15 @@ if str(REPO) not in sys.path:
 
 import psutil  # noqa: E402
 
-from bench.harness import ServerProcess, progress, workdir  # noqa: E402
-from bench.kill_latency import machine, quiet_machine, server_version  # noqa: E402
+from bench.harness import (  # noqa: E402
+    CpuWindow,
+    ServerProcess,
+    machine,
+    progress,
+    quiet_machine,
+    server_version,
+    workdir,
+)
 from signaling.loadgen import (  # noqa: E402
     LoadFleet,
     layout_of,
@@ -49,51 +56,6 @@ from signaling.loadgen import (  # noqa: E402
 from signaling.loadmedia import VideoSpec, load_media  # noqa: E402
 
 GAP_LIMIT_MS = 200
-
-
-class CpuWindow:
-    """CPU seconds of some processes and of the machine between :meth:`start` and :meth:`stop`."""
-
-    def __init__(self, processes: dict[str, list[psutil.Process]]) -> None:
-        self.processes = processes
-        self._before: dict[int, float] = {}
-        self._machine: Any = None
-        self._at = 0.0
-
-    @staticmethod
-    def _seconds(process: psutil.Process) -> float:
-        with contextlib.suppress(psutil.Error):
-            times = process.cpu_times()
-            return float(times.user + times.system)
-        return 0.0
-
-    def start(self) -> None:
-        self._before = {p.pid: self._seconds(p) for ps in self.processes.values() for p in ps}
-        self._machine = psutil.cpu_times()
-        self._at = time.monotonic()
-
-    def stop(self) -> dict[str, Any]:
-        wall = time.monotonic() - self._at
-        machine_after = psutil.cpu_times()
-        busy = sum(
-            getattr(machine_after, f) - getattr(self._machine, f)
-            for f in ("user", "nice", "system", "irq", "softirq", "steal")
-            if hasattr(machine_after, f)
-        )
-        result: dict[str, Any] = {"window_s": round(wall, 2)}
-        total = 0.0
-        for name, processes in self.processes.items():
-            shares = [
-                (self._seconds(p) - self._before.get(p.pid, 0.0)) / wall * 100 for p in processes
-            ]
-            total += sum(shares)
-            result[f"{name}_percent"] = (
-                round(shares[0], 1) if len(shares) == 1 else [round(s, 1) for s in shares]
-            )
-        result["measured_total_percent"] = round(total, 1)
-        result["machine_percent"] = round(busy / wall * 100, 1)
-        result["other_processes_percent"] = round(busy / wall * 100 - total, 1)
-        return result
 
 
 async def node_lag(server: ServerProcess) -> float | None:
@@ -163,7 +125,6 @@ async def one_run(args: argparse.Namespace, video: VideoSpec, calls: int) -> dic
         )  # fmt: skip
         node = cpu["node_percent"]
         generator = cpu["generator_percent"]
-        generator = generator if isinstance(generator, list) else [generator]
         live = max(1, joined["connected"])
         run.update(
             {
@@ -175,7 +136,7 @@ async def one_run(args: argparse.Namespace, video: VideoSpec, calls: int) -> dic
                 "calls_per_core": round(calls / (node / 100), 1) if node > 0 else None,
                 "node_rss_mb": round(psutil.Process(server.pid).memory_info().rss / 2**20, 1),
                 "node_loop_lag_ms": percentiles(lags),
-                "generator_percent_per_participant": round(sum(generator) / live, 3),
+                "generator_percent_per_participant": round(generator / live, 3),
                 "generator_loop_lag_ms": {w["name"]: w["loop_lag_ms"] for w in workers},
                 "received": held,
                 "node_log_problems": None,

@@ -325,6 +325,7 @@ class LoadFleet:
         return {
             "participants": sum(a["participants"] for a in answers),
             "receiving": sum(a["receiving"] for a in answers),
+            "alone": sum(a["alone"] for a in answers),
             "missing": [m for a in answers for m in a["missing"]],
         }
 
@@ -427,7 +428,10 @@ async def worker_main(name: str, media_path: Path, lifetime: float) -> int:
     async def wait_media(command: dict[str, Any]) -> dict[str, Any]:
         deadline = time.monotonic() + float(command["timeout"])
         fresh = float(command.get("fresh", FRESH))
-        live = [p for p in participants if p.connected.is_set()]
+        connected = [p for p in participants if p.connected.is_set()]
+        calls = Counter(p.call for p in connected)
+        # A participant whose peer never connected has nothing to receive: not waited for.
+        live = [p for p in connected if calls[p.call] == 2]
         # Arrivals are counted in socket callbacks, which set no event: polled, 10 times a second.
         while time.monotonic() < deadline and not all(receiving(p, fresh) for p in live):  # noqa: ASYNC110
             await asyncio.sleep(0.1)
@@ -435,6 +439,7 @@ async def worker_main(name: str, media_path: Path, lifetime: float) -> int:
         return {
             "participants": len(live),
             "receiving": len(live) - len(missing),
+            "alone": len(connected) - len(live),
             "missing": [
                 {
                     "call": p.call,
