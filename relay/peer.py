@@ -105,6 +105,7 @@ class RelayPeer:
         self.peer_id = peer_id
         self.codec = VisitCodec.named(codec)
         self.publish = publish
+        aiortc_internals.defer_bitrate_estimators()  # the relay's receivers never start
         self._pc = RTCPeerConnection(rtc_configuration(ice_servers))
         aiortc_internals.accept_rsa_and_ecdsa_peers(self._pc)
         self._dtls = aiortc_internals.DtlsRole()

@@ -362,8 +362,10 @@ def cpu_share(before: list[dict[str, float]], after: list[dict[str, float]]) -> 
 async def worker_main(name: str, media_path: Path, lifetime: float) -> int:
     """A worker: participants, one pacer, commands in JSON lines on stdin."""
     from signaling.loadpeer import LoadParticipant, Pacer, Refused
+    from signaling.memory import collect_garbage_less_often
 
     media = LoadMedia.read(media_path)
+    collect_garbage_less_often()
     pacer = Pacer()
     participants: list[LoadParticipant] = []
     loop = asyncio.get_running_loop()

@@ -324,6 +324,7 @@ class LoadParticipant:
                 None,
                 f"the load generator sends VP8; the node uses {codec.name}",
             )
+        aiortc_internals.defer_bitrate_estimators()  # its receivers never start
         pc = RTCPeerConnection(rtc_configuration(joined.get("ice_servers") or []))
         self.pc = pc
         pc.on("connectionstatechange", self._on_state)
