@@ -16,7 +16,8 @@ class Appeal:
     filed_by: str
     text: str
     filed_at: float
-    status: str = "open"  # open | upheld | lifted
+    # open | upheld | lifted | superseded (a duplicate from before one-open-appeal-per-person)
+    status: str = "open"
     decided_by: str | None = None
     decided_at: float | None = None
     decision_note: str | None = None

@@ -27,7 +27,9 @@ def parse_scope(value: object) -> str:
     parts = value.split(":")
     kind = parts[0]
     if kind not in SCOPE_KINDS:
-        raise Malformed("bad-scope", f"unknown scope kind {kind!r}; one of {', '.join(SCOPE_KINDS)}")
+        raise Malformed(
+            "bad-scope", f"unknown scope kind {kind!r}; one of {', '.join(SCOPE_KINDS)}"
+        )
     expected = {"system": 0, "pair": 2}.get(kind, 1)
     if len(parts) - 1 != expected:
         shape = {"system": "system", "pair": "pair:<inmate>:<contact>"}.get(kind, f"{kind}:<id>")
@@ -69,6 +71,14 @@ class Directive:
     @property
     def broad(self) -> bool:
         return is_broad(self.scope)
+
+    @property
+    def progress(self) -> int:
+        """How far along its life it is: 0 issued, 1 confirmed, 2 closed (lifted, expired or
+        lapsed). A directive only moves forward, so a copy with less progress is older."""
+        if self.status != "active":
+            return 2
+        return 1 if self.confirmed_by is not None else 0
 
     def in_force(self, now: float) -> bool:
         return self.status == "active" and self.starts_at <= now < self.expires_at
@@ -149,16 +159,28 @@ class Decision:
 
 @dataclass
 class DirectiveIndex:
-    """Active directives by scope key. Holds only `active` ones; status changes replace them."""
+    """Active directives by scope key. Holds only `active` ones; status changes replace them.
+
+    A directive's state only moves forward here (`Directive.progress`): a copy older than what
+    the index has seen of it is ignored. Copies arrive out of order in a cluster: a node may
+    lift (or confirm) a directive before its bus delivers the announcement of its issue, whose
+    copy would otherwise put it back as active (or unconfirmed, and then lapse it).
+    """
 
     by_scope: dict[str, dict[str, Directive]] = field(default_factory=lambda: defaultdict(dict))
     by_id: dict[str, Directive] = field(default_factory=dict)
+    progress: dict[str, int] = field(default_factory=dict)  # the furthest each has got, by id
 
-    def put(self, directive: Directive) -> None:
+    def put(self, directive: Directive) -> bool:
+        """Take `directive`'s state unless a later one is known; whether it was taken."""
+        if directive.progress < self.progress.get(directive.id, 0):
+            return False
+        self.progress[directive.id] = directive.progress
         self.discard(directive.id)
         if directive.status == "active":
             self.by_scope[directive.scope][directive.id] = directive
             self.by_id[directive.id] = directive
+        return True
 
     def discard(self, directive_id: str) -> None:
         old = self.by_id.pop(directive_id, None)
@@ -197,7 +219,8 @@ class DirectiveIndex:
         return [
             d
             for d in self.by_id.values()
-            if d.expires_at <= now or (d.confirm_by is not None and d.confirmed_by is None and d.confirm_by <= now)
+            if d.expires_at <= now
+            or (d.confirm_by is not None and d.confirmed_by is None and d.confirm_by <= now)
         ]
 
     def next_deadline(self) -> float | None:
@@ -205,6 +228,8 @@ class DirectiveIndex:
         moments = [d.expires_at for d in self.by_id.values()]
         moments += [d.starts_at for d in self.by_id.values()]
         moments += [
-            d.confirm_by for d in self.by_id.values() if d.confirm_by is not None and d.confirmed_by is None
+            d.confirm_by
+            for d in self.by_id.values()
+            if d.confirm_by is not None and d.confirmed_by is None
         ]
         return min(moments) if moments else None

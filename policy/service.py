@@ -16,6 +16,7 @@ from typing import Any
 
 from policy.actor import SYSTEM, Actor
 from policy.appeal import Appeal
+from policy.coverage import WINDOW, Coverage, coverage
 from policy.directive import (
     ACTIONS,
     Decision,
@@ -39,9 +40,15 @@ class Rules:
 
     max_directive_seconds: float = 30 * 86400
     confirm_window_seconds: float = 15 * 60
+    # A broad directive that would lapse sooner than this (unconfirmed time left on its scope
+    # today) is refused `confirmation-required`: policy/coverage.py.
+    min_unconfirmed_seconds: float = 60
     visit_early_join_seconds: float = 5 * 60
     max_visit_seconds: float = 4 * 3600
     max_contacts_per_visit: int = 4
+
+
+MAX_APPEAL_TEXT = 2000  # characters: as long as a directive's reason or a decision's note
 
 
 def new_id(prefix: str) -> str:
@@ -63,9 +70,10 @@ class Policy:
 
     # -- admission ----------------------------------------------------------------------
     async def load(self) -> None:
-        """Rebuild the in-memory index from the store (start-up, or catch-up after an outage)."""
+        """Rebuild the in-memory index from the store (start-up, or catch-up after an outage).
+        Closed directives are read too: the index remembers that they are closed."""
         fresh = DirectiveIndex()
-        for directive in await self.store.list_directives(status="active"):
+        for directive in await self.store.list_directives():
             fresh.put(directive)
         self.index = fresh
 
@@ -73,9 +81,10 @@ class Policy:
         """The one function that decides admission: O(number of subject keys)."""
         return self.index.evaluate(keys, self.clock())
 
-    def learn(self, directive: Directive) -> None:
-        """Apply a directive change made elsewhere (another node) to the local index."""
-        self.index.put(directive)
+    def learn(self, directive: Directive) -> bool:
+        """Apply a directive change made elsewhere (another node) to the local index; False
+        when the index knows a later state of it already (the copy is stale, and ignored)."""
+        return self.index.put(directive)
 
     # -- roster -------------------------------------------------------------------------
     async def create_facility(self, actor: Actor, body: object) -> Facility:
@@ -278,10 +287,16 @@ class Policy:
                 "too-long", f"a directive lasts at most {days:g} days; issue a new one when it ends"
             )
         await self._require_scope_target(scope)
+        confirm_by = None
+        if is_broad(scope):  # unconfirmed for as long as the scope's coverage allows
+            covered = await self.scope_coverage(scope, starts_at=starts_at)
+            if covered.lapse_at is None:
+                raise RuleBroken("confirmation-required", covered.refusal())
+            confirm_by = covered.lapse_at
         directive = Directive(
             id=new_id("D"), scope=scope, action=action, reason=reason, legal_basis=legal_basis,
             issued_by=actor.sub, issued_at=now, starts_at=starts_at, expires_at=expires_at,
-            confirm_by=now + self.rules.confirm_window_seconds if is_broad(scope) else None,
+            confirm_by=confirm_by,
         )  # fmt: skip
         await self.store.add_directive(
             directive,
@@ -291,6 +306,19 @@ class Policy:
         )
         self.index.put(directive)
         return directive
+
+    async def scope_coverage(self, scope: object, *, starts_at: float | None = None) -> Coverage:
+        """A broad scope's unconfirmed coverage now (policy/coverage.py), read from the
+        store: every node counts the same directives."""
+        scope = parse_scope(scope)
+        if not is_broad(scope):
+            raise RuleBroken("not-broad", "only system and facility scopes need confirmation")
+        now = self.clock()
+        return coverage(
+            await self.store.list_directives(scope=scope, closed_after=now - WINDOW),
+            scope, now, budget=self.rules.confirm_window_seconds,
+            minimum=self.rules.min_unconfirmed_seconds, starts_at=starts_at,
+        )  # fmt: skip
 
     async def _require_scope_target(self, scope: str) -> None:
         kind, *ids = scope.split(":")
@@ -344,7 +372,7 @@ class Policy:
                 actor.sub,
                 "directive.confirmed",
                 f"directive:{directive.id}",
-                {"confirmed_by": actor.sub},
+                {"confirmed_by": actor.sub, "confirmed_at": format_time(confirmed.confirmed_at)},
             ),
             expect_status="active",
         )
@@ -384,9 +412,11 @@ class Policy:
             "expired": "directive.expired",
             "lapsed": "directive.lapsed",
         }[status]
+        # The event carries every field it changes, so the chain alone says what the row is.
+        data = {"reason": reason, "closed_at": format_time(closed.closed_at)}
         await self.store.update_directive(
             closed,
-            AuditDraft(actor.sub, action, f"directive:{directive.id}", {"reason": reason}),
+            AuditDraft(actor.sub, action, f"directive:{directive.id}", data),
             expect_status="active",
         )
         self.index.put(closed)
@@ -418,7 +448,10 @@ class Policy:
 
     # -- appeals ------------------------------------------------------------------------
     async def file_appeal(self, actor: Actor, directive_id: str, body: object) -> Appeal:
-        text = check_text(_body(body).get("text"), "text", max_length=5000)
+        """One open appeal per person per directive (SPEC §4): a second while the first is
+        open is refused (`appeal-open`); once it is decided, a new one may be filed. The
+        store's unique index makes the rule hold for concurrent filings too."""
+        text = check_text(_body(body).get("text"), "text", max_length=MAX_APPEAL_TEXT)
         directive = await self.get_directive(directive_id)
         if actor.role != "family" or actor.visit is None:
             raise Forbidden("family-only", "appeals are filed by the affected family member")
@@ -428,6 +461,7 @@ class Policy:
             visit, contact=contact_id
         ):
             raise Forbidden("not-affected", "this directive did not apply to you")
+        await self._refuse_second_appeal(directive.id, actor.sub)
         appeal = Appeal(
             id=new_id("A"),
             directive=directive.id,
@@ -435,16 +469,29 @@ class Policy:
             text=text,
             filed_at=self.clock(),
         )
-        await self.store.add_appeal(
-            appeal,
-            AuditDraft(
-                actor.sub,
-                "appeal.filed",
-                f"directive:{directive.id}",
-                {"appeal": appeal.id, "text": text},
-            ),
-        )
+        try:
+            await self.store.add_appeal(
+                appeal,
+                AuditDraft(
+                    actor.sub,
+                    "appeal.filed",
+                    f"directive:{directive.id}",
+                    {"appeal": appeal.id, "text": text},
+                ),
+            )
+        except Conflict:  # a concurrent filing won the unique index
+            await self._refuse_second_appeal(directive.id, actor.sub)
+            raise
         return appeal
+
+    async def _refuse_second_appeal(self, directive_id: str, filed_by: str) -> None:
+        for appeal in await self.store.list_appeals(directive=directive_id):
+            if appeal.filed_by == filed_by and appeal.status == "open":
+                raise Conflict(
+                    "appeal-open",
+                    f"You already sent an appeal against this decision (reference {appeal.id})."
+                    " Staff will decide it before another one can be sent.",
+                )
 
     async def decide_appeal(
         self, actor: Actor, appeal_id: str, body: object
@@ -490,9 +537,13 @@ class Policy:
                        {"session": record.id, "role": record.role, "mode": record.mode, "node": record.node}),
         )  # fmt: skip
 
-    async def session_ended(self, record: SessionRecord, reason: str) -> None:
+    async def session_ended(
+        self, record: SessionRecord, reason: str, *, ended_at: float | None = None
+    ) -> None:
+        """Record a session's end: now, or at `ended_at` (a record written late, once an
+        unavailable store answers again, keeps the moment the session really ended)."""
         await self.store.session_ended(
-            record.id, self.clock(), reason,
+            record.id, self.clock() if ended_at is None else ended_at, reason,
             AuditDraft(record.sub, "session.ended", f"visit:{record.visit}",
                        {"session": record.id, "reason": reason, "node": record.node}),
         )  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from policy.rfc3339 import format_time
+from policy.rfc3339 import format_time, parse_time
 
 VISIT_KINDS = ("social", "privileged")
 
@@ -46,6 +46,19 @@ class Visit:
             "created_by": self.created_by,
             "created_at": format_time(self.created_at),
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Visit:
+        """The inverse of `to_json` (the derived `monitored` is ignored): how the audit
+        chain's `visit.created` is read back (policy/replay.py)."""
+        return cls(
+            id=str(data["id"]), facility=str(data["facility"]), inmate=str(data["inmate"]),
+            device=str(data["device"]), contacts=tuple(str(c) for c in data["contacts"]),
+            starts_at=parse_time(data["starts_at"], "starts_at"),
+            ends_at=parse_time(data["ends_at"], "ends_at"), kind=str(data["kind"]),
+            created_by=str(data["created_by"]),
+            created_at=parse_time(data["created_at"], "created_at"),
+        )  # fmt: skip
 
 
 def device_keys(facility: str, device: str) -> tuple[str, ...]:

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +57,7 @@ from aiohttp import WSMsgType, web
 
 from policy.actor import Actor
 from policy.directive import Directive
-from policy.errors import PolicyError
+from policy.errors import PolicyError, StoreUnavailable
 from policy.rfc3339 import format_time
 from policy.roster import Device
 from policy.service import Policy
@@ -70,6 +71,8 @@ from signaling.protocol import Close, Error, Message, Problem, Reason
 from signaling.registry import Call
 from signaling.session import Ending, Session
 from signaling.tokens import TokenError
+
+log = logging.getLogger("parlor.admission")
 
 JOIN_TIMEOUT = 10.0
 MODES = ("participant", "monitor")
@@ -135,6 +138,9 @@ async def admit(
         return await _welcome(app, session, replaced)
     except Refusal as refusal:
         return refusal
+    except StoreUnavailable as exc:  # a read before the session was registered
+        log.warning("join refused: store unavailable: %s", exc.message)
+        return Refusal.of(P.STORE_UNREACHABLE)
 
 
 def subject_keys(
@@ -318,6 +324,8 @@ async def _call(app: web.Application, visit: Visit) -> Call:
         _refuse_if_overloaded(app)
         try:
             owner = await app[K.BUS].place(visit)
+        except StoreUnavailable:
+            raise  # `admit` refuses it: unavailable
         except PolicyError as exc:
             raise Refusal.of(P.STORE_FAILED, cause=exc.message) from None
         if owner is not None:
@@ -400,8 +408,9 @@ async def _welcome(app: web.Application, session: Session, replaced: Session | N
             await session.started
         except (PolicyError, OSError) as exc:
             await enforcer.end_session(session, Reason.ERROR, Close.UNAVAILABLE)
-            if isinstance(exc, PolicyError):
+            if isinstance(exc, PolicyError) and not isinstance(exc, StoreUnavailable):
                 raise Refusal.of(P.STORE_FAILED, cause=exc.message) from None
+            log.warning("join refused: store unavailable: %s", getattr(exc, "message", exc))
             raise Refusal.of(P.STORE_UNREACHABLE) from None
         _check(app, session)
         if replaced is not None:

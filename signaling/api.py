@@ -15,10 +15,10 @@ from typing import Any
 
 from aiohttp import web
 
+from policy import replay
 from policy.actor import Actor
 from policy.appeal import Appeal
-from policy.audit import verify_chain
-from policy.errors import Forbidden, Malformed, NotFound, PolicyError
+from policy.errors import Forbidden, Malformed, NotFound, PolicyError, StoreUnavailable
 from policy.rfc3339 import format_time
 from policy.session import SessionRecord
 from policy.visit import Visit
@@ -35,6 +35,7 @@ log = logging.getLogger("parlor.api")
 STAFF = ("operator", "supervisor")
 READERS = ("operator", "supervisor", "auditor")
 MAX_BODY = 64 * 1024
+RETRY_AFTER = 2  # seconds, told with a 503 `unavailable`: about the store's busy timeout
 STATUS = {
     "malformed": 400,
     "forbidden": 403,
@@ -146,14 +147,22 @@ def guarded(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespons
             response = problem_response(408, P.API_BODY_TIMEOUT)
             response.force_close()
             return response
+        except StoreUnavailable as exc:
+            return store_unavailable(request, exc.message)
         except PolicyError as exc:
             return error_response(STATUS[exc.kind], exc.code, exc.message)
         except OSError as exc:
-            log.warning("store unavailable: %s", exc)
-            return problem_response(503, P.API_STORE_UNREACHABLE)
+            return store_unavailable(request, str(exc))
 
     handler.__name__ = route.handler.__name__
     return handler
+
+
+def store_unavailable(request: web.Request, cause: str) -> web.Response:
+    """503 `unavailable` with `Retry-After`, and one warning (the cause, never a traceback):
+    nothing was done, so the client may simply try again."""
+    log.warning("%s %s: store unavailable: %s", request.method, request.path, cause)
+    return problem_response(503, P.API_STORE_UNREACHABLE, {"Retry-After": str(RETRY_AFTER)})
 
 
 def created(value: Any) -> web.Response:
@@ -323,6 +332,13 @@ async def confirm_directive(request: web.Request, actor: Actor) -> web.Response:
     return web.json_response(directive_json(request, directive))
 
 
+async def scope_coverage(request: web.Request, actor: Actor) -> web.Response:
+    """How long a broad scope has been restricted without a second supervisor today, and how
+    long a new unconfirmed directive could stay unconfirmed (policy/coverage.py)."""
+    coverage = await request.app[K.POLICY].scope_coverage(request.match_info["scope"])
+    return web.json_response(coverage.to_json())
+
+
 def appeal_json(appeal: Appeal) -> dict[str, Any]:
     return {
         "id": appeal.id, "directive": appeal.directive, "filed_by": appeal.filed_by, "text": appeal.text,
@@ -405,7 +421,7 @@ async def list_audit(request: web.Request, actor: Actor) -> web.Response:
 
 
 async def verify_audit(request: web.Request, actor: Actor) -> web.Response:
-    report = verify_chain(*await request.app[K.STORE].audit_chain())
+    report = replay.verify(await request.app[K.STORE].state())  # seals, and rows replayed
     return web.json_response(report.to_json())
 
 
@@ -455,6 +471,9 @@ ROUTES: list[Route] = [
           _object({"reason": STR}, ["reason"]), 200, ("directives",)),
     Route("POST", "/api/v1/directives/{id}/confirm", confirm_directive, ("supervisor",),
           "Confirm a broad directive (a supervisor other than the issuer)", _object({}, []), 200, ("directives",)),
+    Route("GET", "/api/v1/scopes/{scope}/coverage", scope_coverage, READERS,
+          "A broad scope's unconfirmed time in the last 24 hours, and what a new directive would get",
+          tags=("directives",)),
     Route("POST", "/api/v1/directives/{id}/appeals", file_appeal, ("family",), "Appeal a directive that affected you",
           _object({"text": STR}, ["text"]), 201, ("appeals",)),
     Route("GET", "/api/v1/appeals", list_appeals, READERS, "List appeals (?status=open)", tags=("appeals",)),

@@ -7,24 +7,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import logging
+import os
 import secrets
+import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
+from policy import replay
 from policy.actor import SYSTEM
+from policy.errors import Conflict
 from policy.service import Policy
 from policy.store import AuditDraft, open_store
 from relay import pin_ice_addresses
 from signaling import events, logs, scheduler, ws
 from signaling import keys as K
 from signaling.api import ROUTES, error_response, guarded, problem_response
+from signaling.backlog import Backlog
 from signaling.bus import open_bus
 from signaling.config import Config
-from signaling.directives import Directives
+from signaling.directives import STATE_ACCEPTED, Directives
 from signaling.enforcer import Enforcer
 from signaling.listener import Connections
 from signaling.memory import trim_after_sessions_end
@@ -157,6 +165,11 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     all before the first admission; end every live session and close the store on the way out."""
     store = app[K.STORE]
     await store.open()
+    try:
+        await check_state(app)
+    except BaseException:
+        await store.close()
+        raise
     policy = app[K.POLICY]
     await policy.load()
     await app[K.DIRECTIVES].close_due()
@@ -192,7 +205,77 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             )
         )
         await enforcer.drain()
+        await _write_backlog(enforcer.backlog)
         await store.close()
+
+
+async def _write_backlog(backlog: Backlog, timeout: float = 3.0) -> None:
+    """On the way out: a last try at the records an unavailable store could not take."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(backlog.flush(force=True), timeout)
+    if len(backlog):
+        log.warning(
+            "shutting down with %d records the store did not take (the next start closes "
+            "sessions left open as ended with 'error'): %s",
+            len(backlog), "; ".join(backlog.lost()),
+        )  # fmt: skip
+
+
+async def check_state(app: web.Application) -> None:
+    """SPEC §4: the store's state is a projection of the audit chain, and a node checks it at
+    start-up (policy/replay.py). On a disagreement it refuses to start (`StateDisagrees`
+    says which rows, how to investigate and how to override), unless started with
+    `--accept-store-state`: then the disagreeing rows are restored to what the chain implies
+    — the chain is the record of every authorised change; a row it does not imply was
+    changed without one, and the node enforces the audited truth — in one transaction with
+    the audit event `store.state-accepted`, which names the disagreements and who started
+    the node, and the node starts."""
+    config, store = app[K.CONFIG], app[K.STORE]
+    for _ in range(3):  # a write by another node between the read and the restore: again
+        report = replay.check(await store.state())
+        if report.ok:
+            return
+        if not config.accept_store_state:
+            raise replay.StateDisagrees(report, db=_shown_db(config.db))
+        data = {
+            "disagreements": [d.to_json() for d in report.disagreements],
+            "resolution": "the rows were restored to what the audit chain implies",
+            "started_by": started_by(config),
+        }
+        try:
+            await store.restore(
+                replay.restoration(report),
+                AuditDraft(SYSTEM.sub, STATE_ACCEPTED, f"node:{config.node_id}", data),
+            )
+        except Conflict:
+            continue
+        log.warning(
+            "started with --accept-store-state: %d disagreement(s) with the audit chain "
+            "restored to the chain's values and recorded (%s): %s",
+            len(report.disagreements), STATE_ACCEPTED, "; ".join(map(str, report.disagreements)),
+        )  # fmt: skip
+    report = replay.check(await store.state())
+    if not report.ok:
+        raise replay.StateDisagrees(report, db=_shown_db(config.db))
+
+
+def started_by(config: Config) -> dict[str, Any]:
+    """Who and what started this node, for the audit record of an override."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return {"node": config.node_id, "host": socket.gethostname(), "user": user,
+            "pid": os.getpid(), "command": " ".join(sys.argv)}  # fmt: skip
+
+
+def _shown_db(db: str) -> str:
+    """The database as a command line names it, without a password."""
+    scheme, sep, rest = db.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        credentials, host = rest.split("@", 1)
+        return f"{scheme}://{credentials.split(':', 1)[0]}@{host}"
+    return db
 
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:

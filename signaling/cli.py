@@ -15,8 +15,8 @@ import urllib.error
 import urllib.request
 from typing import Any, NoReturn
 
+from policy import replay
 from policy.actor import ROLES, Actor
-from policy.audit import verify_chain
 from policy.errors import PolicyError
 from policy.rfc3339 import format_time, parse_duration
 from policy.service import Policy
@@ -39,7 +39,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def _config(args: argparse.Namespace) -> Config:
-    flags = {name: getattr(args, name, None) for name in ("host", "port", "db", "ice_addresses", "public_url", "codec", "node_id")}
+    flags = {name: getattr(args, name, None) for name in ("host", "port", "db", "ice_addresses", "public_url", "codec", "node_id", "accept_store_state")}
     return load_config(os.environ, **flags)
 
 
@@ -157,17 +157,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
             raise Usage(f"--anchor takes SEQ:HASH as printed in a report's head, got {text!r}")
         anchors[int(seq)] = digest.lower()
 
-    async def verify() -> dict[str, Any]:
+    async def verify() -> replay.Verification:
         store = open_store(db, read_only=True)  # the database itself refuses any write
         await store.open()
-        try:
-            return verify_chain(*await store.audit_chain(), anchors=anchors).to_json()
+        try:  # the chain's seals, and every row replayed from it (policy/replay.py)
+            return replay.verify(await store.state(), anchors)
         finally:
             await store.close()
 
     report = asyncio.run(verify())
-    print(json.dumps(report))
-    return 0 if report["ok"] else 1
+    print(json.dumps(report.to_json()))
+    for disagreement in report.state.disagreements:
+        print(f"parlor: disagrees: {disagreement}", file=sys.stderr)
+    return 0 if report.ok else 1
 
 
 # -- commands that talk to a running server ---------------------------------------------
@@ -273,6 +275,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-url", help="public base URL used in links (env PARLOR_PUBLIC_URL)")
     serve.add_argument("--codec", help="video codec for every call: VP8 or H264 (env PARLOR_CODEC)")
     serve.add_argument("--node-id", help="this node's id in a cluster (env PARLOR_NODE_ID)")
+    serve.add_argument(
+        "--accept-store-state", action="store_true", default=None,
+        help="start although the store disagrees with its audit chain: the disagreeing rows are "
+        "restored to what the chain implies, recorded as the audit event store.state-accepted",
+    )  # fmt: skip
     store_flags(serve)
     serve.set_defaults(run=cmd_serve)
 
@@ -296,7 +303,8 @@ def parser() -> argparse.ArgumentParser:
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     verify = audit_commands.add_parser(
         "verify",
-        help="recompute the hash chain, read-only; print its head (record it elsewhere); exit 1 if broken",
+        help="recompute the hash chain and replay it against the store's rows, read-only; print its "
+        "head (record it elsewhere) and every row that disagrees; exit 1 on either",
     )
     verify.add_argument(
         "--anchor", action="append", metavar="SEQ:HASH",

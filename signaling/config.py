@@ -54,6 +54,10 @@ class Config:
     max_calls: int = 0  # calls this node starts relaying at most (0: no fixed limit)
     overload_lag_seconds: float = 0.15  # mean event-loop lag above which no new call starts
     edge: EdgeLimits = field(default_factory=EdgeLimits)  # request timeouts, connections per IP
+    # Start although the store disagrees with its audit chain, restoring the chain's values
+    # (signaling/app.py check_state). A flag for one start, deliberately no environment
+    # variable: an override left in an environment file would silence every later check.
+    accept_store_state: bool = False
 
     @property
     def base_url(self) -> str:
@@ -220,6 +224,8 @@ def load_config(env: Mapping[str, str], **flags: Any) -> Config:
         edge["max_per_ip"] = _int(str(per_ip), "PARLOR_MAX_CONNECTIONS_PER_IP", 1, 1_000_000)
     if edge:
         extra["edge"] = EdgeLimits(**edge)
+    if flags.get("accept_store_state"):
+        extra["accept_store_state"] = True
     return Config(
         secret=secret, db=db, host=host, port=port, ice_servers=ice_servers,
         ice_addresses=ice_addresses, public_url=public_url, node_url=node_url or None, codec=codec, rules=rules,

@@ -36,7 +36,7 @@ from policy.actor import SYSTEM, Actor
 from policy.appeal import Appeal
 from policy.audit import AuditEvent
 from policy.directive import Directive
-from policy.errors import PolicyError
+from policy.errors import PolicyError, StoreUnavailable
 from policy.service import Policy
 from signaling.background import Background
 from signaling.enforcer import Enforcer, Stopped
@@ -50,6 +50,7 @@ CHANGED = ("directive.lifted", "directive.expired", "directive.lapsed", "directi
 SESSION_END_REQUESTED = (
     "session.end-requested"  # written by POST /sessions/{id}/end for another node
 )
+STATE_ACCEPTED = "store.state-accepted"  # a node restored rows to the audit chain's values
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class Directives:
         ended = await self.enforcer.complete(stopped) if stopped else []  # 3. complete
         enforced = time.perf_counter()
         if ended:  # 4. count
-            directive = await self.policy.record_enforcement(actor, directive, ended)
+            directive = await self._count(actor, directive, ended)
         recorded = time.perf_counter()
         return Issued(directive, committed - started, enforced - committed, recorded - enforced)
 
@@ -118,8 +119,11 @@ class Directives:
 
     # -- one directive on this node's live sessions -----------------------------------------
     def _learn_and_stop(self, directive: Directive) -> Stopped | None:
-        """Step 2, one synchronous block (admission.py's block D): into the index, then halt."""
-        self.policy.learn(directive)
+        """Step 2, one synchronous block (admission.py's block D): into the index, then halt.
+        A copy older than what the index knows (lifted or confirmed here meanwhile) does
+        nothing: a directive's state only moves forward (`DirectiveIndex.put`)."""
+        if not self.policy.learn(directive):
+            return None
         return self._stop(directive)
 
     def _stop(self, directive: Directive) -> Stopped | None:
@@ -137,7 +141,22 @@ class Directives:
         ended = await self.enforcer.complete(stopped)
         if not ended:
             return directive
-        return await self.policy.record_enforcement(actor, directive, ended, node=node)
+        return await self._count(actor, directive, ended, node=node)
+
+    async def _count(
+        self, actor: Actor, directive: Directive, ended: list[str], *, node: str | None = None
+    ) -> Directive:
+        """Add the sessions ended here to the directive's count; an unavailable store gets
+        the count later (the enforcer's backlog): the sessions are ended either way."""
+        try:
+            return await self.policy.record_enforcement(actor, directive, ended, node=node)
+        except StoreUnavailable as exc:
+            self.enforcer.backlog.add(
+                f"the count of directive {directive.id}'s ended sessions {', '.join(ended)}",
+                lambda: self.policy.record_enforcement(actor, directive, ended, node=node),
+                exc,
+            )
+            return directive.with_changes(sessions_ended=directive.sessions_ended + len(ended))
 
     async def release(self, directive: Directive) -> None:
         """A directive stopped being in force (lifted, expired, lapsed): undo audio-only, and
@@ -166,8 +185,8 @@ class Directives:
             if directive is None:
                 return
             if directive.status != "active":
-                self.policy.learn(directive)
-                await self.release(directive)
+                if self.policy.learn(directive):
+                    await self.release(directive)
                 return
             stopped = self._learn_and_stop(directive)
             if stopped:
@@ -176,6 +195,8 @@ class Directives:
                 self.background.spawn(self._count_here(directive, stopped))
         elif event.action == SESSION_END_REQUESTED:
             await self._end_requested(event)
+        elif event.action == STATE_ACCEPTED:  # rows restored to the chain: read them again
+            await self.policy.load()  # (the scheduler's start_due enforces what is new)
 
     async def _count_here(self, directive: Directive, stopped: Stopped) -> None:
         """Complete what another node's directive stopped here, and add this node's count."""
@@ -202,6 +223,8 @@ class Directives:
         are still live in it; close their records (reason `error`). Only sessions live when
         the link was lost and gone now: an admission half-way then is not mistaken for one."""
         await self.background.drain(5.0)  # sessions the catch-up ended: their records first
+        if not await self.enforcer.backlog.flush(force=True):  # and the ones kept meanwhile
+            raise StoreUnavailable("store-unavailable", "the store refused the kept records")
         live = self.enforcer.sessions.by_id
         for record in await self.policy.store.list_sessions(live=True, node=self.node_id):
             if record.id in self.live_at_loss and record.id not in live:

@@ -23,9 +23,11 @@ from typing import Any
 
 from policy.actor import Actor
 from policy.directive import Directive
+from policy.errors import StoreUnavailable
 from policy.service import Policy
 from relay import RelayPeer
 from signaling.background import Background
+from signaling.backlog import Backlog
 from signaling.metrics import Metrics
 from signaling.protocol import Close, Error, Message, Reason, directive_reason, ended_text
 from signaling.registry import Call, LiveSessions
@@ -68,6 +70,7 @@ class Enforcer:
     metrics: Metrics = field(default_factory=Metrics)
     tokens: Tokens | None = None  # mints the appeal tokens carried in family notices
     closing: Background = field(default_factory=Background)  # detached closes running
+    backlog: Backlog = field(default_factory=Backlog)  # records the store could not take yet
 
     # -- a directive on the live sessions it matches ----------------------------------------
     def stop(self, directive: Directive) -> Stopped:
@@ -253,8 +256,15 @@ class Enforcer:
     async def _record_end(self, session: Session, reason: str) -> bool:
         if not await session.start_recorded():
             return False  # never recorded as started: nothing to close
+        record, ended_at = session.record, self.policy.clock()
         try:
-            await self.policy.session_ended(session.record, reason)
+            await self.policy.session_ended(record, reason, ended_at=ended_at)
+        except StoreUnavailable as exc:  # the session is over: its record is written later
+            self.backlog.add(
+                f"the end of session {session.id}",
+                lambda: self.policy.session_ended(record, reason, ended_at=ended_at),
+                exc,
+            )
         except Exception:  # the session is over either way; the orphan sweep closes the record
             log.exception("could not record the end of session %s", session.id)
         return True

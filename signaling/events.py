@@ -19,6 +19,7 @@ import logging
 
 from aiohttp import WSMsgType, web
 
+from policy.errors import StoreUnavailable
 from signaling import keys as K
 from signaling import protocol as P
 from signaling.protocol import Close, Error, Message
@@ -77,6 +78,10 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
                 cursor = event.seq
     except (ConnectionError, RuntimeError):
         pass
+    except StoreUnavailable as exc:  # the console reconnects and resumes from its last seq
+        log.warning("event stream: store unavailable: %s", exc.message)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await _refuse(ws, P.STREAM_STORE_UNREACHABLE.frame(), Close.UNAVAILABLE)
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):

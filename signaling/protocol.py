@@ -245,6 +245,11 @@ AUTH_REQUIRED = Problem(
     Error.AUTH_REQUIRED, "send {{type: auth, token}} first", Close.PROTOCOL_ERROR
 )
 STAFF_AND_AUDITORS_ONLY = Problem(Error.FORBIDDEN, "staff and auditors only", Close.REFUSED)
+STREAM_STORE_UNREACHABLE = Problem(
+    Error.UNAVAILABLE,
+    "the server cannot read its store; reconnect shortly with the last seq you saw",
+    Close.UNAVAILABLE,
+)
 
 # -- the REST API (signaling/api.py, signaling/app.py) -------------------------------------
 API_RATE_LIMITED = Problem(Error.RATE_LIMITED, "too many requests; slow down")

@@ -11,6 +11,7 @@ import logging
 
 from aiohttp import web
 
+from policy.errors import StoreUnavailable
 from signaling import keys as K
 from signaling.protocol import Close, Message, Reason
 
@@ -20,27 +21,44 @@ WARNINGS = (600, 300, 120, 60, 30, 10)  # seconds before the end when participan
 
 
 async def run(app: web.Application) -> None:
+    unavailable = False  # said once per run of failed ticks, not every tick
     while True:
         try:
-            delay = await tick(app)
+            delay, problem = await tick(app)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("scheduler tick failed")
-            delay = app[K.CONFIG].tick_seconds
+            delay, problem = app[K.CONFIG].tick_seconds, None
+        if problem is not None and not unavailable:
+            log.warning(
+                "store unavailable (%s): directives due expire or lapse once it answers; "
+                "visits still end on time",
+                problem.message,
+            )
+        unavailable = problem is not None
         await asyncio.sleep(delay)
 
 
-async def tick(app: web.Application) -> float:
-    """Close due directives, start the ones due, warn and end visits; return how long to sleep."""
+async def tick(app: web.Application) -> tuple[float, StoreUnavailable | None]:
+    """Write what the store could not take, close due directives, start the ones due, warn
+    and end visits; return how long to sleep, and why the store was not written (if so).
+
+    An unavailable store stops only the writes: visits end and directives start on time
+    (what they end is recorded through the enforcer's backlog)."""
     policy, enforcer, sessions, directives = (
         app[K.POLICY],
         app[K.ENFORCER],
         app[K.SESSIONS],
         app[K.DIRECTIVES],
     )
-    if app[K.READY].is_set():
-        await directives.close_due()
+    problem = None
+    try:
+        await enforcer.backlog.flush()
+        if app[K.READY].is_set():
+            await directives.close_due()
+    except StoreUnavailable as exc:
+        problem = exc
     await directives.start_due()
     now = policy.clock()
     deadlines = []
@@ -67,4 +85,4 @@ async def tick(app: web.Application) -> float:
         deadlines.append(directive_deadline)
     tick_seconds = app[K.CONFIG].tick_seconds
     upcoming = [d - now for d in deadlines if d > now]
-    return max(0.01, min([tick_seconds, *upcoming]))
+    return max(0.01, min([tick_seconds, *upcoming])), problem

@@ -10,7 +10,7 @@
 import { forgetToken, takeToken } from "./token.js";
 import { formatDateTime, h } from "./ui.js";
 
-const MAX = 5000;
+const MAX = 2000;
 const VISIT_TOKEN_PREFIX = "parlor.token.visit.";
 
 const $ = (id) => document.getElementById(id);
@@ -116,6 +116,7 @@ function explain(status, code, message) {
     return `Your visit link has expired, so we cannot accept an appeal from this window. Please contact the facility and give them the reference ${directiveId}.`;
   }
   if (status === 404) return `We could not find this decision (reference ${directiveId}). Check the link, or contact the facility.`;
+  if (status === 409 && code === "appeal-open") return message;
   if (status === 429) return "Too many tries in a short time. Please wait a minute, then try again. What you wrote is still here.";
   if (status === 400 || status === 422) return `Please check what you wrote: ${message}`;
   return "Something went wrong on our side. Please try again in a few minutes. What you wrote is still here.";
@@ -203,7 +204,7 @@ async function submit(event) {
   showProblem(last ? explain(last.status, last.code, last.message) : "This page cannot find your visit link.");
   app.dataset.state = "refused";
   // Trying again cannot change these answers: put the form away and say what can help.
-  if (last && [401, 403, 404].includes(last.status)) {
+  if (last && ([401, 403, 404].includes(last.status) || last.code === "appeal-open")) {
     $("appeal-form").hidden = true;
     if (last.status === 403) {
       $("appeal-problem").after(

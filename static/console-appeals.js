@@ -112,13 +112,12 @@ export class AppealsView {
     const note = h("textarea", { rows: 2, maxlength: 2000, "data-role": "note" });
     const submit = h("button", { type: "submit", class: "button button--primary" }, "Record decision");
     const issuer = this.#state.directives.get(appeal.directive)?.issued_by;
+    const own = issuer && issuer === this.#session.sub;
     form.append(
       problems,
       decision,
       field({ label: "Note to the family and the record", control: note }),
-      issuer && issuer === this.#session.sub
-        ? h("p", { class: "muted" }, "You issued this directive: someone else must decide this appeal.")
-        : null,
+      ...(own ? [h("p", { class: "muted" }, "You issued this directive: someone else must decide this appeal.")] : []),
       h("div", { class: "actions" }, submit),
     );
     clearErrorsOnEdit(form);

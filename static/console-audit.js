@@ -1,6 +1,6 @@
 // The audit log, newest first, a page at a time, with new events added live
 // while the newest page is shown; and "Verify chain", which asks the server
-// to recompute the hash chain (GET /audit/verify).
+// to recompute the hash chain and replay it against the records (GET /audit/verify).
 
 import { ApiError } from "./console-api.js";
 import { busy } from "./console-dialog.js";
@@ -153,12 +153,26 @@ export class AuditView {
     try {
       const report = await busy(this.#el.verify, "Verifying…", () => this.#api.get("/audit/verify"));
       result.dataset.ok = String(Boolean(report.ok));
+      const rows = report.state?.disagreements ?? [];
       if (report.ok) {
         result.classList.add("is-ok");
-        result.textContent = `Chain intact: all ${report.events} events verified.`;
+        result.textContent = `Chain intact: all ${report.events} events verified, and every record agrees with them.`;
       } else {
         result.classList.add("is-bad");
-        result.textContent = `Chain broken: the first bad event is #${report.first_bad} (of ${report.events}).`;
+        const parts = [];
+        if (report.chain_ok === false || report.first_bad !== null) {
+          parts.push(`Chain broken: the first bad event is #${report.first_bad} (of ${report.events}).`);
+        }
+        if (rows.length) {
+          parts.push(`${rows.length} ${rows.length === 1 ? "record disagrees" : "records disagree"} with the audit chain (changed without an audit event):`);
+        }
+        const listed = rows.map((d) =>
+          h("li", {}, `${d.table} ${d.id} ${d.field}: stored ${JSON.stringify(d.stored)}, the chain says ${JSON.stringify(d.implied)}`),
+        );
+        result.replaceChildren(
+          ...parts.map((text) => h("span", {}, text, " ")),
+          ...(rows.length ? [h("ul", { class: "verify-disagreements" }, listed)] : []),
+        );
       }
     } catch (error) {
       result.classList.add("is-bad");

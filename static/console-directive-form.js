@@ -1,8 +1,11 @@
 // The "issue a directive" dialog, used for a targeted suspension from a call
 // and for the facility / system stop. Scope, action, reason, legal basis and
 // duration are all required (SPEC §4); a broad stop also asks the operator to
-// type the facility id, and after issuing says when it will lapse unless a
-// second supervisor confirms it.
+// type the facility id, says before sending how much unconfirmed time the scope
+// has left today (GET /scopes/{scope}/coverage: one person alone may restrict a
+// broad scope for at most the confirmation window in 24 hours), and after
+// issuing says when it will lapse unless a second supervisor confirms it. A
+// refusal (e.g. `confirmation-required`) is shown in the server's own words.
 
 import { ApiError } from "./console-api.js";
 import {
@@ -81,6 +84,22 @@ export function openDirectiveDialog({ api, title, intro = "", scopes, broad = fa
       );
       const until = h("p", { class: "field-hint until", "aria-live": "polite" });
 
+      const coverage = h("div", { class: "scope-coverage", id: "scope-coverage", "aria-live": "polite", hidden: true });
+      let coverageFor = null; // the scope whose coverage was asked for last
+      const showCoverage = async (scope) => {
+        coverageFor = scope;
+        let answer;
+        try {
+          answer = await api.get(`/scopes/${encodeURIComponent(scope)}/coverage`);
+        } catch {
+          answer = null; // the refusal, if any, comes with the answer to the directive itself
+        }
+        if (coverageFor !== scope) return;
+        coverage.hidden = !answer;
+        if (answer) coverage.replaceChildren(...describeCoverage(answer));
+        coverage.dataset.refused = String(Boolean(answer?.refused));
+      };
+
       const confirmInput = h("input", { type: "text", name: "confirm", autocomplete: "off", spellcheck: "false" });
       const confirmField = broad
         ? field({ label: "Type the facility id to confirm", control: confirmInput, hint: "Choose where it applies first." })
@@ -120,28 +139,33 @@ export function openDirectiveDialog({ api, title, intro = "", scopes, broad = fa
           confirmField.querySelector("label").textContent = want === "system" ? 'Type "system" to confirm' : `Type the facility id (${want}) to confirm`;
           confirmField.querySelector(".field-hint").textContent =
             want === "system" ? "This stops matching calls in every facility." : `This stops matching calls in every part of facility ${want}.`;
+          showCoverage(checkedValue(form, "scope"));
         });
       }
 
+      // (DOM append writes a null as the text "null": the parts this dialog lacks are left out)
       form.append(
-        intro ? h("p", { class: "dialog-intro" }, intro) : null,
-        problems,
-        scopeGroup,
-        actionGroup,
-        field({ label: "Reason", control: reason, hint: "Shown to the people affected. Be specific." }),
-        field({ label: "Legal basis", control: legalBasis, hint: "The rule or order this rests on, e.g. “Rule 34(2)”." }),
-        h("div", { class: "duration-row" }, field({ label: "Duration", control: duration, hint: "At most 30 days." }), custom),
-        until,
-        broad
-          ? h(
-              "p",
-              { class: "banner banner--warning broad-warning" },
-              h("strong", {}, "This takes effect at once for every matching call. "),
-              "It lapses automatically unless a second, different supervisor confirms it.",
-            )
-          : null,
-        confirmField,
-        h("div", { class: "actions" }, submit, cancel),
+        ...[
+          intro ? h("p", { class: "dialog-intro" }, intro) : null,
+          problems,
+          scopeGroup,
+          broad ? coverage : null,
+          actionGroup,
+          field({ label: "Reason", control: reason, hint: "Shown to the people affected. Be specific." }),
+          field({ label: "Legal basis", control: legalBasis, hint: "The rule or order this rests on, e.g. “Rule 34(2)”." }),
+          h("div", { class: "duration-row" }, field({ label: "Duration", control: duration, hint: "At most 30 days." }), custom),
+          until,
+          broad
+            ? h(
+                "p",
+                { class: "banner banner--warning broad-warning" },
+                h("strong", {}, "This takes effect at once for every matching call. "),
+                "It lapses automatically unless a second, different supervisor confirms it.",
+              )
+            : null,
+          confirmField,
+          h("div", { class: "actions" }, submit, cancel),
+        ].filter(Boolean),
       );
 
       clearErrorsOnEdit(form);
@@ -175,6 +199,8 @@ export function openDirectiveDialog({ api, title, intro = "", scopes, broad = fa
           directive = await busy(submit, "Issuing…", () => api.post("/directives", body));
         } catch (error) {
           showSummary(problems, error instanceof ApiError ? error.message : String(error));
+          problems.scrollIntoView({ block: "nearest" }); // the refusal is at the top of a long form
+          if (broad) showCoverage(scope);
           return;
         }
         onIssued(directive);
@@ -187,6 +213,27 @@ export function openDirectiveDialog({ api, title, intro = "", scopes, broad = fa
       dialog.append(form);
     },
   });
+}
+
+/**
+ * A broad scope's unconfirmed time today, in words: what is left and when a stop
+ * issued now would lapse, or (refused) the server's explanation.
+ */
+function describeCoverage(c) {
+  if (c.refused) {
+    return [h("p", { class: "banner banner--warning", id: "coverage-refused" }, c.message)];
+  }
+  const left = formatLength(c.available_seconds);
+  const used = formatLength(c.used_seconds);
+  return [
+    h(
+      "p",
+      { class: "field-hint", id: "coverage-left" },
+      `Without a second supervisor, ${c.scope} can be restricted for ${left} more today ` +
+        `(${used} of ${formatLength(c.budget_seconds)} used in the last 24 hours). ` +
+        `A stop issued now lapses at ${formatWhen(c.lapse_at)} unless it is confirmed.`,
+    ),
+  ];
 }
 
 /** After a broad stop: what happened, and when it lapses unless confirmed. */

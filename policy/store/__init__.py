@@ -12,10 +12,21 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from policy.store.interface import AuditDraft, Cluster, Listener, Placement, Store
+from policy.store.interface import (
+    AuditDraft,
+    Cluster,
+    Listener,
+    Placement,
+    Restoration,
+    Store,
+    StoredState,
+)
 from policy.store.sqlite import SqliteStore
 
-__all__ = ["AuditDraft", "Cluster", "Listener", "Placement", "Store", "SqliteStore", "open_store"]
+__all__ = [
+    "AuditDraft", "Cluster", "Listener", "Placement", "Restoration", "Store", "StoredState",
+    "SqliteStore", "open_store",
+]  # fmt: skip
 
 
 def open_store(url: str, clock: Any = time.time, *, read_only: bool = False) -> Store:

@@ -19,7 +19,7 @@ without its audit record, or the reverse, cannot be observed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from policy.appeal import Appeal
@@ -38,6 +38,31 @@ class AuditDraft:
     action: str
     subject: str
     data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """The audit chain and the rows it projects to (directives, approvals, visits), read
+    together in one snapshot: what `policy/replay.py` compares."""
+
+    events: list[AuditEvent]
+    head: tuple[int, str]  # the chain's head (seq, hash) as the store records it
+    directives: dict[str, Directive]
+    approvals: dict[tuple[str, str], str]  # (contact, inmate) -> status
+    visits: dict[str, Visit]
+
+
+@dataclass(frozen=True)
+class Restoration:
+    """Rows to make what the audit chain implies (`Store.restore`): written only if the
+    chain's head is still `head`. An approval mapped to None is removed."""
+
+    head: int
+    directives: list[Directive] = field(default_factory=list)
+    stray_directives: list[str] = field(default_factory=list)  # rows the chain never made
+    approvals: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    visits: list[Visit] = field(default_factory=list)
+    stray_visits: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -174,7 +199,15 @@ class Store(Protocol):
 
     async def get_directive(self, directive_id: str) -> Directive | None: ...
 
-    async def list_directives(self, *, status: str | None = None) -> list[Directive]: ...
+    async def list_directives(
+        self,
+        *,
+        status: str | None = None,
+        scope: str | None = None,
+        closed_after: float | None = None,
+    ) -> list[Directive]:
+        """Newest first; only those with `status`, on `scope`, or still open or closed after
+        `closed_after` (the ones in force at some moment since), when given."""
 
     async def add_appeal(self, appeal: Appeal, audit: AuditDraft) -> AuditEvent: ...
 
@@ -195,3 +228,11 @@ class Store(Protocol):
 
     async def audit(self, draft: AuditDraft) -> AuditEvent:
         """An audit event with no other state change (e.g. a refused monitor join)."""
+
+    # -- the state as a projection of the chain (policy/replay.py) ----------------------
+    async def state(self) -> StoredState:
+        """The audit chain and the rows it projects to, read in one snapshot."""
+
+    async def restore(self, restoration: Restoration, audit: AuditDraft) -> AuditEvent:
+        """Make the rows what the chain implies, with `audit`, in one transaction; `Conflict`
+        if an event was written since the state was read."""

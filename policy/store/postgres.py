@@ -33,7 +33,16 @@ import asyncpg
 from policy.audit import GENESIS, AuditEvent, canonical_json
 from policy.errors import Conflict, StoreUnavailable
 from policy.store.interface import AuditDraft, Cluster, Placement
-from policy.store.sql import SCHEMA, SCHEMA_VERSION, SqlStore, Statement, seal_next
+from policy.store.sql import (
+    DUPLICATE_OPEN_APPEALS,
+    ONE_OPEN_APPEAL,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SqlStore,
+    Statement,
+    seal_next,
+    supersede_duplicates,
+)
 
 CHANNEL = "parlor_events"
 NOTIFY_LIMIT = 7999  # bytes: PostgreSQL refuses a longer payload
@@ -197,6 +206,14 @@ class PostgresStore(SqlStore):
                     "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, $1) ON CONFLICT (id) DO NOTHING",
                     GENESIS,
                 )
+                duplicates = [row["id"] for row in await conn.fetch(DUPLICATE_OPEN_APPEALS)]
+                if duplicates:
+                    statements, draft = supersede_duplicates(duplicates, self.clock())
+                    for sql, params in statements:
+                        await conn.execute(numbered(sql), *params)
+                    self._wrote_on(conn)
+                    await self._append(conn, draft)
+                await conn.execute(ONE_OPEN_APPEAL)
             self.head_seq = await self.audit_head()
         except UNREACHABLE as exc:
             await self.close()
@@ -236,26 +253,29 @@ class PostgresStore(SqlStore):
                         raise Conflict(
                             "state-changed", "the record changed meanwhile; reload and retry"
                         )
-                # Locked last, so the head is held only for the few statements below.
-                head = await conn.fetchrow(
-                    "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE"
-                )
-                event = seal_next(head["seq"], head["hash"], audit, self.clock())
-                await conn.execute(
-                    "WITH appended AS ("
-                    "  INSERT INTO audit (seq, at, actor, action, subject, data, prev_hash, hash)"
-                    "  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)),"
-                    " moved AS (UPDATE audit_head SET seq = $1, hash = $8 WHERE id = 1)"
-                    " SELECT pg_notify($9, $10)",
-                    event.seq, event.at, event.actor, event.action, event.subject,
-                    json.dumps(event.data, sort_keys=True), event.prev_hash, event.hash, CHANNEL,
-                    announcement(event),
-                )  # fmt: skip
+                event = await self._append(conn, audit)
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise Conflict("already-exists", f"conflicts with an existing record: {exc}") from exc
         except UNREACHABLE as exc:
             raise _unavailable(exc) from exc
         self.noticed(event.seq)
+        return event
+
+    async def _append(self, conn: Any, audit: AuditDraft) -> AuditEvent:
+        """Seal the next audit event, move the head and announce it, inside the caller's
+        transaction. The head is locked here, last, so it is held only for these statements."""
+        head = await conn.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+        event = seal_next(head["seq"], head["hash"], audit, self.clock())
+        await conn.execute(
+            "WITH appended AS ("
+            "  INSERT INTO audit (seq, at, actor, action, subject, data, prev_hash, hash)"
+            "  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)),"
+            " moved AS (UPDATE audit_head SET seq = $1, hash = $8 WHERE id = 1)"
+            " SELECT pg_notify($9, $10)",
+            event.seq, event.at, event.actor, event.action, event.subject,
+            json.dumps(event.data, sort_keys=True), event.prev_hash, event.hash, CHANNEL,
+            announcement(event),
+        )  # fmt: skip
         return event
 
     async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
@@ -265,6 +285,17 @@ class PostgresStore(SqlStore):
         except UNREACHABLE as exc:
             raise _unavailable(exc) from exc
         return [dict(row) for row in rows]
+
+    async def _snapshot(self, queries: list[str]) -> list[list[dict[str, Any]]]:
+        pool = self._ready_pool()
+        try:
+            async with (
+                pool.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                return [[dict(row) for row in await conn.fetch(sql)] for sql in queries]
+        except UNREACHABLE as exc:
+            raise _unavailable(exc) from exc
 
     # -- cluster --------------------------------------------------------------------------
     async def audit_head(self) -> int:

@@ -16,12 +16,13 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any
 
+from policy.actor import SYSTEM
 from policy.appeal import Appeal
 from policy.audit import GENESIS, AuditEvent, audit_time, seal
 from policy.directive import Directive
 from policy.roster import Contact, Device, Facility, Inmate
 from policy.session import SessionRecord
-from policy.store.interface import AuditDraft, Cluster
+from policy.store.interface import AuditDraft, Cluster, Restoration, StoredState
 from policy.visit import Visit
 
 SCHEMA_VERSION = 1
@@ -60,10 +61,14 @@ SCHEMA = [
         confirm_by {real}, confirmed_by TEXT, confirmed_at {real}, closed_at {real},
         closed_by TEXT, close_reason TEXT, sessions_ended INTEGER NOT NULL DEFAULT 0)""",
     """CREATE INDEX IF NOT EXISTS directives_status ON directives (status)""",
+    """CREATE INDEX IF NOT EXISTS directives_scope ON directives (scope, closed_at)""",
     """CREATE TABLE IF NOT EXISTS appeals (
         id TEXT PRIMARY KEY, directive TEXT NOT NULL REFERENCES directives(id),
         filed_by TEXT NOT NULL, text TEXT NOT NULL, filed_at {real} NOT NULL,
         status TEXT NOT NULL, decided_by TEXT, decided_at {real}, decision_note TEXT)""",
+    # One open appeal per person per directive (SPEC §4), enforced by the database itself so
+    # that two concurrent filings cannot both pass: `ONE_OPEN_APPEAL` below, created after
+    # `SUPERSEDE_DUPLICATE_APPEALS` has closed the duplicates an older database may hold.
     """CREATE TABLE IF NOT EXISTS audit (
         seq INTEGER PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
         subject TEXT NOT NULL, data TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)""",
@@ -73,10 +78,42 @@ SCHEMA = [
         id INTEGER PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL)""",
 ]
 
-
 # (sql, params) or (sql, params, True): the third element demands that the statement changes
 # a row, otherwise the whole transaction is refused with Conflict (optimistic guards).
 Statement = tuple[Any, ...]
+
+# Partial unique indexes exist in SQLite (3.8) and PostgreSQL alike.
+ONE_OPEN_APPEAL = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS appeals_one_open ON appeals (directive, filed_by)"
+    " WHERE status = 'open'"
+)
+# A database from before `ONE_OPEN_APPEAL` may hold several open appeals of one person
+# against one directive: all but the first filed are closed as `superseded` (the staff
+# decide the first; the texts stay readable), with an audit event, before the index is made.
+DUPLICATE_OPEN_APPEALS = (
+    "SELECT a.id AS id FROM appeals a WHERE a.status = 'open' AND EXISTS ("
+    " SELECT 1 FROM appeals b WHERE b.directive = a.directive AND b.filed_by = a.filed_by"
+    " AND b.status = 'open' AND (b.filed_at < a.filed_at OR (b.filed_at = a.filed_at AND b.id < a.id)))"
+    " ORDER BY a.id"
+)
+SUPERSEDED_NOTE = (
+    "closed when the one-open-appeal rule came in: an earlier appeal of the same person is open"
+)
+
+
+def supersede_duplicates(ids: list[str], now: float) -> tuple[list[Statement], AuditDraft]:
+    """The statements and audit event that close duplicate open appeals (see above)."""
+    statements: list[Statement] = [
+        ("UPDATE appeals SET status = 'superseded', decided_by = ?, decided_at = ?,"
+         " decision_note = ? WHERE id = ? AND status = 'open'",
+         (SYSTEM.sub, now, SUPERSEDED_NOTE, appeal_id))
+        for appeal_id in ids
+    ]  # fmt: skip
+    draft = AuditDraft(
+        SYSTEM.sub, "appeal.superseded", "store", {"appeals": ids, "note": SUPERSEDED_NOTE}
+    )
+    return statements, draft
+
 
 DIRECTIVE_COLUMNS = (
     "id", "scope", "action", "reason", "legal_basis", "issued_by", "issued_at", "starts_at",
@@ -91,6 +128,29 @@ def _directive_row(d: Directive) -> tuple[Any, ...]:
 
 def _directive(row: dict[str, Any]) -> Directive:
     return Directive(**{column: row[column] for column in DIRECTIVE_COLUMNS})
+
+
+VISIT_COLUMNS = (
+    "id", "facility", "inmate", "device", "contacts", "starts_at", "ends_at", "kind",
+    "created_by", "created_at",
+)  # fmt: skip
+
+
+def _visit_row(v: Visit) -> tuple[Any, ...]:
+    return tuple(
+        json.dumps(list(v.contacts)) if column == "contacts" else getattr(v, column)
+        for column in VISIT_COLUMNS
+    )
+
+
+def _insert(table: str, columns: tuple[str, ...], *, upsert: bool = False) -> str:
+    """INSERT of every column; `upsert`: or, when the id exists, overwrite every other one
+    (SQLite and PostgreSQL share the ON CONFLICT syntax)."""
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+    if upsert:
+        sets = ", ".join(f"{c} = excluded.{c}" for c in columns if c != "id")
+        sql += f" ON CONFLICT (id) DO UPDATE SET {sets}"
+    return sql
 
 
 def _visit(row: dict[str, Any]) -> Visit:
@@ -166,6 +226,10 @@ class SqlStore(ABC):
 
     @abstractmethod
     async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    async def _snapshot(self, queries: list[str]) -> list[list[dict[str, Any]]]:
+        """Run read-only queries in one transaction: they all see the same moment."""
 
     async def ping(self) -> None:
         await self._fetch("SELECT 1 AS one")
@@ -258,12 +322,7 @@ class SqlStore(ABC):
 
     # -- visits -------------------------------------------------------------------------
     async def add_visit(self, visit: Visit, audit: AuditDraft) -> AuditEvent:
-        return await self._write(
-            [("INSERT INTO visits (id, facility, inmate, device, contacts, starts_at, ends_at,"
-              " kind, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-              (visit.id, visit.facility, visit.inmate, visit.device, json.dumps(list(visit.contacts)),
-               visit.starts_at, visit.ends_at, visit.kind, visit.created_by, visit.created_at))],
-            audit)  # fmt: skip
+        return await self._write([(_insert("visits", VISIT_COLUMNS), _visit_row(visit))], audit)
 
     async def get_visit(self, visit_id: str) -> Visit | None:
         row = await self._one("SELECT * FROM visits WHERE id = ?", (visit_id,))
@@ -316,10 +375,9 @@ class SqlStore(ABC):
 
     # -- directives and appeals ---------------------------------------------------------
     async def add_directive(self, directive: Directive, audit: AuditDraft) -> AuditEvent:
-        placeholders = ", ".join("?" for _ in DIRECTIVE_COLUMNS)
         return await self._write(
-            [(f"INSERT INTO directives ({', '.join(DIRECTIVE_COLUMNS)}) VALUES ({placeholders})",
-              _directive_row(directive))], audit)  # fmt: skip
+            [(_insert("directives", DIRECTIVE_COLUMNS), _directive_row(directive))], audit
+        )
 
     async def update_directive(
         self, directive: Directive, audit: AuditDraft, *, expect_status: str | None = None
@@ -357,13 +415,24 @@ class SqlStore(ABC):
         row = await self._one("SELECT * FROM directives WHERE id = ?", (directive_id,))
         return _directive(row) if row else None
 
-    async def list_directives(self, *, status: str | None = None) -> list[Directive]:
-        if status is None:
-            rows = await self._fetch("SELECT * FROM directives ORDER BY issued_at DESC, id")
-        else:
-            rows = await self._fetch(
-                "SELECT * FROM directives WHERE status = ? ORDER BY issued_at DESC, id", (status,)
+    async def list_directives(
+        self,
+        *,
+        status: str | None = None,
+        scope: str | None = None,
+        closed_after: float | None = None,
+    ) -> list[Directive]:
+        sql, params = "SELECT * FROM directives WHERE 1 = 1", tuple[Any, ...]()
+        if status is not None:
+            sql, params = sql + " AND status = ?", params + (status,)
+        if scope is not None:
+            sql, params = sql + " AND scope = ?", params + (scope,)
+        if closed_after is not None:
+            sql, params = (
+                sql + " AND (closed_at IS NULL OR closed_at > ?)",
+                params + (closed_after,),
             )
+        rows = await self._fetch(sql + " ORDER BY issued_at DESC, id", params)
         return [_directive(r) for r in rows]
 
     async def add_appeal(self, appeal: Appeal, audit: AuditDraft) -> AuditEvent:
@@ -413,6 +482,52 @@ class SqlStore(ABC):
     async def audit(self, draft: AuditDraft) -> AuditEvent:
         """An audit event with no other state change (e.g. a refused monitor join)."""
         return await self._write([], draft)
+
+    # -- the state as a projection of the chain (policy/replay.py) ----------------------
+    async def state(self) -> StoredState:
+        """The audit chain and the rows it projects to, read in one snapshot."""
+        chain, directives, approvals, visits = await self._snapshot(
+            [
+                "SELECT h.seq AS head_seq, h.hash AS head_hash, a.* FROM audit_head h"
+                " LEFT JOIN audit a ON 1 = 1 WHERE h.id = 1 ORDER BY a.seq",
+                "SELECT * FROM directives ORDER BY id",
+                "SELECT contact, inmate, status FROM approvals ORDER BY contact, inmate",
+                "SELECT * FROM visits ORDER BY id",
+            ]
+        )
+        head = (chain[0]["head_seq"], chain[0]["head_hash"]) if chain else (0, GENESIS)
+        return StoredState(
+            events=[_audit(r) for r in chain if r["seq"] is not None],
+            head=head,
+            directives={r["id"]: _directive(r) for r in directives},
+            approvals={(r["contact"], r["inmate"]): r["status"] for r in approvals},
+            visits={r["id"]: _visit(r) for r in visits},
+        )
+
+    async def restore(self, restoration: Restoration, audit: AuditDraft) -> AuditEvent:
+        """Make the rows what the chain implies, with `audit`, in one transaction: only if
+        no event was written since the state was read (else `Conflict`: read it again)."""
+        statements: list[Statement] = [
+            ("UPDATE audit_head SET seq = seq WHERE id = 1 AND seq = ?", (restoration.head,), True)
+        ]
+        upsert = _insert("directives", DIRECTIVE_COLUMNS, upsert=True)
+        statements += [(upsert, _directive_row(d)) for d in restoration.directives]
+        statements += [
+            ("DELETE FROM directives WHERE id = ?", (i,)) for i in restoration.stray_directives
+        ]
+        for (contact, inmate), status in restoration.approvals.items():
+            statements.append(
+                ("DELETE FROM approvals WHERE contact = ? AND inmate = ?", (contact, inmate))
+            )
+            if status is not None:
+                statements.append(
+                    ("INSERT INTO approvals (contact, inmate, status, updated_at) VALUES (?, ?, ?, ?)",
+                     (contact, inmate, status, self.clock()))
+                )  # fmt: skip
+        upsert = _insert("visits", VISIT_COLUMNS, upsert=True)
+        statements += [(upsert, _visit_row(v)) for v in restoration.visits]
+        statements += [("DELETE FROM visits WHERE id = ?", (i,)) for i in restoration.stray_visits]
+        return await self._write(statements, audit)
 
 
 def seal_next(head_seq: int, head_hash: str, draft: AuditDraft, now: float) -> AuditEvent:

@@ -2,11 +2,19 @@
 
 The default for one node (SPEC §8). It is not shared with other nodes, so it offers no
 `Cluster` (`SqlStore.cluster` is None) and the node runs the embedded bus.
+
+When the database cannot be used — another process holds its write lock (a backup tool, an
+administrator's `sqlite3` shell in a transaction), or the disk fails — a call waits at most
+`BUSY_TIMEOUT_MS` for the lock and then raises `StoreUnavailable`: the driver's errors are
+mapped in one place, `_run`, by SQLite's result code (`UNAVAILABLE`), never by message text.
+The wait happens on the store's worker thread, so the event loop goes on meanwhile (calls to
+the store queue behind it: there is one connection).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -18,7 +26,38 @@ from typing import Any
 from policy.audit import GENESIS, AuditEvent
 from policy.errors import Conflict, StoreUnavailable
 from policy.store.interface import AuditDraft
-from policy.store.sql import SCHEMA, SCHEMA_VERSION, SqlStore, Statement, seal_next
+from policy.store.sql import (
+    DUPLICATE_OPEN_APPEALS,
+    ONE_OPEN_APPEAL,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SqlStore,
+    Statement,
+    seal_next,
+    supersede_duplicates,
+)
+
+# Another process holds a lock for longer than this: give up (a mature client waits a little,
+# then tells its caller to retry, rather than queueing requests behind an unknown holder).
+BUSY_TIMEOUT_MS = 2000
+
+# SQLite's primary result codes that mean "cannot be used now", not "this statement is wrong".
+UNAVAILABLE = {
+    5: "SQLITE_BUSY",  # another connection holds the lock: "database is locked"
+    6: "SQLITE_LOCKED",
+    10: "SQLITE_IOERR",  # "disk I/O error"
+    13: "SQLITE_FULL",
+    14: "SQLITE_CANTOPEN",
+    15: "SQLITE_PROTOCOL",
+}
+
+
+def unavailable(exc: sqlite3.Error) -> StoreUnavailable | None:
+    """The store's typed error for a driver error that means "unavailable", else None."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in UNAVAILABLE:
+        return None
+    return StoreUnavailable("store-unavailable", f"the database cannot be used now: {exc}")
 
 
 class SqliteStore(SqlStore):
@@ -47,7 +86,7 @@ class SqliteStore(SqlStore):
                 f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
             )
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._conn = conn
             self.head_seq = conn.execute("SELECT seq FROM audit_head WHERE id = 1").fetchone()[0]
             return
@@ -58,7 +97,7 @@ class SqliteStore(SqlStore):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute("BEGIN IMMEDIATE")
         for ddl in SCHEMA:
             conn.execute(ddl.format(real="REAL"))
@@ -67,6 +106,13 @@ class SqliteStore(SqlStore):
         conn.execute(
             "INSERT OR IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, ?)", (GENESIS,)
         )
+        duplicates = [row["id"] for row in conn.execute(DUPLICATE_OPEN_APPEALS)]
+        if duplicates:
+            statements, draft = supersede_duplicates(duplicates, self.clock())
+            for sql, params in statements:
+                conn.execute(sql, params)
+            self._append(conn, draft)
+        conn.execute(ONE_OPEN_APPEAL)
         conn.execute("COMMIT")
         self._conn = conn
         self.head_seq = conn.execute("SELECT seq FROM audit_head WHERE id = 1").fetchone()[0]
@@ -84,7 +130,13 @@ class SqliteStore(SqlStore):
     async def _run(self, fn: Any, *args: Any) -> Any:
         if self._executor is None:
             raise StoreUnavailable("store-closed", "the store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            mapped = unavailable(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
     async def _write(self, statements: list[Statement], audit: AuditDraft) -> AuditEvent:
         event: AuditEvent = await self._run(self._write_sync, statements, audit)
@@ -102,28 +154,47 @@ class SqliteStore(SqlStore):
                     raise Conflict(
                         "state-changed", "the record changed meanwhile; reload and retry"
                     )
-            head = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
-            event = seal_next(head["seq"], head["hash"], audit, self.clock())
-            conn.execute(
-                "INSERT INTO audit (seq, at, actor, action, subject, data, prev_hash, hash)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (event.seq, event.at, event.actor, event.action, event.subject,
-                 json.dumps(event.data, sort_keys=True), event.prev_hash, event.hash),
-            )  # fmt: skip
-            conn.execute(
-                "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (event.seq, event.hash)
-            )
+            event = self._append(conn, audit)
             conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
             conn.execute("ROLLBACK")
             raise Conflict("already-exists", f"conflicts with an existing record: {exc}") from exc
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a failed disk may have ended it already
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
+        return event
+
+    def _append(self, conn: sqlite3.Connection, audit: AuditDraft) -> AuditEvent:
+        """Seal the next audit event and move the head, inside the caller's transaction."""
+        head = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+        event = seal_next(head["seq"], head["hash"], audit, self.clock())
+        conn.execute(
+            "INSERT INTO audit (seq, at, actor, action, subject, data, prev_hash, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (event.seq, event.at, event.actor, event.action, event.subject,
+             json.dumps(event.data, sort_keys=True), event.prev_hash, event.hash),
+        )  # fmt: skip
+        conn.execute(
+            "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (event.seq, event.hash)
+        )
         return event
 
     async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         return await self._run(self._fetch_sync, sql, params)
+
+    async def _snapshot(self, queries: list[str]) -> list[list[dict[str, Any]]]:
+        return await self._run(self._snapshot_sync, queries)
+
+    def _snapshot_sync(self, queries: list[str]) -> list[list[dict[str, Any]]]:
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN")  # deferred: a read transaction, one snapshot (WAL)
+        try:
+            return [[dict(row) for row in conn.execute(sql).fetchall()] for sql in queries]
+        finally:
+            conn.execute("COMMIT")
 
     def _fetch_sync(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         assert self._conn is not None

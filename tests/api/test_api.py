@@ -337,7 +337,7 @@ async def test_malformed_json_is_400(server):
 
 async def test_missing_token_is_401(server):
     for route in ROUTES:
-        path = route.path.replace("{id}", "X1")
+        path = route.path.replace("{id}", "X1").replace("{scope}", "system")
         status, answer = await server.api(
             route.method, path, {} if route.method == "POST" else None, token=None
         )
@@ -461,6 +461,7 @@ async def test_audit_lists_and_verifies_every_write(server):
     assert (status, report) == (200, {
         "ok": True, "events": len(events), "first_bad": None,
         "head": {"seq": events[-1]["seq"], "hash": events[-1]["hash"]}, "anchors_checked": 0,
+        "chain_ok": True, "state": {"ok": True, "disagreements": [], "unreplayed": {}},
     })  # fmt: skip
 
 

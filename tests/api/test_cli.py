@@ -238,7 +238,8 @@ def test_audit_verify_exit_codes(demo, tmp_path):
     assert bad.returncode == 1, bad
     assert json.loads(bad.stdout) == {
         "ok": False, "events": report["events"], "first_bad": 2,
-        "head": report["head"], "anchors_checked": 0,
+        "head": report["head"], "anchors_checked": 0, "chain_ok": False,
+        "state": {"ok": True, "disagreements": [], "unreplayed": {}},
     }  # fmt: skip
 
 

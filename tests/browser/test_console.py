@@ -151,6 +151,7 @@ async def test_grid_suspend_contact_family_notice_and_appeal(
             f"visit:{v1['id']}", "inmate:I1", "device:K1",
         ]  # fmt: skip
         assert await unlabelled(page) == []
+        assert "null" not in (await dialog.text_content() or "")  # no absent part written as text
         await dialog.locator('button[type="submit"]').click()
         problems = dialog.locator(".form-problems")
         await problems.wait_for()
@@ -210,7 +211,7 @@ async def test_grid_suspend_contact_family_notice_and_appeal(
         assert "Please write why" in (await fp.text_content("#appeal-text-error") or "")
         words = "I did not threaten anyone. My brother can confirm what was said."
         await fp.fill("#appeal-text", words)
-        assert (await fp.text_content("#appeal-count") or "").startswith(f"{len(words)} of 5,000")
+        assert (await fp.text_content("#appeal-count") or "").startswith(f"{len(words)} of 2,000")
         await shoot(fp, "appeal-form")
         assert await unlabelled(fp) == []
         await fp.click("#appeal-submit")
@@ -541,3 +542,139 @@ async def test_sign_in_form_and_end_call(live: Server, browser: Browser) -> None
     assert await page.evaluate("document.activeElement.id") == "tab-directives"
     assert await page.is_visible("#panel-directives")
     assert await watched.problems(allow="401") == []
+
+
+# --- one operator cannot keep a broad scope stopped; appeals stay one per person ---------------
+
+
+async def test_a_broad_stop_past_the_scopes_unconfirmed_time_is_refused_in_plain_words(
+    tmp_path: Path, browser: Browser
+) -> None:
+    """Issue #15, item 2: the dialog says how much unconfirmed time a scope has left today
+    before sending, and shows the server's refusal (422 `confirmation-required`) as it is."""
+    from dataclasses import replace
+
+    from policy.service import Rules
+    from tests.browser.conftest import seeded_server
+    from tests.cluster.conftest import directive_body
+    from tests.conftest import stop_server
+
+    # A 30 s window: a stop lifted at once has spent part of F2's, and what is left is too
+    # short for a second supervisor to act (the minimum is the window itself here).
+    srv = await seeded_server(tmp_path, rules=replace(Rules(), confirm_window_seconds=30.0))
+    try:
+        sue = srv.token("operator:sue", "supervisor")
+        status, first = await srv.api(
+            "POST", "/api/v1/directives", directive_body("facility:F2"), token=sue
+        )
+        assert status == 201, first
+        status, _ = await srv.api(
+            "POST", f"/api/v1/directives/{first['id']}/lift", {"reason": "wrong hall"}, token=sue
+        )
+        assert status == 200
+
+        console = await open_console(browser, srv, sue)
+        page = console.page
+        await page.click("#kill-switch")
+        dialog = page.locator("dialog[open]")
+        await dialog.locator('input[value="facility:F1"]').check()
+        left = dialog.locator("#coverage-left")
+        await left.wait_for()
+        assert "facility:F1 can be restricted for 30 seconds more today" in (
+            await left.text_content() or ""
+        )
+
+        await dialog.locator('input[value="facility:F2"]').check()
+        refused = dialog.locator("#coverage-refused")
+        await refused.wait_for()
+        words = await refused.text_content() or ""
+        assert "facility:F2 has been restricted" in words and "needs a confirmation first" in words
+        await shoot(page, "broad-stop-coverage-refused")
+        assert "null" not in (await dialog.text_content() or "")
+
+        # Sent anyway: the server refuses it, and its message is shown as it is.
+        await dialog.locator('input[name="action"][value="suspend"]').check()
+        await dialog.locator('textarea[name="reason"]').fill("Disturbance again")
+        await dialog.locator('input[name="legal_basis"]').fill("Emergency order 7")
+        await dialog.locator('select[name="duration"]').select_option("7200")
+        await dialog.locator('input[name="confirm"]').fill("F2")
+        await dialog.locator('button[type="submit"]').click()
+        problems = dialog.locator(".form-problems:not([hidden])")
+        await problems.wait_for()
+        shown = await problems.text_content() or ""
+        assert await problems.evaluate(
+            "el => { const r = el.getBoundingClientRect(); return r.top >= 0 && r.bottom <= innerHeight; }"
+        ), "the refusal is out of sight"
+        status, body = await srv.api(
+            "POST", "/api/v1/directives", directive_body("facility:F2"), token=sue
+        )
+        assert (status, body["error"]["code"]) == (422, "confirmation-required")
+        assert body["error"]["message"].split(" Without one")[0] in shown
+        assert [d["id"] for d in (await srv.api("GET", "/api/v1/directives"))[1]] == [first["id"]]
+        await shoot(page, "broad-stop-refused")
+        assert await console.problems(allow="status of 422") == []
+    finally:
+        await stop_server(srv)
+
+
+async def test_the_appeals_queue_lists_one_open_appeal_per_person_after_25_attempts(
+    live: Server, browser: Browser
+) -> None:
+    """Issue #15, item 7: 25 attempts from each of two people leave two cards in the queue."""
+    from tests.cluster.conftest import directive_body
+
+    visit = await make_visit(live, ["C1", "C2"])
+    status, directive = await live.api(
+        "POST", "/api/v1/directives", directive_body("inmate:I1", action="end"),
+        token=live.token("operator:alice", "operator"),
+    )  # fmt: skip
+    assert status == 201
+    for who in ("C1", "C2"):
+        answers = [
+            (await live.api("POST", f"/api/v1/directives/{directive['id']}/appeals",
+                            {"text": f"Attempt {i}: please review."}, token=visit["join"][who]["token"]))[0]
+            for i in range(25)
+        ]  # fmt: skip
+        assert answers == [201] + [409] * 24, (who, answers)
+
+    console = await open_console(browser, live, live.token("operator:bob", "operator"))
+    page = console.page
+    await page.wait_for_function(
+        "() => document.getElementById('count-appeals').textContent === '(2)'", timeout=5_000
+    )
+    await tab(page, "appeals")
+    cards = page.locator("article.appeal-card")
+    await cards.nth(1).wait_for()
+    assert await cards.count() == 2
+    texts = [await cards.nth(i).text_content() or "" for i in range(2)]
+    for who in ("contact:C1", "contact:C2"):
+        assert sum(who in text for text in texts) == 1, (who, texts)
+    assert all("Attempt 0:" in text and "null" not in text for text in texts), texts
+    assert await page.text_content("#appeals-summary") == "2 open appeals."
+    await shoot(page, "appeals-one-per-person")
+    assert await console.problems() == []
+
+
+async def test_verify_lists_records_that_disagree_with_the_audit_chain(
+    live: Server, browser: Browser
+) -> None:
+    """Issue #15, item 3: a visit row changed in the database, without an audit event, is
+    named by the console's "Verify chain"."""
+    import sqlite3
+
+    from signaling import keys as K
+
+    visit = await make_visit(live, ["C1"])
+    with sqlite3.connect(live.app[K.CONFIG].db) as conn:
+        conn.execute("UPDATE visits SET kind = 'privileged' WHERE id = ?", (visit["id"],))
+    console = await open_console(browser, live, live.token("auditor:ann", "auditor"))
+    page = console.page
+    await tab(page, "audit")
+    await page.click("#verify-chain")
+    await page.wait_for_selector('#verify-result[data-ok="false"]', timeout=5_000)
+    text = await page.text_content("#verify-result") or ""
+    assert "1 record disagrees with the audit chain" in text, text
+    assert f'visits {visit["id"]} kind: stored "privileged", the chain says "social"' in text
+    assert "Chain broken" not in text and "null" not in text
+    await shoot(page, "audit-disagreement")
+    assert await console.problems() == []

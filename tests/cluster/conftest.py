@@ -15,6 +15,7 @@ import pytest
 from policy.rfc3339 import format_time
 from signaling import keys as K
 from signaling.kiosk import ParlorClient
+from tests.cluster.proxy import Proxy
 from tests.conftest import Server, make_config, start_server, stop_server
 from tests.harness.pg import PostgresServer, start_postgres
 from tests.harness.ports import free_port
@@ -62,6 +63,23 @@ async def cluster(tmp_path: Path, pg_url: str) -> AsyncIterator[tuple[Server, Se
     finally:
         await stop_server(b)
         await stop_server(a)
+
+
+@pytest.fixture
+async def cut_off(tmp_path, postgres, pg_url) -> AsyncIterator[tuple[Server, Server, Proxy]]:
+    """Node A reaches the database through a proxy the test can cut; node B directly."""
+    proxy = Proxy(postgres.port)
+    await proxy.start()
+    database = pg_url.rsplit("/", 1)[1]
+    a = await start_node(tmp_path, proxy.url(database), "A")
+    b = await start_node(tmp_path, pg_url, "B")
+    try:
+        yield a, b, proxy
+    finally:
+        proxy.restore()
+        await stop_server(b)
+        await stop_server(a)
+        await proxy.close()
 
 
 def directive_body(scope: str, action: str = "suspend", **extra: Any) -> dict[str, Any]:

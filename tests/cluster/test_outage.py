@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,11 +22,9 @@ from tests.cluster.conftest import (
     ended_record,
     in_call,
     ready,
-    start_node,
     wait_for,
 )
-from tests.cluster.proxy import Proxy
-from tests.conftest import Server, make_visit, seed, stop_server
+from tests.conftest import Server, make_visit, seed
 
 pytestmark = pytest.mark.cluster
 
@@ -118,23 +115,6 @@ async def test_postgresql_stops_a_node_fails_closed_keeps_its_calls_and_recovers
         assert status == 200 and chain["ok"] is True
     finally:
         await close_all([kiosk, c1])
-
-
-@pytest.fixture
-async def cut_off(tmp_path, postgres, pg_url) -> AsyncIterator[tuple[Server, Server, Proxy]]:
-    """Node A reaches the database through a proxy the test can cut; node B directly."""
-    proxy = Proxy(postgres.port)
-    await proxy.start()
-    database = pg_url.rsplit("/", 1)[1]
-    a = await start_node(tmp_path, proxy.url(database), "A")
-    b = await start_node(tmp_path, pg_url, "B")
-    try:
-        yield a, b, proxy
-    finally:
-        proxy.restore()
-        await stop_server(b)
-        await stop_server(a)
-        await proxy.close()
 
 
 async def test_a_cut_off_node_catches_up_on_what_it_missed_before_admitting_again(cut_off):

@@ -51,6 +51,7 @@ EXPECTED: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/v1/directives/{id}"): READ,
     ("POST", "/api/v1/directives/{id}/lift"): STAFF_200,
     ("POST", "/api/v1/directives/{id}/confirm"): {"supervisor": 200},
+    ("GET", "/api/v1/scopes/{scope}/coverage"): READ,
     # only the family member the directive matched; another visit's family is refused
     ("POST", "/api/v1/directives/{id}/appeals"): {
         "family": 201,
@@ -161,7 +162,9 @@ class World:
         n = next(self.n)
         later = time.time() + 86400 + n * 3600
         if method == "GET":
-            return Cell(path.replace("{id}", self.ids_for_get(path)))
+            return Cell(
+                path.replace("{id}", self.ids_for_get(path)).replace("{scope}", "facility:F3")
+            )
         if path == "/api/v1/facilities":
             return Cell(path, {"id": f"FX{n}", "name": f"Facility {n}"}, self.counter(path))
         if path == "/api/v1/devices":

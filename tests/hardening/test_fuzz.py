@@ -663,6 +663,9 @@ def rest_request(
             )
         )
         path = path.replace("{id}", quote(ident.encode("utf-8", "surrogatepass"), safe=""))
+    if "{scope}" in path:
+        scope = draw(st.one_of(st.sampled_from([*SAFE_SCOPES, "contact:C1", "system:x"]), TEXT))
+        path = path.replace("{scope}", quote(scope.encode("utf-8", "surrogatepass"), safe=""))
     if route.method == "GET":
         params = draw(st.dictionaries(st.sampled_from(["after", "limit", "status", "live"]),
                                       st.one_of(st.sampled_from(["-1", "0", "5001", "9" * 30, "true", "false", "open"]), TEXT),

@@ -173,6 +173,21 @@ def test_closed_directives_leave_the_index():
     assert idx.active() == []
 
 
+def test_a_directive_only_moves_forward_in_the_index():
+    """An older copy (a cluster's announcement arriving after a lift or a confirmation made
+    here) never undoes a later state: issued < confirmed < closed."""
+    issued = directive("D1", "facility:F1", confirm_by=NOW + 900)
+    confirmed = issued.with_changes(confirmed_by="operator:sam", confirmed_at=NOW)
+    lifted = confirmed.with_changes(status="lifted", closed_at=NOW + 1)
+    idx = index(issued, confirmed)
+    assert idx.put(issued) is False and idx.by_id["D1"] == confirmed
+    assert idx.due(NOW + 901) == []  # so the stale copy cannot make it lapse here
+    assert idx.put(lifted) is True and idx.active() == []
+    assert idx.put(issued) is False and idx.put(confirmed) is False
+    assert idx.evaluate(KIOSK, NOW).admitted
+    assert idx.put(lifted.with_changes(sessions_ended=2)) is True  # same progress: taken
+
+
 def test_the_binding_suspension_is_the_one_that_expires_last():
     short = directive("D1", "contact:C1", expires_at=NOW + 60)
     long = directive("D2", "pair:I1:C1", expires_at=NOW + 7200)
