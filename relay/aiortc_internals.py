@@ -899,6 +899,7 @@ DTLS_CIPHERS = (
 )
 PC_CERTIFICATES = "_RTCPeerConnection__certificates"
 CERTIFICATE_SSL_CONTEXT = "_create_ssl_context"
+CERTIFICATE_FINGERPRINTS = "getFingerprints"
 DTLS_ROLE = "_role"
 DTLS_SET_ROLE = "_set_role"
 DTLS_HANDSHAKE = "_do_handshake"
@@ -931,6 +932,29 @@ def accept_rsa_and_ecdsa_peers(pc: RTCPeerConnection) -> None:
 
         create_ssl_context._parlor_wide_ciphers = True  # type: ignore[attr-defined]
         setattr(certificate, CERTIFICATE_SSL_CONTEXT, create_ssl_context)
+
+
+def cache_fingerprints(pc: RTCPeerConnection) -> None:
+    """Compute the fingerprints of ``pc``'s certificate once, not for every m-line it writes.
+
+    aiortc's ``RTCCertificate.getFingerprints`` hashes the certificate three times (SHA-256,
+    -384, -512) and formats each digest byte by byte, and its description code asks for them
+    on every m-line of every offer and answer: a sizeable share of what admitting a
+    participant costs the node (and a load participant its generator). The certificate never
+    changes, so neither do they. Call before the connection negotiates.
+    """
+    _require(pc, PC_CERTIFICATES)
+    for certificate in getattr(pc, PC_CERTIFICATES):
+        _require(certificate, CERTIFICATE_FINGERPRINTS)
+        if getattr(certificate.getFingerprints, "_parlor_cached", False):
+            continue
+        fingerprints = certificate.getFingerprints()
+
+        def cached(_fingerprints: list[Any] = fingerprints) -> list[Any]:
+            return list(_fingerprints)
+
+        cached._parlor_cached = True  # type: ignore[attr-defined]
+        setattr(certificate, CERTIFICATE_FINGERPRINTS, cached)
 
 
 class DtlsRole:

@@ -326,6 +326,7 @@ class LoadParticipant:
             )
         aiortc_internals.defer_bitrate_estimators()  # its receivers never start
         pc = RTCPeerConnection(rtc_configuration(joined.get("ice_servers") or []))
+        aiortc_internals.cache_fingerprints(pc)
         self.pc = pc
         pc.on("connectionstatechange", self._on_state)
         for kind in KINDS:

@@ -743,3 +743,19 @@ def test_deferred_bitrate_estimators_cost_nothing_until_used_then_estimate_as_ai
         assert estimate == real.add(*args)
         estimates += estimate is not None
     assert estimates > 10  # REMB came out, the same from both
+
+
+async def test_cached_fingerprints_are_aiortc_s_and_reach_the_description() -> None:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    certificate = getattr(pc, internals.PC_CERTIFICATES)[0]
+    computed = certificate.getFingerprints()
+    internals.cache_fingerprints(pc)
+    internals.cache_fingerprints(pc)  # idempotent
+    assert certificate.getFingerprints() == computed
+    assert certificate.getFingerprints() is not certificate.getFingerprints()  # a copy each time
+    pc.addTransceiver("audio")
+    pc.addTransceiver("video")
+    await pc.setLocalDescription(await pc.createOffer())
+    sha256 = next(f.value for f in computed if f.algorithm == "sha-256")
+    assert pc.localDescription.sdp.count(f"a=fingerprint:sha-256 {sha256}") == 2
+    await pc.close()
