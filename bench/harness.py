@@ -323,6 +323,51 @@ def server_timing(header: str) -> dict[str, float]:
     return timing
 
 
+class ServerWatch:
+    """Polls a node's /metrics twice a second: its event-loop lag, for context."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.lag: list[tuple[float, float]] = []
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                samples = await self.server.metrics()
+                if "parlor_event_loop_lag_seconds" in samples:
+                    self.lag.append((time.monotonic(), samples["parlor_event_loop_lag_seconds"]))
+            await asyncio.sleep(0.5)
+
+    def max_lag_ms(self, start: float, end: float) -> float | None:
+        inside = self.lags_ms(start, end)
+        return max(inside) if inside else None
+
+    def lags_ms(self, start: float, end: float) -> list[float]:
+        """The samples taken in [start, end], in ms."""
+        return [round(lag * 1000, 1) for at, lag in self.lag if start <= at <= end]
+
+    def mean_lag_max_ms(self, start: float, end: float, samples: int = 6) -> float | None:
+        """The largest mean of `samples` consecutive samples in [start, end], in ms: what the
+        node's admission control compares with PARLOR_OVERLOAD_LAG_SECONDS (its own mean of
+        the last 6 half-second samples)."""
+        inside = self.lags_ms(start, end)
+        if not inside:
+            return None
+        means = [sum(inside[i : i + samples]) / len(inside[i : i + samples])
+                 for i in range(max(1, len(inside) - samples + 1))]  # fmt: skip
+        return round(max(means), 1)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 # -- the roster ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CallSpec:

@@ -41,6 +41,7 @@ import psutil  # noqa: E402
 from bench.harness import (  # noqa: E402
     CpuWindow,
     ServerProcess,
+    ServerWatch,
     machine,
     progress,
     quiet_machine,
@@ -78,9 +79,11 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
     server = ServerProcess(work, env={"PARLOR_OVERLOAD_LAG_SECONDS": str(lag)})
     result["admission_control"] = {"PARLOR_OVERLOAD_LAG_SECONDS": lag,
                                    "default": args.overload_lag is None}  # fmt: skip
+    watch = ServerWatch(server)
     fleet: LoadFleet | None = None
     try:
         await server.start()
+        watch.start()
         calls = args.participants // 2
         roster = await seed_roster(server.url, server.operator_token, layout_of(calls, ""))
         fleet = await LoadFleet.start(
@@ -99,6 +102,7 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
             retry=RETRYABLE, together=True,
         )  # fmt: skip
         result["cpu_during_storm"] = window.stop()
+        storm_end = time.monotonic()
         result["loadavg_after"] = round(os.getloadavg()[0], 2)
         joins = joined["joins"]
         connected = [j for j in joins if "connected" in j]
@@ -124,6 +128,8 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
                     if code not in ADMISSION_CONTROL
                 },
                 "joins_retried": sum(1 for j in joins if j.get("refused")),
+                "node_loop_lag_ms": percentiles(watch.lags_ms(started, storm_end)),
+                "node_mean_lag_max_ms": watch.mean_lag_max_ms(started, storm_end),
                 "failures": joined["failures"][:10],
             }
         )
@@ -139,6 +145,7 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
             result["missing_media"] = waited["missing"][:5]
         await fleet.leave()
     finally:
+        await watch.stop()
         if fleet is not None:
             await fleet.stop()
         result["node_exit_code"] = await server.stop()

@@ -71,6 +71,7 @@ import psutil  # noqa: E402
 from bench.harness import (  # noqa: E402
     CpuWindow,
     ServerProcess,
+    ServerWatch,
     machine,
     percentiles,
     progress,
@@ -182,36 +183,6 @@ def raw(values: list[float]) -> dict[str, Any]:
     stats = percentiles(values)
     stats["min_raw"] = round(min(values), 2) if values else None
     return stats
-
-
-class ServerWatch:
-    """Polls a node's /metrics twice a second: its event-loop lag, for context."""
-
-    def __init__(self, server: ServerProcess) -> None:
-        self.server = server
-        self.lag: list[tuple[float, float]] = []
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):
-                samples = await self.server.metrics()
-                if "parlor_event_loop_lag_seconds" in samples:
-                    self.lag.append((time.monotonic(), samples["parlor_event_loop_lag_seconds"]))
-            await asyncio.sleep(0.5)
-
-    def max_lag_ms(self, start: float, end: float) -> float | None:
-        inside = [lag for at, lag in self.lag if start <= at <= end]
-        return round(max(inside) * 1000, 1) if inside else None
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
 
 async def kill_seconds(server: ServerProcess) -> tuple[float, float] | None:

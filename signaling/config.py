@@ -52,7 +52,7 @@ class Config:
     allowed_origins: tuple[str, ...] = ()  # besides the public URL's and the server's own
     max_sessions_per_subject: int = 10  # live sessions of one person or device on this node
     max_calls: int = 0  # calls this node starts relaying at most (0: no fixed limit)
-    overload_lag_seconds: float = 0.15  # mean event-loop lag above which no new call starts
+    overload_lag_seconds: float = 0.1  # mean event-loop lag above which no new call starts (README: Capacity)
     edge: EdgeLimits = field(default_factory=EdgeLimits)  # request timeouts, connections per IP
     # Start although the store disagrees with its audit chain, restoring the chain's values
     # (signaling/app.py check_state). A flag for one start, deliberately no environment
