@@ -122,6 +122,10 @@ async def quiet_machine(limit_percent: float, wait: float) -> dict[str, Any]:
         await asyncio.sleep(2.0)
 
 
+DISTURBED_PERCENT = 25.0
+"""Other processes above this % of a core during a window: its figures are marked disturbed."""
+
+
 class CpuWindow:
     """CPU seconds of named groups of processes, and of the whole machine, between
     :meth:`start` and :meth:`stop`, as % of one core (psutil: robust to other load)."""
@@ -172,6 +176,8 @@ class CpuWindow:
         result["machine_percent"] = round(busy / wall * 100, 1)
         result["other_processes_percent"] = round(busy / wall * 100 - total, 1)
         result["loadavg_1m"] = round(os.getloadavg()[0], 2)
+        # Two cores: what other processes took was taken from the node or the load workers.
+        result["disturbed"] = result["other_processes_percent"] > DISTURBED_PERCENT
         return result
 
 

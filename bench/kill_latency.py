@@ -6,7 +6,8 @@ script seeds it through the REST API and puts N live 1:1 calls on it with the lo
 SPEC §5 and a real aiortc peer connection (ICE, DTLS, SDP) that, once connected, sends
 pre-packetized VP8 (160x120@10 by default) and Opus through the transport's SRTP session
 and counts what arrives from the clear RTP header, noting the arrival instant of every
-packet. The participants live in `--processes` worker processes; this process carries no
+packet. The participants live in worker processes (`--processes`, by default as many as
+the load needs: `signaling.loadgen.processes_for`); this process carries no
 media and issues the directives, so the instant it records for an API answer is not late
 because of a busy media loop. All processes read the same monotonic clock.
 
@@ -79,7 +80,7 @@ from bench.harness import (  # noqa: E402
     server_version,
     workdir,
 )
-from signaling.loadgen import LoadCall, LoadFleet, seed_roster  # noqa: E402
+from signaling.loadgen import LoadCall, LoadFleet, processes_for, seed_roster  # noqa: E402
 from signaling.loadmedia import VideoSpec, load_media  # noqa: E402
 
 TARGET_P99_MS = 50.0  # one node (the policy issue)
@@ -396,6 +397,7 @@ async def run_calls(n: int, args: argparse.Namespace, run: dict[str, Any]) -> di
         )
     media = load_media(args.video, args.audio_ptime, cache=Path(tempfile.gettempdir()))
     media.save(work / "media.json")
+    processes = processes_for(2 * n, media, args.processes)
     fleet: LoadFleet | None = None
     watch = ServerWatch(server)
     run.update(
@@ -403,7 +405,7 @@ async def run_calls(n: int, args: argparse.Namespace, run: dict[str, Any]) -> di
             "calls": n,
             "participants": 2 * n,
             "layout": layout_for(n),
-            "load_processes": args.processes,
+            "load_processes": processes,
             "nodes": args.nodes,
         }
     )
@@ -428,7 +430,7 @@ async def run_calls(n: int, args: argparse.Namespace, run: dict[str, Any]) -> di
             calls, node_of = spread(calls, issuer.url)
         run["seed_s"] = round(time.monotonic() - started, 2)
         fleet = await LoadFleet.start(
-            server.url, args.processes, work / "media.json",
+            server.url, processes, work / "media.json",
             lifetime=args.max_seconds, ice_addresses=["127.0.0.1"],
         )  # fmt: skip
         nodes = [psutil.Process(server.pid)] + ([psutil.Process(issuer.pid)] if issuer else [])
@@ -622,8 +624,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--quick", action="store_true", help="10 calls, short warm-up (about a minute)"
     )
     parser.add_argument(
-        "--processes", type=int, default=3, help="load worker processes (default 3)"
-    )
+        "--processes", type=int, default=0,
+        help="load worker processes (default 0: as many as signaling.loadgen.processes_for says)",
+    )  # fmt: skip
     parser.add_argument(
         "--join-concurrency", type=int, default=8, help="joins in flight per worker"
     )
@@ -674,8 +677,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--calls takes numbers, e.g. 20,50,100; --video WxH@FPS ({exc})")
     if not args.calls or min(args.calls) < 10 or max(args.calls) > 500:
         parser.error("--calls: 10..500 calls per run (the rounds need 10 % of them)")
-    if not 1 <= args.processes <= 16:
-        parser.error("--processes must be 1..16")
+    if not 0 <= args.processes <= 16:
+        parser.error("--processes must be 0..16")
     return args
 
 

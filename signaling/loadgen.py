@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import resource
 import secrets
@@ -48,6 +49,12 @@ from signaling.protocol import Close
 MAX_CALLS = 500
 MAX_SECONDS = 3600.0
 MAX_PROCESSES = 16
+PACKETS_PER_PROCESS = 10_000
+"""RTP packets a second (sent and received) a worker carries when the number of processes is
+left to the generator: a worker's loop wakes ~100 times a second whatever it holds (1-2 % of a
+core here), so fewer, fuller workers cost less per participant; at this rate (~70
+participants at 160x120@10, ~20 at 640x480@30) a worker uses about a quarter of a core and
+its loop stays a few ms late at most."""
 SETUP_SECONDS = 120.0
 """What joining may take on top of the held time, in a worker's lifetime."""
 FRESH = 1.0
@@ -347,6 +354,15 @@ class LoadFleet:
         await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)
 
 
+def processes_for(participants: int, media: LoadMedia, asked: int = 0) -> int:
+    """Worker processes for ``participants`` sending ``media``: ``asked``, or when 0 enough
+    for :data:`PACKETS_PER_PROCESS` each (at least 1, at most :data:`MAX_PROCESSES`)."""
+    if asked:
+        return asked
+    packets = 2 * sum(media.packets_per_second.values()) * participants  # sent and received
+    return max(1, min(MAX_PROCESSES, math.ceil(packets / PACKETS_PER_PROCESS)))
+
+
 def cpu_share(before: list[dict[str, float]], after: list[dict[str, float]]) -> dict[str, Any]:
     """Per worker and in all, the % of one core used between two :meth:`LoadFleet.cpu`."""
     per = []
@@ -573,6 +589,7 @@ async def run_load(args: argparse.Namespace, token: str) -> dict[str, Any]:
     """The run ``parlor load`` prints: seed (or read) the visits, join, hold, report."""
     video = VideoSpec.parse(args.video)
     media = load_media(video, args.audio_ptime, cache=Path(tempfile.gettempdir()))
+    processes = processes_for(2 * args.calls, media, args.processes)
     work = Path(tempfile.mkdtemp(prefix="parlor-load-"))
     media_path = work / "media.json"
     media.save(media_path)
@@ -581,7 +598,7 @@ async def run_load(args: argparse.Namespace, token: str) -> dict[str, Any]:
         "server": args.server,
         "calls": args.calls,
         "participants": 2 * args.calls,
-        "processes": args.processes,
+        "processes": processes,
         "seconds": args.seconds,
         "media": media.describe(),
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
@@ -595,7 +612,7 @@ async def run_load(args: argparse.Namespace, token: str) -> dict[str, Any]:
         result["seed_s"] = round(time.monotonic() - started, 2)
     lifetime = args.seconds + SETUP_SECONDS + 60
     fleet = await LoadFleet.start(
-        args.server, args.processes, media_path, lifetime=lifetime,
+        args.server, processes, media_path, lifetime=lifetime,
         ice_addresses=default_ice_addresses(args.server),
     )  # fmt: skip
     try:
@@ -649,7 +666,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"how long to hold them (at most {MAX_SECONDS:g})",
     )
     parser.add_argument(
-        "--processes", type=int, default=2, help=f"worker processes (1..{MAX_PROCESSES}; default 2)"
+        "--processes",
+        type=int,
+        default=0,
+        help=f"worker processes (1..{MAX_PROCESSES}; default: one per {PACKETS_PER_PROCESS} packets a second)",
     )
     parser.add_argument(
         "--video",
@@ -679,8 +699,8 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         return f"--calls must be 1..{MAX_CALLS}"
     if not 0 < args.seconds <= MAX_SECONDS:
         return f"--seconds must be more than 0 and at most {MAX_SECONDS:g}"
-    if not 1 <= args.processes <= MAX_PROCESSES:
-        return f"--processes must be 1..{MAX_PROCESSES}"
+    if not 0 <= args.processes <= MAX_PROCESSES:
+        return f"--processes must be 1..{MAX_PROCESSES} (or 0: as many as the load needs)"
     if args.join_concurrency < 1:
         return "--join-concurrency must be at least 1"
     if not str(args.server).startswith(("http://", "https://")):
