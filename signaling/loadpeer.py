@@ -238,7 +238,6 @@ class LoadParticipant:
         self.pc: RTCPeerConnection | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._answered = asyncio.Event()
         self._path: DatagramPath | None = None
         self._kinds: dict[int, Arrivals] = {}
         self._taken: set[int] = set()
@@ -465,7 +464,6 @@ class LoadParticipant:
             await pc.setRemoteDescription(RTCSessionDescription(data["sdp"], "answer"))
             self._take_over()
             self.times.setdefault("answer", time.monotonic())
-            self._answered.set()
         elif kind == Message.OFFER and pc is not None:
             await pc.setRemoteDescription(RTCSessionDescription(data["sdp"], "offer"))
             self._take_over()  # before aiortc's connection task starts the new m-lines
