@@ -52,20 +52,22 @@ def directive_body(contact: str) -> dict[str, Any]:
 
 
 async def _seed(server: ServerProcess, contacts: list[str]) -> dict[str, dict[str, str]]:
-    """Facility, kiosk, inmate; per round a contact approved for the inmate and a visit open
-    now (before any directive: a suspended contact cannot be put on a visit)."""
+    """Facility and inmate; per round a kiosk (one kiosk has one visit at a time), a contact
+    approved for the inmate and a visit open now (before any directive: a suspended contact
+    cannot be put on a visit)."""
     await api_ok(server, "POST", "/api/v1/facilities", {"id": "F1", "name": "North"}, 201)
-    await api_ok(server, "POST", "/api/v1/devices", {"id": "K1", "facility": "F1"}, 201)
     await api_ok(
         server, "POST", "/api/v1/inmates", {"id": "I1", "facility": "F1", "name": "Sam"}, 201
     )
     visits = {}
     now = time.time()
     for contact in contacts:
+        device = f"K-{contact}"
+        await api_ok(server, "POST", "/api/v1/devices", {"id": device, "facility": "F1"}, 201)
         visit = await seed_visit(
             server,
             inmate="I1",
-            device="K1",
+            device=device,
             contact=contact,
             name=f"Contact {contact}",
             hours=VISIT_HOURS,

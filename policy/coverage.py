@@ -9,7 +9,9 @@ How it is counted (`coverage`), for one scope at the moment `now`:
 
 - What counts: every directive on exactly that scope that was never confirmed, whoever
   issued it (two colluding operators are still no second supervisor) and whatever became of
-  it (lifted, lapsed and expired ones included). Each covers the time it was in force:
+  it (lifted, lapsed and expired ones included). A request that starts only when a second
+  supervisor confirms it (`Directive.starts_on_confirmation`, status `pending` until then)
+  never counts: unconfirmed, it was in force nowhere. Each covers the time it was in force:
   from `starts_at` to `closed_at`; an active one up to the moment it lapses unless confirmed
   (`confirm_by`, or its expiry if sooner): issuing it already spent that time.
 - Overlapping directives are counted once (the union of their intervals): two stops of one
@@ -30,7 +32,9 @@ that is bounded, and a second supervisor has until then and a window more). When
 leaves less than `Rules.min_unconfirmed_seconds` (a minute; less if the window is shorter)
 for a second supervisor to act, it is refused `confirmation-required`; `free_at` says when a
 new one could be issued again as the old time leaves the 24 hours (unless a confirmation
-comes first). A confirmed directive needs none of this.
+comes first). A confirmed directive needs none of this. Refused, the issuer may make it a
+request instead (`await_confirmation`): it waits, `pending`, for a second supervisor, and
+starts when they confirm it (policy/service.py `Policy.issue`).
 
 Across nodes: the count is made from the store's directives, not one node's memory. Two
 directives issued at once on two nodes may both pass on the same count, but then they start
@@ -63,6 +67,7 @@ class Coverage:
     lapse_at: float | None  # a new unconfirmed directive would lapse then; None: refused
     free_at: float | None  # refused: when one could be issued again (no confirmation coming)
     unconfirmed_active: tuple[str, ...]  # ids of active unconfirmed directives on the scope
+    awaiting: tuple[str, ...] = ()  # ids of requests on the scope waiting for a confirmation
 
     @property
     def refused(self) -> bool:
@@ -82,6 +87,8 @@ class Coverage:
         )
         if self.unconfirmed_active:
             text += f" Ask a second supervisor to confirm {', '.join(self.unconfirmed_active)}."
+        if self.awaiting:
+            text += f" Waiting for a second supervisor already: {', '.join(self.awaiting)}."
         if self.free_at is not None:
             when = datetime.fromtimestamp(math.ceil(self.free_at / 60) * 60, tz=UTC)
             text += f" Without one, it can be restricted again from {when:%Y-%m-%d %H:%M} UTC."
@@ -99,6 +106,7 @@ class Coverage:
             "refused": self.refused,
             "free_at": format_time(self.free_at),
             "unconfirmed_active": list(self.unconfirmed_active),
+            "awaiting_confirmation": list(self.awaiting),
             "message": self.refusal() if self.refused else None,
         }
 
@@ -115,9 +123,10 @@ def coverage(
     """Count `scope`'s unconfirmed coverage at `now` from `directives` (any, of any scope:
     the others are ignored), and decide what a new unconfirmed directive starting at
     `starts_at` (default now) would get. Pure: everything it needs is in its arguments."""
-    mine = [d for d in directives if d.scope == scope]
-    confirmations = [d.confirmed_at for d in mine if d.confirmed_at is not None]
+    here = [d for d in directives if d.scope == scope]
+    confirmations = [d.confirmed_at for d in here if d.confirmed_at is not None]
     since = max([now - WINDOW, *(t for t in confirmations if t <= now)])
+    mine = [d for d in here if not d.starts_on_confirmation]  # requests are never in force alone
     spans = _union(_span(d, since) for d in mine if d.confirmed_by is None)
     used = sum(end - start for start, end in spans)
     start = now if starts_at is None else max(now, starts_at)
@@ -129,6 +138,7 @@ def coverage(
         lapse_at=None if refused else lapse_at,
         free_at=_free_at(spans, used, budget - min(minimum, budget)) if refused else None,
         unconfirmed_active=active,
+        awaiting=tuple(sorted(d.id for d in here if d.status == "pending")),
     )  # fmt: skip
 
 

@@ -15,7 +15,10 @@ from policy.rfc3339 import format_time, parse_time
 from policy.roster import check_id
 
 ACTIONS = ("suspend", "end", "audio-only")
-STATUSES = ("active", "lifted", "expired", "lapsed")
+# `pending`: a broad directive waiting for a second supervisor before it starts (issued with
+# `await_confirmation` once its scope's unconfirmed time was used up, policy/coverage.py).
+# It is in force nowhere: it matches no session and refuses no admission.
+STATUSES = ("pending", "active", "lifted", "expired", "lapsed")
 SCOPE_KINDS = ("system", "facility", "device", "inmate", "contact", "pair", "visit")
 BROAD_KINDS = ("system", "facility")
 
@@ -67,6 +70,9 @@ class Directive:
     closed_by: str | None = None
     close_reason: str | None = None
     sessions_ended: int = 0
+    # Issued as a request: it starts only when a second supervisor confirms it (`pending` until
+    # then). Never unconfirmed coverage of its scope: unconfirmed, it was in force nowhere.
+    starts_on_confirmation: bool = False
 
     @property
     def broad(self) -> bool:
@@ -74,9 +80,10 @@ class Directive:
 
     @property
     def progress(self) -> int:
-        """How far along its life it is: 0 issued, 1 confirmed, 2 closed (lifted, expired or
-        lapsed). A directive only moves forward, so a copy with less progress is older."""
-        if self.status != "active":
+        """How far along its life it is: 0 issued (active or pending), 1 confirmed, 2 closed
+        (lifted, expired or lapsed). A directive only moves forward, so a copy with less progress
+        is older."""
+        if self.status not in ("active", "pending"):
             return 2
         return 1 if self.confirmed_by is not None else 0
 
@@ -107,6 +114,7 @@ class Directive:
             "closed_by": self.closed_by,
             "close_reason": self.close_reason,
             "sessions_ended": self.sessions_ended,
+            "starts_on_confirmation": self.starts_on_confirmation,
             "appeal_url": f"{appeal_base}/appeal/{self.id}",
         }
 
@@ -130,6 +138,7 @@ class Directive:
             confirmed_by=data.get("confirmed_by"), confirmed_at=maybe("confirmed_at"),
             closed_at=maybe("closed_at"), closed_by=data.get("closed_by"),
             close_reason=data.get("close_reason"), sessions_ended=int(data.get("sessions_ended") or 0),
+            starts_on_confirmation=data.get("starts_on_confirmation") is True,
         )  # fmt: skip
 
     def notice(self, *, appeal_base: str = "") -> dict[str, Any]:
@@ -160,6 +169,7 @@ class Decision:
 @dataclass
 class DirectiveIndex:
     """Active directives by scope key. Holds only `active` ones; status changes replace them.
+    `pending` ones (waiting for a second supervisor) are kept apart, for their deadline only.
 
     A directive's state only moves forward here (`Directive.progress`): a copy older than what
     the index has seen of it is ignored. Copies arrive out of order in a cluster: a node may
@@ -170,6 +180,7 @@ class DirectiveIndex:
     by_scope: dict[str, dict[str, Directive]] = field(default_factory=lambda: defaultdict(dict))
     by_id: dict[str, Directive] = field(default_factory=dict)
     progress: dict[str, int] = field(default_factory=dict)  # the furthest each has got, by id
+    pending: dict[str, Directive] = field(default_factory=dict)  # waiting to be confirmed, by id
 
     def put(self, directive: Directive) -> bool:
         """Take `directive`'s state unless a later one is known; whether it was taken."""
@@ -180,9 +191,12 @@ class DirectiveIndex:
         if directive.status == "active":
             self.by_scope[directive.scope][directive.id] = directive
             self.by_id[directive.id] = directive
+        elif directive.status == "pending":  # only its deadline: it matches nothing
+            self.pending[directive.id] = directive
         return True
 
     def discard(self, directive_id: str) -> None:
+        self.pending.pop(directive_id, None)
         old = self.by_id.pop(directive_id, None)
         if old is not None:
             bucket = self.by_scope.get(old.scope)
@@ -215,10 +229,10 @@ class DirectiveIndex:
         return Decision(admitted=blocking is None, blocking=blocking, audio_only=audio_only)
 
     def due(self, now: float) -> list[Directive]:
-        """Directives whose expiry or confirmation deadline has passed."""
+        """Directives whose expiry or confirmation deadline has passed (pending ones too)."""
         return [
             d
-            for d in self.by_id.values()
+            for d in [*self.by_id.values(), *self.pending.values()]
             if d.expires_at <= now
             or (d.confirm_by is not None and d.confirmed_by is None and d.confirm_by <= now)
         ]
@@ -229,7 +243,7 @@ class DirectiveIndex:
         moments += [d.starts_at for d in self.by_id.values()]
         moments += [
             d.confirm_by
-            for d in self.by_id.values()
+            for d in [*self.by_id.values(), *self.pending.values()]
             if d.confirm_by is not None and d.confirmed_by is None
         ]
         return min(moments) if moments else None

@@ -56,8 +56,9 @@ PROJECTED = ("directive.", "visit.", "approval.")  # actions here without a fold
 TIME_TOLERANCE = 1e-3  # seconds: the chain keeps times to the microsecond, rows as floats
 TIME_FIELDS = {
     "issued_at", "starts_at", "expires_at", "confirm_by", "confirmed_at", "closed_at",
-    "ends_at", "created_at",
+    "ends_at", "created_at", "cancelled_at", "moved_at",
 }  # fmt: skip
+WINDOW_FIELDS = {"moved_from"}  # (starts_at, ends_at): times, compared each within tolerance
 
 
 @dataclass
@@ -221,6 +222,8 @@ def _rows(
 def _same(name: str, a: Any, b: Any) -> bool:
     if name in TIME_FIELDS and isinstance(a, int | float) and isinstance(b, int | float):
         return abs(a - b) < TIME_TOLERANCE
+    if name in WINDOW_FIELDS and isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(abs(x - y) < TIME_TOLERANCE for x, y in zip(a, b, strict=True))
     return bool(a == b)
 
 
@@ -255,10 +258,16 @@ def _moment(p: Projection, e: AuditEvent, name: str, directive: Directive) -> fl
 
 @folds("directive.confirmed")
 def _confirmed(p: Projection, e: AuditEvent) -> None:
+    """A confirmation; of a pending request, also its start (`status`, `starts_at`)."""
     d = _directive(p, e)
-    p.directives[d.id] = d.with_changes(
+    d = d.with_changes(
         confirmed_by=e.data["confirmed_by"], confirmed_at=_moment(p, e, "confirmed_at", d)
     )
+    if "status" in e.data:
+        d = d.with_changes(
+            status=str(e.data["status"]), starts_at=parse_time(e.data["starts_at"], "starts_at")
+        )
+    p.directives[d.id] = d
 
 
 @folds("directive.lifted", "directive.expired", "directive.lapsed")
@@ -287,6 +296,16 @@ def _approval(p: Projection, e: AuditEvent) -> None:
 @folds("visit.created")
 def _visit(p: Projection, e: AuditEvent) -> None:
     visit = Visit.from_json(e.data)
+    p.visits[visit.id] = visit
+
+
+@folds("visit.rescheduled", "visit.cancelled", "visit.kind-changed", "visit.ended", "visit.no-show")
+def _visit_changed(p: Projection, e: AuditEvent) -> None:
+    """Every change of a visit (policy/schedule.py) carries the whole visit as it is after it
+    (`visit`), besides the values before and after (`old`, `new`) for the reader."""
+    visit = Visit.from_json(e.data["visit"])
+    if visit.id != e.subject.removeprefix("visit:"):
+        raise ValueError(e.subject)
     p.visits[visit.id] = visit
 
 

@@ -8,8 +8,9 @@ from typing import Any
 
 from policy.errors import Malformed
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: "$" would allow a final "\n"
-APPROVAL_STATUSES = ("pending", "approved", "denied")
+ID_PATTERN = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+)  # fullmatch: "$" would allow a final "\n"
 
 
 def check_id(value: object, field: str = "id") -> str:
@@ -33,6 +34,7 @@ def check_text(value: object, field: str, *, max_length: int = 200) -> str:
 class Facility:
     id: str
     name: str
+    max_visit_seconds: float | None = None  # None: the server's default (Rules.max_visit_seconds)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

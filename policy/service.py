@@ -1,4 +1,5 @@
-"""The policy service: every rule of SPEC §4 and every write of the domain, in one place.
+"""The policy service: every rule of SPEC §4 and every write of the domain, in one place
+(the scheduling of visits is policy/schedule.py's, on top of this).
 
 Signaling calls these methods and then acts on live sessions; nothing here knows about
 sockets or media. Every write goes through the store together with its audit event.
@@ -16,6 +17,7 @@ from typing import Any
 
 from policy.actor import SYSTEM, Actor
 from policy.appeal import Appeal
+from policy.approval import APPROVAL_STATUSES, Approval, ApprovalIndex, withdraws
 from policy.coverage import WINDOW, Coverage, coverage
 from policy.directive import (
     ACTIONS,
@@ -28,10 +30,10 @@ from policy.directive import (
 )
 from policy.errors import Conflict, Forbidden, Malformed, NotFound, RuleBroken
 from policy.rfc3339 import format_time, parse_time
-from policy.roster import APPROVAL_STATUSES, Contact, Device, Facility, Inmate, check_id, check_text
+from policy.roster import Contact, Device, Facility, Inmate, check_id, check_text
 from policy.session import SessionRecord
-from policy.store import AuditDraft, Store
-from policy.visit import VISIT_KINDS, Visit, subject_keys
+from policy.store import AuditDraft, Presence, Store
+from policy.visit import Visit, VisitChanges, subject_keys
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,25 @@ class Rules:
     # A broad directive that would lapse sooner than this (unconfirmed time left on its scope
     # today) is refused `confirmation-required`: policy/coverage.py.
     min_unconfirmed_seconds: float = 60
+    # How long a request (a broad directive past its scope's unconfirmed time, issued with
+    # `await_confirmation`) waits for a second supervisor; None: the confirmation window.
+    await_confirmation_seconds: float | None = None
     visit_early_join_seconds: float = 5 * 60
-    max_visit_seconds: float = 4 * 3600
+    max_visit_seconds: float = 4 * 3600  # a facility may set its own (Facility.max_visit_seconds)
     max_contacts_per_visit: int = 4
+    visit_buffer_seconds: float = 5 * 60  # free time a kiosk keeps between two visits
+
+    @property
+    def request_wait_seconds(self) -> float:
+        wait = self.await_confirmation_seconds
+        return self.confirm_window_seconds if wait is None else wait
 
 
+MIN_VISIT_SECONDS = 60.0
+LONGEST_VISIT_SECONDS = 24 * 3600.0  # the most a facility's maximum may be
+
+
+UNCONFIRMED = "not confirmed by a second supervisor in time"  # why a directive lapsed
 MAX_APPEAL_TEXT = 2000  # characters: as long as a directive's reason or a decision's note
 
 
@@ -61,12 +77,28 @@ def _body(value: object) -> dict[str, Any]:
     return value
 
 
+def _visit_maximum(value: object) -> float | None:
+    """A facility's maximum visit length in seconds (null: the server's default)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Malformed("bad-field", "max_visit_seconds must be a number of seconds, or null")
+    if not MIN_VISIT_SECONDS <= value <= LONGEST_VISIT_SECONDS:
+        raise RuleBroken(
+            "bad-maximum",
+            f"max_visit_seconds must be between {MIN_VISIT_SECONDS:g} and {LONGEST_VISIT_SECONDS:g}",
+        )
+    return float(value)
+
+
 @dataclass
 class Policy:
     store: Store
     rules: Rules = field(default_factory=Rules)
     clock: Callable[[], float] = time.time
     index: DirectiveIndex = field(default_factory=DirectiveIndex)
+    approvals: ApprovalIndex = field(default_factory=ApprovalIndex)
+    visit_changes: VisitChanges = field(default_factory=VisitChanges)
 
     # -- admission ----------------------------------------------------------------------
     async def load(self) -> None:
@@ -86,10 +118,24 @@ class Policy:
         when the index knows a later state of it already (the copy is stale, and ignored)."""
         return self.index.put(directive)
 
+    async def load_approvals(self) -> None:
+        """Rebuild the approval index from the store (start-up, or catch-up after an outage)."""
+        fresh = ApprovalIndex()
+        for approval in await self.store.list_approvals():
+            fresh.put(approval.contact, approval.inmate, approval.status)
+        self.approvals = fresh
+
+    def max_visit_seconds(self, facility: Facility) -> float:
+        return facility.max_visit_seconds or self.rules.max_visit_seconds
+
     # -- roster -------------------------------------------------------------------------
     async def create_facility(self, actor: Actor, body: object) -> Facility:
         data = _body(body)
-        facility = Facility(id=check_id(data.get("id")), name=check_text(data.get("name"), "name"))
+        facility = Facility(
+            id=check_id(data.get("id")),
+            name=check_text(data.get("name"), "name"),
+            max_visit_seconds=_visit_maximum(data.get("max_visit_seconds")),
+        )
         await self.store.add_facility(
             facility,
             AuditDraft(
@@ -97,6 +143,58 @@ class Policy:
             ),
         )
         return facility
+
+    async def update_facility(self, actor: Actor, facility_id: str, body: object) -> Facility:
+        """Rename a facility or change its maximum visit length (visits booked already keep
+        their length). The event carries the row before and after."""
+        data = _body(body)
+        old = await self.get_facility(facility_id)
+        new = replace(
+            old,
+            name=check_text(data["name"], "name") if "name" in data else old.name,
+            max_visit_seconds=_visit_maximum(data["max_visit_seconds"])
+            if "max_visit_seconds" in data
+            else old.max_visit_seconds,
+        )
+        return await self._edited(actor, "facility", old, new, self.store.update_facility)
+
+    async def update_inmate(self, actor: Actor, inmate_id: str, body: object) -> Inmate:
+        """Correct an inmate's name. (A move to another facility is a transfer: their booked
+        visits are at that facility's kiosks, so it is not an edit.)"""
+        data = _body(body)
+        if "facility" in data:
+            raise Malformed("not-editable", "an inmate's facility cannot be edited")
+        old = await self.store.get_inmate(inmate_id)
+        if old is None:
+            raise NotFound("unknown-inmate", f"no inmate {inmate_id!r}")
+        new = replace(old, name=check_text(data["name"], "name") if "name" in data else old.name)
+        return await self._edited(actor, "inmate", old, new, self.store.update_inmate)
+
+    async def update_contact(self, actor: Actor, contact_id: str, body: object) -> Contact:
+        data = _body(body)
+        old = await self.get_contact(contact_id)
+        minor = data.get("minor", old.minor)
+        if not isinstance(minor, bool):
+            raise Malformed("bad-field", "minor must be true or false")
+        new = replace(
+            old, name=check_text(data["name"], "name") if "name" in data else old.name, minor=minor
+        )
+        return await self._edited(actor, "contact", old, new, self.store.update_contact)
+
+    async def _edited(self, actor: Actor, kind: str, old: Any, new: Any, write: Any) -> Any:
+        """Write an edit with its audit event `<kind>.updated`: the fields before and after."""
+        before, after = old.to_json(), new.to_json()
+        changed = sorted(k for k in after if after[k] != before[k] and k != "approvals")
+        if not changed:
+            raise RuleBroken("unchanged", "nothing to change: the values are the current ones")
+        await write(
+            new,
+            AuditDraft(actor.sub, f"{kind}.updated", f"{kind}:{new.id}", {
+                "id": new.id, "changed": changed,
+                "old": {k: before[k] for k in changed}, "new": {k: after[k] for k in changed},
+            }),
+        )  # fmt: skip
+        return new
 
     async def create_device(self, actor: Actor, body: object) -> Device:
         data = _body(body)
@@ -139,104 +237,83 @@ class Policy:
         )
         return contact
 
-    async def set_approval(self, actor: Actor, contact_id: str, body: object) -> Contact:
+    async def set_approval(
+        self, actor: Actor, contact_id: str, body: object
+    ) -> tuple[Approval, str | None]:
+        """Ask for (`pending`), grant or deny a contact's approval for an inmate. Denying or
+        withdrawing one needs a reason. Returns the approval as committed and the status it
+        had before; what it does to live sessions and visits is signaling/approvals.py's.
+        The event carries the whole row and the status before (its replay needs no other)."""
         data = _body(body)
         inmate_id = check_id(data.get("inmate"), "inmate")
         status = data.get("status")
         if status not in APPROVAL_STATUSES:
             raise Malformed("bad-field", f"status must be one of {', '.join(APPROVAL_STATUSES)}")
-        if await self.store.get_contact(contact_id) is None:
-            raise NotFound("unknown-contact", f"no contact {contact_id!r}")
+        await self.get_contact(contact_id)
         if await self.store.get_inmate(inmate_id) is None:
             raise NotFound("unknown-inmate", f"no inmate {inmate_id!r}")
+        stored = await self.store.get_approval(contact_id, inmate_id)
+        previous = stored.status if stored is not None else None
+        reason = data.get("reason")
+        if reason in (None, "") and withdraws(previous, status):
+            raise Malformed(
+                "reason-required", "say why: denying or withdrawing an approval needs a reason"
+            )
+        reason = None if reason in (None, "") else check_text(reason, "reason", max_length=1000)
+        if previous == status and (stored.reason if stored else None) == reason:
+            raise RuleBroken("unchanged", f"the approval is {status} already")
+        approval = Approval(
+            contact=contact_id, inmate=inmate_id, status=status, updated_at=self.clock(),
+            reason=reason, decided_by=None if status == "pending" else actor.sub,
+        )  # fmt: skip
         await self.store.set_approval(
             contact_id, inmate_id, status,
-            AuditDraft(actor.sub, "approval.set", f"pair:{inmate_id}:{contact_id}", {"status": status}),
+            AuditDraft(actor.sub, "approval.set", f"pair:{inmate_id}:{contact_id}",
+                       {**approval.to_json(), "previous": previous}),
+            reason=approval.reason, by=approval.decided_by,
         )  # fmt: skip
+        return approval, previous
+
+    async def get_contact(self, contact_id: str) -> Contact:
         contact = await self.store.get_contact(contact_id)
-        assert contact is not None
+        if contact is None:
+            raise NotFound("unknown-contact", f"no contact {contact_id!r}")
         return contact
 
-    async def _require_facility(self, facility_id: str) -> None:
-        if await self.store.get_facility(facility_id) is None:
+    async def get_facility(self, facility_id: str) -> Facility:
+        facility = await self.store.get_facility(facility_id)
+        if facility is None:
             raise NotFound("unknown-facility", f"no facility {facility_id!r}")
+        return facility
 
-    # -- visits -------------------------------------------------------------------------
-    async def create_visit(self, actor: Actor, body: object) -> Visit:
-        data = _body(body)
-        inmate_id = check_id(data.get("inmate"), "inmate")
-        device_id = check_id(data.get("device"), "device")
-        contacts = data.get("contacts")
-        if not isinstance(contacts, list) or not contacts:
-            raise Malformed("bad-field", "contacts must be a non-empty list of contact ids")
-        contact_ids = tuple(check_id(c, "contact") for c in contacts)
-        if len(set(contact_ids)) != len(contact_ids):
-            raise Malformed("bad-field", "contacts must not repeat")
-        if len(contact_ids) > self.rules.max_contacts_per_visit:
-            raise RuleBroken(
-                "too-many-contacts",
-                f"a visit has at most {self.rules.max_contacts_per_visit} contacts",
-            )
-        kind = data.get("kind", "social")
-        if kind not in VISIT_KINDS:
-            raise Malformed("bad-field", "kind must be 'social' or 'privileged'")
-        starts_at = parse_time(data.get("starts_at"), "starts_at")
-        ends_at = parse_time(data.get("ends_at"), "ends_at")
-        if ends_at <= starts_at:
-            raise RuleBroken("bad-window", "ends_at must be after starts_at")
-        if ends_at - starts_at > self.rules.max_visit_seconds:
-            raise RuleBroken(
-                "visit-too-long",
-                f"a visit lasts at most {self.rules.max_visit_seconds / 3600:g} hours",
-            )
+    async def _require_facility(self, facility_id: str) -> None:
+        await self.get_facility(facility_id)
+
+    # -- kiosk presence (signaling/presence.py decides when) -------------------------------
+    async def device_online(self, device: Device, node: str) -> Presence:
         now = self.clock()
-        if ends_at <= now:
-            raise RuleBroken("visit-in-past", "ends_at is in the past")
+        presence = Presence(device.id, "online", node, since=now, last_seen=now)
+        await self.store.set_presence(presence, AuditDraft(
+            f"device:{device.id}", "device.online", f"device:{device.id}",
+            {"device": device.id, "facility": device.facility, "node": node,
+             "since": format_time(now)},
+        ))  # fmt: skip
+        return presence
 
-        inmate = await self.store.get_inmate(inmate_id)
-        if inmate is None:
-            raise NotFound("unknown-inmate", f"no inmate {inmate_id!r}")
-        device = await self.store.get_device(device_id)
-        if device is None:
-            raise NotFound("unknown-device", f"no device {device_id!r}")
-        if device.facility != inmate.facility:
-            raise Conflict(
-                "wrong-facility", f"device {device_id} is not in inmate {inmate_id}'s facility"
-            )
-        visit = Visit(
-            id=new_id("V"), facility=inmate.facility, inmate=inmate.id, device=device.id,
-            contacts=contact_ids, starts_at=starts_at, ends_at=ends_at, kind=kind,
-            created_by=actor.sub, created_at=now,
-        )  # fmt: skip
-        for contact_id in contact_ids:
-            contact = await self.store.get_contact(contact_id)
-            if contact is None:
-                raise NotFound("unknown-contact", f"no contact {contact_id!r}")
-            if contact.approvals.get(inmate.id) != "approved":
-                raise Conflict(
-                    "contact-not-approved",
-                    f"contact {contact_id} is not approved for inmate {inmate.id}",
-                )
-            # A suspended contact cannot be put on a new visit while suspended (SPEC §3/§4).
-            decision = self.evaluate(subject_keys(visit, contact=contact_id))
-            if not decision.admitted:
-                assert decision.blocking is not None
-                raise Conflict(
-                    "suspended",
-                    f"contact {contact_id} is suspended by directive {decision.blocking.id} "
-                    f"until {format_time(decision.blocking.expires_at)}",
-                )
-        decision = self.evaluate(subject_keys(visit))
-        if not decision.admitted:
-            assert decision.blocking is not None
-            raise Conflict(
-                "suspended", f"this visit is refused by directive {decision.blocking.id}"
-            )
-        await self.store.add_visit(
-            visit, AuditDraft(actor.sub, "visit.created", f"visit:{visit.id}", visit.to_json())
-        )
-        return visit
+    async def device_offline(
+        self, device: Device, node: str, last_seen: float, why: str
+    ) -> Presence:
+        """Only while `node` holds it online: else it went online elsewhere (`Conflict`)."""
+        now = self.clock()
+        presence = Presence(device.id, "offline", node, since=now, last_seen=last_seen)
+        await self.store.set_presence(presence, AuditDraft(
+            SYSTEM.sub, "device.offline", f"device:{device.id}",
+            {"device": device.id, "facility": device.facility, "node": node, "why": why,
+             "since": format_time(now), "last_seen": format_time(last_seen)},
+        ), expect_node=node)  # fmt: skip
+        return presence
 
+    # -- visits (their writes: policy/schedule.py) ----------------------------------------
     async def get_visit(self, visit_id: str) -> Visit:
         visit = await self.store.get_visit(visit_id)
         if visit is None:
@@ -252,7 +329,7 @@ class Policy:
     async def current_visit(self, device_id: str) -> tuple[Visit | None, Visit | None]:
         """The visit open at a kiosk now, and the next one after it."""
         now = self.clock()
-        visits = await self.store.list_visits(device=device_id, after=now)
+        visits = await self.store.list_visits(device=device_id, after=now, status="booked")
         current = next(
             (v for v in visits if v.is_open(now, early=self.rules.visit_early_join_seconds)), None
         )
@@ -261,6 +338,15 @@ class Policy:
 
     # -- directives ---------------------------------------------------------------------
     async def issue(self, actor: Actor, body: object) -> Directive:
+        """A new directive, in force from `starts_at` (now by default).
+
+        A broad one past its scope's unconfirmed time (policy/coverage.py) is refused
+        `confirmation-required`, unless the body says `await_confirmation: true`: then it is a
+        request, `pending` until a second supervisor confirms it (`confirm`) and `lapsed` if
+        nobody has by `confirm_by` (`Rules.request_wait_seconds` after its start). Pending, it
+        is in force nowhere. The flag only says what to do instead of a refusal: a directive
+        that may start unconfirmed starts at once, as without it.
+        """
         data = _body(body)
         scope = parse_scope(data.get("scope"))
         action = data.get("action")
@@ -268,6 +354,9 @@ class Policy:
             raise Malformed("bad-action", f"action must be one of {', '.join(ACTIONS)}")
         reason = check_text(data.get("reason"), "reason", max_length=2000)
         legal_basis = check_text(data.get("legal_basis"), "legal_basis", max_length=300)
+        await_confirmation = data.get("await_confirmation", False)
+        if not isinstance(await_confirmation, bool):
+            raise Malformed("bad-field", "await_confirmation must be true or false")
         if data.get("expires_at") in (None, ""):
             raise RuleBroken(
                 "expiry-required",
@@ -287,16 +376,20 @@ class Policy:
                 "too-long", f"a directive lasts at most {days:g} days; issue a new one when it ends"
             )
         await self._require_scope_target(scope)
-        confirm_by = None
+        confirm_by, status = None, "active"
         if is_broad(scope):  # unconfirmed for as long as the scope's coverage allows
             covered = await self.scope_coverage(scope, starts_at=starts_at)
-            if covered.lapse_at is None:
+            if covered.lapse_at is not None:
+                confirm_by = covered.lapse_at
+            elif await_confirmation:  # a request: nothing starts until a second supervisor says so
+                status = "pending"
+                confirm_by = min(starts_at + self.rules.request_wait_seconds, expires_at)
+            else:
                 raise RuleBroken("confirmation-required", covered.refusal())
-            confirm_by = covered.lapse_at
         directive = Directive(
             id=new_id("D"), scope=scope, action=action, reason=reason, legal_basis=legal_basis,
             issued_by=actor.sub, issued_at=now, starts_at=starts_at, expires_at=expires_at,
-            confirm_by=confirm_by,
+            status=status, confirm_by=confirm_by, starts_on_confirmation=status == "pending",
         )  # fmt: skip
         await self.store.add_directive(
             directive,
@@ -349,6 +442,10 @@ class Policy:
         return await self._close(actor, await self.get_directive(directive_id), "lifted", reason)
 
     async def confirm(self, actor: Actor, directive_id: str) -> Directive:
+        """A second supervisor's confirmation. A pending request starts now (or at the start
+        it was issued with, if later) and keeps its `expires_at`: what the confirming
+        supervisor saw is what they confirmed, and nothing runs longer than its issuer asked.
+        Enforcing it is the caller's (signaling/directives.py), as for a new directive."""
         directive = await self.get_directive(directive_id)
         if actor.role != "supervisor":
             raise Forbidden(
@@ -361,20 +458,27 @@ class Policy:
             )
         if not directive.broad:
             raise Conflict("not-broad", "only system and facility directives need confirmation")
-        if directive.status != "active":
+        if directive.status not in ("active", "pending"):
             raise Conflict("not-active", f"the directive is {directive.status}")
         if directive.confirmed_by is not None:
             raise Conflict("already-confirmed", f"already confirmed by {directive.confirmed_by}")
-        confirmed = directive.with_changes(confirmed_by=actor.sub, confirmed_at=self.clock())
+        now = self.clock()
+        confirmed = directive.with_changes(confirmed_by=actor.sub, confirmed_at=now)
+        data = {"confirmed_by": actor.sub, "confirmed_at": format_time(now)}
+        if directive.status == "pending":
+            if directive.confirm_by is not None and directive.confirm_by <= now:
+                raise Conflict(
+                    "confirmation-too-late",
+                    "nobody confirmed this request in time, so it lapses; issue a new one",
+                )
+            confirmed = confirmed.with_changes(
+                status="active", starts_at=max(directive.starts_at, now)
+            )
+            data |= {"status": "active", "starts_at": format_time(confirmed.starts_at)}
         await self.store.update_directive(
             confirmed,
-            AuditDraft(
-                actor.sub,
-                "directive.confirmed",
-                f"directive:{directive.id}",
-                {"confirmed_by": actor.sub, "confirmed_at": format_time(confirmed.confirmed_at)},
-            ),
-            expect_status="active",
+            AuditDraft(actor.sub, "directive.confirmed", f"directive:{directive.id}", data),
+            expect_status=directive.status,
         )
         self.index.put(confirmed)
         return confirmed
@@ -384,12 +488,12 @@ class Policy:
         now = self.clock()
         closed = []
         for directive in self.index.due(now):
-            status = "expired" if directive.expires_at <= now else "lapsed"
-            note = (
-                "reached its expiry"
-                if status == "expired"
-                else "not confirmed by a second supervisor in time"
-            )
+            if directive.status == "pending":  # a request nobody confirmed: it never started
+                status, note = "lapsed", f"{UNCONFIRMED}; it never started"
+            elif directive.expires_at <= now:
+                status, note = "expired", "reached its expiry"
+            else:
+                status, note = "lapsed", UNCONFIRMED
             try:
                 closed.append(await self._close(SYSTEM, directive, status, note))
             except Conflict:
@@ -402,7 +506,7 @@ class Policy:
     async def _close(
         self, actor: Actor, directive: Directive, status: str, reason: str
     ) -> Directive:
-        if directive.status != "active":
+        if directive.status not in ("active", "pending"):  # a request can be withdrawn too
             raise Conflict("not-active", f"the directive is already {directive.status}")
         closed = directive.with_changes(
             status=status, closed_at=self.clock(), closed_by=actor.sub, close_reason=reason
@@ -417,7 +521,7 @@ class Policy:
         await self.store.update_directive(
             closed,
             AuditDraft(actor.sub, action, f"directive:{directive.id}", data),
-            expect_status="active",
+            expect_status=directive.status,
         )
         self.index.put(closed)
         return closed
@@ -461,6 +565,12 @@ class Policy:
             visit, contact=contact_id
         ):
             raise Forbidden("not-affected", "this directive did not apply to you")
+        if directive.starts_on_confirmation and directive.confirmed_by is None:
+            raise Conflict(
+                "never-in-force",
+                "This directive never took effect (nobody confirmed it), so it did not affect"
+                " you: there is nothing to appeal.",
+            )
         await self._refuse_second_appeal(directive.id, actor.sub)
         appeal = Appeal(
             id=new_id("A"),
@@ -556,8 +666,12 @@ class Policy:
         directives = await self.store.list_directives()
         appeals = await self.store.list_appeals()
         now = self.clock()
-        planned = [d.expires_at - d.starts_at for d in directives]
-        actual = [(d.closed_at or min(now, d.expires_at)) - d.starts_at for d in directives]
+        # Requests nobody confirmed (pending, lapsed, withdrawn) were never in force: they have
+        # no length, and are counted on their own.
+        requests = [d for d in directives if d.starts_on_confirmation]
+        started = [d for d in directives if not d.starts_on_confirmation or d.confirmed_by]
+        planned = [d.expires_at - d.starts_at for d in started]
+        actual = [(d.closed_at or min(now, d.expires_at)) - d.starts_at for d in started]
         return {
             "directives": len(directives),
             "by_scope_kind": dict(Counter(scope_kind(d.scope) for d in directives)),
@@ -570,4 +684,13 @@ class Policy:
             "median_planned_seconds": statistics.median(planned) if planned else None,
             "median_actual_seconds": statistics.median(actual) if actual else None,
             "appeals": {"filed": len(appeals), **Counter(a.status for a in appeals)},
+            "requests": {
+                "made": len(requests),
+                "pending": sum(1 for d in requests if d.status == "pending"),
+                "confirmed": sum(1 for d in requests if d.confirmed_by is not None),
+                "lapsed": sum(1 for d in requests if d.status == "lapsed"),
+                "withdrawn": sum(
+                    1 for d in requests if d.status == "lifted" and d.confirmed_by is None
+                ),
+            },
         }

@@ -36,6 +36,13 @@ joined to anyone: `joined` and `participant-joined` come only after the last che
 answer waits for every end it caused to be recorded. On another node the same holds from
 the moment that node learns the directive (the bus delivers it after the commit).
 
+The same block A also reads what else can stop admitting a session while its admission is
+in flight, each kept in memory and changed in a block like D: the contact's approval for the
+inmate (`Policy.approvals`; a withdrawal halts `pair:I:C` in signaling/approvals.py), and the
+visit's newest version (`Policy.visit_changes`; a cancellation halts `visit:V` in
+signaling/visits.py). So a withdrawn approval or a cancelled visit is refused or ended
+exactly as a directive is (`not-approved`, 4403; `visit-cancelled`, 4410).
+
 The audit log of such a session: its start is written from A on (the write begins in the
 block), so a directive that ends it meanwhile waits for that write and then records the end
 (`Enforcer.finish`): `session.started` then `session.ended` with reason `directive:<id>`,
@@ -67,7 +74,7 @@ from policy.visit import subject_keys as visit_keys
 from relay import RelayPeer, Room
 from signaling import keys as K
 from signaling import protocol as P
-from signaling.protocol import Close, Error, Message, Problem, Reason
+from signaling.protocol import Close, Error, Message, Problem, Reason, cancelled_text
 from signaling.registry import Call
 from signaling.session import Ending, Session
 from signaling.tokens import TokenError
@@ -121,17 +128,26 @@ class Admission:
     session: Session
 
 
+@dataclass(frozen=True)
+class PresenceRequest:
+    """Not a join: a kiosk's presence connection (its first frame), for signaling/presence.py."""
+
+    frame: dict[str, Any]
+
+
 async def admit(
     app: web.Application, ws: web.WebSocketResponse, remote: str | None
-) -> Admission | Refusal:
+) -> Admission | Refusal | PresenceRequest:
     """Read the join and admit its session, or say why not (see the module's docstring)."""
     try:
         join = await _join_message(app, ws, remote)
+        if join["type"] == Message.PRESENCE:
+            return PresenceRequest(join)
         actor = _identify(app, join)
         visit_id, mode = _wanted(join)
         visit = await _visit(app, visit_id)
         keys = await _keys(app, actor, visit, mode)
-        _in_window(app[K.POLICY], visit)
+        _joinable(app[K.POLICY], visit)
         _decide(app, actor, visit, mode, keys, app[K.SESSIONS].calls.get(visit.id))  # early: cheap
         call = await _call(app, visit)
         session, replaced = _register(app, ws, actor, visit, mode, keys, call)
@@ -182,25 +198,40 @@ def blocking(policy: Policy, session: Session) -> Directive | None:
     return policy.evaluate(session.keys).blocking
 
 
+def withdrawn(policy: Policy, session: Session) -> bool:
+    """A re-offer of a family member whose approval for the inmate is no longer `approved`."""
+    return session.role == "family" and not policy.approvals.approved(
+        session.actor.subject_id, session.visit.inmate
+    )
+
+
 async def refresh(app: web.Application, actor: Actor) -> Refusal | float:
     """May a family member or kiosk have a fresh token? Its lifetime in seconds, or why not."""
     policy, tokens = app[K.POLICY], app[K.TOKENS]
+    visit = None
     try:
         if actor.role == "family":
             assert actor.visit is not None
             visit = await policy.get_visit(actor.visit)
             keys = subject_keys(actor, visit=visit)
-            ttl = visit.ends_at - tokens.clock() + 60
+            ttl = visit.ends_at - tokens.clock() + app[K.CONFIG].join_link_grace_seconds
         else:
             device = await policy.get_device(actor.subject_id)
             keys = subject_keys(actor, device=device)
             ttl = app[K.CONFIG].device_token_ttl
     except Refusal as refusal:
         return refusal
+    # From here to the answer, no `await`: what decides is read in one block, as for a join.
     decision = policy.evaluate(keys)
     if decision.blocking is not None:
         notice = app[K.ENFORCER].notice(actor, decision.blocking)
         return Refusal(Error.SUSPENDED, P.API_SUSPENDED.message(), Close.REFUSED, notice)
+    if visit is not None:
+        visit = policy.visit_changes.current(visit)
+        if visit.status == "cancelled":
+            return Refusal.of(P.VISIT_CANCELLED, why=P.API_VISIT_CANCELLED.message())
+        if not policy.approvals.approved(actor.subject_id, visit.inmate):
+            return Refusal(Error.NOT_APPROVED, P.API_NOT_APPROVED.message(), Close.REFUSED)
     if ttl <= 0:
         return Refusal.of(P.VISIT_OVER)
     return ttl
@@ -223,7 +254,7 @@ async def _join_message(
     if len(msg.data.encode()) > limit:  # bytes, not characters: one character is up to 4 bytes
         raise Refusal.of(P.FIRST_TOO_LARGE, limit=limit)
     data = parse(msg.data)
-    if data is None or data.get("type") != Message.JOIN:
+    if data is None or data.get("type") not in (Message.JOIN, Message.PRESENCE):
         raise Refusal.of(P.JOIN_REQUIRED)
     return data
 
@@ -276,9 +307,14 @@ async def _keys(app: web.Application, actor: Actor, visit: Visit, mode: str) -> 
         raise
 
 
-def _in_window(policy: Policy, visit: Visit) -> None:
+def _joinable(policy: Policy, visit: Visit) -> None:
+    """Booked, and open now (not cancelled, not over, not still to come)."""
+    if visit.status == "cancelled":
+        raise Refusal.of(
+            P.VISIT_CANCELLED, why=cancelled_text(visit.cancel_reason, visit.cancel_note)
+        )
     now = policy.clock()
-    if now >= visit.ends_at:
+    if not visit.booked or now >= visit.ends_at:
         raise Refusal.of(P.VISIT_OVER)
     if not visit.is_open(now, early=policy.rules.visit_early_join_seconds):
         raise Refusal.of(P.NOT_OPEN_YET, starts_at=format_time(visit.starts_at))
@@ -295,8 +331,8 @@ def _decide(
     """Policy and capacity: refuse, or return the audio-only directive the session starts
     under (if any). Decided early (a cheap refusal before the awaits that follow) and again
     in `_register`, where it counts."""
-    config, sessions = app[K.CONFIG], app[K.SESSIONS]
-    decision = app[K.POLICY].evaluate(keys)
+    config, sessions, policy = app[K.CONFIG], app[K.SESSIONS], app[K.POLICY]
+    decision = policy.evaluate(keys)
     if decision.blocking is not None:
         notice = app[K.ENFORCER].notice(actor, decision.blocking)
         raise Refusal.of(
@@ -305,6 +341,8 @@ def _decide(
             expires_at=notice["expires_at"],
             reason=decision.blocking.reason,
         )
+    if actor.role == "family" and not policy.approvals.approved(actor.subject_id, visit.inmate):
+        raise Refusal.of(P.NOT_APPROVED)
     if sessions.would_exceed((actor.sub, visit.id, mode), config.max_sessions_per_subject):
         raise Refusal.of(P.TOO_MANY_SESSIONS, limit=config.max_sessions_per_subject)
     if mode == "participant" and call is not None:
@@ -377,6 +415,14 @@ def _register(
     session of the same identity it replaces (if any)."""
     config, policy, sessions = app[K.CONFIG], app[K.POLICY], app[K.SESSIONS]
     call = sessions.calls.get(visit.id) or call
+    read = call.visit if call.visit.version > visit.version else visit
+    latest = policy.visit_changes.current(read)
+    if latest.version > visit.version:  # changed since it was read: cancelled, moved, its kind
+        _joinable(policy, latest)
+        keys = subject_keys(actor, visit=latest, mode=mode)  # a move to another kiosk, say
+        visit = latest
+    if call.visit.version < visit.version:
+        call.visit = visit
     audio_only = _decide(app, actor, visit, mode, keys, call)
     session_id = f"S-{secrets.token_hex(6)}"
     record = SessionRecord(
@@ -470,6 +516,13 @@ def _refusal_after(app: web.Application, session: Session, ending: Ending) -> Re
                 P.SUSPENDED, notice=notice, expires_at=notice["expires_at"], reason=directive.reason
             )
         return Refusal(Error.ENDED, ending.message, ending.code, notice)
+    if ending.reason == Reason.APPROVAL_WITHDRAWN and ending.code == Close.REFUSED:
+        return Refusal.of(P.NOT_APPROVED)  # halted by signaling/approvals.py
+    visit = app[K.POLICY].visit_changes.current(session.visit)
+    if visit.status == "cancelled":  # halted by signaling/visits.py
+        return Refusal.of(
+            P.VISIT_CANCELLED, why=cancelled_text(visit.cancel_reason, visit.cancel_note)
+        )
     if ending.reason == Reason.REPLACED:
         return Refusal(Error.REPLACED, ending.message, ending.code)
     if ending.reason == Reason.VISIT_ENDED:

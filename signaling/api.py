@@ -18,10 +18,12 @@ from aiohttp import web
 from policy import replay
 from policy.actor import Actor
 from policy.appeal import Appeal
+from policy.approval import APPROVAL_STATUSES, Approval
 from policy.errors import Forbidden, Malformed, NotFound, PolicyError, StoreUnavailable
-from policy.rfc3339 import format_time
+from policy.rfc3339 import format_time, parse_time
+from policy.roster import Inmate, check_id
 from policy.session import SessionRecord
-from policy.visit import Visit
+from policy.visit import CANCEL_REASONS, VISIT_STATUSES, Visit
 from signaling import admission
 from signaling import keys as K
 from signaling import protocol as P
@@ -46,6 +48,7 @@ STATUS = {
 }
 
 Handler = Callable[[web.Request, Actor], Awaitable[web.StreamResponse]]
+REFUSED_BY_STATE = (Error.SUSPENDED, Error.NOT_APPROVED, Error.VISIT_CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,13 @@ def problem_response(
 
 
 def refusal_response(refusal: Refusal) -> web.Response:
-    """An admission refused over HTTP (a token refresh): 409 while suspended, else 403; the
-    directive's notice beside the error, as a refused join carries it."""
+    """An admission refused over HTTP (a token refresh): 409 while the current state forbids
+    it (suspended, not approved, cancelled), else 403; the directive's notice beside the
+    error, as a refused join carries it."""
     body: dict[str, Any] = {"error": {"code": refusal.code, "message": refusal.message}}
     if refusal.notice is not None:
         body["directive"] = refusal.notice
-    return web.json_response(body, status=409 if refusal.code == Error.SUSPENDED else 403)
+    return web.json_response(body, status=409 if refusal.code in REFUSED_BY_STATE else 403)
 
 
 def authenticate(request: web.Request) -> Actor:
@@ -179,6 +183,13 @@ async def list_facilities(request: web.Request, actor: Actor) -> web.Response:
     return web.json_response([f.to_json() for f in await request.app[K.STORE].list_facilities()])
 
 
+async def update_facility(request: web.Request, actor: Actor) -> web.Response:
+    facility = await request.app[K.POLICY].update_facility(
+        actor, request.match_info["id"], await read_json(request)
+    )
+    return web.json_response(facility.to_json())
+
+
 async def create_device(request: web.Request, actor: Actor) -> web.Response:
     app = request.app
     device = await app[K.POLICY].create_device(actor, await read_json(request))
@@ -187,7 +198,37 @@ async def create_device(request: web.Request, actor: Actor) -> web.Response:
 
 
 async def list_devices(request: web.Request, actor: Actor) -> web.Response:
-    return web.json_response([d.to_json() for d in await request.app[K.STORE].list_devices()])
+    """The kiosks, each with its presence (online since, or offline since and last seen), the
+    visit live at it now, and its next booked visit."""
+    app = request.app
+    store, now = app[K.STORE], app[K.POLICY].clock()
+    presence = {p.device: p for p in await store.list_presence()}
+    live: dict[str, str] = {
+        s.sub.removeprefix("device:"): s.visit
+        for s in await store.list_sessions(live=True)
+        if s.role == "kiosk" and s.mode == "participant"
+    }
+    upcoming: dict[str, Visit] = {}
+    for visit in await store.list_visits(status="booked", after=now):
+        upcoming.setdefault(visit.device, visit)
+    answer = []
+    for device in await store.list_devices():
+        seen = presence.get(device.id)
+        following = upcoming.get(device.id)
+        answer.append({
+            **device.to_json(),
+            "presence": None if seen is None else {
+                "state": seen.state, "node": seen.node, "since": format_time(seen.since),
+                "last_seen": format_time(now if seen.state == "online" else seen.last_seen),
+            },
+            "in_call": live.get(device.id),
+            "next_visit": None if following is None else {
+                "id": following.id, "inmate": following.inmate, "kind": following.kind,
+                "starts_at": format_time(following.starts_at),
+                "ends_at": format_time(following.ends_at),
+            },
+        })  # fmt: skip
+    return web.json_response(answer)
 
 
 async def create_inmate(request: web.Request, actor: Actor) -> web.Response:
@@ -199,6 +240,13 @@ async def list_inmates(request: web.Request, actor: Actor) -> web.Response:
     return web.json_response([i.to_json() for i in await request.app[K.STORE].list_inmates()])
 
 
+async def update_inmate(request: web.Request, actor: Actor) -> web.Response:
+    inmate = await request.app[K.POLICY].update_inmate(
+        actor, request.match_info["id"], await read_json(request)
+    )
+    return web.json_response(inmate.to_json())
+
+
 async def create_contact(request: web.Request, actor: Actor) -> web.Response:
     contact = await request.app[K.POLICY].create_contact(actor, await read_json(request))
     return created(contact.to_json())
@@ -208,17 +256,84 @@ async def list_contacts(request: web.Request, actor: Actor) -> web.Response:
     return web.json_response([c.to_json() for c in await request.app[K.STORE].list_contacts()])
 
 
-async def set_approval(request: web.Request, actor: Actor) -> web.Response:
-    contact = await request.app[K.POLICY].set_approval(
+async def get_contact(request: web.Request, actor: Actor) -> web.Response:
+    """A contact's page: their approvals per inmate, their visits, the directives naming them."""
+    app = request.app
+    store = app[K.STORE]
+    contact = await app[K.POLICY].get_contact(request.match_info["id"])
+    names = {i.id: i for i in await store.list_inmates()}
+    approvals = await store.list_approvals(contact=contact.id)
+    visits = await store.list_visits(contact=contact.id)
+    named = [
+        d for d in await store.list_directives()
+        if d.scope == f"contact:{contact.id}"
+        or (d.scope.startswith("pair:") and d.scope.endswith(f":{contact.id}"))
+    ]  # fmt: skip
+    return web.json_response({
+        **contact.to_json(),
+        "approval_records": [approval_json(a, names) for a in approvals],
+        "visits": [v.to_json() for v in visits],
+        "directives": [directive_json(request, d) for d in named],
+    })  # fmt: skip
+
+
+async def update_contact(request: web.Request, actor: Actor) -> web.Response:
+    contact = await request.app[K.POLICY].update_contact(
         actor, request.match_info["id"], await read_json(request)
     )
     return web.json_response(contact.to_json())
 
 
+def approval_json(approval: Approval, inmates: dict[str, Inmate]) -> dict[str, Any]:
+    inmate = inmates.get(approval.inmate)
+    return {
+        **approval.to_json(),
+        "inmate_name": inmate.name if inmate else approval.inmate,
+        "facility": inmate.facility if inmate else None,
+    }
+
+
+async def set_approval(request: web.Request, actor: Actor) -> web.Response:
+    """Ask for, grant, deny or withdraw an approval (signaling/approvals.py: `Approvals.set`):
+    a denial or withdrawal ends the contact's live sessions with the inmate and cancels the
+    visits left without an approved contact before this answers."""
+    app = request.app
+    decided = await app[K.APPROVALS].set(actor, request.match_info["id"], await read_json(request))
+    contact = await app[K.POLICY].get_contact(decided.approval.contact)
+    return web.json_response({
+        **contact.to_json(),
+        "approval": decided.approval.to_json(),
+        "previous": decided.previous,
+        "sessions_ended": len(decided.sessions_ended),
+        "visits_cancelled": decided.visits_cancelled,
+    })  # fmt: skip
+
+
+async def list_approvals(request: web.Request, actor: Actor) -> web.Response:
+    """Approvals, oldest change first (`?status=pending`: the queue staff work through)."""
+    store = request.app[K.STORE]
+    status = request.query.get("status")
+    if status is not None and status not in APPROVAL_STATUSES:
+        raise Malformed(Error.BAD_QUERY, f"status must be one of {', '.join(APPROVAL_STATUSES)}")
+    inmates = {i.id: i for i in await store.list_inmates()}
+    contacts = {c.id: c for c in await store.list_contacts()}
+    answer = []
+    for approval in await store.list_approvals(status=status):
+        contact = contacts.get(approval.contact)
+        answer.append({
+            **approval_json(approval, inmates),
+            "contact_name": contact.name if contact else approval.contact,
+            "minor": contact.minor if contact else False,
+        })  # fmt: skip
+    return web.json_response(answer)
+
+
 # -- visits ------------------------------------------------------------------------------
-def join_links(tokens: Tokens, base: str, visit: Visit) -> dict[str, Any]:
-    """Per-contact join tokens and URLs (the token travels in the fragment), plus the kiosk's."""
-    ttl = visit.ends_at - tokens.clock() + 60
+def join_links(tokens: Tokens, base: str, visit: Visit, grace: float) -> dict[str, Any]:
+    """Per-contact join tokens and URLs (the token travels in the fragment), plus the kiosk's.
+    They last until the visit's end plus `grace`: a visit moved later by less keeps them, and
+    the family's page can still say that the visit ended, or why it was cancelled."""
+    ttl = visit.ends_at - tokens.clock() + grace
     links: dict[str, Any] = {}
     for contact in visit.contacts:
         token = tokens.issue(f"contact:{contact}", "family", ttl, visit=visit.id)
@@ -228,15 +343,114 @@ def join_links(tokens: Tokens, base: str, visit: Visit) -> dict[str, Any]:
     return links
 
 
+def links_of(request: web.Request, visit: Visit) -> dict[str, Any]:
+    config = request.app[K.CONFIG]
+    return join_links(request.app[K.TOKENS], config.base_url, visit, config.join_link_grace_seconds)
+
+
 async def create_visit(request: web.Request, actor: Actor) -> web.Response:
-    visit = await request.app[K.POLICY].create_visit(actor, await read_json(request))
-    links = join_links(request.app[K.TOKENS], request.app[K.CONFIG].base_url, visit)
-    return created({**visit.to_json(), "join": links})
+    visit = await request.app[K.VISITS].create(actor, await read_json(request))
+    return created({**visit.to_json(), "join": links_of(request, visit)})
 
 
 async def list_visits(request: web.Request, actor: Actor) -> web.Response:
-    visits = await request.app[K.STORE].list_visits()
+    """Visits by start (`?facility=F&device=K&status=S&from=T&to=T`: those overlapping
+    [from, to), e.g. one day)."""
+    query = request.query
+    status = query.get("status")
+    if status is not None and status not in VISIT_STATUSES:
+        raise Malformed(Error.BAD_QUERY, f"status must be one of {', '.join(VISIT_STATUSES)}")
+    after = parse_time(query["from"], "from") if "from" in query else None
+    before = parse_time(query["to"], "to") if "to" in query else None
+    ids = {name: query.get(name) for name in ("facility", "device", "inmate", "contact")}
+    for name, value in ids.items():
+        if value is not None:
+            check_id(value, name)
+    visits = await request.app[K.STORE].list_visits(
+        after=after, before=before, status=status, **ids
+    )
     return web.json_response([v.to_json() for v in visits])
+
+
+async def reschedule_visit(request: web.Request, actor: Actor) -> web.Response:
+    """Move a visit (its id and links stay); fresh links are in the answer, for a move past
+    what the old links cover (`links_kept` says whether they still do)."""
+    app = request.app
+    before = await app[K.POLICY].get_visit(request.match_info["id"])
+    changed = await app[K.VISITS].reschedule(actor, before.id, await read_json(request))
+    kept = changed.visit.ends_at <= before.ends_at + app[K.CONFIG].join_link_grace_seconds
+    return web.json_response({
+        **changed.visit.to_json(), "sessions_ended": len(changed.sessions_ended),
+        "links_kept": kept, "join": links_of(request, changed.visit),
+    })  # fmt: skip
+
+
+async def change_visit_kind(request: web.Request, actor: Actor) -> web.Response:
+    changed = await request.app[K.VISITS].change_kind(
+        actor, request.match_info["id"], await read_json(request)
+    )
+    return web.json_response(changed.visit.to_json())
+
+
+async def cancel_visit(request: web.Request, actor: Actor) -> web.Response:
+    """Cancel with a structured reason; a live visit's sessions end (told why) before this
+    answers (signaling/visits.py)."""
+    changed = await request.app[K.VISITS].cancel(
+        actor, request.match_info["id"], await read_json(request)
+    )
+    return web.json_response(
+        {**changed.visit.to_json(), "sessions_ended": len(changed.sessions_ended)}
+    )
+
+
+async def visit_state(request: web.Request, actor: Actor) -> web.Response:
+    """What a family's join link shows before joining: the visit's state and times, why it
+    was cancelled, where it was moved from; read with the family's own token (sent as a
+    bearer header: the page has it from its URL's fragment), for its own visit only."""
+    app = request.app
+    policy = app[K.POLICY]
+    family = actor.role == "family"
+    if family and actor.visit != request.match_info["id"]:
+        raise Forbidden(Error.WRONG_VISIT, P.WRONG_VISIT.message())
+    visit = await policy.get_visit(request.match_info["id"])
+    contact = actor.subject_id if family else None
+    if family and contact not in visit.contacts:
+        raise Forbidden(Error.WRONG_VISIT, P.WRONG_VISIT.message())
+    visit = policy.visit_changes.current(visit)
+    now, early = policy.clock(), policy.rules.visit_early_join_seconds
+    if visit.status == "cancelled":
+        state = "cancelled"
+    elif not visit.booked or now >= visit.ends_at:
+        state = "ended"
+    elif contact is not None and not policy.approvals.approved(contact, visit.inmate):
+        state = "not-approved"
+    else:
+        state = "open" if visit.is_open(now, early=early) else "upcoming"
+    inmate = await app[K.STORE].get_inmate(visit.inmate)
+    facility = await app[K.STORE].get_facility(visit.facility)
+    full = visit.to_json()
+    return web.json_response({
+        "visit": visit.id, "state": state, "kind": visit.kind,
+        "starts_at": full["starts_at"], "ends_at": full["ends_at"],
+        "opens_at": format_time(visit.starts_at - early), "now": format_time(now),
+        "monitored": visit.monitored,
+        "notice": P.MONITORED_NOTICE if visit.monitored else P.PRIVATE_NOTICE,
+        "inmate": {"name": inmate.name if inmate else visit.inmate},
+        "facility": {"name": facility.name if facility else visit.facility},
+        "cancelled": None if state != "cancelled" else {
+            "reason": visit.cancel_reason, "at": format_time(visit.cancelled_at),
+            "text": P.cancelled_text(visit.cancel_reason, visit.cancel_note),
+        },
+        "moved": full["moved"] and {"from": full["moved"]["from"], "at": full["moved"]["at"]},
+        "not_approved": P.NOT_APPROVED.message() if state == "not-approved" else None,
+    })  # fmt: skip
+
+
+async def visits_report(request: web.Request, actor: Actor) -> web.Response:
+    facility = request.query.get("facility")
+    if facility is not None:
+        check_id(facility, "facility")
+    return web.json_response(await request.app[K.VISITS].schedule.report(facility))
 
 
 async def get_visit(request: web.Request, actor: Actor) -> web.Response:
@@ -436,41 +650,71 @@ def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
 STR, BOOL = {"type": "string"}, {"type": "boolean"}
 TIME = {"type": "string", "format": "date-time"}
 
+SECONDS = {"type": ["number", "null"], "minimum": 60, "maximum": 86400}
+FAMILY_AND_READERS = ("family", *READERS)
+
 ROUTES: list[Route] = [
     Route("POST", "/api/v1/facilities", create_facility, STAFF, "Create a facility",
-          _object({"id": STR, "name": STR}, ["id", "name"]), 201, ("roster",)),
+          _object({"id": STR, "name": STR, "max_visit_seconds": SECONDS}, ["id", "name"]), 201, ("roster",)),
     Route("GET", "/api/v1/facilities", list_facilities, READERS, "List facilities", tags=("roster",)),
+    Route("PATCH", "/api/v1/facilities/{id}", update_facility, STAFF,
+          "Rename a facility or change its maximum visit length (null: the server's default)",
+          _object({"name": STR, "max_visit_seconds": SECONDS}, []), 200, ("roster",)),
     Route("POST", "/api/v1/devices", create_device, STAFF, "Register a kiosk; answers with its device token",
           _object({"id": STR, "facility": STR}, ["id", "facility"]), 201, ("roster",)),
-    Route("GET", "/api/v1/devices", list_devices, READERS, "List kiosks", tags=("roster",)),
+    Route("GET", "/api/v1/devices", list_devices, READERS,
+          "List kiosks with their presence, the call live at each and its next visit", tags=("roster",)),
     Route("POST", "/api/v1/inmates", create_inmate, STAFF, "Create an inmate",
           _object({"id": STR, "facility": STR, "name": STR}, ["id", "facility", "name"]), 201, ("roster",)),
     Route("GET", "/api/v1/inmates", list_inmates, READERS, "List inmates", tags=("roster",)),
+    Route("PATCH", "/api/v1/inmates/{id}", update_inmate, STAFF, "Correct an inmate's name",
+          _object({"name": STR}, ["name"]), 200, ("roster",)),
     Route("POST", "/api/v1/contacts", create_contact, STAFF, "Create a contact",
           _object({"id": STR, "name": STR, "minor": BOOL}, ["id", "name"]), 201, ("roster",)),
     Route("GET", "/api/v1/contacts", list_contacts, READERS, "List contacts with approvals", tags=("roster",)),
-    Route("POST", "/api/v1/contacts/{id}/approvals", set_approval, STAFF, "Approve, deny or reset a contact for an inmate",
-          _object({"inmate": STR, "status": {"enum": ["pending", "approved", "denied"]}}, ["inmate", "status"]),
-          200, ("roster",)),
+    Route("GET", "/api/v1/contacts/{id}", get_contact, READERS,
+          "A contact with their approvals, visits and the directives that name them", tags=("roster",)),
+    Route("PATCH", "/api/v1/contacts/{id}", update_contact, STAFF, "Change a contact's name or minor flag",
+          _object({"name": STR, "minor": BOOL}, []), 200, ("roster",)),
+    Route("POST", "/api/v1/contacts/{id}/approvals", set_approval, STAFF,
+          "Ask for, approve, deny or withdraw a contact's approval for an inmate (a reason is needed to deny "
+          "or withdraw); ends their live sessions with the inmate and cancels visits left without an approved contact",
+          _object({"inmate": STR, "status": {"enum": ["pending", "approved", "denied"]}, "reason": STR},
+                  ["inmate", "status"]), 200, ("roster",)),
+    Route("GET", "/api/v1/approvals", list_approvals, READERS, "Approvals, oldest first (?status=pending: the queue)",
+          tags=("roster",)),
     Route("POST", "/api/v1/visits", create_visit, STAFF, "Schedule a visit; answers with join tokens and links",
           _object({"inmate": STR, "device": STR, "contacts": {"type": "array", "items": STR},
                    "starts_at": TIME, "ends_at": TIME, "kind": {"enum": ["social", "privileged"]}},
                   ["inmate", "device", "contacts", "starts_at", "ends_at"]), 201, ("visits",)),
-    Route("GET", "/api/v1/visits", list_visits, READERS, "List visits", tags=("visits",)),
+    Route("GET", "/api/v1/visits", list_visits, READERS,
+          "List visits (?facility=F&device=K&status=S&from=T&to=T)", tags=("visits",)),
     Route("GET", "/api/v1/visits/{id}", get_visit, READERS, "Get a visit", tags=("visits",)),
+    Route("POST", "/api/v1/visits/{id}/reschedule", reschedule_visit, STAFF,
+          "Move a visit to a new window and/or another kiosk of its facility (its id and links stay)",
+          _object({"starts_at": TIME, "ends_at": TIME, "device": STR}, ["starts_at", "ends_at"]), 200, ("visits",)),
+    Route("POST", "/api/v1/visits/{id}/kind", change_visit_kind, STAFF,
+          "Make a visit social or privileged (not once it can be joined)",
+          _object({"kind": {"enum": ["social", "privileged"]}}, ["kind"]), 200, ("visits",)),
+    Route("POST", "/api/v1/visits/{id}/cancel", cancel_visit, STAFF,
+          "Cancel a visit with a structured reason (a note is needed for 'other'); ends its live sessions",
+          _object({"reason": {"enum": list(CANCEL_REASONS)}, "note": STR}, ["reason"]), 200, ("visits",)),
+    Route("GET", "/api/v1/visits/{id}/state", visit_state, FAMILY_AND_READERS,
+          "What a family's link shows: upcoming, open, cancelled (why), moved (from when), ended", tags=("visits",)),
     Route("GET", "/api/v1/kiosk/visit", kiosk_visit, ("kiosk",), "The visit open at this kiosk now", tags=("visits",)),
     Route("POST", "/api/v1/tokens/refresh", refresh_token, ("family", "kiosk"),
           "Refresh a family or kiosk token (refused while suspended)", tags=("tokens",)),
     Route("POST", "/api/v1/directives", issue_directive, STAFF, "Issue a directive; ends or restricts matching live sessions",
           _object({"scope": STR, "action": {"enum": ["suspend", "end", "audio-only"]}, "reason": STR,
-                   "legal_basis": STR, "expires_at": TIME, "starts_at": TIME},
+                   "legal_basis": STR, "expires_at": TIME, "starts_at": TIME, "await_confirmation": BOOL},
                   ["scope", "action", "reason", "legal_basis", "expires_at"]), 201, ("directives",)),
     Route("GET", "/api/v1/directives", list_directives, READERS, "List directives (?status=active)", tags=("directives",)),
     Route("GET", "/api/v1/directives/{id}", get_directive, READERS, "Get a directive with its appeals", tags=("directives",)),
     Route("POST", "/api/v1/directives/{id}/lift", lift_directive, STAFF, "Lift a directive",
           _object({"reason": STR}, ["reason"]), 200, ("directives",)),
     Route("POST", "/api/v1/directives/{id}/confirm", confirm_directive, ("supervisor",),
-          "Confirm a broad directive (a supervisor other than the issuer)", _object({}, []), 200, ("directives",)),
+          "Confirm a broad directive (a supervisor other than the issuer); a pending one starts now",
+          _object({}, []), 200, ("directives",)),
     Route("GET", "/api/v1/scopes/{scope}/coverage", scope_coverage, READERS,
           "A broad scope's unconfirmed time in the last 24 hours, and what a new directive would get",
           tags=("directives",)),
@@ -485,4 +729,6 @@ ROUTES: list[Route] = [
     Route("GET", "/api/v1/audit", list_audit, READERS, "Audit events (?after=SEQ&limit=N)", tags=("audit",)),
     Route("GET", "/api/v1/audit/verify", verify_audit, READERS, "Recompute the audit hash chain", tags=("audit",)),
     Route("GET", "/api/v1/reports/suspensions", suspension_report, READERS, "Suspension report", tags=("reports",)),
+    Route("GET", "/api/v1/reports/visits", visits_report, READERS,
+          "Visits by status, kind and facility; cancellations by reason; no-shows (?facility=F)", tags=("reports",)),
 ]  # fmt: skip

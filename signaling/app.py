@@ -29,8 +29,9 @@ from relay import pin_ice_addresses
 from signaling import events, logs, scheduler, ws
 from signaling import keys as K
 from signaling.api import ROUTES, error_response, guarded, problem_response
+from signaling.approvals import Approvals
 from signaling.backlog import Backlog
-from signaling.bus import open_bus
+from signaling.bus import Receivers, open_bus
 from signaling.config import Config
 from signaling.directives import STATE_ACCEPTED, Directives
 from signaling.enforcer import Enforcer
@@ -38,10 +39,12 @@ from signaling.listener import Connections
 from signaling.memory import trim_after_sessions_end
 from signaling.metrics import Metrics
 from signaling.openapi import document
+from signaling.presence import KioskPresence
 from signaling.protocol import API_INTERNAL, RESTARTING, Close, Reason
 from signaling.ratelimit import Limits
 from signaling.registry import LiveSessions
 from signaling.tokens import Tokens
+from signaling.visits import Visits
 
 log = logging.getLogger("parlor.app")
 
@@ -172,7 +175,9 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         raise
     policy = app[K.POLICY]
     await policy.load()
+    await policy.load_approvals()
     await app[K.DIRECTIVES].close_due()
+    await app[K.PRESENCE].start()
     orphans = await store.list_sessions(live=True, node=app[K.CONFIG].node_id)
     if orphans:
         await store.end_orphan_sessions(
@@ -191,6 +196,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         app[K.READY].clear()
+        await app[K.PRESENCE].stop()
         await app[K.DIRECTIVES].drain(1.0)  # counts of sessions just ended: let them land
         await app[K.BUS].stop()
         for task in tasks:
@@ -304,13 +310,21 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
         policy=policy, enforcer=enforcer, node_id=config.node_id, metrics=metrics_
     )
     app[K.DIRECTIVES] = directives
+    visits = Visits(policy=policy, enforcer=enforcer, sessions=sessions)
+    app[K.VISITS] = visits
+    approvals = Approvals(policy=policy, enforcer=enforcer, visits=visits)
+    app[K.APPROVALS] = approvals
+    app[K.PRESENCE] = KioskPresence(
+        policy=policy, tokens=tokens, node_id=config.node_id,
+        heartbeat_seconds=config.kiosk_heartbeat_seconds,
+    )  # fmt: skip
     app[K.READY] = asyncio.Event()
     app[K.METRICS] = metrics_
     app[K.CONNECTIONS] = Connections(config.edge)
     app[K.LIMITS] = Limits.of(
         config.join_rate_per_ip, config.join_rate_per_identity, config.api_rate_per_identity
     )
-    app[K.BUS] = open_bus(config, store, directives, app[K.READY])
+    app[K.BUS] = open_bus(config, store, Receivers(directives, approvals, visits), app[K.READY])
     if config.ice_addresses is not None:
         pin_ice_addresses(config.ice_addresses)
     app.cleanup_ctx.append(store_ctx)

@@ -88,6 +88,39 @@ class Receiver(Protocol):
         """Reconnected and caught up, before admissions resume."""
 
 
+class Hearer(Protocol):
+    """A receiver of events only (signaling/approvals.py, signaling/visits.py)."""
+
+    async def reload(self) -> None: ...
+
+    async def heard(self, event: AuditEvent, *, announced: bool) -> None: ...
+
+
+class Receivers:
+    """One receiver and some hearers as one: each hears every event, in the order given (the
+    directive owner first: a kill is the most urgent thing an event can ask for); the
+    receiver alone is told of a cut and of the rejoin."""
+
+    def __init__(self, receiver: Receiver, *hearers: Hearer) -> None:
+        self.receiver, self.hearers = receiver, hearers
+
+    async def reload(self) -> None:
+        await self.receiver.reload()
+        for hearer in self.hearers:
+            await hearer.reload()
+
+    async def heard(self, event: AuditEvent, *, announced: bool) -> None:
+        await self.receiver.heard(event, announced=announced)
+        for hearer in self.hearers:
+            await hearer.heard(event, announced=announced)
+
+    def cut_off(self) -> None:
+        self.receiver.cut_off()
+
+    async def rejoined(self) -> None:
+        await self.receiver.rejoined()
+
+
 def ws_url(base_url: str) -> str:
     """http(s)://host[:port] -> ws(s)://host[:port]/ws"""
     base = base_url.rstrip("/")

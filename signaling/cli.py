@@ -19,6 +19,7 @@ from policy import replay
 from policy.actor import ROLES, Actor
 from policy.errors import PolicyError
 from policy.rfc3339 import format_time, parse_duration
+from policy.schedule import Schedule
 from policy.service import Policy
 from policy.store import open_store
 from signaling.config import Config, ConfigError, ensure_demo_secret, load_config
@@ -51,10 +52,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from signaling.logs import configure
     from signaling.memory import collect_garbage_less_often
 
-    configure(os.environ.get("PARLOR_LOG_LEVEL", "INFO"), os.environ.get("PARLOR_LOG_FORMAT", "json"))
+    configure(
+        os.environ.get("PARLOR_LOG_LEVEL", "INFO"), os.environ.get("PARLOR_LOG_FORMAT", "json")
+    )
     app = create_app(config)
     collect_garbage_less_often()
-    print(f"Parlor listening on http://{config.host}:{config.port}  (node {config.node_id}, store {_store_label(config.db)})", flush=True)
+    print(
+        f"Parlor listening on http://{config.host}:{config.port}  (node {config.node_id}, store {_store_label(config.db)})",
+        flush=True,
+    )
     asyncio.run(serve_forever(app, config.host, config.port, app[K.CONNECTIONS]))
     return 0
 
@@ -107,15 +113,25 @@ async def _seed_demo(config: Config, join_links: Any) -> dict[str, Any]:
                 await create(DEMO_ACTOR, body)
         contact = await store.get_contact("C-DEMO")
         if contact is not None and contact.approvals.get("I-DEMO") != "approved":
-            await policy.set_approval(DEMO_ACTOR, "C-DEMO", {"inmate": "I-DEMO", "status": "approved"})
+            await policy.set_approval(
+                DEMO_ACTOR, "C-DEMO", {"inmate": "I-DEMO", "status": "approved"}
+            )
         now = float(int(time.time()))  # whole seconds: the printed times read cleanly
-        visit = await policy.create_visit(
+        schedule = Schedule(policy)
+        # A demo run again: the kiosk's earlier demo visits make way for the new one.
+        for earlier in await store.overlapping("K-DEMO", now - 3600, now + 7200):
+            await schedule.cancel(
+                DEMO_ACTOR, earlier.id, {"reason": "other", "note": "a new demo visit"}
+            )
+        visit = await schedule.create(
             DEMO_ACTOR,
             {"inmate": "I-DEMO", "device": "K-DEMO", "contacts": ["C-DEMO"],
              "starts_at": format_time(now), "ends_at": format_time(now + 3600), "kind": "social"},
         )  # fmt: skip
 
-        links = join_links(Tokens(config.secret), config.base_url, visit)
+        links = join_links(
+            Tokens(config.secret), config.base_url, visit, config.join_link_grace_seconds
+        )
         operator = Tokens(config.secret).issue("operator:demo", "operator", 12 * 3600)
         return {
             "visit": visit.id,
@@ -219,20 +235,29 @@ def cmd_suspend(args: argparse.Namespace) -> int:
 
 
 def cmd_lift(args: argparse.Namespace) -> int:
-    print(json.dumps(_api(args, "POST", f"/api/v1/directives/{args.id}/lift", {"reason": args.reason}), indent=2))
+    print(
+        json.dumps(
+            _api(args, "POST", f"/api/v1/directives/{args.id}/lift", {"reason": args.reason}),
+            indent=2,
+        )
+    )
     return 0
 
 
 def cmd_directives(args: argparse.Namespace) -> int:
     query = "" if args.all else "?status=active"
     for d in _api(args, "GET", f"/api/v1/directives{query}"):
-        print(f"{d['id']}  {d['status']:<8} {d['action']:<10} {d['scope']:<24} until {d['expires_at']}  {d['reason']}")
+        print(
+            f"{d['id']}  {d['status']:<8} {d['action']:<10} {d['scope']:<24} until {d['expires_at']}  {d['reason']}"
+        )
     return 0
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     for s in _api(args, "GET", "/api/v1/sessions"):
-        print(f"{s['id']}  {s['visit']:<14} {s['sub']:<20} {s['role']:<8} {s['mode']:<11} since {s['started_at']}  node {s['node']}")
+        print(
+            f"{s['id']}  {s['visit']:<14} {s['sub']:<20} {s['role']:<8} {s['mode']:<11} since {s['started_at']}  node {s['node']}"
+        )
     return 0
 
 
@@ -268,10 +293,15 @@ def parser() -> argparse.ArgumentParser:
     def store_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--db", help="SQLite path or postgresql:// URL (env PARLOR_DB)")
 
-    serve = commands.add_parser("serve", help="run the server", description="Run the Parlor server.")
+    serve = commands.add_parser(
+        "serve", help="run the server", description="Run the Parlor server."
+    )
     serve.add_argument("--host", help="address to bind (default 127.0.0.1; env PARLOR_HOST)")
     serve.add_argument("--port", type=int, help="port (default 8080; env PARLOR_PORT)")
-    serve.add_argument("--ice-addresses", help="comma-separated local addresses for the relay's ICE (env PARLOR_ICE_ADDRESSES)")
+    serve.add_argument(
+        "--ice-addresses",
+        help="comma-separated local addresses for the relay's ICE (env PARLOR_ICE_ADDRESSES)",
+    )
     serve.add_argument("--public-url", help="public base URL used in links (env PARLOR_PUBLIC_URL)")
     serve.add_argument("--codec", help="video codec for every call: VP8 or H264 (env PARLOR_CODEC)")
     serve.add_argument("--node-id", help="this node's id in a cluster (env PARLOR_NODE_ID)")
@@ -283,8 +313,12 @@ def parser() -> argparse.ArgumentParser:
     store_flags(serve)
     serve.set_defaults(run=cmd_serve)
 
-    token = commands.add_parser("token", help="print a signed token", description="Print a signed JWT.")
-    token.add_argument("--sub", required=True, help="subject, e.g. operator:alice, contact:C1, device:K1")
+    token = commands.add_parser(
+        "token", help="print a signed token", description="Print a signed JWT."
+    )
+    token.add_argument(
+        "--sub", required=True, help="subject, e.g. operator:alice, contact:C1, device:K1"
+    )
     token.add_argument("--role", required=True, help=f"one of {', '.join(ROLES)}")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     token.add_argument("--visit", help="visit id (family tokens)")
@@ -315,14 +349,24 @@ def parser() -> argparse.ArgumentParser:
     verify.set_defaults(run=cmd_audit)
 
     def remote(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--server", default=os.environ.get("PARLOR_SERVER", "http://127.0.0.1:8080"), help="server URL")
-        p.add_argument("--token", help="operator token (env PARLOR_TOKEN; else minted from the local secret)")
-        p.add_argument("--as", dest="as_sub", default="operator:cli", help="subject for a locally minted token")
+        p.add_argument(
+            "--server",
+            default=os.environ.get("PARLOR_SERVER", "http://127.0.0.1:8080"),
+            help="server URL",
+        )
+        p.add_argument(
+            "--token", help="operator token (env PARLOR_TOKEN; else minted from the local secret)"
+        )
+        p.add_argument(
+            "--as", dest="as_sub", default="operator:cli", help="subject for a locally minted token"
+        )
         p.add_argument("--as-role", default="operator", help="role for a locally minted token")
         store_flags(p)
 
     suspend = commands.add_parser("suspend", help="issue a directive against a scope")
-    suspend.add_argument("scope", help="system, facility:F, device:K, inmate:I, contact:C, pair:I:C or visit:V")
+    suspend.add_argument(
+        "scope", help="system, facility:F, device:K, inmate:I, contact:C, pair:I:C or visit:V"
+    )
     suspend.add_argument("--reason", required=True)
     suspend.add_argument("--legal-basis", required=True)
     suspend.add_argument("--for", dest="for_", required=True, help="duration, e.g. 30m, 2h, 7d")
@@ -345,12 +389,25 @@ def parser() -> argparse.ArgumentParser:
     remote(sessions)
     sessions.set_defaults(run=cmd_sessions)
 
-    kiosk = commands.add_parser("kiosk", help="headless aiortc kiosk client")
+    kiosk = commands.add_parser(
+        "kiosk", help="headless aiortc kiosk: holds its presence, joins its visits as they open"
+    )
     kiosk.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8080")
-    kiosk.add_argument("--token", required=True, help="device (or family) token")
-    kiosk.add_argument("--visit", required=True)
-    kiosk.add_argument("--video", default="testsrc", help="a media file, or 'testsrc' for a test pattern")
-    kiosk.add_argument("--seconds", type=float, default=0, help="leave after this many seconds (0: until the call ends)")
+    kiosk.add_argument(
+        "--token", required=True, help="device token (or a family token with --visit)"
+    )
+    kiosk.add_argument(
+        "--visit", help="join this visit only (default: every visit of this kiosk as it opens)"
+    )
+    kiosk.add_argument(
+        "--video", default="testsrc", help="a media file, or 'testsrc' for a test pattern"
+    )
+    kiosk.add_argument(
+        "--seconds",
+        type=float,
+        default=0,
+        help="stop after this many seconds (0: until the visit ends; without --visit, for ever)",
+    )
     kiosk.set_defaults(run=cmd_kiosk)
 
     from signaling.loadgen import add_arguments as load_arguments

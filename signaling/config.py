@@ -6,6 +6,7 @@ A bad value stops start-up with one clear line (`ConfigError`), never a tracebac
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import socket
@@ -34,8 +35,12 @@ class Config:
     port: int = 8080
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     ice_addresses: list[str] | None = None
-    public_url: str | None = None  # e.g. https://visits.example.org; used in links and Origin checks
-    node_url: str | None = None  # this node's own address in a cluster (redirects); default base_url
+    public_url: str | None = (
+        None  # e.g. https://visits.example.org; used in links and Origin checks
+    )
+    node_url: str | None = (
+        None  # this node's own address in a cluster (redirects); default base_url
+    )
     codec: str = "VP8"
     # Stable across restarts, so a restarted node closes the sessions its previous run left open.
     node_id: str = field(default_factory=socket.gethostname)
@@ -54,6 +59,10 @@ class Config:
     max_calls: int = 0  # calls this node starts relaying at most (0: no fixed limit)
     overload_lag_seconds: float = 0.1  # mean event-loop lag above which no new call starts (README: Capacity)
     edge: EdgeLimits = field(default_factory=EdgeLimits)  # request timeouts, connections per IP
+    kiosk_heartbeat_seconds: float = 10.0  # a kiosk's presence heartbeat (signaling/presence.py)
+    # A family's join link works until its visit's end plus this: a visit moved later by up to
+    # this much keeps its links, and the link shows the visit ended afterwards.
+    join_link_grace_seconds: float = 7 * 86400
     # Start although the store disagrees with its audit chain, restoring the chain's values
     # (signaling/app.py check_state). A flag for one start, deliberately no environment
     # variable: an override left in an environment file would silence every later check.
@@ -74,13 +83,21 @@ def _int(value: str, name: str, low: int, high: int) -> int:
     return number
 
 
-def _seconds(value: str, name: str) -> float:
+def _seconds(
+    value: str, name: str, *, low: float | None = None, high: float | None = None
+) -> float:
+    """A finite number of seconds: positive, or at least `low` when given; at most `high`."""
     try:
         number = float(value)
     except ValueError:
         raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
-    if number <= 0:
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite number of seconds, got {value!r}")
+    if low is None and number <= 0:
         raise ConfigError(f"{name} must be positive, got {value!r}")
+    if (low is not None and number < low) or (high is not None and number > high):
+        bounds = f"between {low or 0:g} and {high:g}" if high is not None else f"at least {low:g}"
+        raise ConfigError(f"{name} must be {bounds} seconds, got {value!r}")
     return number
 
 
@@ -90,14 +107,23 @@ def parse_ice_servers(text: str) -> list[dict[str, Any]]:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"PARLOR_ICE_SERVERS is not JSON: {exc.msg}") from None
     if not isinstance(servers, list):
-        raise ConfigError("PARLOR_ICE_SERVERS must be a JSON list, e.g. [{\"urls\": \"stun:stun.example.org\"}]")
+        raise ConfigError(
+            'PARLOR_ICE_SERVERS must be a JSON list, e.g. [{"urls": "stun:stun.example.org"}]'
+        )
     for server in servers:
         urls = server.get("urls") if isinstance(server, dict) else None
-        if not (isinstance(urls, str) or (isinstance(urls, list) and all(isinstance(u, str) for u in urls))):
-            raise ConfigError("every PARLOR_ICE_SERVERS entry needs 'urls' (a string or list of strings)")
+        if not (
+            isinstance(urls, str)
+            or (isinstance(urls, list) and all(isinstance(u, str) for u in urls))
+        ):
+            raise ConfigError(
+                "every PARLOR_ICE_SERVERS entry needs 'urls' (a string or list of strings)"
+            )
         url_list = [urls] if isinstance(urls, str) else urls
         if not all(u.startswith(("stun:", "stuns:", "turn:", "turns:")) for u in url_list):
-            raise ConfigError("PARLOR_ICE_SERVERS urls must start with stun:, stuns:, turn: or turns:")
+            raise ConfigError(
+                "PARLOR_ICE_SERVERS urls must start with stun:, stuns:, turn: or turns:"
+            )
     return servers
 
 
@@ -123,6 +149,7 @@ def ensure_demo_secret(db: str) -> bytes:
 
 def load_config(env: Mapping[str, str], **flags: Any) -> Config:
     """Build the configuration; flags (not None) beat the environment."""
+
     def pick(flag: str, var: str) -> Any:
         value = flags.get(flag)
         return value if value is not None else env.get(var)
@@ -140,7 +167,9 @@ def load_config(env: Mapping[str, str], **flags: Any) -> Config:
     else:
         secret = raw_secret.encode() if isinstance(raw_secret, str) else raw_secret
     if len(secret) < MIN_SECRET_BYTES:
-        raise ConfigError(f"PARLOR_SECRET must be at least {MIN_SECRET_BYTES} bytes, got {len(secret)}")
+        raise ConfigError(
+            f"PARLOR_SECRET must be at least {MIN_SECRET_BYTES} bytes, got {len(secret)}"
+        )
 
     host = pick("host", "PARLOR_HOST") or "127.0.0.1"
     port_value = pick("port", "PARLOR_PORT")
@@ -156,7 +185,9 @@ def load_config(env: Mapping[str, str], **flags: Any) -> Config:
             try:
                 socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
             except OSError:
-                raise ConfigError(f"PARLOR_ICE_ADDRESSES: {address!r} is not an IP address") from None
+                raise ConfigError(
+                    f"PARLOR_ICE_ADDRESSES: {address!r} is not an IP address"
+                ) from None
 
     codec = (pick("codec", "PARLOR_CODEC") or "VP8").upper()
     if codec not in CODECS:
@@ -174,9 +205,38 @@ def load_config(env: Mapping[str, str], **flags: Any) -> Config:
     max_directive = pick("max_directive", "PARLOR_MAX_DIRECTIVE_SECONDS")
     confirm_window = pick("confirm_window", "PARLOR_CONFIRM_WINDOW_SECONDS")
     if max_directive is not None:
-        rules = Rules(**{**rules.__dict__, "max_directive_seconds": _seconds(str(max_directive), "PARLOR_MAX_DIRECTIVE_SECONDS")})
+        rules = Rules(
+            **{
+                **rules.__dict__,
+                "max_directive_seconds": _seconds(
+                    str(max_directive), "PARLOR_MAX_DIRECTIVE_SECONDS"
+                ),
+            }
+        )
     if confirm_window is not None:
-        rules = Rules(**{**rules.__dict__, "confirm_window_seconds": _seconds(str(confirm_window), "PARLOR_CONFIRM_WINDOW_SECONDS")})
+        rules = Rules(
+            **{
+                **rules.__dict__,
+                "confirm_window_seconds": _seconds(
+                    str(confirm_window), "PARLOR_CONFIRM_WINDOW_SECONDS"
+                ),
+            }
+        )
+    buffer = pick("visit_buffer", "PARLOR_VISIT_BUFFER_SECONDS")
+    if buffer is not None:
+        # 0 is allowed: back-to-back visits at a kiosk.
+        seconds = _seconds(str(buffer), "PARLOR_VISIT_BUFFER_SECONDS", low=0, high=4 * 3600)
+        rules = Rules(**{**rules.__dict__, "visit_buffer_seconds": seconds})
+    max_visit = pick("max_visit", "PARLOR_MAX_VISIT_SECONDS")
+    if max_visit is not None:
+        rules = Rules(
+            **{
+                **rules.__dict__,
+                "max_visit_seconds": _seconds(
+                    str(max_visit), "PARLOR_MAX_VISIT_SECONDS", low=60, high=86400
+                ),
+            }
+        )
 
     key_path = pick("jwt_public_key", "PARLOR_JWT_PUBLIC_KEY")
     jwt_public_key = None
@@ -184,7 +244,9 @@ def load_config(env: Mapping[str, str], **flags: Any) -> Config:
         try:
             jwt_public_key = Path(key_path).read_text()
         except OSError as exc:
-            raise ConfigError(f"PARLOR_JWT_PUBLIC_KEY: cannot read {key_path}: {exc.strerror}") from None
+            raise ConfigError(
+                f"PARLOR_JWT_PUBLIC_KEY: cannot read {key_path}: {exc.strerror}"
+            ) from None
 
     extra: dict[str, Any] = {}
     node_id = pick("node_id", "PARLOR_NODE_ID")
@@ -198,10 +260,14 @@ def load_config(env: Mapping[str, str], **flags: Any) -> Config:
             try:
                 extra[name] = Rate.parse(text)
             except ValueError as exc:
-                raise ConfigError(f"{var} must look like BURST:PER_SECOND, e.g. 120:2 ({exc})") from None
+                raise ConfigError(
+                    f"{var} must look like BURST:PER_SECOND, e.g. 120:2 ({exc})"
+                ) from None
     origins = pick("allowed_origins", "PARLOR_ALLOWED_ORIGINS")
     if origins:
-        extra["allowed_origins"] = tuple(o.strip().rstrip("/") for o in origins.split(",") if o.strip())
+        extra["allowed_origins"] = tuple(
+            o.strip().rstrip("/") for o in origins.split(",") if o.strip()
+        )
     for name, var, low, high in (("max_sessions_per_subject", "PARLOR_MAX_SESSIONS_PER_SUBJECT", 1, 1000),
                                  ("max_calls", "PARLOR_MAX_CALLS", 0, 100_000)):  # fmt: skip
         text = pick(name, var)
@@ -219,11 +285,26 @@ def load_config(env: Mapping[str, str], **flags: Any) -> Config:
         text = pick(name, var)
         if text is not None:
             edge[name] = _seconds(str(text), var)
+    heartbeat = pick("kiosk_heartbeat", "PARLOR_KIOSK_HEARTBEAT_SECONDS")
+    if heartbeat is not None:
+        # At most 12 s: a kiosk gone silent must show offline within 30 s (2.5 beats).
+        extra["kiosk_heartbeat_seconds"] = _seconds(
+            str(heartbeat), "PARLOR_KIOSK_HEARTBEAT_SECONDS", low=1, high=12
+        )
+    grace = pick("join_link_grace", "PARLOR_JOIN_LINK_GRACE_SECONDS")
+    if grace is not None:
+        extra["join_link_grace_seconds"] = _seconds(
+            str(grace), "PARLOR_JOIN_LINK_GRACE_SECONDS", low=60, high=90 * 86400
+        )
     per_ip = pick("max_connections_per_ip", "PARLOR_MAX_CONNECTIONS_PER_IP")
     if per_ip is not None:
         edge["max_per_ip"] = _int(str(per_ip), "PARLOR_MAX_CONNECTIONS_PER_IP", 1, 1_000_000)
     if edge:
         extra["edge"] = EdgeLimits(**edge)
+    wait = pick("await_confirmation", "PARLOR_AWAIT_CONFIRMATION_SECONDS")
+    if wait is not None:  # how long a broad request waits for a second supervisor
+        seconds = _seconds(str(wait), "PARLOR_AWAIT_CONFIRMATION_SECONDS")
+        rules = Rules(**{**rules.__dict__, "await_confirmation_seconds": seconds})
     if flags.get("accept_store_state"):
         extra["accept_store_state"] = True
     return Config(

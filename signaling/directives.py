@@ -15,7 +15,9 @@ The REST API, the scheduler and the cluster bus call `Directives` and nothing el
    and the API answers.
 
 Another node runs steps 2–4 when the bus delivers the directive (`heard`); the scheduler runs
-them when a directive issued to start later starts (`tick`). `stopped` is the one guard that
+them when a directive issued to start later starts (`tick`). A request (a broad directive
+`pending` a second supervisor, policy/service.py `Policy.issue`) is in force nowhere: steps 2–4
+run when it is confirmed (`confirm`, and `heard` of the confirmation on the other nodes). `stopped` is the one guard that
 makes this idempotent: a directive is stopped at most once per node, however often it is
 seen. When a directive stops being in force (lifted, expired, lapsed), `release` undoes what
 it still holds (audio-only) and forgets it.
@@ -94,7 +96,12 @@ class Directives:
         return lifted
 
     async def confirm(self, actor: Actor, directive_id: str) -> Directive:
-        return await self.policy.confirm(actor, directive_id)
+        """A confirmed request starts now: stopped and completed here before the answer,
+        exactly as a new directive (steps 2–4); confirming an active one changes nothing
+        live (the guard: it was stopped when issued)."""
+        confirmed = await self.policy.confirm(actor, directive_id)  # 1. commit (and index)
+        stopped = self._stop(confirmed)  # 2. stop, in the same synchronous block
+        return await self._complete(actor, confirmed, stopped) if stopped else confirmed
 
     async def decide_appeal(self, actor: Actor, appeal_id: str, body: object) -> Appeal:
         appeal, lifted = await self.policy.decide_appeal(actor, appeal_id, body)
@@ -184,6 +191,9 @@ class Directives:
                 directive = await self.policy.store.get_directive(directive_id)
             if directive is None:
                 return
+            if directive.status == "pending":  # a request: in force nowhere until confirmed
+                self.policy.learn(directive)
+                return
             if directive.status != "active":
                 if self.policy.learn(directive):
                     await self.release(directive)
@@ -223,6 +233,7 @@ class Directives:
         are still live in it; close their records (reason `error`). Only sessions live when
         the link was lost and gone now: an admission half-way then is not mistaken for one."""
         await self.background.drain(5.0)  # sessions the catch-up ended: their records first
+        await self.enforcer.completing.drain(5.0)  # and those other policy changes halted
         if not await self.enforcer.backlog.flush(force=True):  # and the ones kept meanwhile
             raise StoreUnavailable("store-unavailable", "the store refused the kept records")
         live = self.enforcer.sessions.by_id

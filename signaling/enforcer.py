@@ -23,7 +23,7 @@ from typing import Any
 
 from policy.actor import Actor
 from policy.directive import Directive
-from policy.errors import StoreUnavailable
+from policy.errors import PolicyError, StoreUnavailable
 from policy.service import Policy
 from relay import RelayPeer
 from signaling.background import Background
@@ -70,6 +70,7 @@ class Enforcer:
     metrics: Metrics = field(default_factory=Metrics)
     tokens: Tokens | None = None  # mints the appeal tokens carried in family notices
     closing: Background = field(default_factory=Background)  # detached closes running
+    completing: Background = field(default_factory=Background)  # see `complete_later`
     backlog: Backlog = field(default_factory=Backlog)  # records the store could not take yet
 
     # -- a directive on the live sessions it matches ----------------------------------------
@@ -88,14 +89,21 @@ class Enforcer:
         return stopped
 
     def halt_matching(
-        self, scope: str, reason: str, *, directive: Directive | None = None
+        self,
+        scope: str,
+        reason: str,
+        *,
+        directive: Directive | None = None,
+        code: int = Close.REFUSED,
+        message: str | None = None,
     ) -> Stopped:
-        """Halt every live session `scope` matches (close 4403, end reason `reason`): what a
-        directive that ends sessions does, and what any policy change that no longer admits
-        them does (e.g. an approval withdrawn, `pair:I:C`). Synchronous, like `stop`."""
+        """Halt every live session `scope` matches (close `code`, end reason `reason`, telling
+        `message`): what a directive that ends sessions does, and what any policy change that
+        no longer admits them does (an approval withdrawn, `pair:I:C`; a visit cancelled,
+        `visit:V`). Synchronous, like `stop`."""
         stopped = Stopped(directive, started=time.perf_counter())
         for session in self.sessions.matching(scope):
-            halted = self.halt(session, reason, Close.REFUSED, directive=directive)
+            halted = self.halt(session, reason, code, directive=directive, message=message)
             if halted is not None:
                 stopped.halted.append(halted)
         return stopped
@@ -112,6 +120,18 @@ class Enforcer:
         return [
             h.session.id for h, counted in zip(stopped.halted, recorded, strict=True) if counted
         ]
+
+    def complete_later(self, stopped: Stopped) -> None:
+        """`complete` in the background: what another node's policy change (heard on the bus)
+        halted here is told and recorded while the next event is handled. (A directive's
+        count is signaling/directives.py's own.)"""
+        self.completing.spawn(self._complete_quietly(stopped))
+
+    async def _complete_quietly(self, stopped: Stopped) -> None:
+        try:
+            await self.complete(stopped)
+        except PolicyError as exc:  # the sessions are ended either way; the records catch up
+            log.warning("could not record the end of sessions halted here: %s", exc)
 
     def notice(self, actor: Actor, directive: Directive) -> dict[str, Any]:
         """What an affected person is told. A family member's appeal link carries a token of
@@ -250,7 +270,9 @@ class Enforcer:
                 await self.renegotiate(other)
 
     async def drain(self, timeout: float = 5.0) -> None:
-        """Wait (a while) for the detached closes still running: before shutting down."""
+        """Wait (a while) for the detached closes and completions still running: before
+        shutting down."""
+        await self.completing.drain(timeout)
         await self.closing.drain(timeout)
 
     async def _record_end(self, session: Session, reason: str) -> bool:

@@ -31,7 +31,7 @@ from aiortc import (
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import AUDIO_PTIME, MediaStreamError
 
-from signaling.protocol import Message
+from signaling.protocol import Close, Message
 
 log = logging.getLogger("parlor.kiosk")
 
@@ -356,8 +356,122 @@ class ParlorClient:
             await self._session.close()
 
 
+class PresenceLink:
+    """A kiosk's presence connection (signaling/presence.py): it says the kiosk is there and
+    sends a heartbeat every `heartbeat_seconds` the server asks for; after a drop it connects
+    again with back-off, but not after a refusal that trying again cannot fix (a bad token,
+    not a kiosk, replaced by a newer connection: close 4401, 4403, 4409)."""
+
+    RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0)
+
+    def __init__(self, server: str, token: str, *, reconnect: bool = True) -> None:
+        self.url = server.rstrip("/").replace("http", "ws", 1) + "/ws"
+        self.token, self.reconnect = token, reconnect
+        self.present: dict[str, Any] | None = None  # the server's last `present`
+        self.error: dict[str, Any] | None = None
+        self.close_code: int | None = None
+        self.beats = 0  # heartbeats the server echoed
+        self.connected = asyncio.Event()
+        self.stopped = asyncio.Event()  # given up (refused), or stopped
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 10.0) -> dict[str, Any] | None:
+        """Connect; return the first `present` (None: refused, see `error`)."""
+        self._session = aiohttp.ClientSession()
+        self._task = asyncio.create_task(self._run())
+        waiting = asyncio.ensure_future(self.connected.wait())
+        stopping = asyncio.ensure_future(self.stopped.wait())
+        await asyncio.wait(
+            {waiting, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        waiting.cancel()
+        stopping.cancel()
+        return self.present
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self.stopped.is_set():
+            final = await self._once()
+            if final or not self.reconnect:
+                break
+            attempt += 1
+            await asyncio.sleep(self.RETRY_DELAYS[min(attempt, len(self.RETRY_DELAYS)) - 1])
+        self.stopped.set()
+
+    async def _once(self) -> bool:
+        """One connection; True when it must not be tried again."""
+        assert self._session is not None
+        try:
+            ws = self._ws = await self._session.ws_connect(self.url)
+        except (aiohttp.ClientError, OSError):
+            return False
+        beating: asyncio.Task[None] | None = None
+        try:
+            await ws.send_json({"type": Message.PRESENCE, "token": self.token})
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                data = json.loads(msg.data)
+                kind = data.get("type")
+                if kind == Message.PRESENT:
+                    self.present = data
+                    self.connected.set()
+                    if beating is None:
+                        beating = asyncio.create_task(self._beat(ws, data["heartbeat_seconds"]))
+                elif kind == Message.HEARTBEAT:
+                    self.beats += 1
+                elif kind == Message.ERROR:
+                    self.error = data
+        except (aiohttp.ClientError, ConnectionError, ValueError):
+            pass
+        finally:
+            if beating is not None:
+                beating.cancel()
+            self.connected.clear()
+            self.close_code = ws.close_code
+        return self.close_code in (Close.BAD_TOKEN, Close.REFUSED, Close.REPLACED)
+
+    @staticmethod
+    async def _beat(ws: aiohttp.ClientWebSocketResponse, every: float) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            while not ws.closed:
+                await asyncio.sleep(every)
+                await ws.send_json({"type": Message.HEARTBEAT})
+
+    async def drop(self) -> None:
+        """Close the current connection as a crash would not: cleanly (then reconnect)."""
+        if self._ws is not None and not self._ws.closed:
+            await self._ws.close()
+
+    async def stop(self) -> None:
+        self.stopped.set()
+        await self.drop()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._task, 5)
+        if self._session is not None:
+            await self._session.close()
+
+
+def token_role(token: str) -> str | None:
+    """The role a token claims (unverified: the server decides; this only picks a mode)."""
+    import jwt
+
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    role = claims.get("role")
+    return role if isinstance(role, str) else None
+
+
 async def run_kiosk(args: Any) -> int:
-    """`parlor kiosk`: join, report frame counts every 5 s, leave at the end or on --seconds."""
+    """`parlor kiosk`: with a device token, hold the kiosk's presence connection the whole
+    time; with `--visit`, join that visit and leave at its end (or after `--seconds`);
+    without, wait for this kiosk's visits and join each one when it opens, until `--seconds`
+    (0: for ever). Prints one JSON line per event."""
     import os
 
     from relay import pin_ice_addresses
@@ -365,7 +479,49 @@ async def run_kiosk(args: Any) -> int:
     addresses = os.environ.get("PARLOR_ICE_ADDRESSES")
     if addresses:
         pin_ice_addresses([a.strip() for a in addresses.split(",") if a.strip()])
-    client = ParlorClient(args.server, args.token, args.visit, video=args.video)
+    presence = None
+    if token_role(args.token) == "kiosk":
+        presence = PresenceLink(args.server, args.token)
+        present = await presence.start()
+        print(json.dumps({"presence": present or presence.error}), flush=True)
+    started = time.monotonic()
+    try:
+        if args.visit:
+            return await _one_visit(args, args.visit, started)
+        while not (args.seconds and time.monotonic() - started >= args.seconds):
+            visit = await _open_visit(args)
+            if visit is not None:
+                await _one_visit(args, visit, started)
+                continue
+            await asyncio.sleep(min(15.0, args.seconds or 15.0))
+        return 0
+    finally:
+        if presence is not None:
+            await presence.stop()
+
+
+async def _open_visit(args: Any) -> str | None:
+    """The id of the visit open at this kiosk now, if any (GET /api/v1/kiosk/visit)."""
+    headers = {"Authorization": f"Bearer {args.token}"}
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(args.server.rstrip("/") + "/api/v1/kiosk/visit", headers=headers) as response,
+        ):
+            body = await response.json(content_type=None)
+    except (aiohttp.ClientError, OSError, ValueError):
+        print(json.dumps({"waiting": "the server cannot be reached"}), flush=True)
+        return None
+    visit = body.get("visit") if isinstance(body, dict) else None
+    if isinstance(visit, dict) and isinstance(visit.get("id"), str):
+        return visit["id"]
+    print(json.dumps({"waiting": body.get("next") if isinstance(body, dict) else None}), flush=True)
+    return None
+
+
+async def _one_visit(args: Any, visit: str, started: float) -> int:
+    """Join `visit`, report frame counts every 5 s, leave at its end or on --seconds."""
+    client = ParlorClient(args.server, args.token, visit, video=args.video)
     first = await client.connect()
     if first.get("type") != Message.JOINED:
         print(json.dumps({"refused": first, "close_code": client.close_code}))
@@ -374,7 +530,6 @@ async def run_kiosk(args: Any) -> int:
     print(
         json.dumps({"joined": {k: v for k, v in first.items() if k != "ice_servers"}}), flush=True
     )
-    started = time.monotonic()
     while not client.closed.is_set():
         if args.seconds and time.monotonic() - started >= args.seconds:
             await client.leave()

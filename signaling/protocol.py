@@ -72,6 +72,11 @@ class Message(StrEnum):
     ANSWER = "answer"
     CANDIDATE = "candidate"
     LEAVE = "leave"
+    # a kiosk's presence connection on /ws (signaling/presence.py): PRESENCE first, then
+    # HEARTBEAT every `heartbeat_seconds`; the server answers PRESENT, then echoes each HEARTBEAT
+    PRESENCE = "presence"
+    HEARTBEAT = "heartbeat"
+    PRESENT = "present"
     # server -> client on /ws (and OFFER, ANSWER)
     JOINED = "joined"
     PARTICIPANT_JOINED = "participant-joined"
@@ -117,6 +122,11 @@ class Error(StrEnum):
     PRIVILEGED = "privileged"
     WRONG_VISIT = "wrong-visit"
     WRONG_DEVICE = "wrong-device"
+    NOT_APPROVED = "not-approved"  # the contact's approval for the inmate was denied or withdrawn
+    VISIT_CANCELLED = "visit-cancelled"
+    # a kiosk's presence connection
+    UNKNOWN_DEVICE = "unknown-device"
+    HEARTBEAT_MISSED = "heartbeat-missed"
     # during a session
     BAD_JSON = "bad-json"
     BINARY_NOT_SUPPORTED = "binary-not-supported"
@@ -215,6 +225,27 @@ WRONG_DEVICE = Problem(Error.WRONG_DEVICE, "this visit is at another kiosk", Clo
 ROLE_CANNOT_JOIN = Problem(
     Error.FORBIDDEN, "role {role} cannot join calls (staff join with mode 'monitor')", Close.REFUSED
 )
+NOT_APPROVED = Problem(
+    Error.NOT_APPROVED,
+    "The facility has withdrawn your approval to visit, so you cannot join this visit.",
+    Close.REFUSED,
+)
+VISIT_CANCELLED = Problem(
+    Error.VISIT_CANCELLED, "This visit was cancelled by the facility: {why}", Close.VISIT_OVER
+)
+
+# -- a kiosk's presence connection (signaling/presence.py) ----------------------------------
+PRESENCE_KIOSKS_ONLY = Problem(
+    Error.FORBIDDEN, "only a kiosk's device token holds a presence connection", Close.REFUSED
+)
+PRESENCE_UNKNOWN_DEVICE = Problem(Error.UNKNOWN_DEVICE, "no kiosk {device!r}", Close.REFUSED)
+PRESENCE_REPLACED = Problem(
+    Error.REPLACED, "this kiosk opened a newer presence connection", Close.REPLACED
+)
+HEARTBEAT_MISSED = Problem(
+    Error.HEARTBEAT_MISSED, "no heartbeat for {seconds:.0f} s", Close.PROTOCOL_ERROR
+)
+PRESENCE_ONLY = Problem(Error.UNKNOWN_TYPE, "a presence connection only sends heartbeats")
 
 # -- during a session (signaling/ws.py) ----------------------------------------------------
 BAD_JSON = Problem(Error.BAD_JSON, "messages must be JSON objects with a string 'type'")
@@ -255,6 +286,10 @@ STREAM_STORE_UNREACHABLE = Problem(
 API_RATE_LIMITED = Problem(Error.RATE_LIMITED, "too many requests; slow down")
 API_STORE_UNREACHABLE = Problem(Error.UNAVAILABLE, "the store cannot be reached; try again shortly")
 API_SUSPENDED = Problem(Error.SUSPENDED, "suspended by a directive")
+API_NOT_APPROVED = Problem(
+    Error.NOT_APPROVED, "the facility has withdrawn this contact's approval for the inmate"
+)
+API_VISIT_CANCELLED = Problem(Error.VISIT_CANCELLED, "this visit was cancelled")
 API_INTERNAL = Problem(Error.INTERNAL, "internal error")
 API_BODY_TIMEOUT = Problem(Error.BODY_TIMEOUT, "the request body did not arrive in time")
 NO_VISIT_AT_KIOSK = Problem(Error.NO_VISIT, "no visit at this kiosk right now")
@@ -289,7 +324,42 @@ TOLD: dict[str, str] = {
     Reason.REPLACED: "You joined this call from another window or device.",
     Reason.ERROR: "The call ended because of an error.",
     Reason.MEDIA_FAILED: "media failed",
+    Reason.APPROVAL_WITHDRAWN: "The facility has withdrawn the approval for this visit, so the call has ended.",
 }
+
+# Why a visit was cancelled, in the words its family is shown (policy.visit.CANCEL_REASONS and
+# the server's own APPROVAL_WITHDRAWN); a note, when staff wrote one, follows.
+CANCEL_WORDS: dict[str, str] = {
+    "lockdown": "The facility is in lockdown.",
+    "kiosk-maintenance": "The visiting kiosk is out of order.",
+    "illness": "Illness.",
+    "facility-closure": "The facility is closed.",
+    "contact-request": "Cancelled at the visitor's request.",
+    "other": "Other.",
+    "approval-withdrawn": "The approval for this visit was withdrawn.",
+}
+
+
+def cancelled_text(reason: str | None, note: str | None) -> str:
+    """Why a visit was cancelled: the reason's words, then the note (for `other`, the note)."""
+    if reason == "other" and note:
+        return note
+    words = CANCEL_WORDS.get(reason or "", "No reason was given.")
+    return f"{words} {note}" if note else words
+
+
+def cancelled_ending(reason: str | None, note: str | None) -> str:
+    """What a participant of a visit cancelled during the call is told."""
+    return f"Facility staff cancelled this visit. {cancelled_text(reason, note)}"
+
+
+def moved_ending(starts_at: str) -> str:
+    """What a participant of a visit moved away from now is told."""
+    return f"Facility staff moved this visit to {starts_at}."
+
+
+MONITORED_NOTICE = "This visit may be monitored by facility staff."
+PRIVATE_NOTICE = "This is a privileged visit: it is private, never monitored and never recorded."
 
 
 def ended_text(reason: str, directive: Directive | None = None) -> str:

@@ -1,4 +1,5 @@
-"""The server's clock: directives expire and lapse, and visits end, on time.
+"""The server's clock: directives expire and lapse, visits end (and are closed as ended or
+no-show), and in a cluster the kiosks of a vanished node go offline, on time.
 
 One loop per node sleeps until the next deadline (bounded by `tick_seconds`), so nothing
 waits for the next request to be processed lazily.
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from policy.errors import StoreUnavailable
 from signaling import keys as K
+from signaling.bus import STALE_AFTER
 from signaling.protocol import Close, Message, Reason
 
 log = logging.getLogger("parlor.scheduler")
@@ -57,6 +59,8 @@ async def tick(app: web.Application) -> tuple[float, StoreUnavailable | None]:
         await enforcer.backlog.flush()
         if app[K.READY].is_set():
             await directives.close_due()
+            await app[K.VISITS].close_due()  # windows passed: ended or no-show (every few seconds)
+            await app[K.PRESENCE].sweep_due(app[K.STORE].cluster, STALE_AFTER)
     except StoreUnavailable as exc:
         problem = exc
     await directives.start_due()

@@ -42,6 +42,9 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
         if isinstance(outcome, Refusal):
             await _refuse(app, ws, outcome)
             return ws
+        if isinstance(outcome, admission.PresenceRequest):  # a kiosk saying it is there
+            await app[K.PRESENCE].hold(ws, outcome.frame, app[K.READY].is_set())
+            return ws
         session = outcome.session
         logs.session_id.set(session.id)
         log.info(
@@ -221,6 +224,9 @@ async def _offer(app: web.Application, session: Session, data: dict[str, Any]) -
         await enforcer.end_session(
             session, directive_reason(directive), Close.REFUSED, directive=directive
         )
+        return None
+    if admission.withdrawn(app[K.POLICY], session):
+        await enforcer.end_session(session, Reason.APPROVAL_WITHDRAWN, Close.REFUSED)
         return None
     async with session.lock:
         if session.offer_outstanding:

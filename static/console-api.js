@@ -37,6 +37,10 @@ export class Api {
     return this.request("POST", path, body);
   }
 
+  patch(path, body = {}) {
+    return this.request("PATCH", path, body);
+  }
+
   async request(method, path, body) {
     const headers = { Authorization: `Bearer ${this.#token}`, Accept: "application/json" };
     const init = { method, headers, cache: "no-store" };

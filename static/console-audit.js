@@ -181,25 +181,28 @@ export class AuditView {
   }
 }
 
-/** The suspension report (GET /reports/suspensions), redrawn when directives, appeals or sessions change. */
+/** The suspension report (GET /reports/suspensions) and the visits report
+ * (GET /reports/visits), redrawn when directives, appeals, sessions or visits change. */
 export class ReportView {
   #panel;
   #api;
   #body;
+  #visits;
   #problem;
 
   constructor(panel, { api }) {
     this.#panel = panel;
     this.#api = api;
     this.#body = h("div", { class: "report", id: "report-body" }, h("p", {}, "Loading…"));
+    this.#visits = h("div", { class: "report", id: "visits-report" });
     this.#problem = h("div", { class: "banner banner--error", role: "alert", hidden: true });
-    panel.replaceChildren(h("h2", {}, "Suspension report"), this.#problem, this.#body);
+    panel.replaceChildren(h("h2", {}, "Suspension report"), this.#problem, this.#body, h("h2", { class: "section-title" }, "Visits report"), this.#visits);
   }
 
   async load() {
-    let report;
+    let report, visits;
     try {
-      report = await this.#api.get("/reports/suspensions");
+      [report, visits] = await Promise.all([this.#api.get("/reports/suspensions"), this.#api.get("/reports/visits")]);
     } catch (error) {
       this.#problem.textContent = error instanceof ApiError ? error.message : String(error);
       this.#problem.hidden = false;
@@ -207,6 +210,26 @@ export class ReportView {
     }
     this.#problem.hidden = true;
     this.#draw(report);
+    this.#drawVisits(visits);
+  }
+
+  #drawVisits(r) {
+    const status = r.by_status ?? {};
+    const totals = [
+      ["Visits", r.visits],
+      ["Booked", status.booked ?? 0],
+      ["Ended", status.ended ?? 0],
+      ["No-shows", r.no_shows],
+      ["Cancelled", status.cancelled ?? 0],
+      ["Moved", r.moved],
+    ];
+    const byFacility = Object.fromEntries(
+      Object.entries(r.by_facility ?? {}).map(([facility, counts]) => [facility, `${counts.ended ?? 0} ended · ${counts["no-show"] ?? 0} no-show · ${counts.cancelled ?? 0} cancelled`]),
+    );
+    this.#visits.replaceChildren(
+      h("dl", { class: "report-totals", id: "visits-totals" }, totals.map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, String(v))))),
+      h("div", { class: "report-tables" }, countTable("Cancelled, by reason", "Reason", r.cancelled_by_reason), countTable("By kind", "Kind", r.by_kind), countTable("By facility", "Facility", byFacility)),
+    );
   }
 
   #draw(r) {
@@ -233,13 +256,20 @@ export class ReportView {
         countTable("By action", "Action", r.by_action),
         countTable("By status", "Status", r.by_status),
         countTable("By reason (top 20)", "Reason", r.by_reason),
+        countTable("Broad stops asked of a second supervisor", "Outcome", requestOutcomes(r.requests)),
       ),
     );
   }
 }
 
+/** A report's `requests` (broad directives that waited for a second supervisor) by outcome, in words. */
+function requestOutcomes(requests = {}) {
+  const words = { pending: "Waiting", confirmed: "Confirmed (started)", lapsed: "Lapsed (never started)", withdrawn: "Withdrawn" };
+  return Object.fromEntries(Object.entries(words).map(([key, text]) => [text, requests?.[key] ?? 0]));
+}
+
 function countTable(title, label, counts = {}) {
-  const rows = Object.entries(counts ?? {}).sort((a, b) => b[1] - a[1]);
+  const rows = Object.entries(counts ?? {}).sort((a, b) => (typeof b[1] === "number" ? b[1] - a[1] : a[0].localeCompare(b[0])));
   return h(
     "table",
     { class: "data-table count-table" },

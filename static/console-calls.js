@@ -172,7 +172,7 @@ export class CallsView {
       monitoredKind: visit.monitored ?? visit.kind !== "privileged",
       endsAt: visit.ends_at ?? "",
       kioskPresent: call.kioskPresent,
-      contacts: contacts.map((c) => ({ id: c, name: state.contactName(c), present: present.has(c) })),
+      contacts: contacts.map((c) => ({ id: c, name: state.contactName(c), minor: Boolean(state.contacts.get(c)?.minor), present: present.has(c) })),
       monitors: call.monitors.map((s) => s.sub),
       restrictions: this.#restrictions(visit),
       monitoringHere: this.#monitor?.visit === visit.id && !this.#monitor.client.ended,
@@ -196,11 +196,11 @@ export class CallsView {
     const people = [];
     if (data.kioskPresent) people.push(h("li", { class: "person is-present" }, `${data.inmateName} (kiosk ${data.device})`));
     for (const contact of data.contacts.filter((c) => c.present)) {
-      people.push(h("li", { class: "person is-present", "data-contact": contact.id }, contact.name));
+      people.push(h("li", { class: "person is-present", "data-contact": contact.id }, contact.name, contact.minor ? h("span", { class: "badge badge--minor" }, "Minor") : null));
     }
     const absent = [
       ...(data.kioskPresent ? [] : [`${data.inmateName} (kiosk ${data.device})`]),
-      ...data.contacts.filter((c) => !c.present).map((c) => c.name),
+      ...data.contacts.filter((c) => !c.present).map((c) => (c.minor ? `${c.name} (minor)` : c.name)),
     ];
     const privileged = data.kind === "privileged";
     const badges = [
@@ -376,7 +376,10 @@ export class CallsView {
       scopes,
       broad: true,
       onIssued: (directive) => {
-        const text = `Broad directive ${directive.id} (${directive.scope}) is in effect and needs a second supervisor's confirmation.`;
+        const text =
+          directive.status === "pending"
+            ? `Request ${directive.id} (${directive.scope}) is waiting for a second supervisor: nothing has stopped yet.`
+            : `Broad directive ${directive.id} (${directive.scope}) is in effect and needs a second supervisor's confirmation.`;
         this.#flash(text, "error");
         this.#announce(text);
       },

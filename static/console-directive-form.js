@@ -5,7 +5,10 @@
 // has left today (GET /scopes/{scope}/coverage: one person alone may restrict a
 // broad scope for at most the confirmation window in 24 hours), and after
 // issuing says when it will lapse unless a second supervisor confirms it. A
-// refusal (e.g. `confirmation-required`) is shown in the server's own words.
+// refusal (e.g. `confirmation-required`) is shown in the server's own words;
+// past the scope's unconfirmed time the dialog then offers to ask a second
+// supervisor instead (`await_confirmation`): the request waits, in force
+// nowhere, and the stop starts when another supervisor confirms it.
 
 import { ApiError } from "./console-api.js";
 import {
@@ -47,15 +50,17 @@ export const ACTIONS = [
  * @param {string} [options.intro]         a paragraph under the title
  * @param {{value, label, hint?}[]} options.scopes  the scope choices
  * @param {boolean} [options.broad]        the facility / system stop
+ * @param {{scope?: string, action?: string}} [options.preset]  choices made already
  * @param {(directive) => void} [options.onIssued]
  */
-export function openDirectiveDialog({ api, title, intro = "", scopes, broad = false, onIssued = () => {} }) {
+export function openDirectiveDialog({ api, title, intro = "", scopes, broad = false, preset = {}, onIssued = () => {} }) {
   return openDialog({
     title,
     className: broad ? "dialog--broad" : "dialog--directive",
     build(dialog, close) {
       const form = h("form", { class: "directive-form", novalidate: true });
       const problems = problemBox();
+      const offer = h("div", { class: "request-offer", id: "request-offer", hidden: true });
 
       const scopeGroup = choiceGroup({
         name: "scope",
@@ -148,6 +153,7 @@ export function openDirectiveDialog({ api, title, intro = "", scopes, broad = fa
         ...[
           intro ? h("p", { class: "dialog-intro" }, intro) : null,
           problems,
+          broad ? offer : null,
           scopeGroup,
           broad ? coverage : null,
           actionGroup,
@@ -168,9 +174,13 @@ export function openDirectiveDialog({ api, title, intro = "", scopes, broad = fa
         ].filter(Boolean),
       );
 
+      for (const [name, value] of Object.entries(preset)) {
+        const choice = form.querySelector(`input[name="${name}"][value="${CSS.escape(value)}"]`);
+        if (choice) choice.checked = true;
+      }
       clearErrorsOnEdit(form);
-      form.addEventListener("submit", async (event) => {
-        event.preventDefault();
+      /** The request body from the form, or null after showing what is missing. */
+      const read = () => {
         const found = [];
         const scope = checkedValue(form, "scope");
         const action = checkedValue(form, "action");
@@ -185,22 +195,27 @@ export function openDirectiveDialog({ api, title, intro = "", scopes, broad = fa
         if (broad && scope && confirmInput.value.trim() !== expected()) {
           found.push([confirmInput, `Type ${expected()} exactly to confirm.`]);
         }
-        if (!showProblems(form, problems, found)) return;
-
-        const body = {
+        if (!showProblems(form, problems, found)) return null;
+        return {
           scope,
           action,
           reason: reason.value.trim(),
           legal_basis: legalBasis.value.trim(),
           expires_at: toRfc3339(Date.now() + s * 1000),
         };
+      };
+      const send = async (button, label, body) => {
+        offer.hidden = true;
         let directive;
         try {
-          directive = await busy(submit, "Issuing…", () => api.post("/directives", body));
+          directive = await busy(button, label, () => api.post("/directives", body));
         } catch (error) {
           showSummary(problems, error instanceof ApiError ? error.message : String(error));
+          if (broad && error instanceof ApiError && error.code === "confirmation-required" && !body.await_confirmation) {
+            showOffer();
+          }
           problems.scrollIntoView({ block: "nearest" }); // the refusal is at the top of a long form
-          if (broad) showCoverage(scope);
+          if (broad) showCoverage(body.scope);
           return;
         }
         onIssued(directive);
@@ -209,6 +224,34 @@ export function openDirectiveDialog({ api, title, intro = "", scopes, broad = fa
         } else {
           close();
         }
+      };
+      // Past the scope's unconfirmed time: a second supervisor can still agree it is needed.
+      const ask = h(
+        "button",
+        { type: "button", class: "button button--danger", id: "ask-confirmation" },
+        "Ask a second supervisor to confirm — the stop starts when they do",
+      );
+      ask.addEventListener("click", () => {
+        const body = read();
+        if (body) send(ask, "Asking…", { ...body, await_confirmation: true });
+      });
+      const showOffer = () => {
+        offer.replaceChildren(
+          h(
+            "p",
+            {},
+            "Nothing stops until another supervisor confirms the request in the directives list; then it stops at once. " +
+              "If nobody confirms it in time, it lapses.",
+          ),
+          ask,
+        );
+        offer.hidden = false;
+      };
+
+      form.addEventListener("submit", async (event) => {
+        event.preventDefault();
+        const body = read();
+        if (body) await send(submit, "Issuing…", body);
       });
       dialog.append(form);
     },
@@ -238,6 +281,10 @@ function describeCoverage(c) {
 
 /** After a broad stop: what happened, and when it lapses unless confirmed. */
 function showBroadResult(dialog, directive, close) {
+  if (directive.status === "pending") {
+    showRequestResult(dialog, directive, close);
+    return;
+  }
   const minutes = directive.confirm_by ? minutesUntil(directive.confirm_by) : null;
   const done = h("button", { type: "button", class: "button button--primary" }, "Close");
   done.addEventListener("click", close);
@@ -256,6 +303,30 @@ function showBroadResult(dialog, directive, close) {
           )
         : null,
       h("p", {}, "The directives list shows the countdown and the Confirm button for the second supervisor."),
+      h("div", { class: "actions" }, done),
+    ),
+  );
+  done.focus();
+}
+
+/** After a request: nothing has stopped; it starts when a second supervisor confirms it. */
+function showRequestResult(dialog, directive, close) {
+  const minutes = minutesUntil(directive.confirm_by);
+  const done = h("button", { type: "button", class: "button button--primary" }, "Close");
+  done.addEventListener("click", close);
+  dialog.querySelector("h2").textContent = `Request ${directive.id} is waiting for a second supervisor`;
+  dialog.querySelector("form").replaceWith(
+    h(
+      "div",
+      { class: "broad-result", role: "status" },
+      h("p", {}, `${directive.scope}: ${directive.action}. Nothing has stopped yet.`),
+      h(
+        "p",
+        { class: "banner banner--warning", id: "request-waiting" },
+        `It starts when a second supervisor confirms it. If nobody has by ${formatWhen(directive.confirm_by)} ` +
+          `(in ${minutes} minute${minutes === 1 ? "" : "s"}), it lapses.`,
+      ),
+      h("p", {}, "The directives list shows it with a Confirm button for the other supervisors."),
       h("div", { class: "actions" }, done),
     ),
   );

@@ -1,7 +1,10 @@
-// The directives list: active first, each with its scope, action, reason,
-// legal basis and end. An unconfirmed broad directive counts down to its
-// lapse and offers Confirm (a second, different supervisor); active ones can
-// be lifted with a reason.
+// The directives list: open ones first (waiting, then active), each with its
+// scope, action, reason, legal basis and end. An unconfirmed broad directive
+// counts down to its lapse and offers Confirm (a second, different
+// supervisor); active ones can be lifted with a reason. A request waiting for a
+// second supervisor (status `pending`) is marked as not in force, counts down
+// to its lapse, offers Confirm (which starts it) to supervisors other than the
+// one who asked, and can be withdrawn.
 
 import { ApiError } from "./console-api.js";
 import { busy, clearErrorsOnEdit, field, openDialog, problemBox, showProblems, showSummary } from "./console-dialog.js";
@@ -9,7 +12,8 @@ import { formatLength, formatTimeLeft, formatWhen } from "./console-time.js";
 import { h } from "./ui.js";
 
 const ACTION_WORDS = { suspend: "Suspend", end: "End now", "audio-only": "Audio only" };
-const STATUS_WORDS = { active: "Active", lifted: "Lifted", expired: "Expired", lapsed: "Lapsed" };
+const STATUS_WORDS = { pending: "Waiting to start", active: "Active", lifted: "Lifted", expired: "Expired", lapsed: "Lapsed" };
+const OPEN = new Set(["pending", "active"]);
 
 export class DirectivesView {
   #panel;
@@ -36,7 +40,7 @@ export class DirectivesView {
       "select",
       { id: "directive-filter" },
       h("option", { value: "all" }, "All, active first"),
-      h("option", { value: "active" }, "Active only"),
+      h("option", { value: "active" }, "Active and waiting only"),
     );
     el.show.addEventListener("change", () => {
       this.#showAll = el.show.value === "all";
@@ -67,17 +71,20 @@ export class DirectivesView {
     );
   }
 
-  /** Counts for the tab label: {active, unconfirmed}. */
+  /** Counts for the tab label: {active, unconfirmed}; requests waiting to start count as unconfirmed. */
   counts() {
-    const active = [...this.#state.directives.values()].filter((d) => d.status === "active");
-    return { active: active.length, unconfirmed: active.filter((d) => d.broad && !d.confirmed_by).length };
+    const all = [...this.#state.directives.values()];
+    const active = all.filter((d) => d.status === "active");
+    const waiting = all.filter((d) => d.status === "pending").length;
+    return { active: active.length, unconfirmed: waiting + active.filter((d) => d.broad && !d.confirmed_by).length };
   }
 
   render() {
     const all = [...this.#state.directives.values()];
+    const waiting = all.filter((d) => d.status === "pending").sort(byNewest("issued_at"));
     const active = all.filter((d) => d.status === "active").sort(byNewest("issued_at"));
-    const closed = all.filter((d) => d.status !== "active").sort(byNewest("closed_at", "issued_at"));
-    const rows = this.#showAll ? [...active, ...closed] : active;
+    const closed = all.filter((d) => !OPEN.has(d.status)).sort(byNewest("closed_at", "issued_at"));
+    const rows = this.#showAll ? [...waiting, ...active, ...closed] : [...waiting, ...active];
 
     const focused = this.#el.body.contains(document.activeElement) ? document.activeElement.dataset.focusKey : null;
     this.#el.body.replaceChildren(...rows.map((d) => this.#row(d)));
@@ -86,8 +93,10 @@ export class DirectivesView {
     this.#el.table.hidden = rows.length === 0;
     this.#el.empty.hidden = rows.length > 0;
     this.#el.empty.textContent = this.#showAll ? "No directives have been issued." : "No active directives.";
-    const { unconfirmed } = this.counts();
-    const text = `${active.length} active${unconfirmed ? `, ${unconfirmed} awaiting a second supervisor` : ""}; ${closed.length} ended.`;
+    const unconfirmed = this.counts().unconfirmed - waiting.length;
+    const text =
+      `${active.length} active${unconfirmed ? `, ${unconfirmed} awaiting a second supervisor` : ""}; ` +
+      `${waiting.length ? `${waiting.length} waiting to start; ` : ""}${closed.length} ended.`;
     if (this.#el.summary.textContent !== text) this.#el.summary.textContent = text;
     this.tick();
   }
@@ -107,7 +116,9 @@ export class DirectivesView {
   #row(d) {
     const canWrite = this.#session.canWrite;
     const cells = [
-      cell("Directive", h("span", { class: "id" }, d.id), h("span", { class: "scope" }, d.scope), d.broad ? h("span", { class: "badge badge--broad" }, "Broad") : null),
+      cell("Directive", h("span", { class: "id" }, d.id), h("span", { class: "scope" }, d.scope), d.broad ? h("span", { class: "badge badge--broad" }, "Broad") : null,
+        d.starts_on_confirmation ? h("span", { class: "badge badge--request", title: "Issued to start only when a second supervisor confirms it" }, "Request") : null,
+      ),
       cell("Action", ACTION_WORDS[d.action] ?? d.action),
       cell(
         "Reason and legal basis",
@@ -118,14 +129,15 @@ export class DirectivesView {
       cell(
         "Ends",
         formatWhen(d.expires_at),
-        d.status === "active" ? h("span", { class: "muted", "data-expires-at": d.expires_at }) : null,
+        OPEN.has(d.status) ? h("span", { class: "muted", "data-expires-at": d.expires_at }) : null,
       ),
       cell("Status", ...this.#status(d)),
     ];
     if (canWrite) {
       const actions = [];
-      if (d.status === "active") {
-        const lift = h("button", { type: "button", class: "button button--small", "data-action": "lift", "data-focus-key": `${d.id}:lift` }, "Lift…");
+      if (OPEN.has(d.status)) {
+        const words = d.status === "pending" ? "Withdraw…" : "Lift…";
+        const lift = h("button", { type: "button", class: "button button--small", "data-action": "lift", "data-focus-key": `${d.id}:lift` }, words);
         lift.addEventListener("click", () => this.#openLift(d));
         actions.push(lift);
       }
@@ -136,7 +148,9 @@ export class DirectivesView {
 
   #status(d) {
     const parts = [h("span", { class: `status status--${d.status}` }, STATUS_WORDS[d.status] ?? d.status)];
-    if (d.status === "active" && d.broad && !d.confirmed_by && d.confirm_by) {
+    if (d.status === "pending") {
+      parts.push(...this.#waiting(d));
+    } else if (d.status === "active" && d.broad && !d.confirmed_by && d.confirm_by) {
       parts.push(
         h(
           "span",
@@ -147,21 +161,16 @@ export class DirectivesView {
         ),
       );
       if (this.#session.role === "supervisor") {
-        const confirm = h(
-          "button",
-          { type: "button", class: "button button--small button--primary", "data-action": "confirm", "data-focus-key": `${d.id}:confirm` },
-          "Confirm",
-        );
-        confirm.addEventListener("click", () => this.#confirm(d, confirm));
-        parts.push(confirm);
+        parts.push(this.#confirmButton(d, "Confirm", "button--primary"));
         if (d.issued_by === this.#session.sub) {
           parts.push(h("span", { class: "muted" }, "You issued it: a different supervisor must confirm."));
         }
       }
     } else if (d.confirmed_by) {
-      parts.push(h("span", { class: "muted" }, `Confirmed by ${d.confirmed_by}`));
+      const started = d.starts_on_confirmation ? `; started ${formatWhen(d.starts_at)}` : "";
+      parts.push(h("span", { class: "muted" }, `Confirmed by ${d.confirmed_by}${started}`));
     }
-    if (d.status !== "active") {
+    if (!OPEN.has(d.status)) {
       const by = d.closed_by ? ` by ${d.closed_by}` : "";
       parts.push(h("span", { class: "muted" }, `${formatWhen(d.closed_at)}${by}${d.close_reason ? `: ${d.close_reason}` : ""}`));
     }
@@ -172,11 +181,44 @@ export class DirectivesView {
     return parts;
   }
 
+  /** A request waiting for a second supervisor: not in force, its deadline, and Confirm for the others. */
+  #waiting(d) {
+    const parts = [
+      h(
+        "span",
+        { class: "lapse waiting" },
+        h("strong", {}, "Not in force: nothing has stopped yet. "),
+        "It starts when a second supervisor confirms it, and lapses in ",
+        h("strong", { class: "lapse-countdown", "data-confirm-by": d.confirm_by }, "—"),
+        " otherwise.",
+      ),
+    ];
+    if (d.issued_by === this.#session.sub) {
+      parts.push(h("span", { class: "muted" }, "You asked for it: a different supervisor must confirm it."));
+    } else if (this.#session.role === "supervisor") {
+      parts.push(this.#confirmButton(d, "Confirm and start the stop", "button--danger"));
+    } else {
+      parts.push(h("span", { class: "muted" }, `Asked by ${d.issued_by}: a supervisor other than them must confirm it.`));
+    }
+    return parts;
+  }
+
+  #confirmButton(d, label, kind) {
+    const button = h(
+      "button",
+      { type: "button", class: `button button--small ${kind}`, "data-action": "confirm", "data-focus-key": `${d.id}:confirm` },
+      label,
+    );
+    button.addEventListener("click", () => this.#confirm(d, button));
+    return button;
+  }
+
   async #confirm(d, button) {
     this.#rowErrors.delete(d.id);
     try {
-      await busy(button, "Confirming…", () => this.#api.post(`/directives/${encodeURIComponent(d.id)}/confirm`, {}));
-      this.#announce(`Directive ${d.id} confirmed.`);
+      const confirmed = await busy(button, "Confirming…", () => this.#api.post(`/directives/${encodeURIComponent(d.id)}/confirm`, {}));
+      const started = d.status === "pending" ? ` It is in force now: ${confirmed?.sessions_ended ?? 0} session(s) ended here.` : "";
+      this.#announce(`Directive ${d.id} confirmed.${started}`);
     } catch (error) {
       const message = error instanceof ApiError ? `Refused: ${error.message}.` : String(error);
       this.#rowErrors.set(d.id, { message, version: version(this.#state.directives.get(d.id) ?? d) });
@@ -185,33 +227,35 @@ export class DirectivesView {
   }
 
   #openLift(d) {
+    const waiting = d.status === "pending"; // withdrawn before it started
     openDialog({
-      title: `Lift directive ${d.id}?`,
+      title: waiting ? `Withdraw request ${d.id}?` : `Lift directive ${d.id}?`,
       build: (dialog, close) => {
         const form = h("form", { novalidate: true });
         const problems = problemBox();
         const reason = h("textarea", { rows: 3, maxlength: 2000, id: "lift-reason" });
-        const submit = h("button", { type: "submit", class: "button button--primary" }, "Lift directive");
+        const submit = h("button", { type: "submit", class: "button button--primary" }, waiting ? "Withdraw request" : "Lift directive");
         const cancel = h("button", { type: "button", class: "button" }, "Cancel");
         cancel.addEventListener("click", close);
         form.append(
           h("p", {}, `${d.scope} · ${ACTION_WORDS[d.action] ?? d.action} · ${d.reason}`),
           problems,
-          field({ label: "Why lift it now?", control: reason, hint: "Recorded in the audit log." }),
+          field({ label: waiting ? "Why withdraw it?" : "Why lift it now?", control: reason, hint: "Recorded in the audit log." }),
           h("div", { class: "actions" }, submit, cancel),
         );
         clearErrorsOnEdit(form);
         form.addEventListener("submit", async (event) => {
           event.preventDefault();
-          if (!showProblems(form, problems, reason.value.trim() ? [] : [[reason, "Enter why the directive is lifted."]])) return;
+          const missing = waiting ? "Enter why the request is withdrawn." : "Enter why the directive is lifted.";
+          if (!showProblems(form, problems, reason.value.trim() ? [] : [[reason, missing]])) return;
           try {
-            await busy(submit, "Lifting…", () => this.#api.post(`/directives/${encodeURIComponent(d.id)}/lift`, { reason: reason.value.trim() }));
+            await busy(submit, waiting ? "Withdrawing…" : "Lifting…", () => this.#api.post(`/directives/${encodeURIComponent(d.id)}/lift`, { reason: reason.value.trim() }));
           } catch (error) {
             showSummary(problems, error instanceof ApiError ? error.message : String(error));
             return;
           }
           close();
-          this.#announce(`Directive ${d.id} lifted.`);
+          this.#announce(waiting ? `Request ${d.id} withdrawn.` : `Directive ${d.id} lifted.`);
         });
         dialog.append(form);
         reason.focus();

@@ -2,11 +2,13 @@
 // directives, appeals — loaded once over the REST API and then kept current
 // by the audit events of the staff event stream.
 //
-// Session and visit events carry everything needed and are applied directly;
-// directive, appeal and roster events trigger one reload of that list (the
-// event says *that* it changed; the list says what it is now).
+// Session, visit and kiosk-presence events carry everything needed and are
+// applied directly; directive, appeal, approval and roster events trigger one
+// reload of that list (the event says *that* it changed; the list says what
+// it is now).
 //
-// Emits `change` with detail {parts: Set<"roster"|"visits"|"sessions"|"directives"|"appeals"|"report">}.
+// Emits `change` with detail {parts: Set<"roster"|"visits"|"sessions"|"directives"|
+// "appeals"|"approvals"|"presence"|"report">}.
 
 const RELOAD_DELAY_MS = 60;
 
@@ -19,6 +21,7 @@ export class ConsoleState extends EventTarget {
   sessions = new Map();
   directives = new Map();
   appeals = new Map(); // open appeals only
+  approvals = new Map(); // every approval, by "contact|inmate"
   loaded = false;
 
   #api;
@@ -34,7 +37,7 @@ export class ConsoleState extends EventTarget {
 
   /** Load everything (first start, or after the audit log was reset). */
   async loadAll() {
-    const [facilities, devices, inmates, contacts, visits, sessions, directives, appeals] = await Promise.all([
+    const [facilities, devices, inmates, contacts, visits, sessions, directives, appeals, approvals] = await Promise.all([
       this.#api.get("/facilities"),
       this.#api.get("/devices"),
       this.#api.get("/inmates"),
@@ -43,6 +46,7 @@ export class ConsoleState extends EventTarget {
       this.#api.get("/sessions"),
       this.#api.get("/directives"),
       this.#api.get("/appeals?status=open"),
+      this.#api.get("/approvals"),
     ]);
     fill(this.facilities, facilities);
     fill(this.devices, devices);
@@ -52,8 +56,9 @@ export class ConsoleState extends EventTarget {
     fill(this.sessions, sessions);
     fill(this.directives, directives);
     fill(this.appeals, appeals);
+    fillApprovals(this.approvals, approvals);
     this.loaded = true;
-    this.#changed("roster", "visits", "sessions", "directives", "appeals", "report");
+    this.#changed("roster", "visits", "sessions", "directives", "appeals", "approvals", "presence", "report");
   }
 
   /** Apply one audit event from the stream. */
@@ -91,11 +96,39 @@ export class ConsoleState extends EventTarget {
           this.#changed("visits");
         }
         break;
+      case "visit.rescheduled":
+      case "visit.cancelled":
+      case "visit.kind-changed":
+      case "visit.ended":
+      case "visit.no-show":
+        // Each carries the whole visit as it is now; an older copy never replaces a newer one.
+        if (data.visit?.id && (this.visits.get(data.visit.id)?.version ?? 0) <= data.visit.version) {
+          this.visits.set(data.visit.id, data.visit);
+          this.#changed("visits", "report");
+        }
+        break;
+      case "device.online":
+      case "device.offline": {
+        const device = this.devices.get(data.device);
+        if (device) {
+          const online = action === "device.online";
+          device.presence = { state: online ? "online" : "offline", node: data.node, since: data.since ?? at, last_seen: online ? at : data.last_seen };
+          this.#changed("presence");
+        } else {
+          this.#reload("roster");
+        }
+        break;
+      }
+      case "approval.set":
+        this.#reload("roster", "approvals");
+        break;
       case "facility.created":
       case "device.created":
       case "inmate.created":
       case "contact.created":
-      case "approval.set":
+      case "facility.updated":
+      case "inmate.updated":
+      case "contact.updated":
         this.#reload("roster");
         break;
       case "appeal.filed":
@@ -122,6 +155,33 @@ export class ConsoleState extends EventTarget {
 
   contactName(id) {
     return this.contacts.get(id)?.name ?? id;
+  }
+
+  /** The visits of a day (local midnight to midnight) at a facility, by start. */
+  visitsOn(facility, dayStart) {
+    const from = dayStart.getTime();
+    const to = from + 24 * 3600_000;
+    return [...this.visits.values()]
+      .filter((v) => (!facility || v.facility === facility) && Date.parse(v.starts_at) < to && Date.parse(v.ends_at) > from)
+      .sort((a, b) => Date.parse(a.starts_at) - Date.parse(b.starts_at) || a.id.localeCompare(b.id));
+  }
+
+  /** What a visit is now: booked, live, ended, cancelled or no-show (live: a session of it is). */
+  visitState(visit) {
+    if (visit.status !== "booked") return visit.status;
+    const live = [...this.sessions.values()].some((s) => s.visit === visit.id && !s.ended_at && s.mode !== "monitor");
+    if (live) return "live";
+    return Date.parse(visit.ends_at) <= Date.now() ? "ended" : "booked";
+  }
+
+  /** The live participant session of a kiosk, if it is in a call. */
+  kioskCall(deviceId) {
+    return [...this.sessions.values()].find((s) => s.sub === `device:${deviceId}` && !s.ended_at && s.mode !== "monitor") ?? null;
+  }
+
+  /** Active directives in force on a kiosk (device scope) that stop its calls. */
+  outOfService(deviceId) {
+    return [...this.directives.values()].filter((d) => d.status === "active" && d.scope === `device:${deviceId}` && d.action === "suspend");
   }
 
   /** "Contact 1" for contact:C1, "Kiosk K1" for device:K1, else the subject itself. */
@@ -189,6 +249,8 @@ export class ConsoleState extends EventTarget {
           fill(this.directives, await this.#api.get("/directives"));
         } else if (part === "appeals") {
           fill(this.appeals, await this.#api.get("/appeals?status=open"));
+        } else if (part === "approvals") {
+          fillApprovals(this.approvals, await this.#api.get("/approvals"));
         }
         this.#changed(part, "report");
       } catch (error) {
@@ -214,4 +276,9 @@ export class ConsoleState extends EventTarget {
 function fill(map, items) {
   map.clear();
   for (const item of items ?? []) map.set(item.id, item);
+}
+
+function fillApprovals(map, items) {
+  map.clear();
+  for (const item of items ?? []) map.set(`${item.contact}|${item.inmate}`, item);
 }

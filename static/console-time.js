@@ -72,3 +72,63 @@ export function formatStamp(iso) {
 export function toRfc3339(ms) {
   return new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
 }
+
+/** A time of day, "14:05", in the reader's locale and time zone. */
+export function formatClock(iso) {
+  const date = new Date(iso);
+  if (!iso || Number.isNaN(date.getTime())) return "—";
+  return new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" }).format(date);
+}
+
+/** A day as staff read it: "Tuesday 1 December 2026". */
+export function formatDay(date) {
+  return new Intl.DateTimeFormat(undefined, { weekday: "long", day: "numeric", month: "long", year: "numeric" }).format(date);
+}
+
+/** Local midnight of the day `date` falls in. */
+export function startOfDay(date) {
+  return new Date(date.getFullYear(), date.getMonth(), date.getDate());
+}
+
+/** The value of an <input type="date"> for a local day: "2026-12-01". */
+export function dayKey(date) {
+  const two = (n) => String(n).padStart(2, "0");
+  return `${date.getFullYear()}-${two(date.getMonth() + 1)}-${two(date.getDate())}`;
+}
+
+/** Local midnight of an <input type="date"> value, or null. */
+export function fromDayKey(key) {
+  const match = /^(\d{4})-(\d\d)-(\d\d)$/.exec(key ?? "");
+  return match ? new Date(Number(match[1]), Number(match[2]) - 1, Number(match[3])) : null;
+}
+
+/** "HH:MM" of an <input type="time"> for a moment. */
+export function timeKey(ms) {
+  const date = new Date(ms);
+  const two = (n) => String(n).padStart(2, "0");
+  return `${two(date.getHours())}:${two(date.getMinutes())}`;
+}
+
+/** The moment of a local day and an <input type="time"> value, or NaN. */
+export function atTime(day, time) {
+  const match = /^(\d\d):(\d\d)$/.exec(time ?? "");
+  if (!day || !match) return NaN;
+  return new Date(day.getFullYear(), day.getMonth(), day.getDate(), Number(match[1]), Number(match[2])).getTime();
+}
+
+/** How long ago or until, in words: "in 2 h 10 min", "5 min ago", "now". */
+export function formatFromNow(ms, now = Date.now()) {
+  const diff = Math.round((ms - now) / 60000);
+  if (diff === 0) return ms > now ? "in a minute" : "just now";
+  const minutes = Math.abs(diff);
+  const days = Math.floor(minutes / 1440);
+  const hours = Math.floor((minutes % 1440) / 60);
+  const rest = minutes % 60;
+  const words = days ? `${days} d ${hours} h` : hours ? `${hours} h${rest ? ` ${rest} min` : ""}` : `${rest} min`;
+  return diff > 0 ? `in ${words}` : `${words} ago`;
+}
+
+/** Replace RFC 3339 times inside a server message with short local ones ("1 Dec 2026, 14:05"). */
+export function withLocalTimes(text) {
+  return String(text ?? "").replace(/\d{4}-\d\d-\d\dT\d\d:\d\d(?::\d\d(?:\.\d+)?)?(?:Z|[+-]\d\d:\d\d)/g, formatWhen);
+}

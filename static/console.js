@@ -11,9 +11,13 @@ import { Api, STAFF_ROLES, WRITER_ROLES, readClaims } from "./console-api.js";
 import { AppealsView } from "./console-appeals.js";
 import { AuditView, ReportView } from "./console-audit.js";
 import { CallsView } from "./console-calls.js";
+import { ContactsView } from "./console-contacts.js";
 import { DirectivesView } from "./console-directives.js";
 import { EventStream } from "./console-events.js";
+import { KiosksView } from "./console-kiosks.js";
+import { RosterView } from "./console-roster.js";
 import { ConsoleState } from "./console-state.js";
+import { VisitsView } from "./console-visits.js";
 import { forgetToken, takeToken } from "./token.js";
 
 const TOKEN_KEY = "parlor.token.console";
@@ -122,6 +126,10 @@ function start(token, about) {
   const options = { state, api, session, announce };
   const views = {
     calls: new CallsView($("panel-calls"), options),
+    visits: new VisitsView($("panel-visits"), options),
+    kiosks: new KiosksView($("panel-kiosks"), options),
+    contacts: new ContactsView($("panel-contacts"), options),
+    roster: new RosterView($("panel-roster"), options),
     directives: new DirectivesView($("panel-directives"), options),
     appeals: new AppealsView($("panel-appeals"), options),
     audit: new AuditView($("panel-audit"), { api, head: () => events.lastSeq }),
@@ -137,9 +145,13 @@ function start(token, about) {
     if (parts.has("sessions") || parts.has("visits") || parts.has("roster") || parts.has("directives")) {
       views.calls.render();
     }
+    if (parts.has("sessions") || parts.has("visits") || parts.has("roster") || parts.has("presence")) views.visits.render();
+    if (["sessions", "visits", "roster", "presence", "directives"].some((p) => parts.has(p))) views.kiosks.render();
+    if (parts.has("roster") || parts.has("approvals")) views.contacts.render();
+    if (parts.has("roster")) views.roster.render();
     if (parts.has("directives")) views.directives.render();
     if (parts.has("appeals") || parts.has("directives") || parts.has("roster")) views.appeals.render();
-    if (parts.has("report")) {
+    if (parts.has("report") || parts.has("visits")) {
       me.reportStale = true;
       if (currentTab() === "report") refreshReport(me);
     }
@@ -172,7 +184,11 @@ function start(token, about) {
   me.ticker = setInterval(() => {
     views.calls.tick();
     views.directives.tick();
+    views.kiosks.tick();
+    views.contacts.tick();
   }, 1000);
+  // Visits turn live and ended, and the timeline's "now" moves, with the clock.
+  me.minutes = setInterval(() => views.visits.render(), 30_000);
 
   selectTab(storedTab(), { focus: false });
   events.start();
@@ -217,6 +233,7 @@ function stop() {
   running = null;
   me.events.stop();
   clearInterval(me.ticker);
+  clearInterval(me.minutes);
   for (const dialog of document.querySelectorAll("dialog.console-dialog")) dialog.close();
   me.views.calls.destroy();
 }
@@ -247,9 +264,18 @@ function updateCounts(me) {
   $("count-directives").classList.toggle("is-urgent", unconfirmed > 0);
   $("count-appeals").textContent = `(${appeals})`;
   $("count-appeals").classList.toggle("is-urgent", appeals > 0);
+  $("count-visits").textContent = `(${me.views.visits.count()} today)`;
+  const offline = me.views.kiosks.offline();
+  $("count-kiosks").textContent = offline ? `(${offline} offline)` : "";
+  $("count-kiosks").classList.toggle("is-urgent", offline > 0);
+  const waiting = me.views.contacts.pending();
+  $("count-contacts").textContent = waiting ? `(${waiting} waiting)` : "";
+  $("count-contacts").classList.toggle("is-urgent", waiting > 0);
 }
 
 const ANNOUNCED = {
+  "device.offline": (e) => `Kiosk ${e.data?.device ?? ""} went offline.`,
+  "visit.cancelled": (e) => `${e.subject?.replace("visit:", "Visit ")} was cancelled.`,
   "appeal.filed": (e) => `New appeal ${e.data?.appeal ?? ""} against ${e.subject?.replace("directive:", "directive ")}.`,
   "directive.lapsed": (e) => `${e.subject?.replace("directive:", "Directive ")} lapsed: not confirmed in time.`,
   "directive.confirmed": (e) => `${e.subject?.replace("directive:", "Directive ")} confirmed by ${e.data?.confirmed_by ?? e.actor}.`,

@@ -14,7 +14,7 @@ import {
   playTestSound,
 } from "./localmedia.js";
 import { forgetToken, takeToken } from "./token.js";
-import { h } from "./ui.js";
+import { formatDateTime, formatIn, formatTime, formatVisitDay, h } from "./ui.js";
 
 const HEARD_LEVEL = 0.3; // about -42 dBFS: speech, not room noise
 const SEEN_FRAMES = 5;
@@ -26,6 +26,7 @@ const tokenKey = `parlor.token.visit.${visit}`;
 const token = visit ? takeToken(tokenKey) : null;
 
 const TITLES = {
+  upcoming: "Your visit",
   unsupported: "This browser cannot make the call",
   preview: "Check your camera and microphone",
   joining: "Joining the call",
@@ -35,6 +36,7 @@ const TITLES = {
 
 /** The preview's local media; handed to the call when the person joins. */
 const preview = {
+  ready: false, // media is open: Join may be pressed once the visit is open
   stream: null,
   cameraProblem: null,
   meter: null,
@@ -49,6 +51,7 @@ function visitFromPath(path) {
 
 function setState(state) {
   app.dataset.state = state;
+  $("visit-card").hidden = state !== "upcoming" && state !== "preview";
   $("preview").hidden = state !== "preview";
   $("call").hidden = state !== "joining" && state !== "in-call";
   $("end").hidden = state !== "ended" && state !== "unsupported";
@@ -72,6 +75,7 @@ function showUnsupported(kind) {
 async function startPreview(devices = {}) {
   setState("preview");
   showProblem(null);
+  preview.ready = false;
   $("join-button").disabled = true;
   $("retry-media").hidden = true;
   stopPreviewMedia();
@@ -93,12 +97,22 @@ async function startPreview(devices = {}) {
   startMeter();
   await fillDeviceLists();
 
-  $("join-button").disabled = false;
+  preview.ready = true;
+  updateJoinButton();
   if (preview.cameraProblem) {
     showProblem(explainForFamily(preview.cameraProblem, { cameraOnly: true }));
     $("retry-media").hidden = false;
   }
   labelJoinButton();
+}
+
+/** Join needs working media and an open visit (from a few minutes before it starts). */
+function updateJoinButton() {
+  const open = !visitState.opensAt || Date.now() >= visitState.opensAt;
+  $("join-button").disabled = !(preview.ready && open && visitState.state !== "closed");
+  const hint = $("join-hint");
+  hint.hidden = open;
+  if (!open) hint.textContent = `You can join from ${formatVisitDay(new Date(visitState.opensAt).toISOString())}.`;
 }
 
 function labelJoinButton() {
@@ -232,7 +246,8 @@ async function switchDevice(kind, deviceId) {
     startMeter();
   }
   if (fresh) showProblem(null);
-  $("join-button").disabled = stream.getAudioTracks().length === 0;
+  preview.ready = stream.getAudioTracks().length > 0;
+  updateJoinButton();
   await fillDeviceLists();
 }
 
@@ -244,9 +259,132 @@ function stopPreviewMedia() {
   $("preview-video").srcObject = null;
 }
 
+// --- step 0: the visit's state (GET /api/v1/visits/{visit}/state) ----------------------
+
+const REREAD_MS = 60_000; // while waiting: a cancellation or a move shows within a minute
+const PREVIEW_BEFORE_MS = 15 * 60_000; // the camera check opens by itself this long before
+
+/** What the server said of the visit, and the timers that keep the card current. */
+const visitState = { state: null, opensAt: null, ticker: null, reread: null, body: null };
+
+/** Read the visit's state with the family's own token (a bearer header, never the URL). */
+async function readState() {
+  let response;
+  try {
+    response = await fetch(`/api/v1/visits/${encodeURIComponent(visit)}/state`, {
+      headers: { Authorization: `Bearer ${token}`, Accept: "application/json" },
+      cache: "no-store",
+    });
+  } catch {
+    return { failed: "We could not check your visit just now. You can still try to join." };
+  }
+  const body = await response.json().catch(() => ({}));
+  if (response.ok) return { body };
+  if (response.status === 401) return { expired: true };
+  return { failed: body?.error?.message ?? `The server answered ${response.status}.` };
+}
+
+/** Show what the state says: the visit card (and the camera check), or why not. */
+function showState(found) {
+  if (found.expired) {
+    forgetToken(tokenKey);
+    stopTimers();
+    showClosed("Your link has expired or is not valid.", "Ask the facility for a new link.");
+    return;
+  }
+  if (found.failed) {
+    $("visit-problem").textContent = found.failed;
+    $("visit-problem").hidden = false;
+    if (app.dataset.state === "loading") startPreview();
+    return;
+  }
+  $("visit-problem").hidden = true;
+  const body = found.body;
+  visitState.body = body;
+  visitState.state = body.state;
+  visitState.opensAt = Date.parse(body.opens_at);
+  if (body.state === "cancelled") {
+    stopTimers();
+    stopPreviewMedia();
+    const when = body.cancelled?.at ? `It was cancelled on ${formatDateTime(body.cancelled.at)}.` : "";
+    showClosed("This visit was cancelled.", body.cancelled?.text ?? "", when, "visit-cancelled");
+    return;
+  }
+  if (body.state === "ended") {
+    stopTimers();
+    stopPreviewMedia();
+    showClosed("This visit has ended.", `It was on ${formatDateTime(body.starts_at)}.`, "", "visit-ended");
+    return;
+  }
+  if (body.state === "not-approved") {
+    stopTimers();
+    stopPreviewMedia();
+    showClosed("You cannot join this visit.", body.not_approved ?? "", "", "visit-not-approved");
+    return;
+  }
+  $("visit-title").textContent = `Your visit with ${body.inmate?.name ?? "your visitor"}`;
+  $("visit-when").textContent = `${formatVisitDay(body.starts_at)}–${formatTime(body.ends_at)}`;
+  const moved = $("visit-moved");
+  moved.hidden = !body.moved;
+  if (body.moved) moved.textContent = `This visit was moved. It was on ${formatDateTime(body.moved.from.starts_at)}; the new time is above.`;
+  $("visit-notice").textContent = body.notice ?? "";
+  $("visit-notice").classList.toggle("notice--private", body.monitored === false);
+  tick();
+  if (!visitState.ticker) visitState.ticker = setInterval(tick, 1000);
+  if (!visitState.reread) visitState.reread = setInterval(reread, REREAD_MS);
+  const soon = Date.now() >= visitState.opensAt - PREVIEW_BEFORE_MS;
+  if (app.dataset.state === "loading" || app.dataset.state === "upcoming") {
+    if (soon) startPreview();
+    else showUpcoming();
+  }
+  updateJoinButton();
+}
+
+function showUpcoming() {
+  setState("upcoming");
+  $("visit-actions").hidden = false;
+  $("visit-title").focus();
+}
+
+/** The countdown, every second; the camera check opens by itself when the visit is near. */
+function tick() {
+  const starts = Date.parse(visitState.body?.starts_at);
+  const left = starts - Date.now();
+  const text = left > 0 ? `Starts ${formatIn(left)}.` : Date.now() < Date.parse(visitState.body?.ends_at) ? "Your visit has started: join now." : "";
+  const countdown = $("visit-countdown");
+  if (countdown.textContent !== text) countdown.textContent = text;
+  if (app.dataset.state === "upcoming" && Date.now() >= visitState.opensAt - PREVIEW_BEFORE_MS) startPreview();
+  if (app.dataset.state === "preview") updateJoinButton();
+}
+
+async function reread() {
+  if (app.dataset.state !== "upcoming" && app.dataset.state !== "preview") return;
+  showState(await readState());
+}
+
+function stopTimers() {
+  clearInterval(visitState.ticker);
+  clearInterval(visitState.reread);
+  visitState.ticker = null;
+  visitState.reread = null;
+}
+
+/** A visit that cannot be joined: why, and nothing to press. */
+function showClosed(title, detail, more = "", kind = "closed") {
+  visitState.state = "closed";
+  const parts = [h("h1", { id: "end-title", tabindex: "-1" }, title)];
+  if (detail) parts.push(h("p", { id: "end-reason", class: "end-reason" }, detail));
+  if (more) parts.push(h("p", { id: "end-when", class: "end-when" }, more));
+  $("end").replaceChildren(...parts);
+  $("end").dataset.kind = kind;
+  setState("ended");
+  $("end-title").focus();
+}
+
 // --- step 2: the call ---------------------------------------------------------------
 
 function joinCall() {
+  stopTimers();
   preview.meter?.stop();
   preview.meter = null;
   const stream = preview.stream;
@@ -273,8 +411,17 @@ function joinCall() {
 
 // --- step 3: the end -------------------------------------------------------------------
 
-function showEnd(ending) {
+async function showEnd(ending) {
   if (ending.code === 4401) forgetToken(tokenKey);
+  // Ended or refused because the visit was cancelled, or its approval withdrawn: say so as
+  // the link says it before joining (with the reason and when).
+  if (!ending.directive && ending.code !== 4401 && ending.reason !== "left") {
+    const found = await readState();
+    if (found.body && ["cancelled", "not-approved"].includes(found.body.state)) {
+      showState(found);
+      return;
+    }
+  }
   keepNotice(ending.directive);
   renderEndScreen($("end"), ending, {
     audience: "family",
@@ -322,6 +469,7 @@ if (!visit || !token) {
   showUnsupported(missingCallSupport());
 } else {
   $("join-button").addEventListener("click", joinCall);
+  $("check-devices").addEventListener("click", () => startPreview());
   $("retry-media").addEventListener("click", () => startPreview());
   $("test-sound").addEventListener("click", () => playTestSound().catch(() => {}));
   $("camera-select").addEventListener("change", (e) => switchDevice("video", e.target.value));
@@ -329,5 +477,5 @@ if (!visit || !token) {
   navigator.mediaDevices?.addEventListener?.("devicechange", () => {
     if (app.dataset.state === "preview" && preview.stream) fillDeviceLists();
   });
-  startPreview();
+  readState().then(showState);
 }

@@ -6,6 +6,7 @@
 import { CallClient } from "./call.js";
 import { CallView, renderEndScreen } from "./callview.js";
 import { classifyMediaError, openLocalMedia } from "./localmedia.js";
+import { PresenceLink } from "./presence.js";
 import { takeToken } from "./token.js";
 import { describeEnd, formatDateTime, formatTime, h, listNames } from "./ui.js";
 
@@ -279,6 +280,12 @@ $("rejoin-button").addEventListener("click", () => {
 if (!token) {
   showNotSetUp();
 } else {
+  // Staff see this kiosk online while the page is open, in a call or not.
+  const presence = new PresenceLink({ token });
+  presence.addEventListener("status", (event) => {
+    app.dataset.presence = event.detail.phase;
+  });
+  presence.start();
   showClock();
   setInterval(showClock, 10_000);
   showWaiting();

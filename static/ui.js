@@ -26,6 +26,36 @@ export function formatTime(iso) {
   return new Intl.DateTimeFormat(undefined, { timeStyle: "short" }).format(date);
 }
 
+/**
+ * When a visit is, for its family: "Today 14:00", "Tomorrow 09:30", or
+ * "Friday 4 December, 14:00", in the reader's language and time zone.
+ */
+export function formatVisitDay(iso, now = new Date()) {
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return String(iso ?? "");
+  const day = (d) => new Date(d.getFullYear(), d.getMonth(), d.getDate()).getTime();
+  const days = Math.round((day(date) - day(now)) / 86_400_000);
+  const time = formatTime(iso);
+  if (days === 0) return `Today ${time}`;
+  if (days === 1) return `Tomorrow ${time}`;
+  if (days === -1) return `Yesterday ${time}`;
+  const long = new Intl.DateTimeFormat(undefined, { weekday: "long", day: "numeric", month: "long", ...(date.getFullYear() !== now.getFullYear() ? { year: "numeric" } : {}) }).format(date);
+  return `${long}, ${time}`;
+}
+
+/** How long until a moment: "in 2 h 10 min", "in 5 min", "in less than a minute". */
+export function formatIn(ms) {
+  if (ms <= 0) return "now";
+  const minutes = Math.ceil(ms / 60_000);
+  if (ms < 60_000) return "in less than a minute";
+  const days = Math.floor(minutes / 1440);
+  const hours = Math.floor((minutes % 1440) / 60);
+  const rest = minutes % 60;
+  if (days) return `in ${days} day${days === 1 ? "" : "s"}${hours ? ` ${hours} h` : ""}`;
+  if (hours) return `in ${hours} h${rest ? ` ${rest} min` : ""}`;
+  return `in ${rest} min`;
+}
+
 /** Replace RFC 3339 times inside a server message with the reader's local time. */
 export function localizeTimes(text) {
   return String(text ?? "").replace(/\d{4}-\d\d-\d\dT\d\d:\d\d(?::\d\d(?:\.\d+)?)?(?:Z|[+-]\d\d:\d\d)/g, formatDateTime);
@@ -65,6 +95,18 @@ export function describeEnd(ending, audience = "family") {
       directive,
       canRejoin: false,
     };
+  }
+  if (reason === "approval-withdrawn" || ending.errorCode === "not-approved") {
+    const during = ending.kind === "terminated";
+    return {
+      title: kiosk ? "This visit cannot go on." : during ? "The facility ended this call." : "You cannot join this visit.",
+      detail: kiosk ? "Please tell a member of staff." : message || "The facility has withdrawn your approval to visit.",
+      directive,
+      canRejoin: false,
+    };
+  }
+  if (ending.errorCode === "visit-cancelled" || /cancelled this visit/.test(message)) {
+    return { title: "This visit was cancelled.", detail: message, directive, canRejoin: false };
   }
   if (reason === "visit-ended" || code === 4410) {
     return { title: "Your visit time is over.", detail: "Thank you for visiting.", directive, canRejoin: false };

@@ -194,6 +194,21 @@ async def make_visit(
     return visit
 
 
+async def use_up_unconfirmed_time(srv: Server, scope: str, token: str = "operator") -> None:
+    """Spend some of a broad scope's unconfirmed time for today (SPEC §4): a stop issued and
+    lifted at once. With a confirmation window of a minute or less, what is left is too short
+    for a second supervisor to act, so a new unconfirmed broad directive on `scope` is refused
+    `confirmation-required` (policy/coverage.py)."""
+    body = {"scope": scope, "action": "suspend", "reason": "Disturbance", "legal_basis": "Rule 1",
+            "expires_at": format_time(time.time() + 3600)}  # fmt: skip
+    status, first = await srv.api("POST", "/api/v1/directives", body, token=token)
+    assert status == 201, first
+    status, lifted = await srv.api(
+        "POST", f"/api/v1/directives/{first['id']}/lift", {"reason": "a false alarm"}, token=token
+    )
+    assert status == 200, lifted
+
+
 async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

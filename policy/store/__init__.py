@@ -17,6 +17,7 @@ from policy.store.interface import (
     Cluster,
     Listener,
     Placement,
+    Presence,
     Restoration,
     Store,
     StoredState,
@@ -24,7 +25,7 @@ from policy.store.interface import (
 from policy.store.sqlite import SqliteStore
 
 __all__ = [
-    "AuditDraft", "Cluster", "Listener", "Placement", "Restoration", "Store", "StoredState",
+    "AuditDraft", "Cluster", "Listener", "Placement", "Presence", "Restoration", "Store", "StoredState",
     "SqliteStore", "open_store",
 ]  # fmt: skip
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from policy.appeal import Appeal
+from policy.approval import Approval
 from policy.audit import AuditEvent
 from policy.directive import Directive
 from policy.roster import Contact, Device, Facility, Inmate
@@ -38,6 +39,18 @@ class AuditDraft:
     action: str
     subject: str
     data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Presence:
+    """A kiosk's last presence transition: `online` on `node` since `since`, or `offline`
+    since `since` (the connection's end), last heard from at `last_seen`."""
+
+    device: str
+    state: str  # "online" | "offline"
+    node: str
+    since: float
+    last_seen: float
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,9 @@ class Cluster(Protocol):
     async def leave(self, node: str) -> None:
         """A node shutting down: its visits may be placed elsewhere at once."""
 
+    async def live_nodes(self, stale_after: float) -> set[str]:
+        """The nodes whose heartbeat is younger than `stale_after` seconds."""
+
 
 class Store(Protocol):
     """Domain-level persistence: records in, records out, each write with its audit event."""
@@ -138,9 +154,22 @@ class Store(Protocol):
 
     async def add_contact(self, contact: Contact, audit: AuditDraft) -> AuditEvent: ...
 
+    async def update_facility(self, facility: Facility, audit: AuditDraft) -> AuditEvent: ...
+
+    async def update_inmate(self, inmate: Inmate, audit: AuditDraft) -> AuditEvent: ...
+
+    async def update_contact(self, contact: Contact, audit: AuditDraft) -> AuditEvent: ...
+
     async def set_approval(
-        self, contact: str, inmate: str, status: str, audit: AuditDraft
-    ) -> AuditEvent: ...
+        self, contact: str, inmate: str, status: str, audit: AuditDraft,
+        *, reason: str | None = None, by: str | None = None,
+    ) -> AuditEvent: ...  # fmt: skip
+
+    async def get_approval(self, contact: str, inmate: str) -> Approval | None: ...
+
+    async def list_approvals(
+        self, *, status: str | None = None, contact: str | None = None
+    ) -> list[Approval]: ...
 
     async def get_facility(self, facility_id: str) -> Facility | None: ...
 
@@ -159,13 +188,30 @@ class Store(Protocol):
     async def list_contacts(self) -> list[Contact]: ...
 
     # -- visits -------------------------------------------------------------------------
-    async def add_visit(self, visit: Visit, audit: AuditDraft) -> AuditEvent: ...
+    async def add_visit(
+        self, visit: Visit, audit: AuditDraft, *, buffer: float | None = None
+    ) -> AuditEvent:
+        """Insert a visit; with `buffer` (seconds), only while no other booked visit at its
+        kiosk overlaps its window widened by `buffer` (else `Conflict` `double-booked`),
+        decided inside the transaction so that two bookings cannot both win."""
+
+    async def update_visit(
+        self, visit: Visit, audit: AuditDraft, *, buffer: float | None = None
+    ) -> AuditEvent:
+        """Replace a visit's state, only from `visit.version - 1` (else `Conflict`); with
+        `buffer`, only while its kiosk is free in its (new) window."""
+
+    async def overlapping(
+        self, device: str, starts_at: float, ends_at: float, *, exclude: str = ""
+    ) -> list[Visit]: ...
 
     async def get_visit(self, visit_id: str) -> Visit | None: ...
 
     async def list_visits(
-        self, *, device: str | None = None, after: float | None = None
-    ) -> list[Visit]: ...
+        self, *, device: str | None = None, after: float | None = None,
+        before: float | None = None, status: str | None = None, facility: str | None = None,
+        inmate: str | None = None, contact: str | None = None,
+    ) -> list[Visit]: ...  # fmt: skip
 
     # -- sessions -----------------------------------------------------------------------
     async def session_started(self, record: SessionRecord, audit: AuditDraft) -> AuditEvent: ...
@@ -177,7 +223,7 @@ class Store(Protocol):
     async def get_session(self, session_id: str) -> SessionRecord | None: ...
 
     async def list_sessions(
-        self, *, live: bool = True, node: str | None = None
+        self, *, live: bool = True, node: str | None = None, visit: str | None = None
     ) -> list[SessionRecord]: ...
 
     async def end_orphan_sessions(self, node: str, reason: str, audit: AuditDraft) -> AuditEvent:
@@ -217,6 +263,15 @@ class Store(Protocol):
     async def get_appeal(self, appeal_id: str) -> Appeal | None: ...
 
     async def list_appeals(self, *, directive: str | None = None) -> list[Appeal]: ...
+
+    # -- kiosk presence -------------------------------------------------------------------
+    async def set_presence(
+        self, presence: Presence, audit: AuditDraft, *, expect_node: str | None = None
+    ) -> AuditEvent:
+        """Record a kiosk's transition; with `expect_node`, only while that node holds it
+        online (else `Conflict`)."""
+
+    async def list_presence(self, *, node: str | None = None) -> list[Presence]: ...
 
     # -- audit --------------------------------------------------------------------------
     async def audit_events(

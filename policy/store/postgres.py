@@ -40,6 +40,8 @@ from policy.store.sql import (
     SCHEMA_VERSION,
     SqlStore,
     Statement,
+    guard_failed,
+    migrations,
     seal_next,
     supersede_duplicates,
 )
@@ -198,10 +200,15 @@ class PostgresStore(SqlStore):
                     await conn.execute(postgres_ddl(ddl))
                 for ddl in CLUSTER_SCHEMA:
                     await conn.execute(ddl)
-                if await conn.fetchval("SELECT COUNT(*) FROM schema_version") == 0:
+                stored = await conn.fetchval("SELECT MAX(version) FROM schema_version")
+                if stored is None:
                     await conn.execute(
                         "INSERT INTO schema_version (version) VALUES ($1)", SCHEMA_VERSION
                     )
+                elif stored < SCHEMA_VERSION:
+                    for ddl in migrations(stored):
+                        await conn.execute(postgres_ddl(ddl))
+                    await conn.execute("UPDATE schema_version SET version = $1", SCHEMA_VERSION)
                 await conn.execute(
                     "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, $1) ON CONFLICT (id) DO NOTHING",
                     GENESIS,
@@ -250,9 +257,7 @@ class PostgresStore(SqlStore):
                 for sql, params, *guard in statements:
                     status = await conn.execute(numbered(sql), *params)
                     if guard and _rowcount(status) == 0:
-                        raise Conflict(
-                            "state-changed", "the record changed meanwhile; reload and retry"
-                        )
+                        raise guard_failed(guard)
                 event = await self._append(conn, audit)
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise Conflict("already-exists", f"conflicts with an existing record: {exc}") from exc
@@ -361,3 +366,10 @@ class PostgresStore(SqlStore):
         """A node shutting down: its visits may be placed elsewhere at once."""
         await self._fetch("DELETE FROM placements WHERE node = ?", (node,))
         await self._fetch("DELETE FROM nodes WHERE id = ?", (node,))
+
+    async def live_nodes(self, stale_after: float) -> set[str]:
+        """The nodes whose heartbeat is younger than `stale_after` seconds (database clock)."""
+        rows = await self._fetch(
+            f"SELECT id FROM nodes WHERE last_seen > {DB_NOW} - ?", (float(stale_after),)
+        )
+        return {row["id"] for row in rows}

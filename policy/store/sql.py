@@ -18,20 +18,23 @@ from typing import Any
 
 from policy.actor import SYSTEM
 from policy.appeal import Appeal
+from policy.approval import Approval
 from policy.audit import GENESIS, AuditEvent, audit_time, seal
 from policy.directive import Directive
+from policy.errors import Conflict
 from policy.roster import Contact, Device, Facility, Inmate
 from policy.session import SessionRecord
-from policy.store.interface import AuditDraft, Cluster, Restoration, StoredState
+from policy.store.interface import AuditDraft, Cluster, Presence, Restoration, StoredState
 from policy.visit import Visit
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 
 # {real} is DOUBLE PRECISION on PostgreSQL: its REAL is only 4 bytes.
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS facilities (
-        id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at {real} NOT NULL)""",
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at {real} NOT NULL,
+        max_visit_seconds {real})""",
     """CREATE TABLE IF NOT EXISTS devices (
         id TEXT PRIMARY KEY, facility TEXT NOT NULL REFERENCES facilities(id),
         created_at {real} NOT NULL)""",
@@ -43,23 +46,36 @@ SCHEMA = [
         created_at {real} NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS approvals (
         contact TEXT NOT NULL REFERENCES contacts(id), inmate TEXT NOT NULL REFERENCES inmates(id),
-        status TEXT NOT NULL, updated_at {real} NOT NULL, PRIMARY KEY (contact, inmate))""",
+        status TEXT NOT NULL, updated_at {real} NOT NULL, reason TEXT, decided_by TEXT,
+        PRIMARY KEY (contact, inmate))""",
     """CREATE TABLE IF NOT EXISTS visits (
         id TEXT PRIMARY KEY, facility TEXT NOT NULL, inmate TEXT NOT NULL, device TEXT NOT NULL,
         contacts TEXT NOT NULL, starts_at {real} NOT NULL, ends_at {real} NOT NULL,
-        kind TEXT NOT NULL, created_by TEXT NOT NULL, created_at {real} NOT NULL)""",
+        kind TEXT NOT NULL, created_by TEXT NOT NULL, created_at {real} NOT NULL,
+        status TEXT NOT NULL DEFAULT 'booked', version INTEGER NOT NULL DEFAULT 1,
+        cancel_reason TEXT, cancel_note TEXT, cancelled_at {real}, cancelled_by TEXT,
+        moved_from_starts_at {real}, moved_from_ends_at {real}, moved_at {real}, moved_by TEXT,
+        closed_at {real})""",
     """CREATE INDEX IF NOT EXISTS visits_device ON visits (device, ends_at)""",
+    """CREATE INDEX IF NOT EXISTS visits_window ON visits (starts_at)""",
+    # A kiosk's presence (signaling/presence.py): its last online/offline transition, written
+    # with that transition's audit event; heartbeats in between are not stored.
+    """CREATE TABLE IF NOT EXISTS device_presence (
+        device TEXT PRIMARY KEY, state TEXT NOT NULL, node TEXT NOT NULL,
+        since {real} NOT NULL, last_seen {real} NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS sessions (
         id TEXT PRIMARY KEY, visit TEXT NOT NULL, sub TEXT NOT NULL, role TEXT NOT NULL,
         mode TEXT NOT NULL, node TEXT NOT NULL, keys TEXT NOT NULL,
         started_at {real} NOT NULL, ended_at {real}, end_reason TEXT)""",
     """CREATE INDEX IF NOT EXISTS sessions_live ON sessions (ended_at)""",
+    """CREATE INDEX IF NOT EXISTS sessions_visit ON sessions (visit)""",
     """CREATE TABLE IF NOT EXISTS directives (
         id TEXT PRIMARY KEY, scope TEXT NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL,
         legal_basis TEXT NOT NULL, issued_by TEXT NOT NULL, issued_at {real} NOT NULL,
         starts_at {real} NOT NULL, expires_at {real} NOT NULL, status TEXT NOT NULL,
         confirm_by {real}, confirmed_by TEXT, confirmed_at {real}, closed_at {real},
-        closed_by TEXT, close_reason TEXT, sessions_ended INTEGER NOT NULL DEFAULT 0)""",
+        closed_by TEXT, close_reason TEXT, sessions_ended INTEGER NOT NULL DEFAULT 0,
+        starts_on_confirmation INTEGER NOT NULL DEFAULT 0)""",
     """CREATE INDEX IF NOT EXISTS directives_status ON directives (status)""",
     """CREATE INDEX IF NOT EXISTS directives_scope ON directives (scope, closed_at)""",
     """CREATE TABLE IF NOT EXISTS appeals (
@@ -78,9 +94,51 @@ SCHEMA = [
         id INTEGER PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL)""",
 ]
 
-# (sql, params) or (sql, params, True): the third element demands that the statement changes
-# a row, otherwise the whole transaction is refused with Conflict (optimistic guards).
+
+# Version 1 -> 2: facilities' maximum visit length, approval reasons, the visit's life
+# (status, cancellation, reschedule, close), kiosk presence. The CREATE statements above
+# already have these columns; a database made by version 1 gets them added.
+MIGRATIONS: dict[int, list[str]] = {
+    2: [
+        "ALTER TABLE facilities ADD COLUMN max_visit_seconds {real}",
+        "ALTER TABLE approvals ADD COLUMN reason TEXT",
+        "ALTER TABLE approvals ADD COLUMN decided_by TEXT",
+        "ALTER TABLE visits ADD COLUMN status TEXT NOT NULL DEFAULT 'booked'",
+        "ALTER TABLE visits ADD COLUMN version INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE visits ADD COLUMN cancel_reason TEXT",
+        "ALTER TABLE visits ADD COLUMN cancel_note TEXT",
+        "ALTER TABLE visits ADD COLUMN cancelled_at {real}",
+        "ALTER TABLE visits ADD COLUMN cancelled_by TEXT",
+        "ALTER TABLE visits ADD COLUMN moved_from_starts_at {real}",
+        "ALTER TABLE visits ADD COLUMN moved_from_ends_at {real}",
+        "ALTER TABLE visits ADD COLUMN moved_at {real}",
+        "ALTER TABLE visits ADD COLUMN moved_by TEXT",
+        "ALTER TABLE visits ADD COLUMN closed_at {real}",
+    ],
+    # Version 2 -> 3: a directive may be a request that starts only when a second supervisor
+    # confirms it.
+    3: ["ALTER TABLE directives ADD COLUMN starts_on_confirmation INTEGER NOT NULL DEFAULT 0"],
+}
+
+
+def migrations(version: int) -> list[str]:
+    """The statements that bring a database of schema `version` to SCHEMA_VERSION; run after
+    SCHEMA, whose CREATE TABLE IF NOT EXISTS leaves an old database's tables as they were."""
+    return [ddl for v in range(version + 1, SCHEMA_VERSION + 1) for ddl in MIGRATIONS.get(v, [])]
+
+
+# (sql, params) or (sql, params, guard): a guard (True, or the Conflict to raise) demands that
+# the statement changes a row, otherwise the whole transaction is refused with that Conflict
+# (optimistic guards; a bare True raises `state-changed`).
 Statement = tuple[Any, ...]
+
+
+def guard_failed(guard: list[Any]) -> Conflict:
+    """The Conflict a failed guard raises (see `Statement`)."""
+    if guard and isinstance(guard[0], Conflict):
+        return guard[0]
+    return Conflict("state-changed", "the record changed meanwhile; reload and retry")
+
 
 # Partial unique indexes exist in SQLite (3.8) and PostgreSQL alike.
 ONE_OPEN_APPEAL = (
@@ -118,29 +176,42 @@ def supersede_duplicates(ids: list[str], now: float) -> tuple[list[Statement], A
 DIRECTIVE_COLUMNS = (
     "id", "scope", "action", "reason", "legal_basis", "issued_by", "issued_at", "starts_at",
     "expires_at", "status", "confirm_by", "confirmed_by", "confirmed_at", "closed_at",
-    "closed_by", "close_reason", "sessions_ended",
+    "closed_by", "close_reason", "sessions_ended", "starts_on_confirmation",
 )  # fmt: skip
 
 
 def _directive_row(d: Directive) -> tuple[Any, ...]:
-    return tuple(getattr(d, column) for column in DIRECTIVE_COLUMNS)
+    row = tuple(getattr(d, column) for column in DIRECTIVE_COLUMNS[:-1])
+    return row + (int(d.starts_on_confirmation),)
 
 
 def _directive(row: dict[str, Any]) -> Directive:
-    return Directive(**{column: row[column] for column in DIRECTIVE_COLUMNS})
+    """A row as a directive; a read-only view of a version 1 database lacks the last column."""
+    values = {column: row[column] for column in DIRECTIVE_COLUMNS[:-1]}
+    return Directive(**values, starts_on_confirmation=bool(row.get("starts_on_confirmation")))
 
 
 VISIT_COLUMNS = (
     "id", "facility", "inmate", "device", "contacts", "starts_at", "ends_at", "kind",
-    "created_by", "created_at",
+    "created_by", "created_at", "status", "version", "cancel_reason", "cancel_note",
+    "cancelled_at", "cancelled_by", "moved_from_starts_at", "moved_from_ends_at", "moved_at",
+    "moved_by", "closed_at",
 )  # fmt: skip
+# A booked visit at the kiosk whose window, widened by the buffer, overlaps [?, ?).
+OVERLAPPING = (
+    "SELECT * FROM visits WHERE device = ? AND status = 'booked' AND id <> ?"
+    " AND starts_at < ? AND ends_at > ? ORDER BY starts_at"
+)
 
 
 def _visit_row(v: Visit) -> tuple[Any, ...]:
-    return tuple(
-        json.dumps(list(v.contacts)) if column == "contacts" else getattr(v, column)
-        for column in VISIT_COLUMNS
-    )
+    moved = v.moved_from or (None, None)
+    return (
+        v.id, v.facility, v.inmate, v.device, json.dumps(list(v.contacts)), v.starts_at,
+        v.ends_at, v.kind, v.created_by, v.created_at, v.status, v.version, v.cancel_reason,
+        v.cancel_note, v.cancelled_at, v.cancelled_by, moved[0], moved[1], v.moved_at,
+        v.moved_by, v.closed_at,
+    )  # fmt: skip
 
 
 def _insert(table: str, columns: tuple[str, ...], *, upsert: bool = False) -> str:
@@ -154,11 +225,34 @@ def _insert(table: str, columns: tuple[str, ...], *, upsert: bool = False) -> st
 
 
 def _visit(row: dict[str, Any]) -> Visit:
+    moved = row["moved_from_starts_at"], row["moved_from_ends_at"]
     return Visit(
         id=row["id"], facility=row["facility"], inmate=row["inmate"], device=row["device"],
         contacts=tuple(json.loads(row["contacts"])), starts_at=row["starts_at"],
         ends_at=row["ends_at"], kind=row["kind"], created_by=row["created_by"],
-        created_at=row["created_at"],
+        created_at=row["created_at"], status=row["status"], version=int(row["version"]),
+        cancel_reason=row["cancel_reason"], cancel_note=row["cancel_note"],
+        cancelled_at=row["cancelled_at"], cancelled_by=row["cancelled_by"],
+        moved_from=None if moved[0] is None else (moved[0], moved[1]), moved_at=row["moved_at"],
+        moved_by=row["moved_by"], closed_at=row["closed_at"],
+    )  # fmt: skip
+
+
+def _approval(row: dict[str, Any]) -> Approval:
+    return Approval(
+        contact=row["contact"], inmate=row["inmate"], status=row["status"],
+        updated_at=row["updated_at"], reason=row["reason"], decided_by=row["decided_by"],
+    )  # fmt: skip
+
+
+def _facility(row: dict[str, Any]) -> Facility:
+    return Facility(id=row["id"], name=row["name"], max_visit_seconds=row["max_visit_seconds"])
+
+
+def _presence(row: dict[str, Any]) -> Presence:
+    return Presence(
+        device=row["device"], state=row["state"], node=row["node"], since=row["since"],
+        last_seen=row["last_seen"],
     )  # fmt: skip
 
 
@@ -241,8 +335,13 @@ class SqlStore(ABC):
     # -- roster -------------------------------------------------------------------------
     async def add_facility(self, facility: Facility, audit: AuditDraft) -> AuditEvent:
         return await self._write(
-            [("INSERT INTO facilities (id, name, created_at) VALUES (?, ?, ?)",
-              (facility.id, facility.name, self.clock()))], audit)  # fmt: skip
+            [("INSERT INTO facilities (id, name, max_visit_seconds, created_at) VALUES (?, ?, ?, ?)",
+              (facility.id, facility.name, facility.max_visit_seconds, self.clock()))], audit)  # fmt: skip
+
+    async def update_facility(self, facility: Facility, audit: AuditDraft) -> AuditEvent:
+        return await self._write(
+            [("UPDATE facilities SET name = ?, max_visit_seconds = ? WHERE id = ?",
+              (facility.name, facility.max_visit_seconds, facility.id), True)], audit)  # fmt: skip
 
     async def add_device(self, device: Device, audit: AuditDraft) -> AuditEvent:
         return await self._write(
@@ -254,27 +353,54 @@ class SqlStore(ABC):
             [("INSERT INTO inmates (id, facility, name, created_at) VALUES (?, ?, ?, ?)",
               (inmate.id, inmate.facility, inmate.name, self.clock()))], audit)  # fmt: skip
 
+    async def update_inmate(self, inmate: Inmate, audit: AuditDraft) -> AuditEvent:
+        return await self._write(
+            [("UPDATE inmates SET name = ? WHERE id = ?", (inmate.name, inmate.id), True)], audit
+        )
+
     async def add_contact(self, contact: Contact, audit: AuditDraft) -> AuditEvent:
         return await self._write(
             [("INSERT INTO contacts (id, name, minor, created_at) VALUES (?, ?, ?, ?)",
               (contact.id, contact.name, int(contact.minor), self.clock()))], audit)  # fmt: skip
 
+    async def update_contact(self, contact: Contact, audit: AuditDraft) -> AuditEvent:
+        return await self._write(
+            [("UPDATE contacts SET name = ?, minor = ? WHERE id = ?",
+              (contact.name, int(contact.minor), contact.id), True)], audit)  # fmt: skip
+
     async def set_approval(
-        self, contact: str, inmate: str, status: str, audit: AuditDraft
-    ) -> AuditEvent:
+        self, contact: str, inmate: str, status: str, audit: AuditDraft,
+        *, reason: str | None = None, by: str | None = None,
+    ) -> AuditEvent:  # fmt: skip
         return await self._write(
             [("DELETE FROM approvals WHERE contact = ? AND inmate = ?", (contact, inmate)),
-             ("INSERT INTO approvals (contact, inmate, status, updated_at) VALUES (?, ?, ?, ?)",
-              (contact, inmate, status, self.clock()))], audit)  # fmt: skip
+             ("INSERT INTO approvals (contact, inmate, status, updated_at, reason, decided_by)"
+              " VALUES (?, ?, ?, ?, ?, ?)", (contact, inmate, status, self.clock(), reason, by))],
+            audit)  # fmt: skip
+
+    async def get_approval(self, contact: str, inmate: str) -> Approval | None:
+        row = await self._one(
+            "SELECT * FROM approvals WHERE contact = ? AND inmate = ?", (contact, inmate)
+        )
+        return _approval(row) if row else None
+
+    async def list_approvals(
+        self, *, status: str | None = None, contact: str | None = None
+    ) -> list[Approval]:
+        sql, params = "SELECT * FROM approvals WHERE 1 = 1", tuple[Any, ...]()
+        if status is not None:
+            sql, params = sql + " AND status = ?", params + (status,)
+        if contact is not None:
+            sql, params = sql + " AND contact = ?", params + (contact,)
+        rows = await self._fetch(sql + " ORDER BY updated_at, contact, inmate", params)
+        return [_approval(r) for r in rows]
 
     async def get_facility(self, facility_id: str) -> Facility | None:
-        row = await self._one("SELECT id, name FROM facilities WHERE id = ?", (facility_id,))
-        return Facility(**row) if row else None
+        row = await self._one("SELECT * FROM facilities WHERE id = ?", (facility_id,))
+        return _facility(row) if row else None
 
     async def list_facilities(self) -> list[Facility]:
-        return [
-            Facility(**r) for r in await self._fetch("SELECT id, name FROM facilities ORDER BY id")
-        ]
+        return [_facility(r) for r in await self._fetch("SELECT * FROM facilities ORDER BY id")]
 
     async def get_device(self, device_id: str) -> Device | None:
         row = await self._one("SELECT id, facility FROM devices WHERE id = ?", (device_id,))
@@ -321,21 +447,72 @@ class SqlStore(ABC):
         ]
 
     # -- visits -------------------------------------------------------------------------
-    async def add_visit(self, visit: Visit, audit: AuditDraft) -> AuditEvent:
-        return await self._write([(_insert("visits", VISIT_COLUMNS), _visit_row(visit))], audit)
+    def _kiosk_free(self, visit: Visit, buffer: float | None) -> list[Statement]:
+        """The statements that keep a kiosk from being double-booked, inside the write's
+        transaction: lock the device row (on PostgreSQL, a second booking of the same kiosk
+        waits here for the first to commit), then, in a statement of its own (a fresh
+        snapshot, so the first booking is seen), refuse unless no other booked visit overlaps
+        the window widened by `buffer`. SQLite has one writer: the lock is a no-op there."""
+        if buffer is None or not visit.booked:
+            return []
+        taken = Conflict(
+            "double-booked",
+            f"kiosk {visit.device} is booked at that time (visits need {buffer / 60:g} minutes"
+            " between them)",
+        )
+        return [
+            ("UPDATE devices SET created_at = created_at WHERE id = ?", (visit.device,)),
+            ("UPDATE devices SET created_at = created_at WHERE id = ? AND NOT EXISTS ("
+             "SELECT 1 FROM visits WHERE device = ? AND status = 'booked' AND id <> ?"
+             " AND starts_at < ? AND ends_at > ?)",
+             (visit.device, visit.device, visit.id, visit.ends_at + buffer,
+              visit.starts_at - buffer), taken),
+        ]  # fmt: skip
+
+    async def add_visit(
+        self, visit: Visit, audit: AuditDraft, *, buffer: float | None = None
+    ) -> AuditEvent:
+        """Insert a visit; with `buffer` (seconds), only if its kiosk is free then."""
+        insert = (_insert("visits", VISIT_COLUMNS), _visit_row(visit))
+        return await self._write([*self._kiosk_free(visit, buffer), insert], audit)
+
+    async def update_visit(
+        self, visit: Visit, audit: AuditDraft, *, buffer: float | None = None
+    ) -> AuditEvent:
+        """Replace a visit's state, only from the version before it (else `Conflict`: someone
+        changed it meanwhile); with `buffer`, only if its kiosk is free in its new window."""
+        sets = ", ".join(f"{c} = ?" for c in VISIT_COLUMNS[1:])
+        update = (f"UPDATE visits SET {sets} WHERE id = ? AND version = ?",
+                  _visit_row(visit)[1:] + (visit.id, visit.version - 1), True)  # fmt: skip
+        return await self._write([*self._kiosk_free(visit, buffer), update], audit)
+
+    async def overlapping(self, device: str, starts_at: float, ends_at: float, *,
+                          exclude: str = "") -> list[Visit]:  # fmt: skip
+        """Booked visits at `device` overlapping [starts_at, ends_at), but `exclude`."""
+        rows = await self._fetch(OVERLAPPING, (device, exclude, ends_at, starts_at))
+        return [_visit(r) for r in rows]
 
     async def get_visit(self, visit_id: str) -> Visit | None:
         row = await self._one("SELECT * FROM visits WHERE id = ?", (visit_id,))
         return _visit(row) if row else None
 
     async def list_visits(
-        self, *, device: str | None = None, after: float | None = None
-    ) -> list[Visit]:
+        self, *, device: str | None = None, after: float | None = None,
+        before: float | None = None, status: str | None = None, facility: str | None = None,
+        inmate: str | None = None, contact: str | None = None,
+    ) -> list[Visit]:  # fmt: skip
+        """Visits, by start; `after`: ending after it, `before`: starting before it."""
         sql, params = "SELECT * FROM visits WHERE 1 = 1", tuple[Any, ...]()
-        if device is not None:
-            sql, params = sql + " AND device = ?", params + (device,)
+        for column, value in (("device", device), ("status", status), ("facility", facility),
+                              ("inmate", inmate)):  # fmt: skip
+            if value is not None:
+                sql, params = sql + f" AND {column} = ?", params + (value,)
         if after is not None:
             sql, params = sql + " AND ends_at > ?", params + (after,)
+        if before is not None:
+            sql, params = sql + " AND starts_at < ?", params + (before,)
+        if contact is not None:  # ids are [A-Za-z0-9_.-]: the quoted id matches one element
+            sql, params = sql + " AND contacts LIKE ?", params + (f'%"{contact}"%',)
         return [_visit(r) for r in await self._fetch(sql + " ORDER BY starts_at, id", params)]
 
     # -- sessions -----------------------------------------------------------------------
@@ -358,13 +535,15 @@ class SqlStore(ABC):
         return _session(row) if row else None
 
     async def list_sessions(
-        self, *, live: bool = True, node: str | None = None
+        self, *, live: bool = True, node: str | None = None, visit: str | None = None
     ) -> list[SessionRecord]:
         sql, params = "SELECT * FROM sessions WHERE 1 = 1", tuple[Any, ...]()
         if live:
             sql += " AND ended_at IS NULL"
         if node is not None:
             sql, params = sql + " AND node = ?", params + (node,)
+        if visit is not None:
+            sql, params = sql + " AND visit = ?", params + (visit,)
         return [_session(r) for r in await self._fetch(sql + " ORDER BY started_at", params)]
 
     async def end_orphan_sessions(self, node: str, reason: str, audit: AuditDraft) -> AuditEvent:
@@ -460,6 +639,32 @@ class SqlStore(ABC):
                 "SELECT * FROM appeals WHERE directive = ? ORDER BY filed_at", (directive,)
             )
         return [_appeal(r) for r in rows]
+
+    # -- kiosk presence -------------------------------------------------------------------
+    async def set_presence(
+        self, presence: Presence, audit: AuditDraft, *, expect_node: str | None = None
+    ) -> AuditEvent:
+        """Record a kiosk's transition; with `expect_node`, only while that node holds it
+        online (else `Conflict`: it went online elsewhere meanwhile, and nothing is written)."""
+        row = (presence.state, presence.node, presence.since, presence.last_seen, presence.device)
+        if expect_node is not None:
+            return await self._write(
+                [("UPDATE device_presence SET state = ?, node = ?, since = ?, last_seen = ?"
+                  " WHERE device = ? AND node = ? AND state = 'online'", row + (expect_node,),
+                  True)], audit)  # fmt: skip
+        return await self._write(
+            [("DELETE FROM device_presence WHERE device = ?", (presence.device,)),
+             ("INSERT INTO device_presence (state, node, since, last_seen, device)"
+              " VALUES (?, ?, ?, ?, ?)", row)], audit)  # fmt: skip
+
+    async def list_presence(self, *, node: str | None = None) -> list[Presence]:
+        if node is None:
+            rows = await self._fetch("SELECT * FROM device_presence ORDER BY device")
+        else:
+            rows = await self._fetch(
+                "SELECT * FROM device_presence WHERE node = ? ORDER BY device", (node,)
+            )
+        return [_presence(r) for r in rows]
 
     # -- audit --------------------------------------------------------------------------
     async def audit_events(self, *, after: int = 0, limit: int | None = None) -> list[AuditEvent]:

@@ -33,6 +33,8 @@ from policy.store.sql import (
     SCHEMA_VERSION,
     SqlStore,
     Statement,
+    guard_failed,
+    migrations,
     seal_next,
     supersede_duplicates,
 )
@@ -101,8 +103,13 @@ class SqliteStore(SqlStore):
         conn.execute("BEGIN IMMEDIATE")
         for ddl in SCHEMA:
             conn.execute(ddl.format(real="REAL"))
-        if conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 0:
+        stored = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+        if stored is None:
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif stored < SCHEMA_VERSION:
+            for ddl in migrations(stored):
+                conn.execute(ddl.format(real="REAL"))
+            conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
         conn.execute(
             "INSERT OR IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, ?)", (GENESIS,)
         )
@@ -151,9 +158,7 @@ class SqliteStore(SqlStore):
             for sql, params, *guard in statements:
                 cursor = conn.execute(sql, params)
                 if guard and cursor.rowcount == 0:
-                    raise Conflict(
-                        "state-changed", "the record changed meanwhile; reload and retry"
-                    )
+                    raise guard_failed(guard)
             event = self._append(conn, audit)
             conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:

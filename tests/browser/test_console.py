@@ -539,12 +539,23 @@ async def test_sign_in_form_and_end_call(live: Server, browser: Browser) -> None
     # Keyboard: the tabs follow the arrow keys.
     await page.focus("#tab-calls")
     await page.keyboard.press("ArrowRight")
-    assert await page.evaluate("document.activeElement.id") == "tab-directives"
-    assert await page.is_visible("#panel-directives")
+    assert await page.evaluate("document.activeElement.id") == "tab-visits"
+    assert await page.is_visible("#panel-visits")
     assert await watched.problems(allow="401") == []
 
 
 # --- one operator cannot keep a broad scope stopped; appeals stay one per person ---------------
+
+
+async def send_broad_stop(dialog: Any, facility: str, reason: str) -> None:
+    """Fill the facility stop dialog, its scope chosen already, for a 2-hour suspension of
+    `facility`, and send it."""
+    await dialog.locator('input[name="action"][value="suspend"]').check()
+    await dialog.locator('textarea[name="reason"]').fill(reason)
+    await dialog.locator('input[name="legal_basis"]').fill("Emergency order 7")
+    await dialog.locator('select[name="duration"]').select_option("7200")
+    await dialog.locator('input[name="confirm"]').fill(facility)
+    await dialog.locator('button[type="submit"]').click()
 
 
 async def test_a_broad_stop_past_the_scopes_unconfirmed_time_is_refused_in_plain_words(
@@ -593,12 +604,7 @@ async def test_a_broad_stop_past_the_scopes_unconfirmed_time_is_refused_in_plain
         assert "null" not in (await dialog.text_content() or "")
 
         # Sent anyway: the server refuses it, and its message is shown as it is.
-        await dialog.locator('input[name="action"][value="suspend"]').check()
-        await dialog.locator('textarea[name="reason"]').fill("Disturbance again")
-        await dialog.locator('input[name="legal_basis"]').fill("Emergency order 7")
-        await dialog.locator('select[name="duration"]').select_option("7200")
-        await dialog.locator('input[name="confirm"]').fill("F2")
-        await dialog.locator('button[type="submit"]').click()
+        await send_broad_stop(dialog, "F2", "Disturbance again")
         problems = dialog.locator(".form-problems:not([hidden])")
         await problems.wait_for()
         shown = await problems.text_content() or ""
@@ -614,6 +620,108 @@ async def test_a_broad_stop_past_the_scopes_unconfirmed_time_is_refused_in_plain
         await shoot(page, "broad-stop-refused")
         assert await console.problems(allow="status of 422") == []
     finally:
+        await stop_server(srv)
+
+
+async def test_past_the_scopes_time_a_second_supervisor_starts_the_stop_and_the_call_ends(
+    tmp_path: Path, browser: Browser
+) -> None:
+    """The way out of a refusal: the dialog offers to ask a second supervisor; the request
+    stops nothing, is listed as waiting, and when another supervisor confirms it from their
+    console the call in that facility ends (4403) and both consoles show it in force."""
+    from dataclasses import replace
+
+    from policy.service import Rules
+    from tests.browser.conftest import seeded_server
+    from tests.conftest import stop_server, use_up_unconfirmed_time
+
+    rules = replace(Rules(), confirm_window_seconds=30.0, await_confirmation_seconds=600.0)
+    srv = await seeded_server(tmp_path, rules=rules)
+    clients = []
+    try:
+        sue = srv.token("operator:sue", "supervisor")
+        await use_up_unconfirmed_time(srv, "facility:F1", token=sue)
+        visit = await make_visit(srv, ["C1"])
+        clients = [
+            srv.client(visit["join"][w]["token"], visit["id"], **LIGHT) for w in ("device", "C1")
+        ]
+        for c in clients:
+            assert (await c.connect())["type"] == "joined"
+        for c in clients:
+            await c.wait_frames("video", 5, timeout=15)
+
+        console = await open_console(browser, srv, sue)
+        page = console.page
+        await page.click("#kill-switch")
+        dialog = page.locator("dialog[open]")
+        await dialog.locator('input[value="facility:F1"]').check()
+        await send_broad_stop(dialog, "F1", "Disturbance in the North hall")
+        await dialog.locator(".form-problems:not([hidden])").wait_for()
+        ask = dialog.locator("#ask-confirmation")
+        await ask.wait_for()
+        assert (await ask.text_content()) == (
+            "Ask a second supervisor to confirm — the stop starts when they do"
+        )
+        assert "Nothing stops until another supervisor confirms" in (
+            await dialog.locator("#request-offer").text_content() or ""
+        )
+        await shoot(page, "request-offered")
+        await ask.click()
+        waiting = dialog.locator("#request-waiting")
+        await waiting.wait_for(timeout=5_000)
+        assert "It starts when a second supervisor confirms it" in (
+            await waiting.text_content() or ""
+        )
+        assert "in 10 minutes" in (await waiting.text_content() or "")
+        await shoot(page, "request-waiting")
+        await dialog.locator("button", has_text="Close").click()
+
+        status, directives = await srv.api("GET", "/api/v1/directives?status=pending")
+        (request,) = directives
+        assert request["scope"] == "facility:F1" and request["issued_by"] == "operator:sue"
+        for c in clients:  # nothing has stopped
+            before = c.received.frames["video"]
+            await c.wait_frames("video", before + 5, timeout=5)
+            assert not c.closed.is_set()
+
+        await tab(page, "directives")
+        row = page.locator(f'tr[data-directive="{request["id"]}"][data-status="pending"]')
+        await row.wait_for()
+        text = await row.text_content() or ""
+        assert "Waiting to start" in text and "Not in force: nothing has stopped yet." in text
+        assert "You asked for it: a different supervisor must confirm it." in text
+        assert await row.locator('button[data-action="confirm"]').count() == 0
+        assert await row.locator(".lapse-countdown").text_content() != "—"  # it counts down
+        assert "(0 · 1 to confirm)" == await page.text_content("#count-directives")
+        await shoot(page, "directives-request")
+
+        second = await open_console(browser, srv, srv.token("operator:tom", "supervisor"))
+        await tab(second.page, "directives")
+        other_row = second.page.locator(f'tr[data-directive="{request["id"]}"]')
+        await other_row.locator('button[data-action="confirm"]').click()
+        for c in clients:  # the call ends: the stop started when Tom confirmed
+            await asyncio.wait_for(c.closed.wait(), 5)
+            assert c.close_code == 4403 and c.terminated["directive"]["id"] == request["id"]
+        await other_row.locator("text=Confirmed by operator:tom").wait_for(timeout=2_000)
+        # ... and the first console follows live: in force, confirmed, no countdown.
+        active = page.locator(f'tr[data-directive="{request["id"]}"][data-status="active"]')
+        await active.locator("text=Confirmed by operator:tom").wait_for(timeout=2_000)
+        assert await active.locator(".lapse-countdown").count() == 0
+        assert "(1)" == await page.text_content("#count-directives")
+        await shoot(page, "directives-request-confirmed")
+        await tab(page, "report")
+        outcomes = page.locator("table.count-table", has_text="asked of a second supervisor")
+        await outcomes.locator("tr", has_text="Confirmed (started)").wait_for()
+        assert (await outcomes.locator("tr", has_text="Confirmed (started)").text_content()) == (
+            "Confirmed (started)1"
+        )
+
+        status, verified = await srv.api("GET", "/api/v1/audit/verify", token="auditor")
+        assert status == 200 and verified["ok"] and verified["state"]["ok"], verified
+        assert await console.problems(allow="status of 422") == []
+        assert await second.problems() == []
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
         await stop_server(srv)
 
 

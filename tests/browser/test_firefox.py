@@ -71,7 +71,12 @@ async def test_every_firefox_join_to_an_aiortc_kiosk_gets_media_both_ways(
     live: Server, firefox: Firefox, caplog: pytest.LogCaptureFixture
 ) -> None:
     for join in range(1, JOINS + 1):
-        visit = await make_visit(live, ["C1"])
+        # a kiosk of its own for each visit: a kiosk has one visit at a time
+        status, _ = await live.api(
+            "POST", "/api/v1/devices", {"id": f"K-FF{join}", "facility": "F1"}
+        )
+        assert status == 201
+        visit = await make_visit(live, ["C1"], device=f"K-FF{join}")
         kiosk = await aiortc_kiosk(live, visit)
         try:
             await callpage.join_as_family(firefox, callpage.links(live.url, visit).family)

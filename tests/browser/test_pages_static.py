@@ -65,14 +65,18 @@ class FakeSignaling:
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        self.connections += 1
-        number = self.connections
-        self.sockets.append(ws)
-        self.requests.append(request)
+        number = 0
         async for frame in ws:
             if frame.type != WSMsgType.TEXT:
                 continue
             message = json.loads(frame.data)
+            if number == 0 and message["type"] == "presence":
+                return await hold_presence(ws)  # the kiosk page's presence, not a call's socket
+            if number == 0:
+                self.connections += 1
+                number = self.connections
+                self.sockets.append(ws)
+                self.requests.append(request)
             self.received.append((number, message))
             if message["type"] == "join":
                 await self.on_join(self, ws, message)
@@ -104,6 +108,17 @@ class FakeSignaling:
     async def close(self) -> None:
         for pc in self.peers:
             await pc.close()
+
+
+async def hold_presence(ws: web.WebSocketResponse) -> web.WebSocketResponse:
+    """The server's side of a kiosk's presence connection (signaling/presence.py)."""
+    await ws.send_json(
+        {"type": "present", "device": "K1", "heartbeat_seconds": 10, "timeout_seconds": 25}
+    )
+    async for frame in ws:
+        if frame.type == WSMsgType.TEXT and json.loads(frame.data).get("type") == "heartbeat":
+            await ws.send_json({"type": "heartbeat"})
+    return ws
 
 
 class StubServer:
@@ -148,9 +163,23 @@ class StubServer:
             )
 
         async def ws(request: web.Request) -> web.StreamResponse:
-            if self.signaling is None:
-                raise web.HTTPNotFound()
+            if self.signaling is None:  # a presence connection (the kiosk page holds one)
+                ws = web.WebSocketResponse()
+                await ws.prepare(request)
+                return await hold_presence(ws)
             return await self.signaling.handle(request)
+
+        async def visit_state(request: web.Request) -> web.Response:
+            """The family page reads its visit's state before the camera check: open now."""
+            now = datetime.now(UTC)
+            return web.json_response({
+                "visit": request.match_info["visit"], "state": "open", "kind": "social",
+                "starts_at": iso(now - timedelta(minutes=1)), "ends_at": iso(now + timedelta(minutes=30)),
+                "opens_at": iso(now - timedelta(minutes=6)), "now": iso(now), "monitored": True,
+                "notice": "This visit may be monitored by facility staff.",
+                "inmate": {"name": "Sam"}, "facility": {"name": "North"}, "cancelled": None,
+                "moved": None, "not_approved": None,
+            })  # fmt: skip
 
         app = web.Application(middlewares=[csp])
         app.router.add_get("/", page("index.html"))
@@ -158,6 +187,7 @@ class StubServer:
         app.router.add_get("/kiosk", page("kiosk.html"))
         app.router.add_get("/console", page("console.html"))
         app.router.add_get("/api/v1/kiosk/visit", kiosk_visit)
+        app.router.add_get("/api/v1/visits/{visit}/state", visit_state)
         app.router.add_get("/ws", ws)
         app.router.add_static("/static/", STATIC)
         return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,38 @@ async def test_concurrent_writers_on_two_nodes_form_one_chain(postgres: Postgres
         assert [e.seq for e in events] == list(range(1, 121))
         assert verify_chain(events).ok
         assert await stores[1].audit_head() == 120
+    finally:
+        for s in stores:
+            await s.close()
+        await postgres.drop_database(database)
+
+
+async def test_two_nodes_booking_one_kiosk_at_once_one_wins(postgres: PostgresServer) -> None:
+    """The double-booking guard inside the transaction: the kiosk's row is locked, then the
+    overlap is read by a statement of its own (READ COMMITTED: a fresh snapshot, which sees
+    the booking that held the lock). Without the lock both read "free" and both insert."""
+    database = await postgres.create_database()
+    stores = [PostgresStore(postgres.url(database)) for _ in range(2)]
+    try:
+        for s in stores:
+            await s.open()
+        await roster(stores[0])
+        for round_ in range(20):
+            start = T0 + round_ * 86400
+            visits = [
+                replace(a_visit(), id=f"V{round_}-{n}", starts_at=start + n * 60,
+                        ends_at=start + 1800 + n * 60, kind="social")
+                for n in range(2)
+            ]  # fmt: skip
+            outcomes = await asyncio.gather(
+                *(s.add_visit(v, draft(), buffer=300) for s, v in zip(stores, visits, strict=True)),
+                return_exceptions=True,
+            )
+            won = [o for o in outcomes if not isinstance(o, BaseException)]
+            lost = [o for o in outcomes if isinstance(o, Conflict)]
+            assert (len(won), len(lost)) == (1, 1), (round_, outcomes)
+            assert lost[0].code == "double-booked"
+        assert len(await stores[0].list_visits(device="K1")) == 20
     finally:
         for s in stores:
             await s.close()

@@ -7,9 +7,11 @@ Nodes A and B run in this process on their own ports; participants are real aior
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 
+from policy.service import Rules
 from policy.store.postgres import PostgresStore
 from signaling import keys as K
 from signaling.bus import STALE_AFTER, ws_url
@@ -24,7 +26,7 @@ from tests.cluster.conftest import (
     start_node,
     wait_for,
 )
-from tests.conftest import make_visit, seed, stop_server
+from tests.conftest import make_visit, seed, stop_server, use_up_unconfirmed_time
 
 pytestmark = pytest.mark.cluster
 
@@ -139,6 +141,49 @@ async def test_audio_only_on_b_restricts_the_call_on_a(cluster):
         assert not c1.closed.is_set()
     finally:
         await close_all([kiosk, c1])
+
+
+async def test_a_request_confirmed_on_b_cuts_the_call_on_a(tmp_path, pg_url):
+    """A broad directive past its scope's unconfirmed time waits, pending, for a second
+    supervisor: it stops nothing on any node until it is confirmed, and then the node holding
+    the call ends it as it would a fresh directive's."""
+    rules = replace(Rules(), confirm_window_seconds=2.0, await_confirmation_seconds=120.0)
+    a = await start_node(tmp_path, pg_url, "A", rules=rules)
+    b = await start_node(tmp_path, pg_url, "B", rules=rules)
+    calls = []
+    try:
+        await seed(a)
+        await use_up_unconfirmed_time(a, "facility:F1")
+        visit = await make_visit(a, ["C1"])
+        calls = await in_call(a, visit, "device", "C1")
+        sue = b.token("operator:sue", "supervisor")
+        body = directive_body("facility:F1", await_confirmation=True)
+        status, request = await b.api("POST", "/api/v1/directives", body, token=sue)
+        assert status == 201 and request["status"] == "pending", request
+        await wait_for(lambda: request["id"] in a.app[K.POLICY].index.pending, timeout=5)
+        for c in calls:  # A knows of it, and it stops nothing there
+            before = c.received.frames["video"]
+            await wait_for(lambda c=c, n=before: c.received.frames["video"] >= n + 5, timeout=5)
+            assert not c.closed.is_set()
+
+        status, confirmed = await b.api(
+            "POST", f"/api/v1/directives/{request['id']}/confirm", {},
+            token=b.token("operator:sam", "supervisor"),
+        )  # fmt: skip
+        assert status == 200 and confirmed["status"] == "active", confirmed
+        assert confirmed["sessions_ended"] == 0  # B holds none of the call
+        for c in calls:
+            await wait_for(lambda c=c: c.closed.is_set(), timeout=5)
+            assert c.close_code == 4403 and c.terminated["directive"]["id"] == request["id"]
+            record = await ended_record(a, c.joined["session"])
+            assert record.end_reason == f"directive:{request['id']}" and record.node == "A"
+        await counted(b, request["id"], 2)
+        status, verified = await b.api("GET", "/api/v1/audit/verify")
+        assert status == 200 and verified["ok"] and verified["state"]["ok"], verified
+    finally:
+        await close_all(calls)
+        await stop_server(b)
+        await stop_server(a)
 
 
 async def test_sessions_on_a_are_listed_and_ended_from_b(cluster):

@@ -33,16 +33,30 @@ STAFF_200 = {"operator": 200, "supervisor": 200}
 EXPECTED: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/facilities"): STAFF_201,
     ("GET", "/api/v1/facilities"): READ,
+    ("PATCH", "/api/v1/facilities/{id}"): STAFF_200,
     ("POST", "/api/v1/devices"): STAFF_201,
     ("GET", "/api/v1/devices"): READ,
     ("POST", "/api/v1/inmates"): STAFF_201,
     ("GET", "/api/v1/inmates"): READ,
+    ("PATCH", "/api/v1/inmates/{id}"): STAFF_200,
     ("POST", "/api/v1/contacts"): STAFF_201,
     ("GET", "/api/v1/contacts"): READ,
+    ("GET", "/api/v1/contacts/{id}"): READ,
+    ("PATCH", "/api/v1/contacts/{id}"): STAFF_200,
     ("POST", "/api/v1/contacts/{id}/approvals"): STAFF_200,
+    ("GET", "/api/v1/approvals"): READ,
     ("POST", "/api/v1/visits"): STAFF_201,
     ("GET", "/api/v1/visits"): READ,
     ("GET", "/api/v1/visits/{id}"): READ,
+    ("POST", "/api/v1/visits/{id}/reschedule"): STAFF_200,
+    ("POST", "/api/v1/visits/{id}/kind"): STAFF_200,
+    ("POST", "/api/v1/visits/{id}/cancel"): STAFF_200,
+    # a family reads the state of its own visit only; the kiosk has its own route
+    ("GET", "/api/v1/visits/{id}/state"): {
+        **READ,
+        "family": 200,
+        "other-visit-family": (403, "wrong-visit"),
+    },
     ("GET", "/api/v1/kiosk/visit"): {"kiosk": 200},
     # a family token refreshes itself, whichever visit it names
     ("POST", "/api/v1/tokens/refresh"): {"family": 200, "other-visit-family": 200, "kiosk": 200},
@@ -64,6 +78,7 @@ EXPECTED: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/v1/audit"): READ,
     ("GET", "/api/v1/audit/verify"): READ,
     ("GET", "/api/v1/reports/suspensions"): READ,
+    ("GET", "/api/v1/reports/visits"): READ,
 }
 
 VALID_CALLERS = ("family", "other-visit-family", "kiosk", "operator", "supervisor", "auditor")
@@ -167,6 +182,37 @@ class World:
             )
         if path == "/api/v1/facilities":
             return Cell(path, {"id": f"FX{n}", "name": f"Facility {n}"}, self.counter(path))
+        if path == "/api/v1/facilities/{id}":
+            await self.ok("POST", "/api/v1/facilities", {"id": f"FE{n}", "name": "Before"})
+            return Cell(f"/api/v1/facilities/FE{n}", {"name": f"After {n}", "max_visit_seconds": 1800},
+                        self.named("/api/v1/facilities", f"FE{n}", "max_visit_seconds"))  # fmt: skip
+        if path == "/api/v1/inmates/{id}":
+            await self.ok(
+                "POST", "/api/v1/inmates", {"id": f"IE{n}", "facility": "F1", "name": "Before"}
+            )
+            return Cell(f"/api/v1/inmates/IE{n}", {"name": f"After {n}"},
+                        self.named("/api/v1/inmates", f"IE{n}", "name"))  # fmt: skip
+        if path == "/api/v1/contacts/{id}":
+            await self.ok(
+                "POST", "/api/v1/contacts", {"id": f"CE{n}", "name": "Before", "minor": False}
+            )
+            return Cell(f"/api/v1/contacts/CE{n}", {"minor": True},
+                        self.named("/api/v1/contacts", f"CE{n}", "minor"))  # fmt: skip
+        if path.startswith("/api/v1/visits/{id}/"):
+            booked = await self.ok("POST", "/api/v1/visits", {
+                "inmate": "I1", "device": "K1", "contacts": ["C1"], "kind": "social",
+                "starts_at": format_time(later), "ends_at": format_time(later + 1800)})  # fmt: skip
+            body, field = {
+                "reschedule": ({"starts_at": format_time(later + 600),
+                                "ends_at": format_time(later + 2400)}, "starts_at"),
+                "kind": ({"kind": "privileged"}, "kind"),
+                "cancel": ({"reason": "lockdown", "note": "Search of the wing"}, "status"),
+            }[path.rsplit("/", 1)[1]]  # fmt: skip
+
+            async def visit_field() -> Any:
+                return (await self.read(f"/api/v1/visits/{booked['id']}"))[field]
+
+            return Cell(path.replace("{id}", booked["id"]), body, visit_field)
         if path == "/api/v1/devices":
             return Cell(path, {"id": f"KX{n}", "facility": "F1"}, self.counter(path))
         if path == "/api/v1/inmates":
@@ -253,9 +299,19 @@ class World:
             return Cell(path.replace("{id}", joined["session"]), {}, live)
         raise AssertionError(f"no cell factory for {method} {path}: add one, and an expectation")
 
+    def named(self, path: str, ident: str, name: str) -> Callable[[], Awaitable[Any]]:
+        """A probe of one field of one listed resource."""
+
+        async def probe() -> Any:
+            return next(r for r in await self.read(path) if r["id"] == ident)[name]
+
+        return probe
+
     def ids_for_get(self, path: str) -> str:
-        if path == "/api/v1/visits/{id}":
+        if path in ("/api/v1/visits/{id}", "/api/v1/visits/{id}/state"):
             return self.visit["id"]
+        if path == "/api/v1/contacts/{id}":
+            return "C1"
         if path == "/api/v1/directives/{id}":
             return self.directive_id
         return ""
@@ -275,7 +331,7 @@ def test_every_route_has_a_hand_written_expectation():
 def test_auditors_never_write():
     """SPEC §3: an auditor reads and writes nothing: no POST route may expect an auditor's 2xx."""
     for (method, path), allowed in EXPECTED.items():
-        if method == "POST":
+        if method != "GET":
             assert "auditor" not in allowed, (method, path)
         elif path not in ("/api/v1/kiosk/visit",):
             assert allowed.get("auditor") == 200, (method, path)
@@ -303,7 +359,7 @@ async def test_authorization_matrix(open_server):
                 # caller meets the same one; after a success, the next caller gets a fresh one.
                 cell = cell or await world.cell(route.method, route.path)
                 before = await cell.probe() if cell.probe else None
-                body = cell.body if route.method == "POST" else None
+                body = cell.body if route.method != "GET" else None
                 status, answer = await server.api(
                     route.method, cell.path, body, token=tokens[caller]
                 )

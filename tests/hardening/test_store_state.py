@@ -123,8 +123,9 @@ async def test_an_approval_and_a_visit_changed_in_the_database_are_restored(tmp_
         await seed(server)
         visit = await make_visit(server, ["C2"])
         status, _ = await server.api(
-            "POST", "/api/v1/contacts/C1/approvals", {"inmate": "I1", "status": "denied"}
-        )
+            "POST", "/api/v1/contacts/C1/approvals",
+            {"inmate": "I1", "status": "denied", "reason": "Failed the background check"},
+        )  # fmt: skip
         assert status == 200
     finally:
         await stop_server(server)
@@ -161,8 +162,9 @@ async def test_rows_added_or_deleted_by_hand_are_named_and_restored(tmp_path):
     _tamper(tmp_path, "DELETE FROM directives WHERE id = ?", directive["id"])
     _tamper(
         tmp_path,
-        "INSERT INTO visits SELECT 'V-forged', facility, inmate, device, contacts, starts_at,"
-        " ends_at, kind, created_by, created_at FROM visits WHERE id = ?",
+        "INSERT INTO visits (id, facility, inmate, device, contacts, starts_at, ends_at, kind,"
+        " created_by, created_at) SELECT 'V-forged', facility, inmate, device, contacts,"
+        " starts_at, ends_at, kind, created_by, created_at FROM visits WHERE id = ?",
         visit["id"],
     )
     code, report, _ = _verify(tmp_path)

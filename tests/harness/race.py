@@ -192,6 +192,39 @@ def stragglers(outcome: Outcome) -> list[str]:
     return problems
 
 
+def withdrawal_stragglers(outcome: Outcome) -> list[str]:
+    """Every way a round whose "directive" was an approval withdrawn (`issue` denied the
+    contact) contradicts SPEC §4; empty when it held: no matching session live after the
+    answer, each started one ended `approval-withdrawn`, each join joined-then-ended (4403)
+    or refused `not-approved` (4403)."""
+    if outcome.status != 200:
+        return [f"the denial was refused: {outcome.status} {outcome.directive}"]
+    problems = [f"{s} live in the index at the answer" for s in outcome.live_at_answer]
+    problems += [f"{s} live in the index afterwards" for s in outcome.live_after]
+    problems += [f"{s} listed by GET /sessions" for s in outcome.listed]
+    problems += [
+        f"{s} has its session.ended before its session.started" for s in outcome.ended_first
+    ]
+    for session in outcome.started:
+        reason = outcome.ended.get(session)
+        if reason != "approval-withdrawn":
+            problems.append(f"{session} ended for {reason}, not approval-withdrawn")
+    for n, (client, first) in enumerate(zip(outcome.clients, outcome.first, strict=True)):
+        if first.get("type") == "joined":
+            told = client.terminated or {}
+            if not client.closed.is_set() or told.get("reason") != "approval-withdrawn":
+                problems.append(f"join {n} joined and was not ended by the withdrawal: {told}")
+            elif client.close_code != 4403:
+                problems.append(f"join {n} was ended with close {client.close_code}, not 4403")
+        elif first.get("type") != "error" or first.get("code") != "not-approved":
+            problems.append(f"join {n} answered {first}")
+        elif client.close_code != 4403:
+            problems.append(f"join {n} was refused with close {client.close_code}, not 4403")
+        if any(m.get("type") == "participant-joined" for m in client.messages):
+            problems.append(f"join {n} heard of a participant joining")
+    return problems
+
+
 async def close_all(outcome: Outcome) -> None:
     await asyncio.gather(*(c.close() for c in outcome.clients), return_exceptions=True)
 
@@ -295,5 +328,35 @@ async def seed_race(
         )
         out.append(await ok("/api/v1/visits", {
             "inmate": inmate, "device": device, "contacts": [contact], "kind": "social",
+            "starts_at": format_time(now - 1), "ends_at": format_time(now + 3600)}))  # fmt: skip
+    return out
+
+
+async def seed_pair_race(
+    node: Any, visits: int, *, contact: str = "CR", companion: str = "CS", facility: str = "FP"
+) -> list[dict[str, Any]]:
+    """A facility and one inmate; per visit its own kiosk; `contact` and `companion` both
+    approved for the inmate and on every visit, open now. (The companion never joins: with
+    an approved contact left, withdrawing `contact`'s approval cancels no visit, so the same
+    visits serve every round.) Returns the visits as `POST /visits` answered them."""
+
+    async def ok(path: str, body: Any, status: int = 201) -> Any:
+        got, answer = await node.api("POST", path, body)
+        assert got == status, (path, got, answer)
+        return answer
+
+    inmate = f"I{facility}"
+    await ok("/api/v1/facilities", {"id": facility, "name": "Pair race"})
+    await ok("/api/v1/inmates", {"id": inmate, "facility": facility, "name": "Inmate"})
+    for who in (contact, companion):
+        await ok("/api/v1/contacts", {"id": who, "name": who, "minor": False})
+        await ok(f"/api/v1/contacts/{who}/approvals", {"inmate": inmate, "status": "approved"}, 200)
+    now = time.time()
+    out = []
+    for n in range(visits):
+        device = f"K{facility}{n}"
+        await ok("/api/v1/devices", {"id": device, "facility": facility})
+        out.append(await ok("/api/v1/visits", {
+            "inmate": inmate, "device": device, "contacts": [contact, companion], "kind": "social",
             "starts_at": format_time(now - 1), "ends_at": format_time(now + 3600)}))  # fmt: skip
     return out

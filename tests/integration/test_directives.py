@@ -17,7 +17,7 @@ import pytest
 
 from policy.rfc3339 import format_time
 from signaling import keys as K
-from tests.conftest import make_visit, seed
+from tests.conftest import make_visit, seed, use_up_unconfirmed_time
 
 LIGHT = {"size": (160, 120), "fps": 10}
 
@@ -32,8 +32,9 @@ def directive_body(
 
 
 @asynccontextmanager
-async def two_visits(server):
-    await seed(server)
+async def two_visits(server, *, seeded: bool = False):
+    if not seeded:
+        await seed(server)
     a = await make_visit(server, ["C1", "C2"])
     b = await make_visit(server, ["D1"], inmate="I2", device="K2")
     clients = {
@@ -322,3 +323,69 @@ async def test_the_answer_does_not_wait_for_the_affected_connections_to_wind_dow
         await server.app[K.ENFORCER].drain(timeout=10)
         assert torn_down.is_set() and not server.app[K.ENFORCER].closing
         await ws.close()
+
+
+@pytest.fixture
+async def spent(tmp_path):
+    """A server whose broad scopes have 2 s of unconfirmed time a day (easily used up), and
+    whose requests wait two minutes for a second supervisor."""
+    from dataclasses import replace
+
+    from policy.service import Rules
+    from tests.conftest import make_config, start_server, stop_server
+
+    rules = replace(Rules(), confirm_window_seconds=2.0, await_confirmation_seconds=120.0)
+    srv = await start_server(make_config(tmp_path, rules=rules))
+    try:
+        yield srv
+    finally:
+        await stop_server(srv)
+
+
+async def test_a_request_cuts_nothing_until_a_second_supervisor_confirms_it(spent):
+    server = spent
+    await seed(server)
+    sue = server.token("operator:sue", "supervisor")
+    sam = server.token("operator:sam", "supervisor")
+    await use_up_unconfirmed_time(server, "facility:F1")
+    async with two_visits(server, seeded=True) as (a, b, clients):
+        status, refused = await server.api(
+            "POST", "/api/v1/directives", directive_body("facility:F1"), token=sue
+        )
+        assert status == 422 and refused["error"]["code"] == "confirmation-required"
+        body = directive_body("facility:F1", await_confirmation=True)
+        status, request = await server.api("POST", "/api/v1/directives", body, token=sue)
+        assert status == 201, request
+        assert (request["status"], request["sessions_ended"]) == ("pending", 0)
+        assert request["starts_on_confirmation"] and request["confirmed_by"] is None
+        for name, client in clients.items():  # the request stops nothing
+            assert await frames_flow(client), f"{name} stopped receiving media"
+        status, live = await server.api("GET", "/api/v1/sessions")
+        assert len(live) == len(clients)
+
+        confirm = f"/api/v1/directives/{request['id']}/confirm"
+        status, mine = await server.api("POST", confirm, {}, token=sue)
+        assert status == 403 and mine["error"]["code"] == "self-confirmation"
+        status, _ = await server.api("POST", confirm, {}, token="operator")
+        assert status == 403
+        status, confirmed = await server.api("POST", confirm, {}, token=sam)
+        assert status == 200, confirmed
+        assert (confirmed["status"], confirmed["confirmed_by"]) == ("active", "operator:sam")
+        assert confirmed["starts_at"] == confirmed["confirmed_at"]
+        assert confirmed["expires_at"] == request["expires_at"]
+        # ended before the confirmation answered, exactly as a fresh directive's
+        assert confirmed["sessions_ended"] == len(MATCHES["facility:F1"])
+        for name in MATCHES["facility:F1"]:
+            client = clients[name]
+            await asyncio.wait_for(client.closed.wait(), 5)
+            assert client.close_code == 4403, name
+            assert client.terminated["reason"] == f"directive:{request['id']}"
+            assert client.terminated["directive"]["expires_at"] == request["expires_at"]
+        for name in ("B.kiosk", "B.D1"):
+            assert await frames_flow(clients[name]), f"{name} stopped receiving media"
+        again = server.client(a["join"]["C1"]["token"], a["id"], **LIGHT)
+        refused_join = await again.connect()
+        await again.close()
+        assert refused_join["code"] == "suspended" and again.close_code == 4403
+    status, verified = await server.api("GET", "/api/v1/audit/verify")
+    assert status == 200 and verified["ok"] and verified["state"]["ok"], verified

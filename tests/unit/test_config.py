@@ -170,6 +170,7 @@ def test_public_url_must_be_http(tmp_path):
     [
         "PARLOR_MAX_DIRECTIVE_SECONDS",
         "PARLOR_CONFIRM_WINDOW_SECONDS",
+        "PARLOR_AWAIT_CONFIRMATION_SECONDS",
         "PARLOR_TICK_SECONDS",
         "PARLOR_OVERLOAD_LAG_SECONDS",
     ],
@@ -184,6 +185,9 @@ def test_rule_limits_are_configurable(tmp_path):
         env(tmp_path, PARLOR_MAX_DIRECTIVE_SECONDS="3600", PARLOR_CONFIRM_WINDOW_SECONDS="60")
     )
     assert (config.rules.max_directive_seconds, config.rules.confirm_window_seconds) == (3600, 60)
+    assert config.rules.request_wait_seconds == 60  # a request waits one window by default
+    config = load_config(env(tmp_path, PARLOR_AWAIT_CONFIRMATION_SECONDS="1800"))
+    assert (config.rules.confirm_window_seconds, config.rules.request_wait_seconds) == (900, 1800)
 
 
 def test_unreadable_public_key_is_refused(tmp_path):

@@ -1,5 +1,6 @@
 """One operator alone cannot keep a broad scope restricted (SPEC §4, issue #15 item 2):
-`policy/coverage.py`'s count, with a fake clock, and `Policy.issue` refusing past it."""
+`policy/coverage.py`'s count, with a fake clock, and `Policy.issue` refusing past it; past
+it, a request (`await_confirmation`) waits, pending, until a second supervisor starts it."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from policy import replay
 from policy.actor import Actor
 from policy.coverage import WINDOW, coverage
 from policy.directive import Directive
-from policy.errors import RuleBroken
+from policy.errors import Conflict, Forbidden, Malformed, RuleBroken
 from policy.rfc3339 import format_time
+from policy.schedule import Schedule
 from policy.service import Policy
 from policy.store import SqliteStore
 
@@ -176,3 +179,177 @@ async def test_a_confirmation_lets_the_scope_be_stopped_again(policy):
     clock.now = T0 + 700
     second = await p.issue(ALICE, stop(clock))
     assert second.confirm_by == T0 + 700 + W
+
+
+# -- a request: past the budget, a broad directive may wait for a second supervisor ----------
+TESS = Actor("operator:tess", "supervisor")  # a second supervisor
+SESSION_IN_F1 = ("system", "facility:F1", "device:K1", "inmate:I1", "visit:V1")
+
+
+def asking(clock: Clock, scope: str = "facility:F1") -> dict:
+    return {**stop(clock, scope), "await_confirmation": True}
+
+
+async def verified(p: Policy) -> None:
+    """`audit verify`: the chain is sealed and every row is what its events imply."""
+    report = replay.verify(await p.store.state())
+    assert report.ok and report.state.unreplayed == {}, report.to_json()
+
+
+async def used_up(p: Policy, clock: Clock, issuer: Actor = ALICE) -> None:
+    """Spend facility:F1's unconfirmed time: a stop that lapses unconfirmed."""
+    await p.issue(issuer, stop(clock))
+    clock.now = T0 + W + 1
+    assert [d.status for d in await p.close_due()] == ["lapsed"]
+
+
+async def test_past_the_budget_a_request_waits_instead_of_a_refusal(policy):
+    p, clock = policy
+    await used_up(p, clock)
+    with pytest.raises(RuleBroken) as refused:
+        await p.issue(ALICE, stop(clock))
+    assert refused.value.code == "confirmation-required"
+
+    request = await p.issue(ALICE, asking(clock))
+    assert (request.status, request.starts_on_confirmation) == ("pending", True)
+    assert request.confirm_by == clock.now + W and request.confirmed_by is None
+    assert request.to_json()["status"] == "pending"
+    # in force nowhere: it matches no session, refuses no admission, restricts nothing
+    decision = p.evaluate(SESSION_IN_F1)
+    assert decision.admitted and not decision.restricted
+    assert p.index.active() == [] and p.index.next_deadline() == request.confirm_by
+    # and it spends none of the scope's unconfirmed time, nor does the refusal forget it
+    covered = await p.scope_coverage("facility:F1")
+    assert covered.used == W + 1 and covered.awaiting == (request.id,)  # the first stop's
+    assert f"Waiting for a second supervisor already: {request.id}." in covered.refusal()
+    await verified(p)
+
+
+async def test_the_flag_only_replaces_a_refusal(policy):
+    p, clock = policy
+    now = await p.issue(ALICE, asking(clock))  # time left on the scope: it starts at once
+    assert (now.status, now.starts_on_confirmation, now.confirm_by) == ("active", False, T0 + W)
+    assert not p.evaluate(SESSION_IN_F1).admitted
+    with pytest.raises(Malformed) as bad:
+        await p.issue(ALICE, {**stop(clock), "await_confirmation": "yes"})
+    assert bad.value.code == "bad-field"
+
+
+async def test_a_second_supervisor_starts_it_the_issuer_and_operators_cannot(policy):
+    p, clock = policy
+    await used_up(p, clock, issuer=SAM)
+    request = await p.issue(SAM, asking(clock))
+    for who, code in ((SAM, "self-confirmation"), (MALLORY, "supervisor-required")):
+        with pytest.raises(Forbidden) as refused:
+            await p.confirm(who, request.id)
+        assert refused.value.code == code
+    assert (await p.get_directive(request.id)).status == "pending"
+
+    clock.now += 300
+    confirmed = await p.confirm(TESS, request.id)
+    assert (confirmed.status, confirmed.confirmed_by) == ("active", "operator:tess")
+    # it starts at the confirmation and ends when its issuer said: nothing runs longer
+    assert confirmed.starts_at == confirmed.confirmed_at == clock.now
+    assert confirmed.expires_at == request.expires_at
+    decision = p.evaluate(SESSION_IN_F1)
+    assert not decision.admitted and decision.blocking == confirmed
+    assert confirmed in p.index.active() and p.index.pending == {}
+    with pytest.raises(Conflict) as twice:
+        await p.confirm(TESS, request.id)
+    assert twice.value.code == "already-confirmed"
+    # a confirmed request is no unconfirmed coverage: the scope may be stopped alone again
+    covered = await p.scope_coverage("facility:F1")
+    assert covered.used == 0 and covered.lapse_at == clock.now + W
+    clock.now = confirmed.confirm_by + 1  # past the request's deadline: confirmed, it stays
+    assert await p.close_due() == []
+    await verified(p)
+
+
+async def test_a_request_nobody_confirms_lapses_at_its_deadline(policy):
+    p, clock = policy
+    await used_up(p, clock)
+    request = await p.issue(ALICE, asking(clock))
+    clock.now = request.confirm_by - 1
+    assert await p.close_due() == []
+    clock.now = request.confirm_by
+    with pytest.raises(Conflict) as late:  # due, even before the clock's next tick lapses it
+        await p.confirm(SAM, request.id)
+    assert late.value.code == "confirmation-too-late"
+    (lapsed,) = await p.close_due()
+    assert (lapsed.id, lapsed.status, lapsed.closed_at) == (request.id, "lapsed", clock.now)
+    assert lapsed.close_reason == "not confirmed by a second supervisor in time; it never started"
+    assert p.index.pending == {} and p.index.next_deadline() is None
+    with pytest.raises(Conflict) as gone:
+        await p.confirm(SAM, request.id)
+    assert gone.value.code == "not-active"
+    covered = await p.scope_coverage("facility:F1")
+    assert covered.used == W + 1  # the first stop's: the request spent nothing
+    await verified(p)
+
+
+async def test_a_request_can_be_withdrawn_before_it_starts(policy):
+    p, clock = policy
+    await used_up(p, clock)
+    request = await p.issue(ALICE, asking(clock))
+    lifted = await p.lift(ALICE, request.id, {"reason": "calm again"})
+    assert (lifted.status, lifted.confirmed_by) == ("lifted", None)
+    assert p.index.pending == {} and p.evaluate(SESSION_IN_F1).admitted
+    with pytest.raises(Conflict):
+        await p.confirm(SAM, request.id)
+    await verified(p)
+
+
+async def test_nobody_can_appeal_a_request_that_never_started(policy):
+    p, clock = policy
+    await p.create_device(ALICE, {"id": "K1", "facility": "F1"})
+    await p.create_inmate(ALICE, {"id": "I1", "facility": "F1", "name": "Sam"})
+    await p.create_contact(ALICE, {"id": "C1", "name": "C1", "minor": False})
+    await p.set_approval(ALICE, "C1", {"inmate": "I1", "status": "approved"})
+    window = {"starts_at": format_time(T0), "ends_at": format_time(T0 + 7200)}
+    visit = await Schedule(p).create(
+        ALICE, {"inmate": "I1", "device": "K1", "contacts": ["C1"], **window}
+    )
+    family = Actor("contact:C1", "family", visit=visit.id)
+    await used_up(p, clock)
+    request = await p.issue(ALICE, asking(clock))
+    with pytest.raises(Conflict) as refused:
+        await p.file_appeal(family, request.id, {"text": "why?"})
+    assert refused.value.code == "never-in-force"
+    await p.confirm(SAM, request.id)  # in force now: it affects C1, who may appeal
+    appeal = await p.file_appeal(family, request.id, {"text": "why?"})
+    assert appeal.directive == request.id
+    await verified(p)
+
+
+def outcomes(**counts: int) -> dict[str, int]:
+    named = {name: counts.get(name, 0) for name in ("pending", "confirmed", "lapsed", "withdrawn")}
+    return {"made": sum(counts.values()), **named}
+
+
+async def test_the_report_counts_requests_by_outcome(policy):
+    p, clock = policy
+    await used_up(p, clock)
+    confirmed, withdrawn, lapsing = [await p.issue(ALICE, asking(clock)) for _ in range(3)]
+    await p.confirm(SAM, confirmed.id)
+    await p.lift(ALICE, withdrawn.id, {"reason": "calm"})
+    report = await p.suspension_report()
+    assert report["requests"] == outcomes(pending=1, confirmed=1, withdrawn=1)
+    clock.now = lapsing.confirm_by
+    await p.close_due()
+    report = await p.suspension_report()
+    assert report["requests"] == outcomes(confirmed=1, lapsed=1, withdrawn=1)
+    assert report["by_status"] == {"lapsed": 2, "active": 1, "lifted": 1}
+    # only what was in force has a length: the first stop (W + 1 s), the confirmed request (W)
+    assert report["median_actual_seconds"] == W + 0.5
+    await verified(p)
+
+
+def test_requests_never_count_as_unconfirmed_coverage():
+    request = broad("D1", T0, starts_on_confirmation=True)
+    pending = request.with_changes(status="pending")
+    lapsed = request.with_changes(status="lapsed", closed_at=T0 + W)
+    withdrawn = request.with_changes(id="D2", status="lifted", closed_at=T0 + 100)
+    for directives in ([pending], [lapsed, withdrawn]):
+        c = count(directives, T0 + 200)
+        assert c.used == 0 and c.lapse_at == T0 + 200 + W and c.unconfirmed_active == ()
+    assert count([pending], T0 + 200).awaiting == ("D1",)

@@ -9,6 +9,7 @@ import pytest
 from policy.actor import SYSTEM, Actor
 from policy.errors import Conflict, Forbidden, Malformed, NotFound, RuleBroken
 from policy.rfc3339 import format_time
+from policy.schedule import Schedule
 from policy.service import Policy, Rules
 from policy.store import SqliteStore
 from policy.visit import Visit, subject_keys
@@ -67,7 +68,7 @@ def body(scope: str = "contact:C1", *, expires_in: float | None = DAY, **extra: 
 
 
 async def visit(policy: Policy, contacts: list[str], **extra: object):
-    return await policy.create_visit(ALICE, {
+    return await Schedule(policy).create(ALICE, {
         "inmate": "I1", "device": "K1", "contacts": contacts,
         "starts_at": format_time(T0 - 60), "ends_at": format_time(T0 + 3600), **extra,
     })  # fmt: skip
@@ -321,7 +322,7 @@ async def test_visit_with_an_unapproved_contact_is_a_conflict(policy):
     with pytest.raises(Conflict) as caught:
         await visit(policy, ["C1", "C3"])
     assert caught.value.code == "contact-not-approved"
-    await policy.set_approval(ALICE, "C3", {"inmate": "I1", "status": "denied"})
+    await policy.set_approval(ALICE, "C3", {"inmate": "I1", "status": "denied", "reason": "no ID"})
     with pytest.raises(Conflict):
         await visit(policy, ["C3"])
     assert await policy.store.list_visits() == []
@@ -329,14 +330,14 @@ async def test_visit_with_an_unapproved_contact_is_a_conflict(policy):
 
 async def test_visit_refusals(policy):
     with pytest.raises(NotFound):
-        await policy.create_visit(ALICE, {"inmate": "I9", "device": "K1", "contacts": ["C1"],
+        await Schedule(policy).create(ALICE, {"inmate": "I9", "device": "K1", "contacts": ["C1"],
                                           "starts_at": format_time(T0), "ends_at": format_time(T0 + 60)})  # fmt: skip
     with pytest.raises(NotFound):
         await visit(policy, ["C9"])
     with pytest.raises(Conflict):
         await visit(policy, ["C1"], device="K2")  # a kiosk in another facility
     with pytest.raises(RuleBroken):
-        await policy.create_visit(ALICE, {"inmate": "I1", "device": "K1", "contacts": ["C1"],
+        await Schedule(policy).create(ALICE, {"inmate": "I1", "device": "K1", "contacts": ["C1"],
                                           "starts_at": format_time(T0), "ends_at": format_time(T0)})  # fmt: skip
     with pytest.raises(Malformed):
         await visit(policy, [])

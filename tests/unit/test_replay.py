@@ -12,6 +12,7 @@ from policy import replay
 from policy.actor import Actor
 from policy.audit import GENESIS, AuditEvent
 from policy.rfc3339 import format_time
+from policy.schedule import Schedule
 from policy.service import Policy
 from policy.store import SqliteStore, StoredState
 from policy.visit import Visit
@@ -49,9 +50,23 @@ async def everything(p: Policy) -> None:
     for contact in ("C1", "C2"):
         await p.create_contact(ALICE, {"id": contact, "name": contact, "minor": False})
         await p.set_approval(ALICE, contact, {"inmate": "I1", "status": "approved"})
-    await p.create_visit(ALICE, {"inmate": "I1", "device": "K1", "contacts": ["C1", "C2"],
-                                 "starts_at": format_time(T0), "ends_at": format_time(T0 + 3600)})  # fmt: skip
-    await p.set_approval(ALICE, "C2", {"inmate": "I1", "status": "denied"})
+    schedule = Schedule(p)
+    await schedule.create(ALICE, {"inmate": "I1", "device": "K1", "contacts": ["C1", "C2"],
+                                  "starts_at": format_time(T0), "ends_at": format_time(T0 + 3600)})  # fmt: skip
+    await p.set_approval(ALICE, "C2", {"inmate": "I1", "status": "denied", "reason": "no ID"})
+
+    def window(start: float, length: float = 1800) -> dict:
+        return {"starts_at": format_time(T0 + start), "ends_at": format_time(T0 + start + length)}
+
+    moved = await schedule.create(
+        ALICE, {"inmate": "I1", "device": "K1", "contacts": ["C1"], **window(7200)}
+    )
+    await schedule.reschedule(ALICE, moved.id, window(10800))
+    await schedule.change_kind(ALICE, moved.id, {"kind": "privileged"})
+    cancelled = await schedule.create(
+        ALICE, {"inmate": "I1", "device": "K1", "contacts": ["C1"], **window(14400)}
+    )
+    await schedule.cancel(ALICE, cancelled.id, {"reason": "other", "note": "Legal visit instead"})
 
     def body(scope: str, seconds: float = 7200) -> dict:
         return {"scope": scope, "action": "suspend", "reason": "r", "legal_basis": "Rule 1",
@@ -68,6 +83,8 @@ async def everything(p: Policy) -> None:
     lapsing = await p.issue(ALICE, body("system"))
     p.clock.now = lapsing.confirm_by + 1  # type: ignore[attr-defined]
     assert [d.status for d in await p.close_due()] == ["lapsed"]
+    p.clock.now = T0 + 3700  # type: ignore[attr-defined]  # the first visit's window has passed
+    assert [v.status for v in await schedule.close_due()] == ["no-show"]
 
 
 async def test_the_chain_folds_back_into_exactly_the_rows(policy):
@@ -84,7 +101,10 @@ async def test_the_chain_folds_back_into_exactly_the_rows(policy):
         == stored.approvals
         == {("C1", "I1"): "approved", ("C2", "I1"): "denied"}
     )
-    assert report.projection.visits.keys() == stored.visits.keys() and len(stored.visits) == 1
+    assert report.projection.visits.keys() == stored.visits.keys() and len(stored.visits) == 3
+    assert sorted((v.status, v.kind, v.moved_from is not None) for v in stored.visits.values()) == [
+        ("booked", "privileged", True), ("cancelled", "social", False), ("no-show", "social", False),
+    ]  # fmt: skip
     assert {d.status for d in report.projection.directives.values()} == {
         "lifted",
         "active",
@@ -98,14 +118,14 @@ async def test_each_changed_field_is_named_with_both_values(policy):
     await everything(policy)
     stored = await policy.store.state()
     directive = next(d for d in stored.directives.values() if d.status == "active")
-    (visit,) = stored.visits.values()
+    visit = next(v for v in stored.visits.values() if v.status == "no-show")
     changed = replace(
         stored,
         directives={
             **stored.directives,
             directive.id: directive.with_changes(status="lifted", expires_at=T0),
         },
-        visits={visit.id: replace(visit, kind="privileged")},
+        visits={**stored.visits, visit.id: replace(visit, kind="privileged")},
         approvals={**stored.approvals, ("C2", "I1"): "approved"},
     )
     found = {
@@ -150,12 +170,12 @@ def test_times_the_chain_did_not_carry_yet_are_left_open():
 
 def test_actions_without_a_fold_are_reported_and_unreadable_events_named():
     events = [
-        event(1, "visit.cancelled", "visit:V1", {"reason": "lockdown"}),
+        event(1, "visit.teleported", "visit:V1", {"to": "elsewhere"}),
         event(2, "recording.finalized", "visit:V1", {}),  # changes nothing projected
         event(3, "approval.set", "contact:C1", {"status": "approved"}),  # not a pair: unreadable
     ]
     report = replay.check(StoredState(events, (3, GENESIS), {}, {}, {}))
-    assert report.unreplayed == {"visit.cancelled": 1}
+    assert report.unreplayed == {"visit.teleported": 1}
     assert [(d.table, d.id) for d in report.disagreements] == [("audit", "3")]
 
 
@@ -169,3 +189,10 @@ def test_a_visit_reads_back_from_its_json():
         "V1", "F1", "I1", "K1", ("C1", "C2"), T0 + 0.5, T0 + 60.25, "privileged", "operator:a", T0
     )
     assert Visit.from_json(visit.to_json()) == visit
+    # with its life: moved, then cancelled
+    lived = visit.with_changes(
+        starts_at=T0 + 3600, ends_at=T0 + 3660.5, moved_from=(T0 + 0.5, T0 + 60.25),
+        moved_at=T0 + 1.25, moved_by="operator:b", status="cancelled", cancel_reason="other",
+        cancel_note="moved to court", cancelled_at=T0 + 2.5, cancelled_by="operator:c",
+    )  # fmt: skip
+    assert Visit.from_json(lived.to_json()) == lived

@@ -15,6 +15,7 @@ from policy.errors import Conflict
 from policy.roster import Contact, Device, Facility, Inmate
 from policy.session import SessionRecord
 from policy.store import AuditDraft, SqliteStore
+from policy.store.sql import SCHEMA_VERSION
 from policy.visit import Visit
 
 T0 = 1_700_000_000.0
@@ -225,6 +226,33 @@ async def test_schema_creation_is_idempotent(tmp_path):
         assert verify_chain(await second.audit_events()).ok
     finally:
         await second.close()
+
+
+async def test_a_database_from_before_requests_gets_their_column(tmp_path):
+    """A database made by the schema version before requests (a directive that starts when a
+    second supervisor confirms it) opens, its directives read as ordinary ones, and a request
+    written after the upgrade reads back as one."""
+    path = tmp_path / "parlor.db"
+    first = SqliteStore(path, clock=lambda: T0)
+    await first.open()
+    await roster(first)
+    await first.add_directive(directive("D1"), draft())
+    await first.close()
+    with sqlite3.connect(path) as conn:  # what the version before made
+        conn.execute("ALTER TABLE directives DROP COLUMN starts_on_confirmation")
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION - 1,))
+
+    second = SqliteStore(path, clock=lambda: T0)
+    await second.open()
+    try:
+        assert await second.get_directive("D1") == directive("D1")
+        request = directive("D2", status="pending", starts_on_confirmation=True)
+        await second.add_directive(request, draft())
+        assert await second.get_directive("D2") == request
+    finally:
+        await second.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
 
 
 async def test_every_write_appends_one_sealed_event(store):
