@@ -68,6 +68,9 @@ VIDEO_BURST = 12
 CATCH_UP = 0.25
 """A stream this far behind its schedule (a stalled loop) skips ahead instead of bursting."""
 REPORT_INTERVAL = 1.0
+CLIENT_FAILED = "client-failed"
+"""The participant's own failure in its report (applying the server's SDP raised): the load
+generator's record, not a protocol error code (those are signaling.protocol's)."""
 LATENESS_KEPT = 12_000
 """Pacer rounds whose lateness is kept (a minute at 200 a second)."""
 RETRY_AFTER = 0.2
@@ -446,7 +449,7 @@ class LoadParticipant:
                 await self._handle(data)
         except Exception as exc:  # a failure to apply the server's SDP ends this participant
             self.errors.append(
-                {"code": "client-failed", "message": repr(exc), "at": time.monotonic()}
+                {"code": CLIENT_FAILED, "message": repr(exc), "at": time.monotonic()}
             )
         finally:
             if ws is self._ws:
