@@ -30,6 +30,7 @@ WAITING = "waiting"
 PAUSED = "paused"
 MAX_GUARDIANS = 4
 DEFAULT_GRACE_SECONDS = 60.0
+GUARDIANS_SET = "contact.guardians-set"  # the audit event that sets a minor's guardians
 
 
 @dataclass(frozen=True)

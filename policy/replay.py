@@ -47,13 +47,13 @@ from typing import Any
 from policy.audit import AuditEvent, ChainReport, verify_chain
 from policy.directive import Directive
 from policy.errors import PolicyError
+from policy.guardian import GUARDIANS_SET
 from policy.rfc3339 import format_time, parse_time
 from policy.store.interface import Restoration, StoredState
 from policy.visit import Visit
 
 Fold = Callable[["Projection", AuditEvent], None]
 FOLDS: dict[str, Fold] = {}
-GUARDIANS_SET = "contact.guardians-set"  # a minor's guardians (policy/guardian.py)
 # Actions (by prefix) whose rows are projected: one of them without a fold is `unreplayed`.
 PROJECTED = ("directive.", "visit.", "approval.", GUARDIANS_SET)
 TIME_TOLERANCE = 1e-3  # seconds: the chain keeps times to the microsecond, rows as floats

@@ -29,7 +29,7 @@ from policy.directive import (
     scope_kind,
 )
 from policy.errors import Conflict, Forbidden, Malformed, NotFound, RuleBroken
-from policy.guardian import check_guardians
+from policy.guardian import GUARDIANS_SET, check_guardians
 from policy.rfc3339 import format_time, parse_time
 from policy.roster import Contact, Device, Facility, Inmate, check_id, check_text
 from policy.session import SessionRecord
@@ -288,8 +288,7 @@ class Policy:
     async def set_guardians(self, actor: Actor, contact_id: str, body: object) -> Contact:
         """Set (or, with an empty list, clear) a minor's guardians: adult contacts
         (policy/guardian.py). The event carries all of them before and after, so its replay
-        needs no other. What it changes for calls is the next admission's: a live call keeps
-        the guardians its minor was admitted with."""
+        needs no other. What it changes for live calls is signaling/guardians.py's."""
         data = _body(body)
         contact = await self.get_contact(contact_id)
         named = data.get("guardians")
@@ -303,7 +302,7 @@ class Policy:
             raise RuleBroken("unchanged", "nothing to change: these are the contact's guardians")
         await self.store.set_guardians(
             contact.id, guardians,
-            AuditDraft(actor.sub, "contact.guardians-set", f"contact:{contact.id}", {
+            AuditDraft(actor.sub, GUARDIANS_SET, f"contact:{contact.id}", {
                 "contact": contact.id, "guardians": list(guardians),
                 "previous": list(contact.guardians),
             }),

@@ -320,7 +320,9 @@ async def _keys(app: web.Application, actor: Actor, visit: Visit, mode: str) -> 
 
 async def _ward(app: web.Application, actor: Actor, visit: Visit, mode: str) -> Ward | None:
     """A minor joining: who of their guardians is on the visit (policy/guardian.py). Read
-    before the synchronous block: a change of guardians applies from the next admission."""
+    before the synchronous block. A change of guardians reaches a session in the live-session
+    index (signaling/guardians.py); one applied during the few reads between here and
+    `_register` is not seen by this admission (guardians are not in memory like approvals)."""
     if actor.role != "family" or mode != "participant":
         return None
     contact = await app[K.POLICY].store.get_contact(actor.subject_id)

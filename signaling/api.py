@@ -287,8 +287,9 @@ async def update_contact(request: web.Request, actor: Actor) -> web.Response:
 async def set_guardians(request: web.Request, actor: Actor) -> web.Response:
     """A minor's guardians, all of them (an empty list clears them): adult contacts. A visit
     with the minor is booked only with one of them on it; live, the minor is let in only
-    while one of them is in the call (policy/guardian.py)."""
-    contact = await request.app[K.POLICY].set_guardians(
+    while one of them is in the call (policy/guardian.py); a live call of the minor follows
+    the change before this answers (signaling/guardians.py)."""
+    contact = await request.app[K.GUARDIANS].set(
         actor, request.match_info["id"], await read_json(request)
     )
     return web.json_response(contact.to_json())

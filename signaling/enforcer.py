@@ -307,6 +307,16 @@ class Enforcer:
             if step.change is not None:
                 self._enter(session, step)
 
+    def rename_guardians(self, session: Session, ward: guardian.Ward, call: Call) -> None:
+        """A minor's guardians changed (signaling/guardians.py): step them by the new ones,
+        and tell them the new names even when their state stays the same."""
+        session.ward = ward
+        step = guardian.step(session.guardian_state, self._guardian_present(session, call))
+        if step.change is not None:
+            self._enter(session, step)
+        else:
+            self._news(session, step)
+
     def _guardian_present(self, session: Session, call: Call) -> bool:
         """Is a guardian of this minor in the call: joined and live, with no directive blocking
         them and their approval for the inmate standing (a suspended guardian lets nobody in)?"""
@@ -339,6 +349,10 @@ class Enforcer:
             session.grace = loop.call_later(self.guardian_grace_seconds, self._grace_over, session)
         else:
             session.paused_at = None
+        self._news(session, step)
+
+    def _news(self, session: Session, step: guardian.Step) -> None:
+        """Tell and record `step` in the background, after the news before it."""
         previous = session.guardian_news
         session.guardian_news = self.completing.spawn(self._tell_ward(session, step, previous))
 
@@ -377,9 +391,9 @@ class Enforcer:
             if call is not None and session.announced:
                 news = {"type": Message.PARTICIPANT_STATE, "participant": session.public()}
                 await asyncio.gather(*(s.send(news) for s in call.joined() if s is not session))
-        if not await session.start_recorded():
-            return
-        assert session.ward is not None and step.change is not None
+        if step.change is None or not await session.start_recorded():
+            return  # nothing changed to record (new names only), or nothing recorded at all
+        assert session.ward is not None
         data = {
             "session": session.id, "visit": session.visit.id, "contact": session.ward.contact,
             "state": step.state, "guardians": list(session.ward.guardians),

@@ -48,6 +48,17 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         await stop_server(srv)
 
 
+async def joins(
+    server: Server, visit: dict[str, Any], who: str, clients: list[ParlorClient]
+) -> ParlorClient:
+    """`who` (a contact, or "device") joins with media; kept in `clients` to be closed."""
+    client = server.client(visit["join"][who]["token"], visit["id"], **LIGHT)
+    clients.append(client)
+    joined = await client.connect()
+    assert joined["type"] == "joined", joined
+    return client
+
+
 def peer_of(srv: Server, client: ParlorClient) -> RelayPeer:
     assert client.joined is not None
     return srv.app[K.SESSIONS].by_id[client.joined["session"]].peer
@@ -141,9 +152,7 @@ async def test_a_minor_waits_for_their_guardian_pauses_without_and_ends_after_th
         assert flows(server, peer) == (0, 0) and minor.received.frames["video"] == 0
 
         # The guardian joins: the minor is let in, media flows both ways.
-        guardian = server.client(visit["join"]["C1"]["token"], visit["id"], **LIGHT)
-        clients.append(guardian)
-        assert (await guardian.connect())["type"] == "joined"
+        guardian = await joins(server, visit, "C1", clients)
         assert (await hold_state(minor, "active"))["reason"] is None
         await participant_state(kiosk, "active")
         await flowing_both_ways(server, peer)
@@ -158,9 +167,7 @@ async def test_a_minor_waits_for_their_guardian_pauses_without_and_ends_after_th
         await stopped_both_ways(server, peer, minor)
 
         # Back within the grace: resumed, media flows again.
-        back = server.client(visit["join"]["C1"]["token"], visit["id"], **LIGHT)
-        clients.append(back)
-        assert (await back.connect())["type"] == "joined"
+        back = await joins(server, visit, "C1", clients)
         await hold_state(minor, "active")
         await flowing_both_ways(server, peer)
 
@@ -213,6 +220,49 @@ async def test_a_suspended_guardian_lets_no_minor_in(server):
         assert minor.last("hold")["state"] == "paused"
     finally:
         await asyncio.gather(guardian.close(), minor.close())
+
+
+async def test_a_change_of_guardians_reaches_the_live_call_before_the_answer(server):
+    """Staff remove the guardian who is in the call: the minor is paused before the PUT
+    answers; the other guardian, named now, joins and lets them in again."""
+    status, answer = await server.api(
+        "PUT", "/api/v1/contacts/M1/guardians", {"guardians": ["C1", "C2"]}
+    )
+    assert status == 200, answer
+    visit = await make_visit(server, ["C1", "C2", "M1"])
+    first = server.client(visit["join"]["C1"]["token"], visit["id"], **LIGHT)
+    minor = server.client(visit["join"]["M1"]["token"], visit["id"], **LIGHT)
+    clients = [first, minor]
+    try:
+        assert (await first.connect())["type"] == "joined"
+        assert (await minor.connect())["hold"]["state"] == "active"
+        peer = peer_of(server, minor)
+        await flowing_both_ways(server, peer)
+
+        status, answer = await server.api(
+            "PUT", "/api/v1/contacts/M1/guardians", {"guardians": ["C2"]}
+        )
+        assert status == 200 and answer["guardians"] == ["C2"], answer
+        assert peer.held  # before the answer: no media from here on
+        paused = await hold_state(minor, "paused")
+        assert paused["guardians"] == ["Contact 2"]
+        await stopped_both_ways(server, peer, minor)
+
+        await joins(server, visit, "C2", clients)
+        await hold_state(minor, "active")
+        await flowing_both_ways(server, peer)
+
+        status, _ = await server.api(
+            "PUT", "/api/v1/contacts/M1/guardians", {"guardians": ["C1", "C2"]}
+        )
+        assert status == 200
+        deadline = time.monotonic() + 5
+        while minor.last("hold")["guardians"] != ["Contact 1", "Contact 2"]:
+            assert time.monotonic() < deadline, minor.last("hold")
+            await asyncio.sleep(0.02)
+        assert minor.last("hold")["state"] == "active" and not peer.held
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
 
 
 async def test_guardians_are_required_at_booking_and_at_the_door(server):
