@@ -323,8 +323,21 @@ export class CallView {
     const tile = this.#tile(participant.id);
     tile.participant = participant;
     tile.caption.textContent = participant.name || "Participant";
+    if (participant.minor) this.#showHeld(tile);
     this.#showNames();
     this.#showMinors();
+  }
+
+  /** A minor's tile while no guardian of theirs is in the call: nothing comes, and it says why. */
+  #showHeld(tile) {
+    const state = tile.participant?.state;
+    if (state === "waiting" || state === "paused") {
+      tile.element.classList.add("no-video");
+      tile.placeholder.textContent = state === "paused" ? "Paused: no guardian in the call" : "Waiting for a guardian";
+      return true;
+    }
+    if (!tile.seenVideo) tile.placeholder.textContent = "Connecting video…";
+    return false;
   }
 
   #tile(id) {
@@ -374,6 +387,7 @@ export class CallView {
   }
 
   #showVideo(tile, track) {
+    if (tile.participant?.minor && this.#showHeld(tile)) return;
     const live = track.readyState === "live" && !track.muted && tile.stream.getVideoTracks().includes(track);
     if (live) tile.seenVideo = true;
     tile.element.classList.toggle("no-video", !live);

@@ -22,6 +22,8 @@ pytestmark = [pytest.mark.browser, require("chromium"), pytest.mark.asyncio(loop
 BANNER = """() => { const b = document.querySelector("#guardian-banner");
   return b && !b.hidden ? b.textContent : null; }"""
 LIGHT = {"size": (160, 120), "fps": 10}  # the aiortc guardian: enough video, little CPU
+MINOR_NOTICE = """() => { const n = document.querySelector("#minor-notice");
+  return n && !n.hidden ? n.textContent : null; }"""
 NO_BANNER = """() => document.querySelector("#guardian-banner")?.hidden === true"""
 
 
@@ -92,3 +94,28 @@ async def test_the_console_sets_guardians_and_flags_a_call_with_a_minor(
         assert await unlabelled(console) == []
     finally:
         await guardian.close()
+
+
+async def test_the_kiosk_is_told_a_minor_waits_for_their_guardian(
+    live: Server, browser: Browser
+) -> None:
+    await add_minor(live, "M3", "Moe", guardians=["C3"])
+    visit = await make_visit(live, ["C3", "M3"], device="K3")
+    kiosk = await call_page(browser)
+    await callpage.open_kiosk(kiosk, callpage.links(live.url, visit, "M3").kiosk)
+    minor = live.client(visit["join"]["M3"]["token"], visit["id"], **LIGHT)
+    guardian = live.client(visit["join"]["C3"]["token"], visit["id"], **LIGHT)
+    try:
+        assert (await minor.connect())["hold"]["state"] == "waiting"
+        notice = await wait_for(kiosk, MINOR_NOTICE)
+        assert notice.startswith("Moe is waiting for their guardian"), notice
+        tile = "figure.tile .tile-placeholder"
+        assert await kiosk.evaluate(f"() => document.querySelector({tile!r}).textContent") == (
+            "Waiting for a guardian"
+        )
+        await kiosk.screenshot("guardian-kiosk-waiting")
+        assert (await guardian.connect())["type"] == "joined"
+        await wait_for(kiosk, "() => document.querySelector('#minor-notice')?.hidden === true")
+    finally:
+        await asyncio.gather(minor.close(), guardian.close())
+    assert await kiosk.problems() == []
