@@ -236,9 +236,7 @@ def _same(name: str, a: Any, b: Any) -> bool:
     if name in TIME_FIELDS and isinstance(a, int | float) and isinstance(b, int | float):
         return abs(a - b) < TIME_TOLERANCE
     if name in WINDOW_FIELDS and isinstance(a, tuple) and isinstance(b, tuple):
-        return len(a) == len(b) and all(
-            abs(x - y) < TIME_TOLERANCE for x, y in zip(a, b, strict=True)
-        )
+        return len(a) == len(b) and all(abs(x - y) < TIME_TOLERANCE for x, y in zip(a, b, strict=True))
     return bool(a == b)
 
 

@@ -40,19 +40,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def _config(args: argparse.Namespace) -> Config:
-    flags = {
-        name: getattr(args, name, None)
-        for name in (
-            "host",
-            "port",
-            "db",
-            "ice_addresses",
-            "public_url",
-            "codec",
-            "node_id",
-            "accept_store_state",
-        )
-    }
+    flags = {name: getattr(args, name, None) for name in ("host", "port", "db", "ice_addresses", "public_url", "codec", "node_id", "accept_store_state")}
     return load_config(os.environ, **flags)
 
 

@@ -199,9 +199,7 @@ async def listen(
     return Listening(runner=runner, server=server)
 
 
-async def serve_forever(
-    app: web.Application, host: str, port: int, connections: Connections
-) -> None:
+async def serve_forever(app: web.Application, host: str, port: int, connections: Connections) -> None:
     """`parlor serve`: listen until SIGINT/SIGTERM, then shut down cleanly."""
     import signal
 

@@ -31,17 +31,12 @@ PUBLIC = [
     ("/readyz", "The store answers and directives are loaded (503 otherwise)"),
     ("/metrics", "Prometheus metrics"),
     ("/api/v1/openapi.json", "This document"),
-    (
-        "/api/v1/events",
-        "WebSocket of live audit events for staff; first message {type: auth, token, after?}",
-    ),
+    ("/api/v1/events", "WebSocket of live audit events for staff; first message {type: auth, token, after?}"),
 ]
 
 
 def _operation(route: Route) -> dict[str, Any]:
-    error_ref = {
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-    }
+    error_ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     operation: dict[str, Any] = {
         "summary": route.summary,
         "operationId": route.handler.__name__,
@@ -54,8 +49,7 @@ def _operation(route: Route) -> dict[str, Any]:
     params = re.findall(r"{(\w+)}", route.path)
     if params:
         operation["parameters"] = [
-            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-            for p in params
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params
         ]
     if route.body is not None:
         operation["requestBody"] = {
@@ -70,21 +64,13 @@ def document() -> dict[str, Any]:
     for route in ROUTES:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
     for path, summary in PUBLIC:
-        paths[path] = {
-            "get": {"summary": summary, "security": [], "responses": {"200": {"description": "OK"}}}
-        }
+        paths[path] = {"get": {"summary": summary, "security": [], "responses": {"200": {"description": "OK"}}}}
     return {
         "openapi": "3.1.0",
-        "info": {
-            "title": "Parlor",
-            "version": "1",
-            "description": "Video visitation with targeted, audited suspensions.",
-        },
+        "info": {"title": "Parlor", "version": "1", "description": "Video visitation with targeted, audited suspensions."},
         "paths": paths,
         "components": {
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-            },
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
             "schemas": {"Error": ERROR},
         },
     }

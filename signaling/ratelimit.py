@@ -62,6 +62,4 @@ class Limits:
 
     @classmethod
     def of(cls, join_per_ip: Rate, join_per_identity: Rate, api_per_identity: Rate) -> Limits:
-        return cls(
-            RateLimiter(join_per_ip), RateLimiter(join_per_identity), RateLimiter(api_per_identity)
-        )
+        return cls(RateLimiter(join_per_ip), RateLimiter(join_per_identity), RateLimiter(api_per_identity))

@@ -265,11 +265,7 @@ async def test_rescheduling_keeps_the_visit_and_its_links_and_is_audited(server)
     assert moved["moved"]["from"] == {"starts_at": visit["starts_at"], "ends_at": visit["ends_at"]}
     assert moved["links_kept"] is True and set(moved["join"]) == {"C1", "device"}
     (event,) = await events(server, "visit.rescheduled")
-    assert event["data"]["old"] == {
-        "starts_at": visit["starts_at"],
-        "ends_at": visit["ends_at"],
-        "device": "K1",
-    }
+    assert event["data"]["old"] == {"starts_at": visit["starts_at"], "ends_at": visit["ends_at"], "device": "K1"}
     assert event["data"]["new"] == {**moved_to, "device": "K1"}
     # The link sent before the move joins the same visit, now.
     family = server.client(visit["join"]["C1"]["token"], visit["id"], **QUIET)
