@@ -2,7 +2,7 @@
 
 "The store's state (directives, approvals, visits) is a projection of the audit chain: `audit
 verify` replays the chain and reports every row that disagrees with it, and a node checks
-the same at start-up."
+the same at start-up." A minor's guardians are projected the same way (table `guardians`).
 
 Every change is written with its audit event in one transaction, so folding the chain's
 events in order gives back exactly the rows the store should hold. `project` does the fold;
@@ -23,9 +23,10 @@ event type that changes a directive, an approval or a visit needs exactly one su
 here (and the event must carry every value it sets, times included: a fold reads the event,
 never the clock). A new field of `Directive` or `Visit` is compared automatically (every
 dataclass field is); a fold must set it. Until a fold exists, the action is listed as
-`unreplayed` in every report (actions under `directive.`, `visit.` and `approval.`; others
-change nothing projected), and the rows it changed show up as disagreements — loudly, on
-purpose: a node that cannot derive a row from the chain should not trust it.
+`unreplayed` in every report (actions under `directive.`, `visit.` and `approval.`, and
+`contact.guardians-set`, which projects a minor's guardians; others change nothing
+projected), and the rows it changed show up as disagreements — loudly, on purpose: a node
+that cannot derive a row from the chain should not trust it.
 
 Events written before a field was carried (the moment a directive was confirmed or closed
 was only the event's own `at` until the chain carried it) leave that field open (`loose`):
@@ -46,13 +47,15 @@ from typing import Any
 from policy.audit import AuditEvent, ChainReport, verify_chain
 from policy.directive import Directive
 from policy.errors import PolicyError
+from policy.guardian import GUARDIANS_SET
 from policy.rfc3339 import format_time, parse_time
 from policy.store.interface import Restoration, StoredState
 from policy.visit import Visit
 
 Fold = Callable[["Projection", AuditEvent], None]
 FOLDS: dict[str, Fold] = {}
-PROJECTED = ("directive.", "visit.", "approval.")  # actions here without a fold: unreplayed
+# Actions (by prefix) whose rows are projected: one of them without a fold is `unreplayed`.
+PROJECTED = ("directive.", "visit.", "approval.", GUARDIANS_SET)
 TIME_TOLERANCE = 1e-3  # seconds: the chain keeps times to the microsecond, rows as floats
 TIME_FIELDS = {
     "issued_at", "starts_at", "expires_at", "confirm_by", "confirmed_at", "closed_at",
@@ -68,6 +71,7 @@ class Projection:
     directives: dict[str, Directive] = field(default_factory=dict)
     approvals: dict[tuple[str, str], str] = field(default_factory=dict)  # (contact, inmate)
     visits: dict[str, Visit] = field(default_factory=dict)
+    guardians: dict[str, tuple[str, ...]] = field(default_factory=dict)  # minor -> guardians
     loose: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # (table, id): fields
     unreplayed: Counter[str] = field(default_factory=Counter)  # actions no fold knows
     unreadable: list[int] = field(default_factory=list)  # seqs a fold could not read
@@ -78,8 +82,8 @@ class Projection:
 
 @dataclass(frozen=True)
 class Disagreement:
-    table: str  # directives | approvals | visits | audit (an event no fold could read)
-    id: str  # the row's id; an approval's is "<contact>:<inmate>"
+    table: str  # directives | approvals | visits | guardians | audit (an unreadable event)
+    id: str  # the row's id; an approval's is "<contact>:<inmate>", guardians' the minor's
     field: str  # a column, or "row" when the row is missing on one side
     stored: Any
     implied: Any
@@ -134,6 +138,10 @@ def compare(projection: Projection, stored: StoredState) -> list[Disagreement]:
         have, want = stored.approvals.get(key), projection.approvals.get(key)
         if have != want:
             found.append(Disagreement("approvals", ":".join(key), "status", have, want))
+    for minor in sorted(set(stored.guardians) | set(projection.guardians)):
+        had, wanted = stored.guardians.get(minor, ()), projection.guardians.get(minor, ())
+        if had != wanted:
+            found.append(Disagreement("guardians", minor, "guardians", list(had), list(wanted)))
     return found
 
 
@@ -197,6 +205,11 @@ def restoration(report: StateReport) -> Restoration:
         },
         visits=made("visits", projection.visits, stored.visits),
         stray_visits=sorted(set(stored.visits) - set(projection.visits)),
+        guardians={
+            minor: projection.guardians.get(minor, ())
+            for minor in set(stored.guardians) | set(projection.guardians)
+            if stored.guardians.get(minor, ()) != projection.guardians.get(minor, ())
+        },
     )
 
 
@@ -291,6 +304,17 @@ def _approval(p: Projection, e: AuditEvent) -> None:
     if kind != "pair":
         raise ValueError(e.subject)
     p.approvals[(contact, inmate)] = e.data["status"]
+
+
+@folds(GUARDIANS_SET)
+def _guardians(p: Projection, e: AuditEvent) -> None:
+    """A minor's guardians, all of them as they are after the change (`guardians`)."""
+    minor = e.subject.removeprefix("contact:")
+    guardians = tuple(sorted(str(g) for g in e.data["guardians"]))
+    if guardians:
+        p.guardians[minor] = guardians
+    else:
+        p.guardians.pop(minor, None)
 
 
 @folds("visit.created")

@@ -65,6 +65,7 @@ class Contact:
     name: str
     minor: bool
     approvals: dict[str, str]  # inmate id -> pending | approved | denied
+    guardians: tuple[str, ...] = ()  # a minor's guardians: adult contacts (policy/guardian.py)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "guardians": list(self.guardians)}

@@ -9,7 +9,8 @@ The rules, each refused with a code the console shows the message of:
   the same slot cannot both win;
 - a visit is no longer than its facility's maximum (`Facility.max_visit_seconds`, else
   `Rules.max_visit_seconds`);
-- its contacts are approved for its inmate (and not suspended);
+- its contacts are approved for its inmate (and not suspended), and a minor on it has a
+  guardian of theirs on it too (`guardian-required`, policy/guardian.py);
 - a privileged visit is never monitored, and a visit's kind does not change once it can be
   joined (SPEC §10): its recording and monitoring are decided when its first session starts;
 - a cancellation has a structured reason (`CANCEL_REASONS`; `other` needs a note), and only a
@@ -31,6 +32,7 @@ from typing import Any
 
 from policy.actor import SYSTEM, Actor
 from policy.errors import Conflict, Malformed, NotFound, RuleBroken
+from policy.guardian import check_booking, ward_of
 from policy.rfc3339 import format_time, parse_time
 from policy.roster import check_id, check_text
 from policy.service import Policy, new_id
@@ -100,8 +102,10 @@ class Schedule:
             contacts=contact_ids, starts_at=starts_at, ends_at=ends_at, kind=kind,
             created_by=actor.sub, created_at=now,
         )  # fmt: skip
+        on_visit = []
         for contact_id in contact_ids:
             contact = await policy.get_contact(contact_id)
+            on_visit.append(contact)
             if contact.approvals.get(inmate.id) != "approved":
                 raise Conflict(
                     "contact-not-approved",
@@ -122,6 +126,10 @@ class Schedule:
             raise Conflict(
                 "suspended", f"this visit is refused by directive {decision.blocking.id}"
             )
+        check_booking(
+            [w for c in on_visit if (w := ward_of(c.id, c.minor, c.guardians, contact_ids))],
+            {c.id: c.name for c in on_visit},
+        )
         await self._kiosk_free(visit)
         await policy.store.add_visit(
             visit,

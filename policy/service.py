@@ -29,6 +29,7 @@ from policy.directive import (
     scope_kind,
 )
 from policy.errors import Conflict, Forbidden, Malformed, NotFound, RuleBroken
+from policy.guardian import GUARDIANS_SET, check_guardians
 from policy.rfc3339 import format_time, parse_time
 from policy.roster import Contact, Device, Facility, Inmate, check_id, check_text
 from policy.session import SessionRecord
@@ -176,6 +177,14 @@ class Policy:
         minor = data.get("minor", old.minor)
         if not isinstance(minor, bool):
             raise Malformed("bad-field", "minor must be true or false")
+        if minor and not old.minor and await self.store.wards_of(contact_id):
+            raise Conflict(
+                "is-guardian",
+                f"contact {contact_id} is a guardian: a guardian is an adult"
+                " (clear them as guardian of their minors first)",
+            )
+        if old.minor and not minor and old.guardians:
+            raise Conflict("has-guardians", f"contact {contact_id} has guardians: clear them first")
         new = replace(
             old, name=check_text(data["name"], "name") if "name" in data else old.name, minor=minor
         )
@@ -184,7 +193,9 @@ class Policy:
     async def _edited(self, actor: Actor, kind: str, old: Any, new: Any, write: Any) -> Any:
         """Write an edit with its audit event `<kind>.updated`: the fields before and after."""
         before, after = old.to_json(), new.to_json()
-        changed = sorted(k for k in after if after[k] != before[k] and k != "approvals")
+        changed = sorted(
+            k for k in after if after[k] != before[k] and k not in ("approvals", "guardians")
+        )
         if not changed:
             raise RuleBroken("unchanged", "nothing to change: the values are the current ones")
         await write(
@@ -273,6 +284,30 @@ class Policy:
             reason=approval.reason, by=approval.decided_by,
         )  # fmt: skip
         return approval, previous
+
+    async def set_guardians(self, actor: Actor, contact_id: str, body: object) -> Contact:
+        """Set (or, with an empty list, clear) a minor's guardians: adult contacts
+        (policy/guardian.py). The event carries all of them before and after, so its replay
+        needs no other. What it changes for live calls is signaling/guardians.py's."""
+        data = _body(body)
+        contact = await self.get_contact(contact_id)
+        named = data.get("guardians")
+        known = {}
+        for guardian in named if isinstance(named, list) else []:
+            found = await self.store.get_contact(guardian) if isinstance(guardian, str) else None
+            if found is not None:
+                known[found.id] = found.minor
+        guardians = check_guardians(contact.id, contact.minor, named, known)
+        if guardians == contact.guardians:
+            raise RuleBroken("unchanged", "nothing to change: these are the contact's guardians")
+        await self.store.set_guardians(
+            contact.id, guardians,
+            AuditDraft(actor.sub, GUARDIANS_SET, f"contact:{contact.id}", {
+                "contact": contact.id, "guardians": list(guardians),
+                "previous": list(contact.guardians),
+            }),
+        )  # fmt: skip
+        return replace(contact, guardians=guardians)
 
     async def get_contact(self, contact_id: str) -> Contact:
         contact = await self.store.get_contact(contact_id)

@@ -131,6 +131,7 @@ class RelayPeer:
         self._tasks: set[asyncio.Future[None]] = set()
         self._forwarding = True
         self._video = True
+        self._held = False
         self._closed = False
         self._broken = False
         self._numbering: aiortc_internals.RtpNumbering | None = None
@@ -160,6 +161,10 @@ class RelayPeer:
     @property
     def video_enabled(self) -> bool:
         return self._video
+
+    @property
+    def held(self) -> bool:
+        return self._held
 
     @property
     def counters(self) -> RelayStats:
@@ -196,6 +201,7 @@ class RelayPeer:
             "connection_state": self.connection_state,
             "forwarding": self._forwarding,
             "video": self._video,
+            "held": self._held,
             "publish": self.publish,
             "subscriptions": len(self._subscriptions),
             "legs_live": sum(1 for s in self._subscriptions.values() if s.leg.live),
@@ -367,14 +373,33 @@ class RelayPeer:
         leg restarts at a (requested) keyframe.
         """
         self._video = bool(enabled)
+        self._apply_gates()
+
+    def hold(self, held: bool) -> None:
+        """Hold all media from and to this peer, or let it flow again (a minor
+        whose guardian is not in the call): reversible, unlike
+        :meth:`stop_forwarding`, and the peer stays wired into its room.
+
+        Synchronous: once this returns nothing more of this peer's client is
+        forwarded, and nothing more (nor any retransmission) is sent to it.
+        Released, every video leg restarts at a (requested) keyframe; a video
+        that :meth:`set_video` turned off stays off.
+        """
+        self._held = bool(held)
+        self._apply_gates()
+
+    def _allows(self, kind: str) -> bool:
+        """Does media of ``kind`` flow from and to this peer now?"""
+        return self._forwarding and not self._held and (kind == "audio" or self._video)
+
+    def _apply_gates(self) -> None:
+        """Open or close the packet gates in both directions as :meth:`_allows` says."""
         if not self._forwarding:
             return
-        if "video" in self._uptracks:
-            self._uptracks["video"].set_active(self._video)
+        for kind, uptrack in self._uptracks.items():
+            uptrack.set_active(self._allows(kind))
         for subscription in self._subscriptions.values():
-            if subscription.kind != "video":
-                continue
-            if self._video:
+            if self._allows(subscription.kind):
                 subscription.leg.resume()
             else:
                 subscription.leg.pause()
@@ -474,7 +499,7 @@ class RelayPeer:
             key = (publisher.peer_id, kind)
             if key in self._subscriptions:
                 continue
-            accepting = self._forwarding and (kind == "audio" or self._video)
+            accepting = self._allows(kind)
             uptrack = publisher.uptrack(kind)
             leg = Leg(uptrack, self.peer_id, self._stat_targets, open=accepting)
             subscription = Subscription(publisher.peer_id, kind, leg)
@@ -528,7 +553,7 @@ class RelayPeer:
 
     def _receive(self, kind: str, transceiver: RTCRtpTransceiver) -> None:
         uptrack = UpTrack(kind, self.peer_id, self.codec.name, self._clock, self._stat_targets)
-        uptrack.active = self._forwarding and (kind == "audio" or self._video)
+        uptrack.active = self._allows(kind)
         self._uptracks[kind] = uptrack
         self._publishing[kind] = transceiver
         aiortc_internals.take_over_receiver(

@@ -43,6 +43,14 @@ visit's newest version (`Policy.visit_changes`; a cancellation halts `visit:V` i
 signaling/visits.py). So a withdrawn approval or a cancelled visit is refused or ended
 exactly as a directive is (`not-approved`, 4403; `visit-cancelled`, 4410).
 
+A minor (policy/guardian.py) is decided in the same block too: refused `guardian-required`
+when none of their guardians on the visit is approved any more, else placed *with* a guardian
+of theirs who is joined in the call, or held back (`waiting`: the relay forwards nothing to or
+from them) until one is. Once any session is joined (`_welcome`) the call's minors are stepped
+again, and when one ends the enforcer's `halt` does the same, in its synchronous block: so a
+guardian halted by a directive pauses their minor at the moment the directive stops them, and
+a guardian the directive refused never counts as present.
+
 The audit log of such a session: its start is written from A on (the write begins in the
 block), so a directive that ends it meanwhile waits for that write and then records the end
 (`Enforcer.finish`): `session.started` then `session.ended` with reason `directive:<id>`,
@@ -65,6 +73,7 @@ from aiohttp import WSMsgType, web
 from policy.actor import Actor
 from policy.directive import Directive
 from policy.errors import PolicyError, StoreUnavailable
+from policy.guardian import Ward, may_wait, ward_of
 from policy.rfc3339 import format_time
 from policy.roster import Device
 from policy.service import Policy
@@ -147,10 +156,12 @@ async def admit(
         visit_id, mode = _wanted(join)
         visit = await _visit(app, visit_id)
         keys = await _keys(app, actor, visit, mode)
+        ward = await _ward(app, actor, visit, mode)
         _joinable(app[K.POLICY], visit)
-        _decide(app, actor, visit, mode, keys, app[K.SESSIONS].calls.get(visit.id))  # early: cheap
+        calls = app[K.SESSIONS].calls
+        _decide(app, actor, visit, mode, keys, calls.get(visit.id), ward)  # early: cheap
         call = await _call(app, visit)
-        session, replaced = _register(app, ws, actor, visit, mode, keys, call)
+        session, replaced = _register(app, ws, actor, visit, mode, keys, call, ward)
         return await _welcome(app, session, replaced)
     except Refusal as refusal:
         return refusal
@@ -307,6 +318,19 @@ async def _keys(app: web.Application, actor: Actor, visit: Visit, mode: str) -> 
         raise
 
 
+async def _ward(app: web.Application, actor: Actor, visit: Visit, mode: str) -> Ward | None:
+    """A minor joining: who of their guardians is on the visit (policy/guardian.py). Read
+    before the synchronous block. A change of guardians reaches a session in the live-session
+    index (signaling/guardians.py); one applied during the few reads between here and
+    `_register` is not seen by this admission (guardians are not in memory like approvals)."""
+    if actor.role != "family" or mode != "participant":
+        return None
+    contact = await app[K.POLICY].store.get_contact(actor.subject_id)
+    if contact is None:
+        return None
+    return ward_of(contact.id, contact.minor, contact.guardians, visit.contacts)
+
+
 def _joinable(policy: Policy, visit: Visit) -> None:
     """Booked, and open now (not cancelled, not over, not still to come)."""
     if visit.status == "cancelled":
@@ -327,10 +351,12 @@ def _decide(
     mode: str,
     keys: tuple[str, ...],
     call: Call | None,
+    ward: Ward | None,
 ) -> Directive | None:
     """Policy and capacity: refuse, or return the audio-only directive the session starts
     under (if any). Decided early (a cheap refusal before the awaits that follow) and again
-    in `_register`, where it counts."""
+    in `_register`, where it counts. A minor none of whose guardians on the visit may visit
+    any more is refused; one whose guardian is not in the call yet is held back there."""
     config, sessions, policy = app[K.CONFIG], app[K.SESSIONS], app[K.POLICY]
     decision = policy.evaluate(keys)
     if decision.blocking is not None:
@@ -343,6 +369,10 @@ def _decide(
         )
     if actor.role == "family" and not policy.approvals.approved(actor.subject_id, visit.inmate):
         raise Refusal.of(P.NOT_APPROVED)
+    if ward is not None and not may_wait(
+        ward, lambda g: policy.approvals.approved(g, visit.inmate)
+    ):
+        raise Refusal.of(P.GUARDIAN_REQUIRED)
     if sessions.would_exceed((actor.sub, visit.id, mode), config.max_sessions_per_subject):
         raise Refusal.of(P.TOO_MANY_SESSIONS, limit=config.max_sessions_per_subject)
     if mode == "participant" and call is not None:
@@ -407,7 +437,7 @@ async def _names(policy: Policy, visit: Visit) -> dict[str, str]:
 
 def _register(
     app: web.Application, ws: web.WebSocketResponse, actor: Actor, visit: Visit, mode: str,
-    keys: tuple[str, ...], call: Call,
+    keys: tuple[str, ...], call: Call, ward: Ward | None,
 ) -> tuple[Session, Session | None]:  # fmt: skip
     """Block A of the module's docstring: decide and register, with no `await` in between.
 
@@ -423,7 +453,7 @@ def _register(
         visit = latest
     if call.visit.version < visit.version:
         call.visit = visit
-    audio_only = _decide(app, actor, visit, mode, keys, call)
+    audio_only = _decide(app, actor, visit, mode, keys, call, ward)
     session_id = f"S-{secrets.token_hex(6)}"
     record = SessionRecord(
         id=session_id, visit=visit.id, sub=actor.sub, role=actor.role, mode=mode,
@@ -435,12 +465,14 @@ def _register(
     )  # fmt: skip
     session = Session(
         id=session_id, visit=visit, actor=actor, mode=mode, keys=keys,
-        name=call.names.get(actor.sub, actor.sub), ws=ws, peer=peer, record=record,
+        name=call.names.get(actor.sub, actor.sub), ws=ws, peer=peer, record=record, ward=ward,
     )  # fmt: skip
     if audio_only is not None:
         app[K.ENFORCER].restrict(session, audio_only)
     replaced = sessions.add(session, call)
     session.started = asyncio.ensure_future(policy.session_started(record))
+    if ward is not None:  # with a guardian in the call, or held back until one joins
+        app[K.ENFORCER].place_ward(session, sessions.calls[visit.id])
     return session, replaced
 
 
@@ -471,6 +503,8 @@ async def _welcome(app: web.Application, session: Session, replaced: Session | N
     session.joined = True
     visit, config = session.visit, app[K.CONFIG]
     call = app[K.SESSIONS].calls.get(visit.id)
+    if call is not None:
+        enforcer.reconsider(call)  # a guardian now in the call lets their minors in
     others = (
         [s.public() for s in call.joined() if s is not session and not s.monitor] if call else []
     )
@@ -488,6 +522,7 @@ async def _welcome(app: web.Application, session: Session, replaced: Session | N
             "monitored": visit.monitored,
             "codec": config.codec,
             "audio_only": session.audio_only is not None,
+            "hold": enforcer.hold_frame(session),
         }
     )
     left = max(0, int(visit.ends_at - app[K.POLICY].clock()))

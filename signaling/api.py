@@ -284,6 +284,17 @@ async def update_contact(request: web.Request, actor: Actor) -> web.Response:
     return web.json_response(contact.to_json())
 
 
+async def set_guardians(request: web.Request, actor: Actor) -> web.Response:
+    """A minor's guardians, all of them (an empty list clears them): adult contacts. A visit
+    with the minor is booked only with one of them on it; live, the minor is let in only
+    while one of them is in the call (policy/guardian.py); a live call of the minor follows
+    the change before this answers (signaling/guardians.py)."""
+    contact = await request.app[K.GUARDIANS].set(
+        actor, request.match_info["id"], await read_json(request)
+    )
+    return web.json_response(contact.to_json())
+
+
 def approval_json(approval: Approval, inmates: dict[str, Inmate]) -> dict[str, Any]:
     inmate = inmates.get(approval.inmate)
     return {
@@ -676,6 +687,10 @@ ROUTES: list[Route] = [
           "A contact with their approvals, visits and the directives that name them", tags=("roster",)),
     Route("PATCH", "/api/v1/contacts/{id}", update_contact, STAFF, "Change a contact's name or minor flag",
           _object({"name": STR, "minor": BOOL}, []), 200, ("roster",)),
+    Route("PUT", "/api/v1/contacts/{id}/guardians", set_guardians, STAFF,
+          "Set a minor's guardians (adult contacts; [] clears them): a minor is booked and let into a call "
+          "only with one of them",
+          _object({"guardians": {"type": "array", "items": STR}}, ["guardians"]), 200, ("roster",)),
     Route("POST", "/api/v1/contacts/{id}/approvals", set_approval, STAFF,
           "Ask for, approve, deny or withdraw a contact's approval for an inmate (a reason is needed to deny "
           "or withdraw); ends their live sessions with the inmate and cancels visits left without an approved contact",

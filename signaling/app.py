@@ -35,6 +35,7 @@ from signaling.bus import Receivers, open_bus
 from signaling.config import Config
 from signaling.directives import STATE_ACCEPTED, Directives
 from signaling.enforcer import Enforcer
+from signaling.guardians import Guardians
 from signaling.listener import Connections
 from signaling.memory import trim_after_sessions_end
 from signaling.metrics import Metrics
@@ -304,6 +305,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
         appeal_base=config.base_url,
         metrics=metrics_,
         tokens=tokens,
+        guardian_grace_seconds=config.guardian_grace_seconds,
     )
     app[K.ENFORCER] = enforcer
     directives = Directives(
@@ -314,6 +316,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app[K.VISITS] = visits
     approvals = Approvals(policy=policy, enforcer=enforcer, visits=visits)
     app[K.APPROVALS] = approvals
+    guardians = Guardians(policy=policy, sessions=sessions, enforcer=enforcer)
+    app[K.GUARDIANS] = guardians
     app[K.PRESENCE] = KioskPresence(
         policy=policy, tokens=tokens, node_id=config.node_id,
         heartbeat_seconds=config.kiosk_heartbeat_seconds,
@@ -324,7 +328,9 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app[K.LIMITS] = Limits.of(
         config.join_rate_per_ip, config.join_rate_per_identity, config.api_rate_per_identity
     )
-    app[K.BUS] = open_bus(config, store, Receivers(directives, approvals, visits), app[K.READY])
+    app[K.BUS] = open_bus(
+        config, store, Receivers(directives, approvals, visits, guardians), app[K.READY]
+    )
     if config.ice_addresses is not None:
         pin_ice_addresses(config.ice_addresses)
     app.cleanup_ctx.append(store_ctx)

@@ -63,6 +63,9 @@ class Config:
     # A family's join link works until its visit's end plus this: a visit moved later by up to
     # this much keeps its links, and the link shows the visit ended afterwards.
     join_link_grace_seconds: float = 7 * 86400
+    # A minor whose last guardian left the call is paused this long before the session ends
+    # (`guardian-left`) unless a guardian returns (policy/guardian.py).
+    guardian_grace_seconds: float = 60.0
     # Start although the store disagrees with its audit chain, restoring the chain's values
     # (signaling/app.py check_state). A flag for one start, deliberately no environment
     # variable: an override left in an environment file would silence every later check.
@@ -295,6 +298,11 @@ def load_config(env: Mapping[str, str], **flags: Any) -> Config:
     if grace is not None:
         extra["join_link_grace_seconds"] = _seconds(
             str(grace), "PARLOR_JOIN_LINK_GRACE_SECONDS", low=60, high=90 * 86400
+        )
+    guardian_grace = pick("guardian_grace", "PARLOR_GUARDIAN_GRACE_SECONDS")
+    if guardian_grace is not None:
+        extra["guardian_grace_seconds"] = _seconds(
+            str(guardian_grace), "PARLOR_GUARDIAN_GRACE_SECONDS", low=1, high=3600
         )
     per_ip = pick("max_connections_per_ip", "PARLOR_MAX_CONNECTIONS_PER_IP")
     if per_ip is not None:

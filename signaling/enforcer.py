@@ -11,6 +11,12 @@ matching session synchronously — no media flows past this point — and `compl
 one why and records its end; that is when the directive's answer goes out. The close
 handshakes, the peer connections' teardown and the renegotiation of those who stay in the
 call go on after it (a busy client's close frame must not hold up the operator).
+
+A minor is held back the same way, reversibly: `place_ward` (admission's synchronous block)
+and `reconsider` (whenever someone joins or leaves a call) step each minor's session by
+policy/guardian.py's rules and open or close its packet gates at once (`RelayPeer.hold`);
+telling the minor and the others and writing the audit event follow (`_tell_ward`). A paused
+minor's session ends with `guardian-left` when its grace runs out (`_grace_over`).
 """
 
 from __future__ import annotations
@@ -21,15 +27,26 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from policy.actor import Actor
+from policy import guardian
+from policy.actor import SYSTEM, Actor
 from policy.directive import Directive
 from policy.errors import PolicyError, StoreUnavailable
+from policy.rfc3339 import format_time
 from policy.service import Policy
 from relay import RelayPeer
 from signaling.background import Background
 from signaling.backlog import Backlog
 from signaling.metrics import Metrics
-from signaling.protocol import Close, Error, Message, Reason, directive_reason, ended_text
+from signaling.protocol import (
+    HOLD_REASONS,
+    Close,
+    Error,
+    Message,
+    Reason,
+    directive_reason,
+    ended_text,
+    hold_text,
+)
 from signaling.registry import Call, LiveSessions
 from signaling.session import Ending, Session
 from signaling.tokens import Tokens
@@ -72,6 +89,7 @@ class Enforcer:
     closing: Background = field(default_factory=Background)  # detached closes running
     completing: Background = field(default_factory=Background)  # see `complete_later`
     backlog: Backlog = field(default_factory=Backlog)  # records the store could not take yet
+    guardian_grace_seconds: float = guardian.DEFAULT_GRACE_SECONDS  # a paused minor's grace
 
     # -- a directive on the live sessions it matches ----------------------------------------
     def stop(self, directive: Directive) -> Stopped:
@@ -215,9 +233,13 @@ class Enforcer:
         session.ended = True
         session.ending = Ending(reason, code, message or ended_text(reason, directive), directive)
         session.peer.stop_forwarding()
+        if session.grace is not None:
+            session.grace.cancel()
         call = self.sessions.remove(session)
         renegotiate = call.room.remove(session.peer) if call is not None else []
         told = call.joined() if call is not None and session.announced else []
+        if call is not None and call.sessions:
+            self.reconsider(call)  # a guardian leaving pauses their minors, now
         return Halted(session, call, renegotiate, told)
 
     async def finish(self, halted: Halted, *, detach: bool = False) -> bool:
@@ -268,6 +290,134 @@ class Enforcer:
             other = call.session_of(peer)
             if other is not None:
                 await self.renegotiate(other)
+
+    # -- minors and their guardians (policy/guardian.py) -----------------------------------
+    def place_ward(self, session: Session, call: Call) -> None:
+        """The first state of a minor's session, in admission's synchronous block: with a
+        guardian of theirs in the call, or waiting (no media either way) until one joins."""
+        self._enter(session, guardian.first(self._guardian_present(session, call)))
+
+    def reconsider(self, call: Call) -> None:
+        """Someone joined or left `call`: step each minor of it (synchronous: a minor whose
+        last guardian left has no media from here on)."""
+        for session in list(call.sessions):
+            if session.ward is None or session.ended:
+                continue
+            step = guardian.step(session.guardian_state, self._guardian_present(session, call))
+            if step.change is not None:
+                self._enter(session, step)
+
+    def rename_guardians(self, session: Session, ward: guardian.Ward, call: Call) -> None:
+        """A minor's guardians changed (signaling/guardians.py): step them by the new ones,
+        and tell them the new names even when their state stays the same."""
+        session.ward = ward
+        step = guardian.step(session.guardian_state, self._guardian_present(session, call))
+        if step.change is not None:
+            self._enter(session, step)
+        else:
+            self._news(session, step)
+
+    def _guardian_present(self, session: Session, call: Call) -> bool:
+        """Is a guardian of this minor in the call: joined and live, with no directive blocking
+        them and their approval for the inmate standing (a suspended guardian lets nobody in)?"""
+        assert session.ward is not None
+        inmate = session.visit.inmate
+        in_call = {
+            s.actor.subject_id: s
+            for s in call.joined()
+            if s.role == "family" and not s.monitor and s is not session
+        }
+
+        def eligible(contact: str) -> bool:
+            keys = in_call[contact].keys
+            blocked = self.policy.evaluate(keys).blocking is not None
+            return not blocked and self.policy.approvals.approved(contact, inmate)
+
+        return bool(guardian.present(session.ward, in_call, eligible))
+
+    def _enter(self, session: Session, step: guardian.Step) -> None:
+        """Put a minor's session in `step.state`: its media gates at once, its grace timer, and
+        then (in the background, in order) the telling and the audit event."""
+        session.guardian_state = step.state
+        session.peer.hold(step.state != guardian.ACTIVE)
+        if session.grace is not None:
+            session.grace.cancel()
+            session.grace = None
+        if step.state == guardian.PAUSED:
+            session.paused_at = self.policy.clock()
+            loop = asyncio.get_running_loop()
+            session.grace = loop.call_later(self.guardian_grace_seconds, self._grace_over, session)
+        else:
+            session.paused_at = None
+        self._news(session, step)
+
+    def _news(self, session: Session, step: guardian.Step) -> None:
+        """Tell and record `step` in the background, after the news before it."""
+        previous = session.guardian_news
+        session.guardian_news = self.completing.spawn(self._tell_ward(session, step, previous))
+
+    def hold_frame(self, session: Session) -> dict[str, Any] | None:
+        """What a minor is told of their state (`hold`, and `joined.hold`); None: not a minor."""
+        if session.ward is None:
+            return None
+        call = self.sessions.calls.get(session.visit.id)
+        names = call.names if call is not None else {}
+        guardians = [names.get(f"contact:{g}", g) for g in session.ward.guardians]
+        state = session.guardian_state
+        frame: dict[str, Any] = {
+            "state": state, "reason": HOLD_REASONS.get(state), "guardians": guardians,
+        }  # fmt: skip
+        if state == guardian.PAUSED and session.paused_at is not None:
+            ends_at = session.paused_at + self.guardian_grace_seconds
+            ends_in = guardian.grace_left(
+                session.paused_at, self.policy.clock(), self.guardian_grace_seconds
+            )
+            frame.update(ends_in=round(ends_in), ends_at=format_time(ends_at))
+        frame["message"] = hold_text(state, guardians, frame.get("ends_in"))
+        return frame
+
+    async def _tell_ward(
+        self, session: Session, step: guardian.Step, previous: asyncio.Future[None] | None
+    ) -> None:
+        """Tell the minor and the others in the call, and record the change (after the ones
+        before it, and after the session's start record)."""
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
+        if session.joined and not session.ended:
+            frame = self.hold_frame(session)
+            assert frame is not None
+            await session.send({"type": Message.HOLD, **frame})
+            call = self.sessions.calls.get(session.visit.id)
+            if call is not None and session.announced:
+                news = {"type": Message.PARTICIPANT_STATE, "participant": session.public()}
+                await asyncio.gather(*(s.send(news) for s in call.joined() if s is not session))
+        if step.change is None or not await session.start_recorded():
+            return  # nothing changed to record (new names only), or nothing recorded at all
+        assert session.ward is not None
+        data = {
+            "session": session.id, "visit": session.visit.id, "contact": session.ward.contact,
+            "state": step.state, "guardians": list(session.ward.guardians),
+        }  # fmt: skip
+        if step.state == guardian.PAUSED:
+            data["grace_seconds"] = self.guardian_grace_seconds
+        action, subject = f"minor.{step.change}", f"contact:{session.ward.contact}"
+        try:
+            await self.policy.audit(SYSTEM, action, subject, data)
+        except StoreUnavailable as exc:  # it happened: the record is written later
+            self.backlog.add(
+                f"{action} of session {session.id} at {self.policy.clock()}",
+                lambda: self.policy.audit(SYSTEM, action, subject, data),
+                exc,
+            )
+        except PolicyError as exc:
+            log.warning("could not record %s of session %s: %s", action, session.id, exc)
+
+    def _grace_over(self, session: Session) -> None:
+        """A paused minor's grace ran out with no guardian back: the session ends."""
+        session.grace = None
+        if session.ended or session.guardian_state != guardian.PAUSED:
+            return
+        self.completing.spawn(self.end_session(session, Reason.GUARDIAN_LEFT, Close.REFUSED))
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait (a while) for the detached closes and completions still running: before

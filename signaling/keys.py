@@ -13,6 +13,7 @@ from signaling.bus import Bus
 from signaling.config import Config
 from signaling.directives import Directives
 from signaling.enforcer import Enforcer
+from signaling.guardians import Guardians
 from signaling.listener import Connections
 from signaling.metrics import Metrics
 from signaling.presence import KioskPresence
@@ -29,6 +30,7 @@ SESSIONS = web.AppKey("sessions", LiveSessions)
 ENFORCER = web.AppKey("enforcer", Enforcer)
 DIRECTIVES = web.AppKey("directives", Directives)  # a directive's life on this node
 APPROVALS = web.AppKey("approvals", Approvals)  # an approval's life on this node
+GUARDIANS = web.AppKey("guardians", Guardians)  # a change of a minor's guardians, live here
 VISITS = web.AppKey("visits", Visits)  # a visit's changes on this node's live sessions
 PRESENCE = web.AppKey("presence", KioskPresence)  # the kiosks' presence connections here
 READY = web.AppKey("ready", asyncio.Event)  # set once directives are loaded and the store answers

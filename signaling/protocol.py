@@ -83,6 +83,8 @@ class Message(StrEnum):
     PARTICIPANT_LEFT = "participant-left"
     TIME_REMAINING = "time-remaining"
     RESTRICTED = "restricted"
+    HOLD = "hold"  # to a minor: waiting for, paused without, or back with a guardian
+    PARTICIPANT_STATE = "participant-state"  # to the others: a minor held back or let in
     TERMINATED = "terminated"
     ERROR = "error"
     REDIRECT = "redirect"
@@ -123,6 +125,7 @@ class Error(StrEnum):
     WRONG_VISIT = "wrong-visit"
     WRONG_DEVICE = "wrong-device"
     NOT_APPROVED = "not-approved"  # the contact's approval for the inmate was denied or withdrawn
+    GUARDIAN_REQUIRED = "guardian-required"  # a minor none of whose guardians may visit
     VISIT_CANCELLED = "visit-cancelled"
     # a kiosk's presence connection
     UNKNOWN_DEVICE = "unknown-device"
@@ -233,6 +236,12 @@ NOT_APPROVED = Problem(
 VISIT_CANCELLED = Problem(
     Error.VISIT_CANCELLED, "This visit was cancelled by the facility: {why}", Close.VISIT_OVER
 )
+GUARDIAN_REQUIRED = Problem(
+    Error.GUARDIAN_REQUIRED,
+    "You can join this visit only with your guardian, and none of your guardians on it may "
+    "visit now.",
+    Close.REFUSED,
+)
 
 # -- a kiosk's presence connection (signaling/presence.py) ----------------------------------
 PRESENCE_KIOSKS_ONLY = Problem(
@@ -325,7 +334,26 @@ TOLD: dict[str, str] = {
     Reason.ERROR: "The call ended because of an error.",
     Reason.MEDIA_FAILED: "media failed",
     Reason.APPROVAL_WITHDRAWN: "The facility has withdrawn the approval for this visit, so the call has ended.",
+    Reason.GUARDIAN_LEFT: "Your guardian left the call and did not come back in time, so the call has ended.",
 }
+
+
+# What a minor is told while held back (the `hold` message, signaling/enforcer.py).
+HOLD_REASONS = {"waiting": "guardian-absent", "paused": "guardian-left"}
+
+
+def hold_text(state: str, guardians: list[str], ends_in: float | None = None) -> str:
+    """The words a minor's page shows while they wait for, or are paused without, a guardian."""
+    who = " or ".join(guardians) if guardians else "your guardian"
+    if state == "waiting":
+        return f"Waiting for {who} to join."
+    if state == "paused":
+        return (
+            f"Paused: your guardian left. The call ends in {ends_in or 0:.0f} s unless {who} "
+            "comes back."
+        )
+    return ""
+
 
 # Why a visit was cancelled, in the words its family is shown (policy.visit.CANCEL_REASONS and
 # the server's own APPROVAL_WITHDRAWN); a note, when staff wrote one, follows.

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from policy.actor import Actor
 from policy.directive import Directive
+from policy.guardian import ACTIVE, Ward
 from policy.session import SessionRecord
 from policy.visit import Visit
 from relay import PeerClosed, RelayPeer
@@ -48,6 +49,11 @@ class Session:
     peer: RelayPeer
     record: SessionRecord
     audio_only: Directive | None = None
+    ward: Ward | None = None  # a minor: who of their guardians is on the visit
+    guardian_state: str = ACTIVE  # a minor's: active, waiting or paused (policy/guardian.py)
+    paused_at: float | None = None  # when a minor was paused (their grace runs from here)
+    grace: asyncio.TimerHandle | None = None  # ends a paused minor's session
+    guardian_news: asyncio.Future[None] | None = None  # the last change being told/recorded
     started: asyncio.Future[None] | None = None  # the write of its start record
     joined: bool = False  # told `joined`: no longer provisional
     announced: bool = False  # the others were told `participant-joined`
@@ -72,7 +78,10 @@ class Session:
         return self.mode == "monitor"
 
     def public(self) -> dict[str, Any]:
-        return {"id": self.id, "role": self.role, "name": self.name}
+        return {
+            "id": self.id, "role": self.role, "name": self.name, "minor": self.ward is not None,
+            "state": self.guardian_state,
+        }  # fmt: skip
 
     async def start_recorded(self) -> bool:
         """Whether its start record is written, waiting for the write if it is under way.

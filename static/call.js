@@ -10,6 +10,9 @@
 //   participant-left   {id}
 //   track              {participantId, track}
 //   restricted         {action: "audio-only"|"none", directive}  ("none": video is allowed again)
+//   hold               {state: "waiting"|"paused"|"active", reason, guardians, message, ends_in?}
+//                      (a minor: held back until a guardian of theirs is in the call)
+//   participant-state  {participant: {id, role, name, minor, state}}  (a minor held back or let in)
 //   problem            {code, message}  (an `error` from the server)
 //   ended              {ending: {kind, reason, code, message, directive, errorCode?}}
 //                      (kind "unsupported": this browser cannot call; reason says what it lacks)
@@ -157,6 +160,7 @@ export class CallClient extends EventTarget {
         this.#lastError = null;
         if (message.audio_only) this.#audioOnly = true;
         this.#emit("joined", message);
+        if (message.hold) this.#emit("hold", message.hold);
         this.#emit("status", { phase: "joined" });
         if (message.ends_at) this.#emit("ends-at", { endsAt: new Date(message.ends_at) });
         this.#enqueue(() => this.#startPeer(), { retryOnFailure: true });
@@ -176,6 +180,12 @@ export class CallClient extends EventTarget {
         break;
       case "participant-left":
         this.#emit("participant-left", { id: message.participant });
+        break;
+      case "hold":
+        this.#emit("hold", message);
+        break;
+      case "participant-state":
+        this.#emit("participant-state", { participant: message.participant });
         break;
       case "time-remaining":
         if (Number.isFinite(message.seconds)) {

@@ -18,6 +18,8 @@ export class CallView {
   #tiles = new Map();
   #endsAt = null;
   #ticker = null;
+  #holdEndsAt = null;
+  #hold = null;
   #announced = new Set();
   #cameraNote = "";
   #cameraMissing = false;
@@ -50,6 +52,8 @@ export class CallView {
     client.addEventListener("participant-joined", (e) => this.#addParticipant(e.detail.participant));
     client.addEventListener("participant-left", (e) => this.#removeTile(e.detail.id));
     client.addEventListener("track", (e) => this.#addTrack(e.detail.participantId, e.detail.track));
+    client.addEventListener("hold", (e) => this.#showHold(e.detail));
+    client.addEventListener("participant-state", (e) => this.#addParticipant(e.detail.participant));
     client.addEventListener("restricted", (e) => {
       if (e.detail.action === "audio-only") this.#showAudioOnly(e.detail.directive);
       else if (e.detail.action === "none") this.#videoAllowedAgain();
@@ -93,6 +97,10 @@ export class CallView {
     );
     el.audioOnly = h("div", { class: "banner banner--restricted", id: "audio-only-banner", role: "status", hidden: true });
     el.status = h("div", { class: "banner banner--status", id: "connection-banner", role: "status" });
+    // A minor held back until a guardian of theirs is in the call (policy/guardian.py).
+    el.hold = h("div", { class: "banner banner--restricted", id: "guardian-banner", role: "status", hidden: true });
+    // Others: a minor in the call who waits for a guardian, or was paused without one.
+    el.minors = h("p", { class: "notice", id: "minor-notice", role: "status", hidden: true });
     el.announcer = h("p", { class: "visually-hidden", "aria-live": "polite", id: "announcer" });
 
     el.waiting = h("p", { class: "stage-waiting", id: "stage-waiting" }, `Waiting for ${expecting || "the other person"} to join…`);
@@ -116,6 +124,8 @@ export class CallView {
       h("div", { class: "call-bar" }, el.countdown, el.names),
       el.monitored,
       el.audioOnly,
+      el.hold,
+      el.minors,
       el.status,
       (el.stage = h("div", { class: "stage", id: "stage", "data-remote": "0" }, el.waiting, el.tiles, self)),
       el.selfState,
@@ -218,6 +228,7 @@ export class CallView {
   }
 
   #tick() {
+    if (this.#hold?.state === "paused") this.#drawHold();
     if (!this.#endsAt) return;
     const left = this.#endsAt.getTime() - Date.now();
     this.#el.countdownValue.textContent = formatCountdown(left);
@@ -232,6 +243,46 @@ export class CallView {
         this.#el.announcer.textContent = text;
       }
     }
+  }
+
+  #showHold(hold) {
+    this.#hold = hold;
+    this.#holdEndsAt = Number.isFinite(hold.ends_in) ? Date.now() + hold.ends_in * 1000 : null;
+    this.#drawHold();
+    if (hold.state === "active") this.#el.announcer.textContent = "Your guardian is here: the call goes on.";
+  }
+
+  #drawHold() {
+    const hold = this.#hold;
+    const banner = this.#el.hold;
+    if (!hold || hold.state === "active") {
+      banner.hidden = true;
+      banner.replaceChildren();
+      return;
+    }
+    const who = hold.guardians?.length ? hold.guardians.join(" or ") : "your guardian";
+    let text = hold.message || `Waiting for ${who} to join.`;
+    if (hold.state === "paused" && this.#holdEndsAt !== null) {
+      const left = Math.max(0, Math.round((this.#holdEndsAt - Date.now()) / 1000));
+      text = `Paused: your guardian left; the call ends in ${left} s unless ${who} comes back.`;
+    }
+    banner.replaceChildren(
+      h("strong", { id: "guardian-text" }, text),
+      " No video or sound is shared until then.",
+    );
+    banner.dataset.state = hold.state;
+    banner.hidden = false;
+  }
+
+  #showMinors() {
+    const held = [...this.#tiles.values()]
+      .map((t) => t.participant)
+      .filter((p) => p?.minor && p.state && p.state !== "active");
+    const note = this.#el.minors;
+    note.hidden = held.length === 0;
+    note.textContent = held
+      .map((p) => `${p.name || "A minor"} ${p.state === "paused" ? "is paused: their guardian left" : "is waiting for their guardian"}; no video or sound is shared with them until a guardian is in the call.`)
+      .join(" ");
   }
 
   #showAudioOnly(directive) {
@@ -272,7 +323,21 @@ export class CallView {
     const tile = this.#tile(participant.id);
     tile.participant = participant;
     tile.caption.textContent = participant.name || "Participant";
+    if (participant.minor) this.#showHeld(tile);
     this.#showNames();
+    this.#showMinors();
+  }
+
+  /** A minor's tile while no guardian of theirs is in the call: nothing comes, and it says why. */
+  #showHeld(tile) {
+    const state = tile.participant?.state;
+    if (state === "waiting" || state === "paused") {
+      tile.element.classList.add("no-video");
+      tile.placeholder.textContent = state === "paused" ? "Paused: no guardian in the call" : "Waiting for a guardian";
+      return true;
+    }
+    if (!tile.seenVideo) tile.placeholder.textContent = "Connecting video…";
+    return false;
   }
 
   #tile(id) {
@@ -322,6 +387,7 @@ export class CallView {
   }
 
   #showVideo(tile, track) {
+    if (tile.participant?.minor && this.#showHeld(tile)) return;
     const live = track.readyState === "live" && !track.muted && tile.stream.getVideoTracks().includes(track);
     if (live) tile.seenVideo = true;
     tile.element.classList.toggle("no-video", !live);
@@ -333,6 +399,7 @@ export class CallView {
     if (!removeTile(this.#tiles, id)) return;
     this.#layout();
     this.#showNames();
+    this.#showMinors();
   }
 
   #layout() {

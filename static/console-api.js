@@ -41,6 +41,10 @@ export class Api {
     return this.request("PATCH", path, body);
   }
 
+  put(path, body = {}) {
+    return this.request("PUT", path, body);
+  }
+
   async request(method, path, body) {
     const headers = { Authorization: `Bearer ${this.#token}`, Accept: "application/json" };
     const init = { method, headers, cache: "no-store" };

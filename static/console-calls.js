@@ -211,6 +211,8 @@ export class CallsView {
           ? h("li", { class: "badge badge--monitored" }, `Monitored now by ${listNames(data.monitors)}`)
           : h("li", { class: "badge badge--quiet" }, "Not monitored now"),
       ...data.restrictions.map((r) => h("li", { class: "badge badge--restricted" }, `Audio only (${r.id})`)),
+      // A minor on the visit: admitted only while a guardian of theirs is in the call.
+      data.contacts.some((c) => c.minor) ? h("li", { class: "badge badge--minor", "data-flag": "minor" }, "With a minor") : null,
     ];
 
     const actions = [];

@@ -131,7 +131,20 @@ export class ContactsView {
     return h(
       "tr",
       { "data-contact": contact.id },
-      h("td", { "data-label": "Name" }, h("strong", {}, contact.name), contact.minor ? h("span", { class: "badge badge--minor" }, "Minor") : null, h("span", { class: "muted" }, contact.id)),
+      h(
+        "td",
+        { "data-label": "Name" },
+        h("strong", {}, contact.name),
+        contact.minor ? h("span", { class: "badge badge--minor" }, "Minor") : null,
+        h("span", { class: "muted" }, contact.id),
+        contact.minor
+          ? h(
+              "span",
+              { class: contact.guardians?.length ? "muted" : "banner-detail", "data-guardians": contact.id },
+              contact.guardians?.length ? `Guardians: ${contact.guardians.map((g) => this.#state.contactName(g)).join(", ")}` : "No guardian set: cannot be booked",
+            )
+          : null,
+      ),
       h("td", { "data-label": "Approvals" }, approvals.length ? approvals : h("span", { class: "muted" }, "None yet")),
       h("td", { "data-label": "Actions", class: "row-actions" }, actions),
     );
@@ -205,9 +218,9 @@ export function openDecision(approval, status, ctx) {
   });
 }
 
-/** Add a contact, or change one's name or minor flag. */
+/** Add a contact, or change one's name, minor flag or (a minor's) guardians. */
 export function openContactForm(contact, ctx) {
-  const { api, announce } = ctx;
+  const { api, announce, state } = ctx;
   return openDialog({
     title: contact ? `Edit ${contact.name}` : "Add a contact",
     build(dialog, close) {
@@ -217,6 +230,19 @@ export function openContactForm(contact, ctx) {
       const name = h("input", { type: "text", name: "name", maxlength: 200, autocomplete: "off", value: contact?.name ?? "" });
       const minorId = "contact-minor";
       const minor = h("input", { type: "checkbox", name: "minor", id: minorId, checked: Boolean(contact?.minor) });
+      const had = new Set(contact?.guardians ?? []);
+      const adults = [...(state?.contacts?.values() ?? [])].filter((c) => !c.minor && c.id !== contact?.id);
+      const boxes = adults.map((adult) => h("input", { type: "checkbox", name: "guardian", value: adult.id, id: `guardian-${adult.id}`, checked: had.has(adult.id) }));
+      const guardians = h(
+        "fieldset",
+        { class: "field", id: "guardians-field", hidden: !minor.checked },
+        h("legend", {}, "Guardians"),
+        h("p", { class: "hint" }, "Adults who must be in the call for this minor to be let in; a visit with the minor is booked only with one of them on it."),
+        adults.length
+          ? boxes.map((box, i) => h("div", { class: "checkbox" }, box, h("label", { for: box.id }, `${adults[i].name} (${adults[i].id})`)))
+          : h("p", { class: "muted" }, "No adult contacts yet: add the guardian first."),
+      );
+      minor.addEventListener("change", () => (guardians.hidden = !minor.checked));
       const submit = h("button", { type: "submit", class: "button button--primary" }, contact ? "Save" : "Add contact");
       const cancel = h("button", { type: "button", class: "button" }, "Cancel");
       cancel.addEventListener("click", close);
@@ -225,6 +251,7 @@ export function openContactForm(contact, ctx) {
         contact ? h("p", { class: "muted" }, `Contact ${contact.id}`) : field({ label: "Contact id", control: id, hint: "Letters, digits, '_', '.', '-'." }),
         field({ label: "Name", control: name }),
         h("div", { class: "field checkbox" }, minor, h("label", { for: minorId }, "Minor (under 18): only admitted with an approved guardian in the call")),
+        guardians,
         h("div", { class: "actions" }, submit, cancel),
       );
       clearErrorsOnEdit(form);
@@ -234,11 +261,23 @@ export function openContactForm(contact, ctx) {
         if (!contact && !id.value.trim()) found.push([id, "Enter the contact's id."]);
         if (!name.value.trim()) found.push([name, "Enter the name."]);
         if (!showProblems(form, problems, found)) return;
+        const contactId = contact ? contact.id : id.value.trim();
+        const chosen = minor.checked ? boxes.filter((b) => b.checked).map((b) => b.value) : [];
+        const guardiansChanged = chosen.length !== had.size || chosen.some((g) => !had.has(g));
         try {
-          if (contact) {
-            await busy(submit, "Saving…", () => api.patch(`/contacts/${encodeURIComponent(contact.id)}`, { name: name.value.trim(), minor: minor.checked }));
-          } else {
-            await busy(submit, "Adding…", () => api.post("/contacts", { id: id.value.trim(), name: name.value.trim(), minor: minor.checked }));
+          // Guardians are cleared before a minor becomes an adult, and set after a contact
+          // becomes a minor: the server refuses the other orders (has-guardians, not-a-minor).
+          if (contact && !minor.checked && guardiansChanged) {
+            await busy(submit, "Saving…", () => api.put(`/contacts/${encodeURIComponent(contactId)}/guardians`, { guardians: [] }));
+          }
+          const edited = !contact || name.value.trim() !== contact.name || minor.checked !== Boolean(contact.minor);
+          if (contact && edited) {
+            await busy(submit, "Saving…", () => api.patch(`/contacts/${encodeURIComponent(contactId)}`, { name: name.value.trim(), minor: minor.checked }));
+          } else if (!contact) {
+            await busy(submit, "Adding…", () => api.post("/contacts", { id: contactId, name: name.value.trim(), minor: minor.checked }));
+          }
+          if (minor.checked && guardiansChanged) {
+            await busy(submit, "Saving…", () => api.put(`/contacts/${encodeURIComponent(contactId)}/guardians`, { guardians: chosen }));
           }
         } catch (error) {
           showSummary(problems, refusal(error));

@@ -129,6 +129,7 @@ export class ConsoleState extends EventTarget {
       case "facility.updated":
       case "inmate.updated":
       case "contact.updated":
+      case "contact.guardians-set":
         this.#reload("roster");
         break;
       case "appeal.filed":

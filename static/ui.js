@@ -105,6 +105,17 @@ export function describeEnd(ending, audience = "family") {
       canRejoin: false,
     };
   }
+  if (reason === "guardian-left") {
+    return {
+      title: "The call ended because your guardian left.",
+      detail: message || "You can join again when your guardian is back in the call.",
+      directive,
+      canRejoin: true,
+    };
+  }
+  if (ending.errorCode === "guardian-required") {
+    return { title: "You cannot join this visit without your guardian.", detail: message, directive, canRejoin: false };
+  }
   if (ending.errorCode === "visit-cancelled" || /cancelled this visit/.test(message)) {
     return { title: "This visit was cancelled.", detail: message, directive, canRejoin: false };
   }

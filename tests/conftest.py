@@ -174,6 +174,23 @@ async def seed(srv: Server, contacts: int = 4) -> None:
         assert status == 200, answer
 
 
+async def add_minor(srv: Server, contact: str, name: str, *, guardians: list[str]) -> None:
+    """A minor approved for I1 (of `seed`), with `guardians` (adult contacts) set, if any."""
+    status, answer = await srv.api(
+        "POST", "/api/v1/contacts", {"id": contact, "name": name, "minor": True}
+    )
+    assert status == 201, answer
+    status, answer = await srv.api(
+        "POST", f"/api/v1/contacts/{contact}/approvals", {"inmate": "I1", "status": "approved"}
+    )
+    assert status == 200, answer
+    if guardians:
+        status, answer = await srv.api(
+            "PUT", f"/api/v1/contacts/{contact}/guardians", {"guardians": guardians}
+        )
+        assert status == 200 and answer["guardians"] == guardians, answer
+
+
 async def make_visit(
     srv: Server,
     contacts: list[str],

@@ -63,6 +63,7 @@ class StoredState:
     directives: dict[str, Directive]
     approvals: dict[tuple[str, str], str]  # (contact, inmate) -> status
     visits: dict[str, Visit]
+    guardians: dict[str, tuple[str, ...]] = field(default_factory=dict)  # minor -> guardians
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Restoration:
     approvals: dict[tuple[str, str], str | None] = field(default_factory=dict)
     visits: list[Visit] = field(default_factory=list)
     stray_visits: list[str] = field(default_factory=list)
+    guardians: dict[str, tuple[str, ...]] = field(default_factory=dict)  # minor -> all of them
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,14 @@ class Store(Protocol):
     ) -> AuditEvent: ...  # fmt: skip
 
     async def get_approval(self, contact: str, inmate: str) -> Approval | None: ...
+
+    async def set_guardians(
+        self, minor: str, guardians: tuple[str, ...], audit: AuditDraft
+    ) -> AuditEvent:
+        """Replace a minor's guardians (an empty tuple clears them)."""
+
+    async def wards_of(self, guardian: str) -> list[str]:
+        """The minors `guardian` is a guardian of."""
 
     async def list_approvals(
         self, *, status: str | None = None, contact: str | None = None

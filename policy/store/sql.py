@@ -27,7 +27,7 @@ from policy.session import SessionRecord
 from policy.store.interface import AuditDraft, Cluster, Presence, Restoration, StoredState
 from policy.visit import Visit
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # {real} is DOUBLE PRECISION on PostgreSQL: its REAL is only 4 bytes.
 SCHEMA = [
@@ -48,6 +48,10 @@ SCHEMA = [
         contact TEXT NOT NULL REFERENCES contacts(id), inmate TEXT NOT NULL REFERENCES inmates(id),
         status TEXT NOT NULL, updated_at {real} NOT NULL, reason TEXT, decided_by TEXT,
         PRIMARY KEY (contact, inmate))""",
+    # A minor's guardians (policy/guardian.py): adult contacts, set with `contact.guardians-set`.
+    """CREATE TABLE IF NOT EXISTS guardians (
+        minor TEXT NOT NULL REFERENCES contacts(id), guardian TEXT NOT NULL REFERENCES contacts(id),
+        PRIMARY KEY (minor, guardian))""",
     """CREATE TABLE IF NOT EXISTS visits (
         id TEXT PRIMARY KEY, facility TEXT NOT NULL, inmate TEXT NOT NULL, device TEXT NOT NULL,
         contacts TEXT NOT NULL, starts_at {real} NOT NULL, ends_at {real} NOT NULL,
@@ -118,6 +122,9 @@ MIGRATIONS: dict[int, list[str]] = {
     # Version 2 -> 3: a directive may be a request that starts only when a second supervisor
     # confirms it.
     3: ["ALTER TABLE directives ADD COLUMN starts_on_confirmation INTEGER NOT NULL DEFAULT 0"],
+    # Version 3 -> 4: a minor's guardians. SCHEMA's CREATE TABLE IF NOT EXISTS makes the table
+    # in an older database already; the version records that it is there.
+    4: [],
 }
 
 
@@ -283,6 +290,9 @@ class SqlStore(ABC):
         self.clock = clock
         self.head_seq = 0  # the highest audit sequence number this process knows of
         self._advanced = asyncio.Event()
+        # False only in a read-only view of a database from before schema version 4 (a
+        # node's open brings any database up to date): it has no guardians yet.
+        self.guardians_table = True
 
     def noticed(self, seq: int) -> None:
         """Record that the audit log reached `seq` (a local commit, or another node's on the bus)
@@ -378,6 +388,27 @@ class SqlStore(ABC):
               " VALUES (?, ?, ?, ?, ?, ?)", (contact, inmate, status, self.clock(), reason, by))],
             audit)  # fmt: skip
 
+    async def set_guardians(
+        self, minor: str, guardians: tuple[str, ...], audit: AuditDraft
+    ) -> AuditEvent:
+        statements: list[Statement] = [("DELETE FROM guardians WHERE minor = ?", (minor,))]
+        statements += [
+            ("INSERT INTO guardians (minor, guardian) VALUES (?, ?)", (minor, g)) for g in guardians
+        ]
+        return await self._write(statements, audit)
+
+    async def wards_of(self, guardian: str) -> list[str]:
+        return [r["minor"] for r in await self._guardians("WHERE guardian = ?", (guardian,))]
+
+    async def _guardians(
+        self, where: str = "", params: tuple[Any, ...] = ()
+    ) -> list[dict[str, Any]]:
+        if not self.guardians_table:
+            return []
+        return await self._fetch(
+            f"SELECT minor, guardian FROM guardians {where} ORDER BY minor, guardian", params
+        )
+
     async def get_approval(self, contact: str, inmate: str) -> Approval | None:
         row = await self._one(
             "SELECT * FROM approvals WHERE contact = ? AND inmate = ?", (contact, inmate)
@@ -426,9 +457,11 @@ class SqlStore(ABC):
         approvals = await self._fetch(
             "SELECT inmate, status FROM approvals WHERE contact = ? ORDER BY inmate", (contact_id,)
         )
+        guardians = await self._guardians("WHERE minor = ?", (contact_id,))
         return Contact(
             id=row["id"], name=row["name"], minor=bool(row["minor"]),
             approvals={a["inmate"]: a["status"] for a in approvals},
+            guardians=tuple(g["guardian"] for g in guardians),
         )  # fmt: skip
 
     async def list_contacts(self) -> list[Contact]:
@@ -436,12 +469,16 @@ class SqlStore(ABC):
         approvals: dict[str, dict[str, str]] = {}
         for a in await self._fetch("SELECT contact, inmate, status FROM approvals"):
             approvals.setdefault(a["contact"], {})[a["inmate"]] = a["status"]
+        guardians: dict[str, list[str]] = {}
+        for g in await self._guardians():
+            guardians.setdefault(g["minor"], []).append(g["guardian"])
         return [
             Contact(
                 id=r["id"],
                 name=r["name"],
                 minor=bool(r["minor"]),
                 approvals=approvals.get(r["id"], {}),
+                guardians=tuple(guardians.get(r["id"], ())),
             )
             for r in rows
         ]
@@ -691,15 +728,22 @@ class SqlStore(ABC):
     # -- the state as a projection of the chain (policy/replay.py) ----------------------
     async def state(self) -> StoredState:
         """The audit chain and the rows it projects to, read in one snapshot."""
-        chain, directives, approvals, visits = await self._snapshot(
+        read = await self._snapshot(
             [
                 "SELECT h.seq AS head_seq, h.hash AS head_hash, a.* FROM audit_head h"
                 " LEFT JOIN audit a ON 1 = 1 WHERE h.id = 1 ORDER BY a.seq",
                 "SELECT * FROM directives ORDER BY id",
                 "SELECT contact, inmate, status FROM approvals ORDER BY contact, inmate",
                 "SELECT * FROM visits ORDER BY id",
+                *(["SELECT minor, guardian FROM guardians ORDER BY minor, guardian"]
+                  if self.guardians_table else []),
             ]
-        )
+        )  # fmt: skip
+        chain, directives, approvals, visits = read[:4]
+        guardians = read[4] if self.guardians_table else []
+        wards: dict[str, tuple[str, ...]] = {}
+        for g in guardians:
+            wards[g["minor"]] = (*wards.get(g["minor"], ()), g["guardian"])
         head = (chain[0]["head_seq"], chain[0]["head_hash"]) if chain else (0, GENESIS)
         return StoredState(
             events=[_audit(r) for r in chain if r["seq"] is not None],
@@ -707,6 +751,7 @@ class SqlStore(ABC):
             directives={r["id"]: _directive(r) for r in directives},
             approvals={(r["contact"], r["inmate"]): r["status"] for r in approvals},
             visits={r["id"]: _visit(r) for r in visits},
+            guardians=wards,
         )
 
     async def restore(self, restoration: Restoration, audit: AuditDraft) -> AuditEvent:
@@ -732,6 +777,12 @@ class SqlStore(ABC):
         upsert = _insert("visits", VISIT_COLUMNS, upsert=True)
         statements += [(upsert, _visit_row(v)) for v in restoration.visits]
         statements += [("DELETE FROM visits WHERE id = ?", (i,)) for i in restoration.stray_visits]
+        for minor, guardians in restoration.guardians.items():
+            statements.append(("DELETE FROM guardians WHERE minor = ?", (minor,)))
+            statements += [
+                ("INSERT INTO guardians (minor, guardian) VALUES (?, ?)", (minor, g))
+                for g in guardians
+            ]
         return await self._write(statements, audit)
 
 

@@ -47,7 +47,9 @@ async def test_roster_create_and_list(server):
             token = answer.pop("token")
             claims = server.tokens.verify(token)
             assert (claims.actor.sub, claims.actor.role) == ("device:K1", "kiosk")
-        expected = {**body, "approvals": {}} if path.endswith("/contacts") else body
+        expected = (
+            {**body, "approvals": {}, "guardians": []} if path.endswith("/contacts") else body
+        )
         if path.endswith("/facilities"):  # the server's default maximum visit length
             expected = {**body, "max_visit_seconds": None}
         assert answer == expected

@@ -17,7 +17,7 @@ from policy.rfc3339 import format_time
 from signaling import keys as K
 from signaling.kiosk import PresenceLink
 from tests.cluster.conftest import client, close_all, in_call, start_node, wait_for
-from tests.conftest import make_visit, seed, stop_server
+from tests.conftest import add_minor, make_visit, seed, stop_server
 
 pytestmark = pytest.mark.cluster
 
@@ -64,6 +64,36 @@ async def test_an_approval_denied_on_b_ends_the_contacts_call_on_a_and_refuses_t
         assert (record["end_reason"], record["node"]) == ("approval-withdrawn", "A")
     finally:
         await close_all([kiosk, c1, lone_kiosk])
+
+
+async def test_a_guardian_removed_on_b_pauses_their_minor_on_a(cluster):
+    """Minors (SPEC §4): the call is on A; staff on B take the guardian in the call off the
+    minor's guardians, and A pauses the minor (no media either way) when the bus delivers it.
+    A guardian suspended on B ends on A and pauses the minor the same way."""
+    a, b = cluster
+    await seed(a)
+    await add_minor(a, "M1", "Mia", guardians=["C1", "C2"])
+    visit = await make_visit(a, ["C1", "C2", "M1"])
+    c1, minor = await in_call(a, visit, "C1", "M1")
+    c2: list = []
+    try:
+        assert minor.joined is not None and minor.joined["hold"]["state"] == "active"
+        peer = a.app[K.SESSIONS].by_id[minor.joined["session"]].peer
+        status, answer = await b.api("PUT", "/api/v1/contacts/M1/guardians", {"guardians": ["C2"]})
+        assert status == 200, answer
+        await wait_for(lambda: peer.held, timeout=5)
+        await wait_for(lambda: (minor.last("hold") or {}).get("state") == "paused", timeout=5)
+
+        c2 = await in_call(a, visit, "C2")
+        await wait_for(lambda: not peer.held, timeout=5)
+        body = {"scope": "contact:C2", "action": "suspend", "reason": "Threats",
+                "legal_basis": "Rule 51", "expires_at": format_time(time.time() + 3600)}  # fmt: skip
+        status, directive = await b.api("POST", "/api/v1/directives", body)
+        assert status == 201, directive
+        await wait_for(lambda: c2[0].closed.is_set() and peer.held, timeout=5)
+        assert c2[0].close_code == 4403
+    finally:
+        await close_all([c1, minor, *c2])
 
 
 async def test_a_visit_cancelled_on_b_ends_its_call_on_a(cluster):

@@ -7,9 +7,13 @@ import asyncpg
 import pytest
 
 from policy.directive import Directive
+from policy.roster import Contact
 from policy.store import AuditDraft
 from policy.store.postgres import PostgresStore
 from policy.store.sql import SCHEMA_VERSION
+
+REQUESTS_VERSION = 3  # the schema version that brought requests (starts_on_confirmation)
+GUARDIANS_VERSION = 4  # the one that brought a minor's guardians
 
 pytestmark = pytest.mark.cluster
 
@@ -23,17 +27,34 @@ def directive(id: str, **changes: object) -> Directive:
     ).with_changes(**changes)  # fmt: skip
 
 
+async def as_version(pg_url: str, version: int, *undo: str) -> None:
+    """Make the database what schema `version` made: `undo` what came after it."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        for statement in undo:
+            await conn.execute(statement)
+        await conn.execute("UPDATE schema_version SET version = $1", version)
+    finally:
+        await conn.close()
+
+
+async def version_now(pg_url: str) -> int:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        return await conn.fetchval("SELECT version FROM schema_version")
+    finally:
+        await conn.close()
+
+
 async def test_a_database_from_before_requests_gets_their_column(pg_url):
     store = PostgresStore(pg_url, clock=lambda: T0)
     await store.open()
     await store.add_directive(directive("D1"), AuditDraft("operator:alice", "t", "t:1", {}))
     await store.close()
-    conn = await asyncpg.connect(pg_url)
-    try:  # what the version before made
-        await conn.execute("ALTER TABLE directives DROP COLUMN starts_on_confirmation")
-        await conn.execute("UPDATE schema_version SET version = $1", SCHEMA_VERSION - 1)
-    finally:
-        await conn.close()
+    await as_version(
+        pg_url, REQUESTS_VERSION - 1,
+        "ALTER TABLE directives DROP COLUMN starts_on_confirmation", "DROP TABLE guardians",
+    )  # fmt: skip
 
     store = PostgresStore(pg_url, clock=lambda: T0)
     await store.open()
@@ -44,8 +65,34 @@ async def test_a_database_from_before_requests_gets_their_column(pg_url):
         assert await store.get_directive("D2") == request
     finally:
         await store.close()
-    conn = await asyncpg.connect(pg_url)
+    assert await version_now(pg_url) == SCHEMA_VERSION
+
+
+async def test_a_database_from_before_guardians_gets_their_table(pg_url):
+    """The schema version before a minor's guardians: the table is made, guardians set after
+    the upgrade read back on the contact and in the state replayed."""
+    store = PostgresStore(pg_url, clock=lambda: T0)
+    await store.open()
+    for contact in (Contact("M1", "Mia", True, {}), Contact("G1", "Gail", False, {})):
+        await store.add_contact(contact, AuditDraft("operator:alice", "t", "t:c", {}))
+    await store.close()
+    await as_version(pg_url, GUARDIANS_VERSION - 1, "DROP TABLE guardians")
+    viewer = PostgresStore(pg_url, clock=lambda: T0, read_only=True)  # `audit verify` first
+    await viewer.open()
     try:
-        assert await conn.fetchval("SELECT version FROM schema_version") == SCHEMA_VERSION
+        assert (await viewer.state()).guardians == {}
+        assert (await viewer.get_contact("M1")).guardians == ()
     finally:
-        await conn.close()
+        await viewer.close()
+
+    store = PostgresStore(pg_url, clock=lambda: T0)
+    await store.open()
+    try:
+        assert (await store.get_contact("M1")).guardians == ()
+        await store.set_guardians("M1", ("G1",), AuditDraft("operator:alice", "t", "t:g", {}))
+        assert (await store.get_contact("M1")).guardians == ("G1",)
+        assert await store.wards_of("G1") == ["M1"]
+        assert (await store.state()).guardians == {"M1": ("G1",)}
+    finally:
+        await store.close()
+    assert await version_now(pg_url) == SCHEMA_VERSION

@@ -44,6 +44,7 @@ EXPECTED: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/v1/contacts/{id}"): READ,
     ("PATCH", "/api/v1/contacts/{id}"): STAFF_200,
     ("POST", "/api/v1/contacts/{id}/approvals"): STAFF_200,
+    ("PUT", "/api/v1/contacts/{id}/guardians"): STAFF_200,
     ("GET", "/api/v1/approvals"): READ,
     ("POST", "/api/v1/visits"): STAFF_201,
     ("GET", "/api/v1/visits"): READ,
@@ -198,6 +199,12 @@ class World:
             )
             return Cell(f"/api/v1/contacts/CE{n}", {"minor": True},
                         self.named("/api/v1/contacts", f"CE{n}", "minor"))  # fmt: skip
+        if path == "/api/v1/contacts/{id}/guardians":
+            await self.ok(
+                "POST", "/api/v1/contacts", {"id": f"CM{n}", "name": "Minor", "minor": True}
+            )
+            return Cell(f"/api/v1/contacts/CM{n}/guardians", {"guardians": ["C1"]},
+                        self.named("/api/v1/contacts", f"CM{n}", "guardians"))  # fmt: skip
         if path.startswith("/api/v1/visits/{id}/"):
             booked = await self.ok("POST", "/api/v1/visits", {
                 "inmate": "I1", "device": "K1", "contacts": ["C1"], "kind": "social",

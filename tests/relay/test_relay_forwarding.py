@@ -182,6 +182,48 @@ async def test_set_video_off_stops_video_both_ways_and_keeps_audio(visit) -> Non
     assert took < 3, f"video took {took:.2f} s to come back"
 
 
+async def test_hold_stops_all_media_both_ways_until_released(visit) -> None:
+    """A minor without their guardian: nothing from or to the held peer, the rest of the room
+    goes on; released, audio and video come back (video at a requested keyframe), and a
+    video turned off meanwhile stays off."""
+    a, peer_a = await visit.join("A")
+    b, _ = await visit.join("B")
+    c, _ = await visit.join("C")
+    await visit.wait_for(lambda: visit.everyone_gets_everyone("video", 10))
+    legs_of_a = [
+        leg
+        for kind in ("audio", "video")
+        for leg in visit.legs("B", "A", kind) + visit.legs("A", "B", kind)
+        + visit.legs("C", "A", kind) + visit.legs("A", "C", kind)
+    ]  # fmt: skip
+    b_to_c = visit.legs("C", "B", "video")
+
+    peer_a.hold(True)
+    sent, still = visit.packets_sent(legs_of_a), visit.packets_sent(b_to_c)
+    await asyncio.sleep(0.5)
+    assert visit.packets_sent(legs_of_a) == sent, "media went on to or from the held peer"
+    assert visit.packets_sent(b_to_c) > still, "the rest of the visit goes on"
+    assert peer_a.stats()["held"] is True and peer_a.stats()["forwarding"] is True
+
+    peer_a.hold(False)
+    frames = (b.received("A", "video").frames, a.received("C", "audio").frames)
+    took = await visit.wait_for(
+        lambda: (
+            b.received("A", "video").frames > frames[0] + 5
+            and a.received("C", "audio").frames > frames[1] + 5
+        )
+    )
+    assert took < 3, f"media took {took:.2f} s to come back"
+
+    peer_a.set_video(False)
+    peer_a.hold(True)
+    peer_a.hold(False)
+    video = visit.legs("B", "A", "video") + visit.legs("A", "B", "video")
+    before = visit.packets_sent(video)
+    await asyncio.sleep(0.5)
+    assert visit.packets_sent(video) == before, "a hold released turned video back on"
+
+
 async def test_receive_only_monitor_gets_everyone_and_sends_nothing(visit) -> None:
     a, _ = await visit.join("A")
     b, _ = await visit.join("B")

@@ -173,11 +173,19 @@ def test_public_url_must_be_http(tmp_path):
         "PARLOR_AWAIT_CONFIRMATION_SECONDS",
         "PARLOR_TICK_SECONDS",
         "PARLOR_OVERLOAD_LAG_SECONDS",
+        "PARLOR_GUARDIAN_GRACE_SECONDS",
     ],
 )
 @pytest.mark.parametrize("value", ["abc", "0", "-5"])
 def test_bad_durations_are_refused(tmp_path, name, value):
     refused(env(tmp_path, **{name: value}), name)
+
+
+def test_a_minors_grace_without_a_guardian_is_configurable(tmp_path):
+    assert load_config(env(tmp_path)).guardian_grace_seconds == 60
+    config = load_config(env(tmp_path, PARLOR_GUARDIAN_GRACE_SECONDS="5"))
+    assert config.guardian_grace_seconds == 5
+    refused(env(tmp_path, PARLOR_GUARDIAN_GRACE_SECONDS="7200"), "between 1 and 3600")
 
 
 def test_rule_limits_are_configurable(tmp_path):

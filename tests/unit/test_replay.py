@@ -14,7 +14,7 @@ from policy.audit import GENESIS, AuditEvent
 from policy.rfc3339 import format_time
 from policy.schedule import Schedule
 from policy.service import Policy
-from policy.store import SqliteStore, StoredState
+from policy.store import AuditDraft, SqliteStore, StoredState
 from policy.visit import Visit
 
 T0 = 1_700_000_000.0
@@ -50,6 +50,12 @@ async def everything(p: Policy) -> None:
     for contact in ("C1", "C2"):
         await p.create_contact(ALICE, {"id": contact, "name": contact, "minor": False})
         await p.set_approval(ALICE, contact, {"inmate": "I1", "status": "approved"})
+    await p.create_contact(ALICE, {"id": "M1", "name": "Mia", "minor": True})
+    await p.set_guardians(ALICE, "M1", {"guardians": ["C2", "C1"]})
+    await p.set_guardians(ALICE, "M1", {"guardians": ["C1"]})
+    await p.create_contact(ALICE, {"id": "M2", "name": "Max", "minor": True})
+    await p.set_guardians(ALICE, "M2", {"guardians": ["C2"]})
+    await p.set_guardians(ALICE, "M2", {"guardians": []})
     schedule = Schedule(p)
     await schedule.create(ALICE, {"inmate": "I1", "device": "K1", "contacts": ["C1", "C2"],
                                   "starts_at": format_time(T0), "ends_at": format_time(T0 + 3600)})  # fmt: skip
@@ -101,6 +107,7 @@ async def test_the_chain_folds_back_into_exactly_the_rows(policy):
         == stored.approvals
         == {("C1", "I1"): "approved", ("C2", "I1"): "denied"}
     )
+    assert report.projection.guardians == stored.guardians == {"M1": ("C1",)}
     assert report.projection.visits.keys() == stored.visits.keys() and len(stored.visits) == 3
     assert sorted((v.status, v.kind, v.moved_from is not None) for v in stored.visits.values()) == [
         ("booked", "privileged", True), ("cancelled", "social", False), ("no-show", "social", False),
@@ -127,6 +134,7 @@ async def test_each_changed_field_is_named_with_both_values(policy):
         },
         visits={**stored.visits, visit.id: replace(visit, kind="privileged")},
         approvals={**stored.approvals, ("C2", "I1"): "approved"},
+        guardians={"M1": ("C1", "C2"), "M2": ("C1",)},
     )
     found = {
         (d.table, d.id, d.field): (d.stored, d.implied) for d in replay.check(changed).disagreements
@@ -139,11 +147,26 @@ async def test_each_changed_field_is_named_with_both_values(policy):
         ),
         ("visits", visit.id, "kind"): ("privileged", "social"),
         ("approvals", "C2:I1", "status"): ("approved", "denied"),
+        ("guardians", "M1", "guardians"): (["C1", "C2"], ["C1"]),
+        ("guardians", "M2", "guardians"): (["C1"], []),
     }
     restoration = replay.restoration(replay.check(changed))
     assert [d.id for d in restoration.directives] == [directive.id]
     assert restoration.directives[0] == directive
     assert restoration.approvals == {("C2", "I1"): "denied"} and restoration.visits == [visit]
+    assert restoration.guardians == {"M1": ("C1",), "M2": ()}
+
+
+async def test_restoring_guardians_writes_what_the_chain_implies(policy):
+    """A guardian added without its audit event is a disagreement; restoring takes it away."""
+    await everything(policy)
+    store = policy.store
+    await store.set_guardians("M1", ("C1", "C2"), AuditDraft("operator:mallory", "note", "x", {}))
+    report = replay.check(await store.state())
+    assert [(d.table, d.id) for d in report.disagreements] == [("guardians", "M1")]
+    await store.restore(replay.restoration(report), AuditDraft("system", "t", "store", {}))
+    assert replay.check(await store.state()).ok
+    assert (await store.get_contact("M1")).guardians == ("C1",)
 
 
 def event(seq: int, action: str, subject: str, data: dict, *, at: float = T0) -> AuditEvent:

@@ -18,6 +18,9 @@ from policy.store import AuditDraft, SqliteStore
 from policy.store.sql import SCHEMA_VERSION
 from policy.visit import Visit
 
+REQUESTS_VERSION = 3  # the schema version that brought requests (starts_on_confirmation)
+GUARDIANS_VERSION = 4  # the one that brought a minor's guardians
+
 T0 = 1_700_000_000.0
 
 
@@ -240,7 +243,8 @@ async def test_a_database_from_before_requests_gets_their_column(tmp_path):
     await first.close()
     with sqlite3.connect(path) as conn:  # what the version before made
         conn.execute("ALTER TABLE directives DROP COLUMN starts_on_confirmation")
-        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION - 1,))
+        conn.execute("DROP TABLE guardians")
+        conn.execute("UPDATE schema_version SET version = ?", (REQUESTS_VERSION - 1,))
 
     second = SqliteStore(path, clock=lambda: T0)
     await second.open()
@@ -249,6 +253,43 @@ async def test_a_database_from_before_requests_gets_their_column(tmp_path):
         request = directive("D2", status="pending", starts_on_confirmation=True)
         await second.add_directive(request, draft())
         assert await second.get_directive("D2") == request
+    finally:
+        await second.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+async def test_a_database_from_before_guardians_gets_their_table(tmp_path):
+    """A database of the schema version before guardians opens with none, and a minor's
+    guardians set after the upgrade read back, on the contact and in the state replayed."""
+    path = tmp_path / "parlor.db"
+    first = SqliteStore(path, clock=lambda: T0)
+    await first.open()
+    await roster(first)
+    await first.add_contact(
+        Contact("G1", "Gail", False, {}), draft("contact.created", "contact:G1")
+    )
+    await first.close()
+    with sqlite3.connect(path) as conn:  # what the version before made
+        conn.execute("DROP TABLE guardians")
+        conn.execute("UPDATE schema_version SET version = ?", (GUARDIANS_VERSION - 1,))
+    viewer = SqliteStore(path, clock=lambda: T0, read_only=True)  # `audit verify` before a node
+    await viewer.open()
+    try:
+        assert (await viewer.state()).guardians == {}
+        assert (await viewer.get_contact("C1")).guardians == ()
+    finally:
+        await viewer.close()
+
+    second = SqliteStore(path, clock=lambda: T0)
+    await second.open()
+    try:
+        assert (await second.get_contact("C1")).guardians == ()
+        await second.set_guardians("C1", ("G1",), draft("contact.guardians-set", "contact:C1"))
+        assert (await second.get_contact("C1")).guardians == ("G1",)
+        assert [c.guardians for c in await second.list_contacts()] == [("G1",), ()]
+        assert await second.wards_of("G1") == ["C1"]
+        assert (await second.state()).guardians == {"C1": ("G1",)}
     finally:
         await second.close()
     with sqlite3.connect(path) as conn:
