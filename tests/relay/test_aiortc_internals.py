@@ -710,7 +710,7 @@ async def test_srtp_sessions_are_widened_for_packets_publishers_make() -> None:
     assert receiver.unprotect_rtcp(sender.protect_rtcp(bytes([0x80, 201, 0, 1]) + bytes(4)))
 
 
-def test_deferred_bitrate_estimators_cost_nothing_until_used_then_estimate_as_aiortc() -> None:
+async def test_deferred_bitrate_estimators_cost_nothing_until_used_then_estimate_as_aiortc() -> None:
     import aiortc.rtcrtpreceiver as receiver_module
     from aiortc.rate import RemoteBitrateEstimator
 
