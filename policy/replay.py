@@ -46,17 +46,24 @@ from typing import Any
 from policy.audit import AuditEvent, ChainReport, verify_chain
 from policy.directive import Directive
 from policy.errors import PolicyError
+from policy.recording import HOLD, Recording
 from policy.rfc3339 import format_time, parse_time
 from policy.store.interface import Restoration, StoredState
 from policy.visit import Visit
 
 Fold = Callable[["Projection", AuditEvent], None]
 FOLDS: dict[str, Fold] = {}
-PROJECTED = ("directive.", "visit.", "approval.")  # actions here without a fold: unreplayed
+PROJECTED = (
+    "directive.",
+    "visit.",
+    "approval.",
+    "recording.",
+)  # actions here without a fold: unreplayed
 TIME_TOLERANCE = 1e-3  # seconds: the chain keeps times to the microsecond, rows as floats
 TIME_FIELDS = {
     "issued_at", "starts_at", "expires_at", "confirm_by", "confirmed_at", "closed_at",
-    "ends_at", "created_at", "cancelled_at", "moved_at",
+    "ends_at", "created_at", "cancelled_at", "moved_at", "started_at", "ended_at",
+    "finalized_at", "held_at", "deleted_at", "origin_at",
 }  # fmt: skip
 WINDOW_FIELDS = {"moved_from"}  # (starts_at, ends_at): times, compared each within tolerance
 
@@ -68,6 +75,7 @@ class Projection:
     directives: dict[str, Directive] = field(default_factory=dict)
     approvals: dict[tuple[str, str], str] = field(default_factory=dict)  # (contact, inmate)
     visits: dict[str, Visit] = field(default_factory=dict)
+    recordings: dict[str, Recording] = field(default_factory=dict)
     loose: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # (table, id): fields
     unreplayed: Counter[str] = field(default_factory=Counter)  # actions no fold knows
     unreadable: list[int] = field(default_factory=list)  # seqs a fold could not read
@@ -78,7 +86,7 @@ class Projection:
 
 @dataclass(frozen=True)
 class Disagreement:
-    table: str  # directives | approvals | visits | audit (an event no fold could read)
+    table: str  # directives | approvals | visits | recordings | audit (an event no fold could read)
     id: str  # the row's id; an approval's is "<contact>:<inmate>"
     field: str  # a column, or "row" when the row is missing on one side
     stored: Any
@@ -130,6 +138,7 @@ def compare(projection: Projection, stored: StoredState) -> list[Disagreement]:
     ]
     found += _rows("directives", stored.directives, projection.directives, projection)
     found += _rows("visits", stored.visits, projection.visits, projection)
+    found += _rows("recordings", stored.recordings, projection.recordings, projection)
     for key in sorted(set(stored.approvals) | set(projection.approvals)):
         have, want = stored.approvals.get(key), projection.approvals.get(key)
         if have != want:
@@ -197,6 +206,8 @@ def restoration(report: StateReport) -> Restoration:
         },
         visits=made("visits", projection.visits, stored.visits),
         stray_visits=sorted(set(stored.visits) - set(projection.visits)),
+        recordings=made("recordings", projection.recordings, stored.recordings),
+        stray_recordings=sorted(set(stored.recordings) - set(projection.recordings)),
     )
 
 
@@ -223,7 +234,9 @@ def _same(name: str, a: Any, b: Any) -> bool:
     if name in TIME_FIELDS and isinstance(a, int | float) and isinstance(b, int | float):
         return abs(a - b) < TIME_TOLERANCE
     if name in WINDOW_FIELDS and isinstance(a, tuple) and isinstance(b, tuple):
-        return len(a) == len(b) and all(abs(x - y) < TIME_TOLERANCE for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) and all(
+            abs(x - y) < TIME_TOLERANCE for x, y in zip(a, b, strict=True)
+        )
     return bool(a == b)
 
 
@@ -307,6 +320,44 @@ def _visit_changed(p: Projection, e: AuditEvent) -> None:
     if visit.id != e.subject.removeprefix("visit:"):
         raise ValueError(e.subject)
     p.visits[visit.id] = visit
+
+
+@folds("recording.started")
+def _recording_started(p: Projection, e: AuditEvent) -> None:
+    recording = _carried(e)
+    p.recordings[recording.id] = recording
+
+
+@folds("recording.incomplete", "recording.finalized", "recording.failed", "recording.deleted")
+def _recording_changed(p: Projection, e: AuditEvent) -> None:
+    """Its state after the change; its hold is the hold events' (the node that finalizes a
+    recording does not know of a hold set meanwhile, and the store keeps it)."""
+    recording = _carried(e)
+    before = p.recordings[recording.id]
+    p.recordings[recording.id] = recording.with_changes(
+        **{name: getattr(before, name) for name in HOLD}
+    )
+
+
+@folds("recording.held", "recording.released")
+def _recording_hold(p: Projection, e: AuditEvent) -> None:
+    recording = _carried(e)
+    before = p.recordings[recording.id]
+    p.recordings[recording.id] = before.with_changes(
+        **{name: getattr(recording, name) for name in HOLD}
+    )
+
+
+@folds("recording.played", "recording.downloaded", "recording.exported")
+def _recording_read(p: Projection, e: AuditEvent) -> None:
+    """A look at a recording changes no row (the event is the record of it)."""
+
+
+def _carried(e: AuditEvent) -> Recording:
+    recording = Recording.from_json(e.data["recording"])
+    if recording.id != e.subject.removeprefix("recording:"):
+        raise ValueError(e.subject)
+    return recording
 
 
 # -- what `audit verify` reports, and what a node refuses to start on -----------------------

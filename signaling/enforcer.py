@@ -30,6 +30,7 @@ from signaling.background import Background
 from signaling.backlog import Backlog
 from signaling.metrics import Metrics
 from signaling.protocol import Close, Error, Message, Reason, directive_reason, ended_text
+from signaling.recordings import Recordings
 from signaling.registry import Call, LiveSessions
 from signaling.session import Ending, Session
 from signaling.tokens import Tokens
@@ -72,6 +73,7 @@ class Enforcer:
     closing: Background = field(default_factory=Background)  # detached closes running
     completing: Background = field(default_factory=Background)  # see `complete_later`
     backlog: Backlog = field(default_factory=Backlog)  # records the store could not take yet
+    recordings: Recordings | None = None  # told when a call's last session ends
 
     # -- a directive on the live sessions it matches ----------------------------------------
     def stop(self, directive: Directive) -> Stopped:
@@ -216,6 +218,8 @@ class Enforcer:
         session.ending = Ending(reason, code, message or ended_text(reason, directive), directive)
         session.peer.stop_forwarding()
         call = self.sessions.remove(session)
+        if call is not None and not call.sessions and self.recordings is not None:
+            self.recordings.end(call)  # the call is over: its recording is finished
         renegotiate = call.room.remove(session.peer) if call is not None else []
         told = call.joined() if call is not None and session.announced else []
         return Halted(session, call, renegotiate, told)

@@ -22,19 +22,22 @@ from policy.approval import Approval
 from policy.audit import GENESIS, AuditEvent, audit_time, seal
 from policy.directive import Directive
 from policy.errors import Conflict
+from policy.recording import Recording
 from policy.roster import Contact, Device, Facility, Inmate
 from policy.session import SessionRecord
 from policy.store.interface import AuditDraft, Cluster, Presence, Restoration, StoredState
 from policy.visit import Visit
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # {real} is DOUBLE PRECISION on PostgreSQL: its REAL is only 4 bytes.
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS facilities (
         id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at {real} NOT NULL,
-        max_visit_seconds {real})""",
+        max_visit_seconds {real}, recording INTEGER NOT NULL DEFAULT 1,
+        recording_retention_days INTEGER NOT NULL DEFAULT 180,
+        operators_play_recordings INTEGER NOT NULL DEFAULT 0)""",
     """CREATE TABLE IF NOT EXISTS devices (
         id TEXT PRIMARY KEY, facility TEXT NOT NULL REFERENCES facilities(id),
         created_at {real} NOT NULL)""",
@@ -88,10 +91,21 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS audit (
         seq INTEGER PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
         subject TEXT NOT NULL, data TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)""",
+    # Recordings of social visits (policy/recording.py): file names, not paths.
+    """CREATE TABLE IF NOT EXISTS recordings (
+        id TEXT PRIMARY KEY, visit TEXT NOT NULL, facility TEXT NOT NULL, node TEXT NOT NULL,
+        path TEXT NOT NULL, status TEXT NOT NULL, started_at {real} NOT NULL, ended_at {real},
+        finalized_at {real}, media TEXT, parts TEXT NOT NULL DEFAULT '[]', sha256 TEXT, origin_at {real}, duration_seconds {real},
+        incomplete_reason TEXT, failure TEXT, held_by TEXT, held_reason TEXT, held_ref TEXT,
+        held_at {real}, deleted_at {real})""",
+    """CREATE INDEX IF NOT EXISTS recordings_visit ON recordings (visit)""",
+    """CREATE INDEX IF NOT EXISTS recordings_started ON recordings (started_at)""",
     # One row: the chain's head. Updating it in every write transaction serialises appends
     # across nodes (a row lock on PostgreSQL, the write lock on SQLite).
     """CREATE TABLE IF NOT EXISTS audit_head (
         id INTEGER PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL)""",
+    # A recording's timeline reads its visit's events (`audit_about`).
+    """CREATE INDEX IF NOT EXISTS audit_subject ON audit (subject)""",
 ]
 
 
@@ -118,6 +132,13 @@ MIGRATIONS: dict[int, list[str]] = {
     # Version 2 -> 3: a directive may be a request that starts only when a second supervisor
     # confirms it.
     3: ["ALTER TABLE directives ADD COLUMN starts_on_confirmation INTEGER NOT NULL DEFAULT 0"],
+    # Version 3 -> 4: recordings (the table is created by SCHEMA) and the facility's
+    # recording policy.
+    4: [
+        "ALTER TABLE facilities ADD COLUMN recording INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE facilities ADD COLUMN recording_retention_days INTEGER NOT NULL DEFAULT 180",
+        "ALTER TABLE facilities ADD COLUMN operators_play_recordings INTEGER NOT NULL DEFAULT 0",
+    ],
 }
 
 
@@ -246,7 +267,33 @@ def _approval(row: dict[str, Any]) -> Approval:
 
 
 def _facility(row: dict[str, Any]) -> Facility:
-    return Facility(id=row["id"], name=row["name"], max_visit_seconds=row["max_visit_seconds"])
+    """A row as a facility; a read-only view of an older database lacks the recording columns."""
+    return Facility(
+        id=row["id"], name=row["name"], max_visit_seconds=row["max_visit_seconds"],
+        recording=bool(row.get("recording", 1)),
+        recording_retention_days=int(row.get("recording_retention_days", 180)),
+        operators_play_recordings=bool(row.get("operators_play_recordings", 0)),
+    )  # fmt: skip
+
+
+RECORDING_COLUMNS = tuple(Recording.__dataclass_fields__)
+RECORDING_HOLD = ("held_by", "held_reason", "held_ref", "held_at")
+RECORDING_STATE = tuple(c for c in RECORDING_COLUMNS[1:] if c not in RECORDING_HOLD)
+
+
+def _recording_value(r: Recording, column: str) -> Any:
+    value = getattr(r, column)
+    return json.dumps([list(part) for part in value]) if column == "parts" else value
+
+
+def _recording_row(r: Recording) -> tuple[Any, ...]:
+    return tuple(_recording_value(r, column) for column in RECORDING_COLUMNS)
+
+
+def _recording(row: dict[str, Any]) -> Recording:
+    values = {column: row[column] for column in RECORDING_COLUMNS}
+    values["parts"] = tuple(tuple(part) for part in json.loads(values["parts"] or "[]"))
+    return Recording(**values)
 
 
 def _presence(row: dict[str, Any]) -> Presence:
@@ -335,13 +382,20 @@ class SqlStore(ABC):
     # -- roster -------------------------------------------------------------------------
     async def add_facility(self, facility: Facility, audit: AuditDraft) -> AuditEvent:
         return await self._write(
-            [("INSERT INTO facilities (id, name, max_visit_seconds, created_at) VALUES (?, ?, ?, ?)",
-              (facility.id, facility.name, facility.max_visit_seconds, self.clock()))], audit)  # fmt: skip
+            [("INSERT INTO facilities (id, name, max_visit_seconds, recording,"
+              " recording_retention_days, operators_play_recordings, created_at)"
+              " VALUES (?, ?, ?, ?, ?, ?, ?)",
+              (facility.id, facility.name, facility.max_visit_seconds, int(facility.recording),
+               facility.recording_retention_days, int(facility.operators_play_recordings),
+               self.clock()))], audit)  # fmt: skip
 
     async def update_facility(self, facility: Facility, audit: AuditDraft) -> AuditEvent:
         return await self._write(
-            [("UPDATE facilities SET name = ?, max_visit_seconds = ? WHERE id = ?",
-              (facility.name, facility.max_visit_seconds, facility.id), True)], audit)  # fmt: skip
+            [("UPDATE facilities SET name = ?, max_visit_seconds = ?, recording = ?,"
+              " recording_retention_days = ?, operators_play_recordings = ? WHERE id = ?",
+              (facility.name, facility.max_visit_seconds, int(facility.recording),
+               facility.recording_retention_days, int(facility.operators_play_recordings),
+               facility.id), True)], audit)  # fmt: skip
 
     async def add_device(self, device: Device, audit: AuditDraft) -> AuditEvent:
         return await self._write(
@@ -640,6 +694,58 @@ class SqlStore(ABC):
             )
         return [_appeal(r) for r in rows]
 
+    # -- recordings -------------------------------------------------------------------------
+    async def add_recording(self, recording: Recording, audit: AuditDraft) -> AuditEvent:
+        return await self._write(
+            [(_insert("recordings", RECORDING_COLUMNS), _recording_row(recording))], audit
+        )
+
+    async def update_recording(
+        self, recording: Recording, audit: AuditDraft, *, expect_status: str
+    ) -> AuditEvent:
+        """Replace a recording's state but its hold (`hold_recording`'s), only from
+        `expect_status`, and a deletion only while unheld (else `Conflict`: two nodes
+        sweeping, a hold set meanwhile: one wins, the other writes nothing)."""
+        sets = ", ".join(f"{c} = ?" for c in RECORDING_STATE)
+        values = tuple(_recording_value(recording, c) for c in RECORDING_STATE)
+        unheld = " AND held_by IS NULL" if recording.status == "deleted" else ""
+        return await self._write(
+            [(f"UPDATE recordings SET {sets} WHERE id = ? AND status = ?{unheld}",
+              values + (recording.id, expect_status), True)],
+            audit)  # fmt: skip
+
+    async def hold_recording(
+        self, recording: Recording, audit: AuditDraft, *, was_held: bool
+    ) -> AuditEvent:
+        """Set or release a hold, only if the recording is not deleted and its hold is still
+        `was_held` (so a sweep that deleted it meanwhile, or a second hold, is a `Conflict`)."""
+        held = "held_by IS NOT NULL" if was_held else "held_by IS NULL"
+        return await self._write(
+            [("UPDATE recordings SET held_by = ?, held_reason = ?, held_ref = ?, held_at = ?"
+              f" WHERE id = ? AND status <> 'deleted' AND {held}",
+              (recording.held_by, recording.held_reason, recording.held_ref, recording.held_at,
+               recording.id), True)], audit)  # fmt: skip
+
+    async def get_recording(self, recording_id: str) -> Recording | None:
+        row = await self._one("SELECT * FROM recordings WHERE id = ?", (recording_id,))
+        return _recording(row) if row else None
+
+    async def list_recordings(
+        self, *, visit: str | None = None, facility: str | None = None,
+        after: float | None = None, before: float | None = None, status: str | None = None,
+    ) -> list[Recording]:  # fmt: skip
+        """Recordings, newest first; `after`/`before`: started at or after, before."""
+        sql, params = "SELECT * FROM recordings WHERE 1 = 1", tuple[Any, ...]()
+        for column, value in (("visit", visit), ("facility", facility), ("status", status)):
+            if value is not None:
+                sql, params = sql + f" AND {column} = ?", params + (value,)
+        if after is not None:
+            sql, params = sql + " AND started_at >= ?", params + (after,)
+        if before is not None:
+            sql, params = sql + " AND started_at < ?", params + (before,)
+        rows = await self._fetch(sql + " ORDER BY started_at DESC, id", params)
+        return [_recording(r) for r in rows]
+
     # -- kiosk presence -------------------------------------------------------------------
     async def set_presence(
         self, presence: Presence, audit: AuditDraft, *, expect_node: str | None = None
@@ -674,6 +780,10 @@ class SqlStore(ABC):
             sql, params = sql + " LIMIT ?", params + (limit,)
         return [_audit(r) for r in await self._fetch(sql, params)]
 
+    async def audit_about(self, subject: str) -> list[AuditEvent]:
+        rows = await self._fetch("SELECT * FROM audit WHERE subject = ? ORDER BY seq", (subject,))
+        return [_audit(r) for r in rows]
+
     async def audit_chain(self) -> tuple[list[AuditEvent], tuple[int, str]]:
         """Every event and the chain's head (seq, hash), read in one statement so that no
         write falls between them: `verify_chain(*await store.audit_chain())`."""
@@ -691,13 +801,14 @@ class SqlStore(ABC):
     # -- the state as a projection of the chain (policy/replay.py) ----------------------
     async def state(self) -> StoredState:
         """The audit chain and the rows it projects to, read in one snapshot."""
-        chain, directives, approvals, visits = await self._snapshot(
+        chain, directives, approvals, visits, recordings = await self._snapshot(
             [
                 "SELECT h.seq AS head_seq, h.hash AS head_hash, a.* FROM audit_head h"
                 " LEFT JOIN audit a ON 1 = 1 WHERE h.id = 1 ORDER BY a.seq",
                 "SELECT * FROM directives ORDER BY id",
                 "SELECT contact, inmate, status FROM approvals ORDER BY contact, inmate",
                 "SELECT * FROM visits ORDER BY id",
+                "SELECT * FROM recordings ORDER BY id",
             ]
         )
         head = (chain[0]["head_seq"], chain[0]["head_hash"]) if chain else (0, GENESIS)
@@ -707,6 +818,7 @@ class SqlStore(ABC):
             directives={r["id"]: _directive(r) for r in directives},
             approvals={(r["contact"], r["inmate"]): r["status"] for r in approvals},
             visits={r["id"]: _visit(r) for r in visits},
+            recordings={r["id"]: _recording(r) for r in recordings},
         )
 
     async def restore(self, restoration: Restoration, audit: AuditDraft) -> AuditEvent:
@@ -732,6 +844,11 @@ class SqlStore(ABC):
         upsert = _insert("visits", VISIT_COLUMNS, upsert=True)
         statements += [(upsert, _visit_row(v)) for v in restoration.visits]
         statements += [("DELETE FROM visits WHERE id = ?", (i,)) for i in restoration.stray_visits]
+        upsert = _insert("recordings", RECORDING_COLUMNS, upsert=True)
+        statements += [(upsert, _recording_row(r)) for r in restoration.recordings]
+        statements += [
+            ("DELETE FROM recordings WHERE id = ?", (i,)) for i in restoration.stray_recordings
+        ]
         return await self._write(statements, audit)
 
 
