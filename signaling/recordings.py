@@ -292,15 +292,15 @@ class Recordings:
         recording = live.recording
         if status.reason is not None and recording.incomplete_reason is None:
             recording = recording.with_changes(incomplete_reason=status.reason)
+        if status.packets_written == 0:  # nobody's media came (a call refused or left at once)
+            await asyncio.to_thread(_unlink, Path(live.recorder.path))
+            await self._failed(recording, ended_at, "no-media", "no media packet was recorded")
+            return
         try:
             result = await remux_in_subprocess(live.recorder.path, renditions=True)
         except RemuxError as exc:
             log.warning("recording %s: no playable file: %s", recording.id, exc)
-            failed, code, message = recording, exc.code, exc.message
-            await self._write(
-                f"recording {recording.id} failed",
-                lambda: self.archive.failed(failed, ended_at=ended_at, code=code, message=message),
-            )
+            await self._failed(recording, ended_at, exc.code, exc.message)
             return
         done = _finalized_values(recording, result)
         await self._write(
@@ -310,6 +310,12 @@ class Recordings:
             ),
         )
         log.info("recording %s finalized: %s (sha256 %s)", recording.id, result.path, result.sha256)
+
+    async def _failed(self, recording: Recording, ended_at: float, code: str, message: str) -> None:
+        await self._write(
+            f"recording {recording.id} failed",
+            lambda: self.archive.failed(recording, ended_at=ended_at, code=code, message=message),
+        )
 
     async def _start_written(self, live: LiveRecording) -> bool:
         try:
@@ -372,7 +378,7 @@ class Recordings:
                 gone = await self.archive.deleted(recording, days=days)
             except Conflict:
                 continue
-            self._remove_files(recording)
+            await asyncio.to_thread(self._remove_files, recording)  # storage may be slow
             deleted.append(gone)
         return deleted
 
@@ -387,7 +393,7 @@ class Recordings:
             except OSError as exc:
                 log.error("recording %s: could not delete %s: %s", recording.id, name, exc)
         for _, part in recording.parts:
-            (self.directory / part).unlink(missing_ok=True)
+            _unlink(self.directory / part)
 
     def renditions(self, recording: Recording) -> list[tuple[str, str]]:
         """(part, participant) of the recording's renditions: `p1`, `p2`... in the media URL."""
@@ -424,6 +430,10 @@ class Recordings:
         if grant.purpose != "play":
             headers["Content-Disposition"] = f'attachment; filename="{recording.id}{path.suffix}"'
         return web.FileResponse(path, headers=headers)
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
 
 
 def _finalized_values(recording: Recording, result: RemuxResult) -> dict[str, Any]:

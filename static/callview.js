@@ -91,6 +91,11 @@ export class CallView {
       { class: "notice notice--monitored", id: "monitored-notice", hidden: true },
       "This call may be monitored by facility staff.",
     );
+    el.recorded = h(
+      "p",
+      { class: "notice notice--recorded", id: "recorded-notice-call", hidden: true },
+      "This call is recorded.",
+    );
     el.audioOnly = h("div", { class: "banner banner--restricted", id: "audio-only-banner", role: "status", hidden: true });
     el.status = h("div", { class: "banner banner--status", id: "connection-banner", role: "status" });
     el.announcer = h("p", { class: "visually-hidden", "aria-live": "polite", id: "announcer" });
@@ -115,6 +120,7 @@ export class CallView {
       el.heading,
       h("div", { class: "call-bar" }, el.countdown, el.names),
       el.monitored,
+      el.recorded,
       el.audioOnly,
       el.status,
       (el.stage = h("div", { class: "stage", id: "stage", "data-remote": "0" }, el.waiting, el.tiles, self)),
@@ -207,6 +213,7 @@ export class CallView {
     for (const id of [...this.#tiles.keys()]) this.#removeTile(id);
     for (const participant of joined.participants ?? []) this.#addParticipant(participant);
     this.#el.monitored.hidden = !joined.monitored;
+    this.#el.recorded.hidden = !joined.recorded;
     if (joined.audio_only) this.#showAudioOnly(null);
     this.#showNames();
   }

@@ -176,6 +176,19 @@ async def seed(srv: Server, contacts: int = 4) -> None:
         assert status == 200, answer
 
 
+async def recordings_done(srv: Server, visit: str, timeout: float = 60) -> list[dict[str, Any]]:
+    """The visit's recordings once none is still being recorded or finished: a call's
+    recording is finished after the call, in the background, with audit events of its own."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, found = await srv.api("GET", f"/api/v1/recordings?visit={visit}", token="auditor")
+        assert status == 200, found
+        if all(r["status"] != "recording" for r in found):
+            return found  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, f"recordings of {visit} not done: {found}"
+        await asyncio.sleep(0.1)
+
+
 async def make_visit(
     srv: Server,
     contacts: list[str],
