@@ -25,8 +25,11 @@ SIZE, FPS = (320, 240), 15
 CALL_SECONDS = 4.0
 
 
-async def call(server: Server, visit: dict[str, Any], seconds: float) -> dict[str, Any]:
-    """The kiosk and C1 in a call for about `seconds`; what each was told and when."""
+async def call(
+    server: Server, visit: dict[str, Any], seconds: float, during: Any = None
+) -> dict[str, Any]:
+    """The kiosk and C1 in a call for about `seconds` (running `during()` in it, if given);
+    what each was told and when."""
     kiosk = server.client(visit["join"]["device"]["token"], visit["id"], size=SIZE, fps=FPS)
     family = server.client(visit["join"]["C1"]["token"], visit["id"], size=SIZE, fps=FPS)
     started = time.monotonic()
@@ -35,6 +38,8 @@ async def call(server: Server, visit: dict[str, Any], seconds: float) -> dict[st
         for client in (kiosk, family):
             await client.wait_frames("video", 5)
             await client.wait_frames("audio", 5)
+        if during is not None:
+            await during()
         await asyncio.sleep(max(0.0, seconds - (time.monotonic() - started)))
     finally:
         await family.leave()
@@ -127,7 +132,14 @@ async def test_a_privileged_visit_leaves_nothing_on_disk(server, tmp_path):
         "GET", f"/api/v1/visits/{visit['id']}/state", token=visit["join"]["C1"]["token"]
     )
     assert status == 200 and state["recorded"] is False
-    outcome = await call(server, visit, 2.0)
+
+    async def make_it_social() -> None:  # a live visit's kind cannot change
+        status, refused = await server.api(
+            "POST", f"/api/v1/visits/{visit['id']}/kind", {"kind": "social"}
+        )
+        assert status == 409 and refused["error"]["code"] == "visit-open", refused
+
+    outcome = await call(server, visit, 2.0, make_it_social)
     assert [j["recorded"] for j in outcome["joined"]] == [False, False]
     assert server.app[K.SESSIONS].calls == {}  # the call is over: a recording would be closing
     await server.app[K.RECORDINGS].drain()
@@ -263,3 +275,23 @@ async def test_retention_deletes_and_a_hold_keeps_until_released(clocked):
     assert os.listdir(directory) == []
     status, report = await server.api("GET", "/api/v1/audit/verify", token=auditor)
     assert status == 200 and report["ok"], report
+
+
+async def test_a_visit_with_a_minor_is_recorded_like_any_other(server):
+    """No per-visit or per-person opt-out: a minor's visit is recorded where recording is on."""
+    await seed(server)
+    status, _ = await server.api("PATCH", "/api/v1/contacts/C1", {"minor": True})
+    assert status == 200
+    visit = await make_visit(server, ["C1"])
+    status, state = await server.api(
+        "GET", f"/api/v1/visits/{visit['id']}/state", token=visit["join"]["C1"]["token"]
+    )
+    assert status == 200 and state["recorded"] is True
+    kiosk = server.client(visit["join"]["device"]["token"], visit["id"], size=SIZE, fps=FPS)
+    try:
+        assert (await kiosk.connect())["recorded"] is True
+        await asyncio.sleep(1.5)  # the kiosk's media reaches the relay (alone, it gets none)
+    finally:
+        await kiosk.leave()
+    [recording] = await recording_of(server, visit["id"])
+    assert recording["status"] == "finalized", recording
