@@ -796,7 +796,9 @@ async def worker_main(server: str, name: str, lifetime: float) -> int:
 
     async def leave(command: dict[str, Any]) -> dict[str, Any]:
         await asyncio.gather(*(c.leave() for c in clients), return_exceptions=True)
-        return {"left": len(clients)}
+        left = len(clients)
+        clients.clear()  # the worker can join other calls now
+        return {"left": left}
 
     async def handle(command: dict[str, Any]) -> dict[str, Any]:
         kind = command.get("cmd")
