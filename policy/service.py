@@ -97,10 +97,13 @@ RECORDING_POLICY = ("recording", "recording_retention_days", "operators_play_rec
 
 def _recording_policy(actor: Actor, data: dict[str, Any], old: Facility) -> dict[str, Any]:
     """A facility's recording policy from a request: whether social visits are recorded,
-    retention, whether operators may play. Only a supervisor changes it: turning recording
-    off or widening who may watch is not an operator's call."""
-    given = [name for name in RECORDING_POLICY if name in data]
-    if given and actor.role != "supervisor":
+    retention, whether operators may play. Only a supervisor changes it (an operator may send
+    the values it has): turning recording off or widening who may watch is not an
+    operator's call."""
+    changed = [
+        name for name in RECORDING_POLICY if name in data and data[name] != getattr(old, name)
+    ]
+    if changed and actor.role != "supervisor":
         raise Forbidden("supervisor-only", "only a supervisor sets a facility's recording policy")
     return {
         "recording": flag(data["recording"], "recording") if "recording" in data

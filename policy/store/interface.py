@@ -65,6 +65,7 @@ class StoredState:
     approvals: dict[tuple[str, str], str]  # (contact, inmate) -> status
     visits: dict[str, Visit]
     recordings: dict[str, Recording] = field(default_factory=dict)
+    facilities: dict[str, Facility] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class Restoration:
     stray_visits: list[str] = field(default_factory=list)
     recordings: list[Recording] = field(default_factory=list)
     stray_recordings: list[str] = field(default_factory=list)
+    facilities: list[Facility] = field(default_factory=list)  # fields restored, never removed
 
 
 @dataclass(frozen=True)

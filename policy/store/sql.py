@@ -801,7 +801,7 @@ class SqlStore(ABC):
     # -- the state as a projection of the chain (policy/replay.py) ----------------------
     async def state(self) -> StoredState:
         """The audit chain and the rows it projects to, read in one snapshot."""
-        chain, directives, approvals, visits, recordings = await self._snapshot(
+        chain, directives, approvals, visits, recordings, facilities = await self._snapshot(
             [
                 "SELECT h.seq AS head_seq, h.hash AS head_hash, a.* FROM audit_head h"
                 " LEFT JOIN audit a ON 1 = 1 WHERE h.id = 1 ORDER BY a.seq",
@@ -809,6 +809,7 @@ class SqlStore(ABC):
                 "SELECT contact, inmate, status FROM approvals ORDER BY contact, inmate",
                 "SELECT * FROM visits ORDER BY id",
                 "SELECT * FROM recordings ORDER BY id",
+                "SELECT * FROM facilities ORDER BY id",
             ]
         )
         head = (chain[0]["head_seq"], chain[0]["head_hash"]) if chain else (0, GENESIS)
@@ -819,6 +820,7 @@ class SqlStore(ABC):
             approvals={(r["contact"], r["inmate"]): r["status"] for r in approvals},
             visits={r["id"]: _visit(r) for r in visits},
             recordings={r["id"]: _recording(r) for r in recordings},
+            facilities={r["id"]: _facility(r) for r in facilities},
         )
 
     async def restore(self, restoration: Restoration, audit: AuditDraft) -> AuditEvent:
@@ -844,6 +846,13 @@ class SqlStore(ABC):
         upsert = _insert("visits", VISIT_COLUMNS, upsert=True)
         statements += [(upsert, _visit_row(v)) for v in restoration.visits]
         statements += [("DELETE FROM visits WHERE id = ?", (i,)) for i in restoration.stray_visits]
+        statements += [
+            ("UPDATE facilities SET name = ?, max_visit_seconds = ?, recording = ?,"
+             " recording_retention_days = ?, operators_play_recordings = ? WHERE id = ?",
+             (f.name, f.max_visit_seconds, int(f.recording), f.recording_retention_days,
+              int(f.operators_play_recordings), f.id))
+            for f in restoration.facilities
+        ]  # fmt: skip
         upsert = _insert("recordings", RECORDING_COLUMNS, upsert=True)
         statements += [(upsert, _recording_row(r)) for r in restoration.recordings]
         statements += [
