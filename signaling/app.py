@@ -188,6 +188,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             AuditDraft(SYSTEM.sub, "session.orphans-closed", f"node:{app[K.CONFIG].node_id}",
                        {"sessions": [s.id for s in orphans]}),
         )  # fmt: skip
+    await app[K.RECORDINGS].recover()  # what a previous run of this node left unfinished
     await app[K.BUS].start()  # from here on, other nodes' directives reach this node
     app[K.READY].set()
     tasks = [

@@ -296,8 +296,30 @@ class Recordings:
             await asyncio.to_thread(_unlink, Path(live.recorder.path))
             await self._failed(recording, ended_at, "no-media", "no media packet was recorded")
             return
+        await self._make_playable(recording, ended_at)
+
+    async def recover(self) -> int:
+        """At start-up: the recordings this node was making when it stopped without finishing
+        them (a crash, a kill) are made playable from what their record files hold (marked
+        incomplete, `truncated`), or failed. Returns how many it took up."""
+        left = [r for r in await self.archive.store.list_recordings(status="recording")
+                if r.node == self.node_id]  # fmt: skip
+        for recording in left:
+            path = self.directory / recording.path
+            try:
+                ended_at = (await asyncio.to_thread(path.stat)).st_mtime
+            except OSError:
+                self.finishing.spawn(self._failed(
+                    recording, recording.started_at, "missing", "the record file is gone"))  # fmt: skip
+                continue
+            log.warning("recording %s was left unfinished by this node: finishing it", recording.id)
+            self.finishing.spawn(self._make_playable(recording, ended_at))
+        return len(left)
+
+    async def _make_playable(self, recording: Recording, ended_at: float) -> None:
+        """Remux the record file (off the loop) and record the playable file, or the failure."""
         try:
-            result = await remux_in_subprocess(live.recorder.path, renditions=True)
+            result = await remux_in_subprocess(self.directory / recording.path, renditions=True)
         except RemuxError as exc:
             log.warning("recording %s: no playable file: %s", recording.id, exc)
             await self._failed(recording, ended_at, exc.code, exc.message)
