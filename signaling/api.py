@@ -663,6 +663,7 @@ def recording_json(recording: Recording) -> dict[str, Any]:
     data = recording.to_json()
     data.pop("path")  # file names stay on the server
     data.pop("media")
+    data["parts"] = [participant for participant, _ in recording.parts]
     data["held"] = recording.held
     data["complete"] = recording.complete
     return data

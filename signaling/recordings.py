@@ -216,7 +216,7 @@ class Recordings:
     def begin(self, call: Call) -> None:
         """Start recording a call that starts now (synchronous: admission's block A)."""
         visit = call.visit
-        if not call.recorded or not recorded(visit.kind, None):
+        if not call.recorded or not recorded(visit.kind, None):  # (None: the kind alone)
             return
         made: list[LiveRecording] = []  # the recorder reports on the loop, after this block
         try:
@@ -226,6 +226,9 @@ class Recordings:
             )  # fmt: skip
         except RecordingRefused:  # never: the kind was checked; the recorder checks it again
             log.error("visit %s: the recorder refused a %s visit", visit.id, visit.kind)
+            return
+        except (ValueError, RuntimeError) as exc:  # no thread to be had: the call goes on
+            log.error("visit %s: its call cannot be recorded: %s", visit.id, exc)
             return
         recording = Recording(
             id=f"R-{secrets.token_hex(6)}", visit=visit.id, facility=visit.facility,
