@@ -1,30 +1,25 @@
 """What Parlor's benches stand on: a server in its own process, a roster seeded through the
-REST API, and fleets of real aiortc clients in worker processes.
+REST API, what the machine is and does, and full aiortc clients.
 
-The bench script is the conductor. It starts `parlor serve` as a subprocess (`ServerProcess`),
-seeds it over HTTP (`seed_calls`), and drives one or more client workers (`Fleet`): each worker
-is this file run as `python -m bench.harness worker` from the repository root (so that the
-project's packages import as installed), a process of `ParlorClient`s that takes
-JSON-line commands on stdin and answers on stdout. The conductor itself carries no media, so the
-instant it records for an API answer is not delayed by a busy media loop; every process reads
-the same system-wide `time.monotonic()` clock, so instants compare across processes.
-
-Every step has a timeout, a worker exits when its stdin closes or its lifetime runs out, and
-the server is stopped (SIGTERM, then SIGKILL by pid) whatever happens.
+The bench script is the conductor. It starts `parlor serve` as a subprocess (`ServerProcess`,
+stopped with SIGTERM, then SIGKILL by pid, whatever happens) and seeds it over HTTP
+(`seed_calls`). Calls at scale come from the load generator (`signaling.loadgen`: light
+participants in worker processes); `_bench_client_class` is a full aiortc `ParlorClient`
+(encoder, decoder) for the benches that need one (bench/soak.py). `machine`,
+`server_version`, `quiet_machine` and `CpuWindow` say what the figures were measured on, at
+which commit, on how quiet a machine, and at what CPU cost. Every process reads the same
+system-wide `time.monotonic()` clock, so instants compare across processes.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import faulthandler
 import functools
 import json
 import os
 import re
 import secrets
-import signal
 import sys
 import tempfile
 import time
@@ -35,6 +30,7 @@ from typing import Any
 
 import aiohttp
 
+from signaling.loadgen import percentiles, progress
 from tests.harness.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,35 +46,139 @@ SIGNS = {
     "task_exception_never_retrieved": "Task exception was never retrieved",
 }
 # Benches open hundreds of sessions from one address and seed through one operator token:
-# lift the per-address join and per-identity API rate limits for the bench server only. They
-# also choose the load they measure, so admission control (new calls refused while the event
-# loop lags: a join burst of 100 DTLS handshakes makes it lag) is lifted too.
+# lift the per-address join and connection limits and the per-identity API rate limit for the
+# bench server only. They also choose the load they measure, so admission control (new calls
+# refused while the event loop lags: a join burst of 100 DTLS handshakes makes it lag) is
+# lifted too (bench/join_storm.py puts it back).
 BENCH_LIMITS = {"PARLOR_JOIN_RATE_PER_IP": "100000:10000", "PARLOR_JOIN_RATE_PER_IDENTITY": "100000:10000",
-                "PARLOR_API_RATE_PER_IDENTITY": "100000:10000", "PARLOR_OVERLOAD_LAG_SECONDS": "3600"}  # fmt: skip
+                "PARLOR_API_RATE_PER_IDENTITY": "100000:10000", "PARLOR_OVERLOAD_LAG_SECONDS": "3600",
+                "PARLOR_MAX_CONNECTIONS_PER_IP": "10000"}  # fmt: skip
 
 
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+# The load generator's own figures and progress lines, so every bench reads alike.
+__all__ = ["percentiles", "progress"]
 
 
-def percentiles(
-    values: list[float], points: tuple[float, ...] = (0.5, 0.99)
-) -> dict[str, float | int | None]:
-    """The sample count, p50/p99 (or the `points` asked for; linear interpolation between
-    ranks) and max."""
-    names = [f"p{round(q * 100)}" for q in points]
-    if not values:
-        return {"n": 0, **dict.fromkeys(names), "max": None}
-    ordered = sorted(values)
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import platform
 
-    def rank(q: float) -> float:
-        position = q * (len(ordered) - 1)
-        low = int(position)
-        high = min(low + 1, len(ordered) - 1)
-        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    import aioice
+    import aiortc
+    import av
+    import psutil
 
-    quantiles = {name: round(rank(q), 2) for name, q in zip(names, points, strict=True)}
-    return {"n": len(ordered), **quantiles, "max": round(ordered[-1], 2)}
+    model = ""
+    with contextlib.suppress(OSError):
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")  # fmt: skip
+    return {
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "aiortc": aiortc.__version__,
+        "av": av.__version__,
+        "aioice": aioice.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def server_version() -> dict[str, Any]:
+    """The commit measured, and whether the working tree differed from it outside bench/."""
+    import subprocess
+
+    def git(*argv: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *argv], cwd=REPO, capture_output=True, text=True, timeout=10
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = [
+        line[3:]
+        for line in git("status", "--porcelain").splitlines()
+        if not line[3:].startswith("bench/")
+    ]
+    return {
+        "commit": git("rev-parse", "--short", "HEAD").strip(),
+        "uncommitted_changes_outside_bench": changed[:20],
+    }
+
+
+async def quiet_machine(limit_percent: float, wait: float) -> dict[str, Any]:
+    """Wait (at most `wait` s) until other processes use less than `limit_percent` of one core:
+    this machine may be shared, and 2 busy cores turn every figure into queueing delay."""
+    import psutil
+
+    started = time.monotonic()
+    while True:  # nothing of the bench runs now but this idle process
+        busy = await asyncio.to_thread(psutil.cpu_percent, 1.0) * (os.cpu_count() or 1)
+        if busy < limit_percent or time.monotonic() - started >= wait:
+            return {"other_cpu_percent": round(busy, 1), "waited_s": round(time.monotonic() - started, 1),
+                    "loadavg_1m": round(os.getloadavg()[0], 2)}  # fmt: skip
+        progress(f"other processes use {busy:.0f} % CPU; waiting for a quieter machine")
+        await asyncio.sleep(2.0)
+
+
+DISTURBED_PERCENT = 25.0
+"""Other processes above this % of a core during a window: its figures are marked disturbed."""
+
+
+class CpuWindow:
+    """CPU seconds of named groups of processes, and of the whole machine, between
+    :meth:`start` and :meth:`stop`, as % of one core (psutil: robust to other load)."""
+
+    def __init__(self, processes: dict[str, list[Any]]) -> None:
+        self.processes = processes
+        self._before: dict[int, float] = {}
+        self._machine: Any = None
+        self._at = 0.0
+
+    @staticmethod
+    def _seconds(process: Any) -> float:
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            return float(times.user + times.system)
+        return 0.0
+
+    def start(self) -> None:
+        import psutil
+
+        self._before = {p.pid: self._seconds(p) for ps in self.processes.values() for p in ps}
+        self._machine = psutil.cpu_times()
+        self._at = time.monotonic()
+
+    def stop(self) -> dict[str, Any]:
+        import psutil
+
+        wall = max(1e-9, time.monotonic() - self._at)
+        after = psutil.cpu_times()
+        busy = sum(
+            getattr(after, f) - getattr(self._machine, f)
+            for f in ("user", "nice", "system", "irq", "softirq", "steal")
+            if hasattr(after, f)
+        )
+        result: dict[str, Any] = {"window_s": round(wall, 2)}
+        total = 0.0
+        for name, processes in self.processes.items():
+            shares = [
+                (self._seconds(p) - self._before.get(p.pid, 0.0)) / wall * 100 for p in processes
+            ]
+            total += sum(shares)
+            result[f"{name}_percent"] = round(sum(shares), 1)
+            if len(shares) > 1:
+                result[f"{name}_percent_per_process"] = [round(x, 1) for x in shares]
+        result["measured_total_percent"] = round(total, 1)
+        result["machine_percent"] = round(busy / wall * 100, 1)
+        result["other_processes_percent"] = round(busy / wall * 100 - total, 1)
+        result["loadavg_1m"] = round(os.getloadavg()[0], 2)
+        # Two cores: what other processes took was taken from the node or the load workers.
+        result["disturbed"] = result["other_processes_percent"] > DISTURBED_PERCENT
+        return result
 
 
 # -- the server ---------------------------------------------------------------------------
@@ -229,6 +329,51 @@ def server_timing(header: str) -> dict[str, float]:
     return timing
 
 
+class ServerWatch:
+    """Polls a node's /metrics twice a second: its event-loop lag, for context."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.lag: list[tuple[float, float]] = []
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                samples = await self.server.metrics()
+                if "parlor_event_loop_lag_seconds" in samples:
+                    self.lag.append((time.monotonic(), samples["parlor_event_loop_lag_seconds"]))
+            await asyncio.sleep(0.5)
+
+    def max_lag_ms(self, start: float, end: float) -> float | None:
+        inside = self.lags_ms(start, end)
+        return max(inside) if inside else None
+
+    def lags_ms(self, start: float, end: float) -> list[float]:
+        """The samples taken in [start, end], in ms."""
+        return [round(lag * 1000, 1) for at, lag in self.lag if start <= at <= end]
+
+    def mean_lag_max_ms(self, start: float, end: float, samples: int = 6) -> float | None:
+        """The largest mean of `samples` consecutive samples in [start, end], in ms: what the
+        node's admission control compares with PARLOR_OVERLOAD_LAG_SECONDS (its own mean of
+        the last 6 half-second samples)."""
+        inside = self.lags_ms(start, end)
+        if not inside:
+            return None
+        means = [sum(inside[i : i + samples]) / len(inside[i : i + samples])
+                 for i in range(max(1, len(inside) - samples + 1))]  # fmt: skip
+        return round(max(means), 1)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 # -- the roster ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CallSpec:
@@ -334,145 +479,7 @@ async def seed_calls(
     return list(await asyncio.gather(*(one(i, facility) for i, (facility, _) in enumerate(plan))))
 
 
-# -- the conductor's side of the client workers ------------------------------------------
-class Worker:
-    """One client worker process, spoken to in JSON lines."""
-
-    def __init__(self, process: asyncio.subprocess.Process, name: str) -> None:
-        self.process, self.name = process, name
-        self._lock = asyncio.Lock()
-
-    @classmethod
-    async def start(cls, server_url: str, name: str, lifetime: float) -> Worker:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.harness", "worker", "--server", server_url, "--name", name,
-            "--lifetime", str(lifetime),
-            cwd=str(REPO), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
-            limit=64 * 1024 * 1024,
-        )  # fmt: skip
-        return cls(process, name)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    async def ask(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        async with self._lock:
-            self.process.stdin.write(json.dumps(command).encode() + b"\n")
-            await self.process.stdin.drain()
-            line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
-        if not line:
-            raise RuntimeError(f"worker {self.name} exited ({self.process.returncode})")
-        answer = json.loads(line)
-        if "failed" in answer:
-            raise RuntimeError(f"worker {self.name}: {answer['failed']}")
-        return answer
-
-    async def stop(self, timeout: float = 20.0) -> None:
-        if self.process.returncode is not None:
-            return
-        with contextlib.suppress(Exception):
-            await self.ask({"cmd": "exit"}, timeout)
-        if self.process.stdin is not None:
-            with contextlib.suppress(Exception):
-                self.process.stdin.close()
-        try:
-            await asyncio.wait_for(self.process.wait(), timeout)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
-
-
-class Fleet:
-    """The clients of many calls, spread over worker processes (both sides of a call share one)."""
-
-    def __init__(self, workers: list[Worker]) -> None:
-        self.workers = workers
-
-    @classmethod
-    async def start(cls, server_url: str, processes: int, lifetime: float) -> Fleet:
-        workers = [await Worker.start(server_url, f"w{n}", lifetime) for n in range(processes)]
-        fleet = cls(workers)
-        await fleet.each({"cmd": "ping"}, 60)
-        return fleet
-
-    @property
-    def pids(self) -> list[int]:
-        return [w.pid for w in self.workers]
-
-    async def each(self, command: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(w.ask(command, timeout) for w in self.workers)))
-
-    async def join(
-        self,
-        calls: list[CallSpec],
-        *,
-        size: tuple[int, int],
-        fps: int,
-        preencoded: bool,
-        concurrency: int,
-        audio_ptime: int = 20,
-        timeout: float,
-        decode_frames: int | None = None,
-    ) -> list[dict[str, Any]]:
-        """Join every call, kiosk first; `decode_frames`: each client stops decoding (and only
-        notes RTP arrivals) once it has decoded that many audio and video frames."""
-        shares: list[list[dict[str, Any]]] = [[] for _ in self.workers]
-        for n, call in enumerate(calls):
-            shares[n % len(self.workers)].append(call.to_json())
-        answers = await asyncio.gather(
-            *(
-                w.ask(
-                    {
-                        "cmd": "join",
-                        "calls": share,
-                        "size": list(size),
-                        "fps": fps,
-                        "preencoded": preencoded,
-                        "audio_ptime": audio_ptime,
-                        "decode_frames": decode_frames,
-                        "concurrency": concurrency,
-                        # joins still pending then are given up
-                        "deadline": max(10.0, timeout - 15.0),
-                    },
-                    timeout,
-                )  # fmt: skip
-                for w, share in zip(self.workers, shares, strict=True)
-            )
-        )
-        return list(answers)
-
-    async def wait_media(self, frames: int, timeout: float) -> dict[str, Any]:
-        answers = await self.each(
-            {"cmd": "wait_media", "frames": frames, "timeout": timeout}, timeout + 30
-        )
-        return {
-            "clients": sum(a["clients"] for a in answers),
-            "with_media": sum(a["with_media"] for a in answers),
-            "missing": [m for a in answers for m in a["missing"]],
-        }
-
-    async def report(self, since: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Every client's record from `since` on, and each worker's event-loop lag samples."""
-        answers = await self.each({"cmd": "report", "since": since}, 60)
-        clients = [c for a in answers for c in a["clients"]]
-        return clients, [
-            {"worker": w.name, "lag": a["lag"]} for w, a in zip(self.workers, answers, strict=True)
-        ]
-
-    async def decode(self, on: bool) -> None:
-        """Decode received media (aiortc's default), or only note when RTP packets arrive."""
-        await self.each({"cmd": "decode", "on": on}, 30)
-
-    async def leave(self, timeout: float = 60) -> None:
-        await self.each({"cmd": "leave"}, timeout)
-
-    async def stop(self) -> None:
-        await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)
-
-
-# -- the worker process -------------------------------------------------------------------
+# -- full aiortc clients (bench/soak.py) ------------------------------------------------
 @functools.cache
 def encoded_loop(
     kind: str, width: int, height: int, fps: int, seconds: float = 3.0, ptime: int = 20
@@ -672,195 +679,5 @@ def _bench_client_class() -> type:
     return BenchClient
 
 
-class LagProbe:
-    """How late this process's event loop runs a 10 ms timer: the client side's own delay."""
-
-    def __init__(self) -> None:
-        self.samples: deque[tuple[float, float]] = deque(maxlen=20000)
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            before = time.monotonic()
-            await asyncio.sleep(0.01)
-            after = time.monotonic()
-            self.samples.append((after, after - before - 0.01))
-
-    def since(self, since: float) -> list[float]:
-        return [lag for at, lag in self.samples if at >= since]
-
-
-async def worker_main(server: str, name: str, lifetime: float) -> int:
-    from relay import pin_ice_addresses
-
-    pin_ice_addresses(["127.0.0.1"])
-    client_class = _bench_client_class()
-    clients: list[Any] = []
-    probe = LagProbe()
-    probe.start()
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    out = sys.stdout.buffer
-
-    def answer(value: dict[str, Any]) -> None:
-        out.write(json.dumps(value).encode() + b"\n")
-        out.flush()
-
-    async def join(command: dict[str, Any]) -> dict[str, Any]:
-        gate = asyncio.Semaphore(int(command.get("concurrency", 8)))
-        size = tuple(command["size"])
-        failures: list[dict[str, Any]] = []
-        join_ms: list[float] = []
-        deadline = time.monotonic() + float(command.get("deadline", 120))
-
-        async def one(call: dict[str, Any], role: str, token: str) -> None:
-            client = client_class(
-                call.get("server") or server, token, call["visit"], size=size, fps=int(command["fps"]),
-                call=call["index"], role=role, preencoded=bool(command.get("preencoded", True)),
-                ptime=int(command.get("audio_ptime", 20)),
-            )  # fmt: skip
-            client.decode_frames = command.get("decode_frames")
-            async with gate:
-                began = time.monotonic()
-                try:
-                    first = await asyncio.wait_for(
-                        client.connect(timeout=30), max(1.0, deadline - began)
-                    )
-                    # Hold the gate until ICE and DTLS are through: a burst of handshakes on a
-                    # busy host makes aioice's consent checks (one try, 0.5 s) fail.
-                    while first.get("type") == "joined" and client.pc is not None:
-                        if client.pc.connectionState in ("connected", "failed", "closed"):
-                            break
-                        if time.monotonic() > deadline:
-                            break
-                        await asyncio.sleep(0.02)
-                except Exception as exc:  # counted and reported, the rest goes on without it
-                    failures.append({"call": call["index"], "role": role, "error": repr(exc)})
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(client.close(), 10)
-                    return
-                join_ms.append((time.monotonic() - began) * 1000)
-            if first.get("type") != "joined":
-                failures.append({"call": call["index"], "role": role, "error": first})
-                await client.close()
-                return
-            clients.append(client)
-            if len(clients) % 20 == 0:
-                progress(f"worker {name}: {len(clients)} clients joined")
-
-        async def both(call: dict[str, Any]) -> None:
-            # The kiosk first, then the family member, as at a real visit. (Joining both at
-            # once loses the kiosk's renegotiation on this server: see the bench report.)
-            await one(call, "kiosk", call["kiosk_token"])
-            await one(call, "family", call["family_token"])
-
-        started = time.monotonic()
-        await asyncio.gather(*(both(call) for call in command["calls"]))
-        return {
-            "clients": len(clients),
-            "failures": failures,
-            "join_ms": join_ms,
-            "seconds": round(time.monotonic() - started, 2),
-        }
-
-    async def wait_media(command: dict[str, Any]) -> dict[str, Any]:
-        deadline = time.monotonic() + float(command["timeout"])
-        wanted = int(command["frames"])
-
-        def missing() -> list[Any]:
-            return [
-                {
-                    "call": c.call,
-                    "role": c.role,
-                    "frames": dict(c.received.frames),
-                    "rtp_packets": {k: len(v) for k, v in c.rtp.items()},
-                    "pc": None
-                    if c.pc is None
-                    else f"{c.pc.connectionState}/{c.pc.iceConnectionState}",
-                    "closed": c.closed.is_set(),
-                    "close_code": c.close_code,
-                    "messages": [m.get("type") for m in c.messages][-6:],
-                }  # fmt: skip
-                for c in clients
-                if c.received.frames["video"] < wanted or c.received.frames["audio"] < wanted
-            ]
-
-        while missing() and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        left = missing()
-        return {"clients": len(clients), "with_media": len(clients) - len(left), "missing": left}
-
-    async def leave(command: dict[str, Any]) -> dict[str, Any]:
-        await asyncio.gather(*(c.leave() for c in clients), return_exceptions=True)
-        left = len(clients)
-        clients.clear()  # the worker can join other calls now
-        return {"left": left}
-
-    async def handle(command: dict[str, Any]) -> dict[str, Any]:
-        kind = command.get("cmd")
-        if kind == "ping":
-            return {"pong": os.getpid()}
-        if kind == "join":
-            return await join(command)
-        if kind == "wait_media":
-            return await wait_media(command)
-        if kind == "report":
-            since = float(command["since"])
-            return {"clients": [c.record(since) for c in clients], "lag": probe.since(since)}
-        if kind == "decode":
-            for client in clients:
-                client.decode = bool(command["on"])
-            return {"decode": bool(command["on"]), "clients": len(clients)}
-        if kind == "leave":
-            return await leave(command)
-        raise ValueError(f"unknown command {kind!r}")
-
-    async def serve() -> None:
-        while True:
-            line = await reader.readline()
-            if not line:
-                return
-            command = json.loads(line)
-            if command.get("cmd") == "exit":
-                answer({"bye": True})
-                return
-            try:
-                answer(await handle(command))
-            except Exception as exc:
-                answer({"failed": repr(exc)})
-
-    try:
-        await asyncio.wait_for(serve(), lifetime)
-    except TimeoutError:
-        progress(f"worker {name}: lifetime of {lifetime} s over, exiting")
-    finally:
-        await asyncio.gather(
-            *(asyncio.wait_for(c.close(), 10) for c in clients), return_exceptions=True
-        )
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="bench client worker (started by a bench, not by hand)"
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    worker = commands.add_parser("worker")
-    worker.add_argument("--server", required=True)
-    worker.add_argument("--name", default="w0")
-    worker.add_argument("--lifetime", type=float, default=900.0)
-    args = parser.parse_args(argv)
-    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <worker pid>`: where is it stuck?
-    return asyncio.run(worker_main(args.server, args.name, args.lifetime))
-
-
 def workdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

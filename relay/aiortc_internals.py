@@ -49,6 +49,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc import rtcpeerconnection as aiortc_peerconnection
+from aiortc import rtcrtpreceiver as aiortc_receiver
 from aiortc import sdp as aiortc_sdp
 from aiortc.codecs import CODECS
 from aiortc.rtcrtpparameters import RTCRtcpFeedback
@@ -76,6 +77,9 @@ REMOTE_TRACK_QUEUE = "_queue"  # RemoteStreamTrack's asyncio.Queue of decoded fr
 # The function aioice calls to list local addresses; captured once so that
 # unpinning can restore it.
 ORIGINAL_GET_HOST_ADDRESSES: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
+# The REMB estimator class aiortc's receivers build; captured once (see defer_bitrate_estimators).
+RECEIVER_ESTIMATOR_CLASS = "RemoteBitrateEstimator"
+ORIGINAL_BITRATE_ESTIMATOR: type = getattr(aiortc_receiver, RECEIVER_ESTIMATOR_CLASS)
 
 EncodedFrameHandler = Callable[[RTCRtpCodecParameters, bytes, int], None]
 HostAddressProvider = Callable[[bool, bool], list[str]]
@@ -468,6 +472,38 @@ def take_over_receiver(
         started(parameters)
 
     receiver.receive = receive  # type: ignore[method-assign]
+
+
+class DeferredBitrateEstimator:
+    """aiortc's REMB estimator, built when its receiver first uses it rather than with it.
+
+    Every transceiver aiortc makes has a receiver, and every video receiver builds a
+    ``RemoteBitrateEstimator`` in its constructor: a thousand rate buckets, ~0.1 ms and
+    ~100 kB, and more when the cyclic garbage collector runs in the middle of the thousand
+    allocations (it does, in a node holding hundreds of calls). A relay leg's receiver and
+    a load participant's never receive: this stand-in costs nothing until ``add``, the one
+    method aiortc calls on it, and then is the real estimator.
+    """
+
+    __slots__ = ("_estimator",)
+
+    def __init__(self) -> None:
+        self._estimator: Any = None
+
+    def add(self, *args: Any, **kwargs: Any) -> Any:
+        if self._estimator is None:
+            self._estimator = ORIGINAL_BITRATE_ESTIMATOR()
+        return self._estimator.add(*args, **kwargs)
+
+
+def defer_bitrate_estimators() -> None:
+    """Make every video receiver built from now on in this process build its REMB estimator
+    when it first receives (:class:`DeferredBitrateEstimator`). Process-wide, as the class
+    aiortc's receiver module instantiates is replaced; idempotent. A receiver aiortc starts
+    computes REMB exactly as before."""
+    _require(aiortc_receiver, RECEIVER_ESTIMATOR_CLASS)
+    _require(ORIGINAL_BITRATE_ESTIMATOR, "add")
+    setattr(aiortc_receiver, RECEIVER_ESTIMATOR_CLASS, DeferredBitrateEstimator)
 
 
 PC_CNAME = "_RTCPeerConnection__cname"
@@ -863,6 +899,7 @@ DTLS_CIPHERS = (
 )
 PC_CERTIFICATES = "_RTCPeerConnection__certificates"
 CERTIFICATE_SSL_CONTEXT = "_create_ssl_context"
+CERTIFICATE_FINGERPRINTS = "getFingerprints"
 DTLS_ROLE = "_role"
 DTLS_SET_ROLE = "_set_role"
 DTLS_HANDSHAKE = "_do_handshake"
@@ -895,6 +932,29 @@ def accept_rsa_and_ecdsa_peers(pc: RTCPeerConnection) -> None:
 
         create_ssl_context._parlor_wide_ciphers = True  # type: ignore[attr-defined]
         setattr(certificate, CERTIFICATE_SSL_CONTEXT, create_ssl_context)
+
+
+def cache_fingerprints(pc: RTCPeerConnection) -> None:
+    """Compute the fingerprints of ``pc``'s certificate once, not for every m-line it writes.
+
+    aiortc's ``RTCCertificate.getFingerprints`` hashes the certificate three times (SHA-256,
+    -384, -512) and formats each digest byte by byte, and its description code asks for them
+    on every m-line of every offer and answer: a sizeable share of what admitting a
+    participant costs the node (and a load participant its generator). The certificate never
+    changes, so neither do they. Call before the connection negotiates.
+    """
+    _require(pc, PC_CERTIFICATES)
+    for certificate in getattr(pc, PC_CERTIFICATES):
+        _require(certificate, CERTIFICATE_FINGERPRINTS)
+        if getattr(certificate.getFingerprints, "_parlor_cached", False):
+            continue
+        fingerprints = certificate.getFingerprints()
+
+        def cached(_fingerprints: list[Any] = fingerprints) -> list[Any]:
+            return list(_fingerprints)
+
+        cached._parlor_cached = True  # type: ignore[attr-defined]
+        setattr(certificate, CERTIFICATE_FINGERPRINTS, cached)
 
 
 class DtlsRole:

@@ -105,8 +105,10 @@ class RelayPeer:
         self.peer_id = peer_id
         self.codec = VisitCodec.named(codec)
         self.publish = publish
+        aiortc_internals.defer_bitrate_estimators()  # the relay's receivers never start
         self._pc = RTCPeerConnection(rtc_configuration(ice_servers))
         aiortc_internals.accept_rsa_and_ecdsa_peers(self._pc)
+        aiortc_internals.cache_fingerprints(self._pc)
         self._dtls = aiortc_internals.DtlsRole()
         self.lost = asyncio.Event()
         """Set when the connection cannot be set up or fails on its own (ICE found no pair,

@@ -63,11 +63,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from signaling.app import create_app
     from signaling.listener import serve_forever
     from signaling.logs import configure
+    from signaling.memory import collect_garbage_less_often
 
     configure(
         os.environ.get("PARLOR_LOG_LEVEL", "INFO"), os.environ.get("PARLOR_LOG_FORMAT", "json")
     )
     app = create_app(config)
+    collect_garbage_less_often()
     print(
         f"Parlor listening on http://{config.host}:{config.port}  (node {config.node_id}, store {_store_label(config.db)})",
         flush=True,
@@ -200,14 +202,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 # -- commands that talk to a running server ---------------------------------------------
-def _api(
-    args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None
-) -> Any:
+def _operator_token(args: argparse.Namespace, ttl: float = 300) -> str:
+    """--token, else PARLOR_TOKEN, else one minted from the local secret for --as."""
     token = args.token or os.environ.get("PARLOR_TOKEN")
-    if not token:
-        from signaling.tokens import Tokens
+    if token:
+        return str(token)
+    from signaling.tokens import Tokens
 
-        token = Tokens(_config(args).secret).issue(args.as_sub, args.as_role, 300)
+    return Tokens(_config(args).secret).issue(args.as_sub, args.as_role, ttl)
+
+
+def _api(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    token = _operator_token(args)
     request = urllib.request.Request(
         args.server.rstrip("/") + path,
         method=method,
@@ -272,6 +278,25 @@ def cmd_kiosk(args: argparse.Namespace) -> int:
     from signaling.kiosk import run_kiosk
 
     return asyncio.run(run_kiosk(args))
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    """Hold --calls simulated calls on a node for --seconds; exit 1 unless every participant
+    joined and still received audio and video at the end."""
+    from signaling.loadgen import check_arguments, run_load, summary_text
+
+    problem = check_arguments(args)
+    if problem:
+        raise Usage(problem)
+    token = "" if args.visits else _operator_token(args)
+    try:
+        result = asyncio.run(run_load(args, token))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise Usage(f"load: {exc}") from None
+    print(json.dumps(result, indent=2) if args.json else summary_text(result))
+    everyone = result["participants"]
+    held = result.get("held", {}).get("receiving_audio_and_video") == everyone
+    return 0 if held and result.get("joined") == f"{everyone}/{everyone}" else 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -402,6 +427,18 @@ def parser() -> argparse.ArgumentParser:
         help="stop after this many seconds (0: until the visit ends; without --visit, for ever)",
     )
     kiosk.set_defaults(run=cmd_kiosk)
+
+    from signaling.loadgen import add_arguments as load_arguments
+
+    load = commands.add_parser(
+        "load", help="hold N simulated calls on a node and report what they received and cost",
+        description="Hold N simulated 1:1 calls (real WebSockets and peer connections, pre-packetized "
+        "VP8 + Opus) on a node, in worker processes; creates the visits through the API as an operator "
+        "unless --visits gives them.",
+    )  # fmt: skip
+    remote(load)
+    load_arguments(load)
+    load.set_defaults(run=cmd_load)
     return top
 
 

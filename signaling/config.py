@@ -60,7 +60,7 @@ class Config:
     allowed_origins: tuple[str, ...] = ()  # besides the public URL's and the server's own
     max_sessions_per_subject: int = 10  # live sessions of one person or device on this node
     max_calls: int = 0  # calls this node starts relaying at most (0: no fixed limit)
-    overload_lag_seconds: float = 0.15  # mean event-loop lag above which no new call starts
+    overload_lag_seconds: float = 0.1  # mean event-loop lag above which no new call starts (README: Capacity)
     edge: EdgeLimits = field(default_factory=EdgeLimits)  # request timeouts, connections per IP
     kiosk_heartbeat_seconds: float = 10.0  # a kiosk's presence heartbeat (signaling/presence.py)
     # A family's join link works until its visit's end plus this: a visit moved later by up to

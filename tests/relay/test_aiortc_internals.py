@@ -13,6 +13,7 @@ import contextlib
 import fractions
 import inspect
 import struct
+import tracemalloc
 from typing import Any
 
 import aioice
@@ -707,3 +708,54 @@ async def test_srtp_sessions_are_widened_for_packets_publishers_make() -> None:
     internals.widen_srtp_buffer(receiver)
     assert receiver.unprotect(sender.protect(packet)) == packet
     assert receiver.unprotect_rtcp(sender.protect_rtcp(bytes([0x80, 201, 0, 1]) + bytes(4)))
+
+
+def test_deferred_bitrate_estimators_cost_nothing_until_used_then_estimate_as_aiortc() -> None:
+    import aiortc.rtcrtpreceiver as receiver_module
+    from aiortc.rate import RemoteBitrateEstimator
+
+    init = inspect.getsource(RTCRtpReceiver.__init__)
+    assert "RemoteBitrateEstimator()" in init, (
+        f"{UPDATE}: receivers build REMB estimators elsewhere"
+    )
+    handle = inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
+    assert ".__remote_bitrate_estimator.add(" in handle, f"{UPDATE}: receivers use more than add()"
+    internals.defer_bitrate_estimators()
+    internals.defer_bitrate_estimators()  # idempotent
+    assert receiver_module.RemoteBitrateEstimator is internals.DeferredBitrateEstimator
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        deferred = internals.DeferredBitrateEstimator()
+        unused = tracemalloc.get_traced_memory()[0] - before
+        real = RemoteBitrateEstimator()
+        built = tracemalloc.get_traced_memory()[0] - before - unused
+    finally:
+        tracemalloc.stop()
+    assert unused < 1000 < 50_000 < built, (unused, built)  # nothing built until used
+    # 30 fps of 1200-byte packets, abs-send-time in 6.18 fixed point, arriving 1 ms late each
+    estimates = 0
+    for n in range(600):
+        sent_ms = n * 33
+        abs_send = (sent_ms * (1 << 18) // 1000) & 0xFFFFFF
+        args = (sent_ms + 40 + n // 30, abs_send, 1200, 0x1234)
+        estimate = deferred.add(*args)
+        assert estimate == real.add(*args)
+        estimates += estimate is not None
+    assert estimates > 10  # REMB came out, the same from both
+
+
+async def test_cached_fingerprints_are_aiortc_s_and_reach_the_description() -> None:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    certificate = getattr(pc, internals.PC_CERTIFICATES)[0]
+    computed = certificate.getFingerprints()
+    internals.cache_fingerprints(pc)
+    internals.cache_fingerprints(pc)  # idempotent
+    assert certificate.getFingerprints() == computed
+    assert certificate.getFingerprints() is not certificate.getFingerprints()  # a copy each time
+    pc.addTransceiver("audio")
+    pc.addTransceiver("video")
+    await pc.setLocalDescription(await pc.createOffer())
+    sha256 = next(f.value for f in computed if f.algorithm == "sha-256")
+    assert pc.localDescription.sdp.count(f"a=fingerprint:sha-256 {sha256}") == 2
+    await pc.close()

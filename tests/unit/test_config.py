@@ -199,7 +199,7 @@ def test_unreadable_public_key_is_refused(tmp_path):
 def test_load_limits_are_configurable(tmp_path):
     config = load_config(env(tmp_path))
     assert (config.max_sessions_per_subject, config.max_calls) == (10, 0)
-    assert config.overload_lag_seconds == 0.15
+    assert config.overload_lag_seconds == 0.1
     config = load_config(
         env(
             tmp_path,
