@@ -74,11 +74,12 @@ def children_cpu(process: psutil.Process) -> float:
 async def measure(
     fleet: LoadFleet, node: psutil.Process, calls: list[LoadCall], warmup: float, window: float
 ) -> dict[str, Any]:
-    """Join `calls`, wait for media, warm up, and measure the node over `window`."""
+    """Join `calls`, wait for media, warm up, and measure the node (and the load generator,
+    so that what other processes took is told apart) over `window`."""
     joined = await fleet.join(calls, concurrency=4, timeout=60)
     media = await fleet.wait_media(60)
     await asyncio.sleep(warmup)
-    cpu = CpuWindow({"node": [node]})
+    cpu = CpuWindow({"node": [node], "generator": [psutil.Process(pid) for pid in fleet.pids]})
     cpu.start()
     await asyncio.sleep(window)
     figures = cpu.stop()

@@ -73,7 +73,10 @@ GRANT_SECONDS = 15 * 60
 """How long a grant lets its holder start reading (a play needs the whole duration more)."""
 LONGEST_GRANT_SECONDS = 6 * 3600
 SWEEP_EVERY_SECONDS = 3600.0
-FINALIZE_DRAIN_SECONDS = 10.0  # on the way out: the remux of the calls that just ended
+FINALIZE_DRAIN_SECONDS = 10.0
+FLUSH_SECONDS = 0.5
+"""How often a recorder's writer wakes to write what was tapped: each wake takes the GIL from
+the event loop; a crash loses at most this much media (bench/recording_calls.py)."""  # on the way out: the remux of the calls that just ended
 
 
 class _TrackTap:
@@ -221,7 +224,7 @@ class Recordings:
         made: list[LiveRecording] = []  # the recorder reports on the loop, after this block
         try:
             recorder = Recorder(
-                self.directory, visit.id, visit.kind,
+                self.directory, visit.id, visit.kind, flush_interval=FLUSH_SECONDS,
                 on_incomplete=lambda status: self._incomplete(made[0], status),
             )  # fmt: skip
         except RecordingRefused:  # never: the kind was checked; the recorder checks it again
