@@ -124,9 +124,20 @@ def verify_chain(
     if anchors and first_bad is None:  # anchored events that are no longer there
         first_bad = min(anchors)
     return ChainReport(
-        ok=first_bad is None, events=count, first_bad=first_bad, head=(last_seq, prev),
+        ok=first_bad is None,
+        events=count,
+        first_bad=first_bad,
+        head=(last_seq, prev),
         anchors=checked,
     )
 
 
-__all__ = ["AuditEvent", "ChainReport", "GENESIS", "audit_time", "format_time", "seal", "verify_chain"]
+__all__ = [
+    "AuditEvent",
+    "ChainReport",
+    "GENESIS",
+    "audit_time",
+    "format_time",
+    "seal",
+    "verify_chain",
+]

@@ -28,6 +28,13 @@ dataclass field is); a fold must set it. Until a fold exists, the action is list
 projected), and the rows it changed show up as disagreements — loudly, on purpose: a node
 that cannot derive a row from the chain should not trust it.
 
+Recordings and facilities are projected too (SPEC §10): a recording's `recording.*` events
+carry it whole, a facility's `facility.created` / `facility.updated` carry it and its changed
+fields, so a recording's digest or a facility's recording policy (is a call recorded, how
+long is it kept, may operators play it) edited by hand shows up like a lifted directive. A
+facility row the chain never made is not flagged (rosters may predate the chain's record of
+them); every facility the chain made is compared.
+
 Events written before a field was carried (the moment a directive was confirmed or closed
 was only the event's own `at` until the chain carried it) leave that field open (`loose`):
 it is not compared for that row.
@@ -48,18 +55,21 @@ from policy.audit import AuditEvent, ChainReport, verify_chain
 from policy.directive import Directive
 from policy.errors import PolicyError
 from policy.guardian import GUARDIANS_SET
+from policy.recording import HOLD, Recording
 from policy.rfc3339 import format_time, parse_time
+from policy.roster import Facility
 from policy.store.interface import Restoration, StoredState
 from policy.visit import Visit
 
 Fold = Callable[["Projection", AuditEvent], None]
 FOLDS: dict[str, Fold] = {}
 # Actions (by prefix) whose rows are projected: one of them without a fold is `unreplayed`.
-PROJECTED = ("directive.", "visit.", "approval.", GUARDIANS_SET)
+PROJECTED = ("directive.", "visit.", "approval.", "recording.", "facility.", GUARDIANS_SET)
 TIME_TOLERANCE = 1e-3  # seconds: the chain keeps times to the microsecond, rows as floats
 TIME_FIELDS = {
     "issued_at", "starts_at", "expires_at", "confirm_by", "confirmed_at", "closed_at",
-    "ends_at", "created_at", "cancelled_at", "moved_at",
+    "ends_at", "created_at", "cancelled_at", "moved_at", "started_at", "ended_at",
+    "finalized_at", "held_at", "deleted_at", "origin_at",
 }  # fmt: skip
 WINDOW_FIELDS = {"moved_from"}  # (starts_at, ends_at): times, compared each within tolerance
 
@@ -71,6 +81,8 @@ class Projection:
     directives: dict[str, Directive] = field(default_factory=dict)
     approvals: dict[tuple[str, str], str] = field(default_factory=dict)  # (contact, inmate)
     visits: dict[str, Visit] = field(default_factory=dict)
+    recordings: dict[str, Recording] = field(default_factory=dict)
+    facilities: dict[str, Facility] = field(default_factory=dict)
     guardians: dict[str, tuple[str, ...]] = field(default_factory=dict)  # minor -> guardians
     loose: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # (table, id): fields
     unreplayed: Counter[str] = field(default_factory=Counter)  # actions no fold knows
@@ -82,7 +94,7 @@ class Projection:
 
 @dataclass(frozen=True)
 class Disagreement:
-    table: str  # directives | approvals | visits | guardians | audit (an unreadable event)
+    table: str  # directives | approvals | visits | recordings | facilities | guardians | audit
     id: str  # the row's id; an approval's is "<contact>:<inmate>", guardians' the minor's
     field: str  # a column, or "row" when the row is missing on one side
     stored: Any
@@ -134,6 +146,11 @@ def compare(projection: Projection, stored: StoredState) -> list[Disagreement]:
     ]
     found += _rows("directives", stored.directives, projection.directives, projection)
     found += _rows("visits", stored.visits, projection.visits, projection)
+    found += _rows("recordings", stored.recordings, projection.recordings, projection)
+    # Facilities: every one the chain made is compared (its recording policy says whether
+    # calls are recorded); a row without its event is left to the roster's own history.
+    known = {i: f for i, f in stored.facilities.items() if i in projection.facilities}
+    found += _rows("facilities", known, projection.facilities, projection, missing_ok=True)
     for key in sorted(set(stored.approvals) | set(projection.approvals)):
         have, want = stored.approvals.get(key), projection.approvals.get(key)
         if have != want:
@@ -205,6 +222,13 @@ def restoration(report: StateReport) -> Restoration:
         },
         visits=made("visits", projection.visits, stored.visits),
         stray_visits=sorted(set(stored.visits) - set(projection.visits)),
+        recordings=made("recordings", projection.recordings, stored.recordings),
+        facilities=[
+            f
+            for f in made("facilities", projection.facilities, stored.facilities)
+            if f.id in stored.facilities
+        ],
+        stray_recordings=sorted(set(stored.recordings) - set(projection.recordings)),
         guardians={
             minor: projection.guardians.get(minor, ())
             for minor in set(stored.guardians) | set(projection.guardians)
@@ -214,11 +238,14 @@ def restoration(report: StateReport) -> Restoration:
 
 
 def _rows(
-    table: str, stored: dict[str, Any], implied: dict[str, Any], projection: Projection
-) -> list[Disagreement]:
+    table: str, stored: dict[str, Any], implied: dict[str, Any], projection: Projection,
+    *, missing_ok: bool = False,
+) -> list[Disagreement]:  # fmt: skip
     found = []
     for row_id in sorted(set(stored) | set(implied)):
         have, want = stored.get(row_id), implied.get(row_id)
+        if (have is None or want is None) and missing_ok:
+            continue
         if have is None or want is None:
             found.append(Disagreement(table, row_id, "row", _presence(have), _presence(want)))
             continue
@@ -236,7 +263,9 @@ def _same(name: str, a: Any, b: Any) -> bool:
     if name in TIME_FIELDS and isinstance(a, int | float) and isinstance(b, int | float):
         return abs(a - b) < TIME_TOLERANCE
     if name in WINDOW_FIELDS and isinstance(a, tuple) and isinstance(b, tuple):
-        return len(a) == len(b) and all(abs(x - y) < TIME_TOLERANCE for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) and all(
+            abs(x - y) < TIME_TOLERANCE for x, y in zip(a, b, strict=True)
+        )
     return bool(a == b)
 
 
@@ -331,6 +360,63 @@ def _visit_changed(p: Projection, e: AuditEvent) -> None:
     if visit.id != e.subject.removeprefix("visit:"):
         raise ValueError(e.subject)
     p.visits[visit.id] = visit
+
+
+@folds("facility.created")
+def _facility_created(p: Projection, e: AuditEvent) -> None:
+    """The facility as created; an event from before a field existed reads as its default."""
+    fields = Facility.__dataclass_fields__
+    facility = Facility(**{k: v for k, v in e.data.items() if k in fields})
+    if f"facility:{facility.id}" != e.subject:
+        raise ValueError(e.subject)
+    p.facilities[facility.id] = facility
+
+
+@folds("facility.updated")
+def _facility_updated(p: Projection, e: AuditEvent) -> None:
+    facility = p.facilities[e.subject.removeprefix("facility:")]
+    fields = Facility.__dataclass_fields__
+    p.facilities[facility.id] = dataclasses.replace(
+        facility, **{k: v for k, v in e.data["new"].items() if k in fields}
+    )
+
+
+@folds("recording.started")
+def _recording_started(p: Projection, e: AuditEvent) -> None:
+    recording = _carried(e)
+    p.recordings[recording.id] = recording
+
+
+@folds("recording.incomplete", "recording.finalized", "recording.failed", "recording.deleted")
+def _recording_changed(p: Projection, e: AuditEvent) -> None:
+    """Its state after the change; its hold is the hold events' (the node that finalizes a
+    recording does not know of a hold set meanwhile, and the store keeps it)."""
+    recording = _carried(e)
+    before = p.recordings[recording.id]
+    p.recordings[recording.id] = recording.with_changes(
+        **{name: getattr(before, name) for name in HOLD}
+    )
+
+
+@folds("recording.held", "recording.released")
+def _recording_hold(p: Projection, e: AuditEvent) -> None:
+    recording = _carried(e)
+    before = p.recordings[recording.id]
+    p.recordings[recording.id] = before.with_changes(
+        **{name: getattr(recording, name) for name in HOLD}
+    )
+
+
+@folds("recording.played", "recording.downloaded", "recording.exported")
+def _recording_read(p: Projection, e: AuditEvent) -> None:
+    """A look at a recording changes no row (the event is the record of it)."""
+
+
+def _carried(e: AuditEvent) -> Recording:
+    recording = Recording.from_json(e.data["recording"])
+    if recording.id != e.subject.removeprefix("recording:"):
+        raise ValueError(e.subject)
+    return recording
 
 
 # -- what `audit verify` reports, and what a node refuses to start on -----------------------

@@ -35,6 +35,12 @@ class Facility:
     id: str
     name: str
     max_visit_seconds: float | None = None  # None: the server's default (Rules.max_visit_seconds)
+    # Recording policy (SPEC §10, policy/recording.py): social visits recorded or not, how
+    # long recordings are kept, and whether operators (not only supervisors and auditors)
+    # may list and play them.
+    recording: bool = True
+    recording_retention_days: int = 180
+    operators_play_recordings: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -30,6 +30,7 @@ from policy.directive import (
 )
 from policy.errors import Conflict, Forbidden, Malformed, NotFound, RuleBroken
 from policy.guardian import GUARDIANS_SET, check_guardians
+from policy.recording import flag, retention_days
 from policy.rfc3339 import format_time, parse_time
 from policy.roster import Contact, Device, Facility, Inmate, check_id, check_text
 from policy.session import SessionRecord
@@ -92,6 +93,30 @@ def _visit_maximum(value: object) -> float | None:
     return float(value)
 
 
+RECORDING_POLICY = ("recording", "recording_retention_days", "operators_play_recordings")
+
+
+def _recording_policy(actor: Actor, data: dict[str, Any], old: Facility) -> dict[str, Any]:
+    """A facility's recording policy from a request: whether social visits are recorded,
+    retention, whether operators may play. Only a supervisor changes it (an operator may send
+    the values it has): turning recording off or widening who may watch is not an
+    operator's call."""
+    changed = [
+        name for name in RECORDING_POLICY if name in data and data[name] != getattr(old, name)
+    ]
+    if changed and actor.role != "supervisor":
+        raise Forbidden("supervisor-only", "only a supervisor sets a facility's recording policy")
+    return {
+        "recording": flag(data["recording"], "recording") if "recording" in data
+        else old.recording,
+        "recording_retention_days": retention_days(data["recording_retention_days"])
+        if "recording_retention_days" in data else old.recording_retention_days,
+        "operators_play_recordings": flag(
+            data["operators_play_recordings"], "operators_play_recordings")
+        if "operators_play_recordings" in data else old.operators_play_recordings,
+    }  # fmt: skip
+
+
 @dataclass
 class Policy:
     store: Store
@@ -136,6 +161,7 @@ class Policy:
             id=check_id(data.get("id")),
             name=check_text(data.get("name"), "name"),
             max_visit_seconds=_visit_maximum(data.get("max_visit_seconds")),
+            **_recording_policy(actor, data, Facility("-", "-")),
         )
         await self.store.add_facility(
             facility,
@@ -146,8 +172,9 @@ class Policy:
         return facility
 
     async def update_facility(self, actor: Actor, facility_id: str, body: object) -> Facility:
-        """Rename a facility or change its maximum visit length (visits booked already keep
-        their length). The event carries the row before and after."""
+        """Rename a facility, change its maximum visit length (visits booked already keep
+        their length) or its recording policy (a supervisor's: `_recording_policy`). The
+        event carries the row before and after."""
         data = _body(body)
         old = await self.get_facility(facility_id)
         new = replace(
@@ -156,6 +183,7 @@ class Policy:
             max_visit_seconds=_visit_maximum(data["max_visit_seconds"])
             if "max_visit_seconds" in data
             else old.max_visit_seconds,
+            **_recording_policy(actor, data, old),
         )
         return await self._edited(actor, "facility", old, new, self.store.update_facility)
 

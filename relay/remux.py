@@ -64,7 +64,7 @@ import json
 import os
 import struct
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, cast
@@ -153,6 +153,8 @@ class RemuxResult:
     """Wall-clock time of the timeline's 0."""
     sha256: str
     tracks: tuple[TrackResult, ...] = field(default_factory=tuple)
+    renditions: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    """(participant, path) of each participant's rendition, when asked for (:func:`remux`)."""
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,7 +162,8 @@ class RemuxResult:
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> RemuxResult:
         tracks = tuple(TrackResult(**track) for track in value.pop("tracks"))
-        return cls(**value, tracks=tracks)
+        renditions = tuple((str(p), str(path)) for p, path in value.pop("renditions", ()))
+        return cls(**value, tracks=tracks, renditions=renditions)
 
 
 # --- the survey ------------------------------------------------------------------------
@@ -383,12 +386,19 @@ class _Output:
         self.skipped = 0
 
 
-def remux(record_path: str | os.PathLike[str]) -> RemuxResult:
+def remux(record_path: str | os.PathLike[str], participant: str | None = None) -> RemuxResult:
     """Make the playable file of a record file; blocking (run it off the loop).
 
     The output is next to the record file, same name, ``.webm`` or
     ``.mkv``, mode 0600; an earlier output of the same recording is
     replaced (bit-exact, so it is the same file). Raises :class:`RemuxError`.
+
+    With ``participant``, a *rendition*: only that participant's tracks, on
+    the same timeline (the origin is the whole call's), named
+    ``<name>.p<n>.<ext>`` where ``n`` is the participant's order of
+    appearance (1, 2, ...). A browser's ``<video>`` plays one video track
+    of a file; renditions played side by side at the same time show every
+    side of the call in sync. The call file stays the one exported.
     """
     record_path = os.fspath(record_path)
     try:
@@ -403,6 +413,13 @@ def remux(record_path: str | os.PathLike[str]) -> RemuxResult:
     if reader.call is None:
         raise RemuxError("unreadable", "the record file holds no CALL record")
     included = [info for info in reader.tracks.values() if survey.included(info.track)]
+    suffix = ""
+    if participant is not None:
+        order = list(dict.fromkeys(info.participant for info in reader.tracks.values()))
+        if participant not in order:
+            raise RemuxError("no-media", f"no track of {participant!r} in the record file")
+        suffix = f".p{order.index(participant) + 1}"
+        included = [info for info in included if info.participant == participant]
     if not included:
         raise RemuxError("no-media", "no track holds a decodable frame")
     webm = all(info.codec in ("VP8", "opus") for info in included)
@@ -410,7 +427,7 @@ def remux(record_path: str | os.PathLike[str]) -> RemuxResult:
     stem = (
         record_path[: -len(RECORD_SUFFIX)] if record_path.endswith(RECORD_SUFFIX) else record_path
     )
-    final = stem + (".webm" if webm else ".mkv")
+    final = stem + suffix + (".webm" if webm else ".mkv")
     partial = final + ".partial"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(partial)
@@ -435,6 +452,15 @@ def remux(record_path: str | os.PathLike[str]) -> RemuxResult:
         sha256=_sha256(final),
         tracks=tuple(_summary(output) for output in outputs),
     )
+
+
+def remux_with_renditions(record_path: str | os.PathLike[str]) -> RemuxResult:
+    """:func:`remux` of the whole call, then one rendition per participant who has a track
+    in it (listed in ``renditions``)."""
+    result = remux(record_path)
+    participants = dict.fromkeys(track.participant for track in result.tracks)
+    renditions = tuple((p, remux(record_path, p).path) for p in participants)
+    return replace(result, renditions=renditions)
 
 
 def _write(
@@ -578,7 +604,12 @@ def _sha256(path: str) -> str:
 # --- off the event loop ------------------------------------------------------------------
 
 
-async def remux_in_subprocess(record_path: str | os.PathLike[str]) -> RemuxResult:
+async def remux_in_subprocess(
+    record_path: str | os.PathLike[str],
+    participant: str | None = None,
+    *,
+    renditions: bool = False,
+) -> RemuxResult:
     """:func:`remux` in a child Python process; the loop only awaits it.
 
     Cancelling kills the child (and leaves no output: the partial file
@@ -586,11 +617,14 @@ async def remux_in_subprocess(record_path: str | os.PathLike[str]) -> RemuxResul
     :class:`RemuxError` with the child's code, or ``remux-failed`` when the
     child died.
     """
+    rendition = [] if participant is None else ["--participant", participant]
+    rendition += ["--renditions"] if renditions else []
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "relay.remux",
         os.fspath(record_path),
+        *rendition,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -628,9 +662,16 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m relay.remux RECORD``: print the result (or the error) as JSON."""
     parser = argparse.ArgumentParser(description="Make a Parlor record file playable.")
     parser.add_argument("record", help="the .rec file written by relay.recorder")
+    parser.add_argument("--participant", help="only this participant's tracks (a rendition)")
+    parser.add_argument(
+        "--renditions", action="store_true", help="the call file, then one per participant"
+    )
     arguments = parser.parse_args(argv)
     try:
-        result = remux(arguments.record)
+        if arguments.renditions:
+            result = remux_with_renditions(arguments.record)
+        else:
+            result = remux(arguments.record, arguments.participant)
     except RemuxError as error:
         print(json.dumps({"error": error.code, "message": error.message}))
         return 2

@@ -401,11 +401,13 @@ async def _call(app: web.Application, visit: Visit) -> Call:
     call = sessions.calls.get(visit.id)
     if call is None:
         names = await _names(app[K.POLICY], visit)
+        recorded = await app[K.RECORDINGS].recorded_at(visit)
         # A concurrent first join may create the call meanwhile: `_register` adopts that one,
         # since two Call objects for one visit would never forward media between them.
         call = sessions.calls.get(visit.id) or Call(
-            visit=visit, room=Room(visit.id, codec=app[K.CONFIG].codec), names=names
-        )
+            visit=visit, room=Room(visit.id, codec=app[K.CONFIG].codec), names=names,
+            recorded=recorded,
+        )  # fmt: skip
     return call
 
 
@@ -469,7 +471,10 @@ def _register(
     )  # fmt: skip
     if audio_only is not None:
         app[K.ENFORCER].restrict(session, audio_only)
+    starts = visit.id not in sessions.calls
     replaced = sessions.add(session, call)
+    if starts:  # the call starts here and now: its recording too, before anyone's media
+        app[K.RECORDINGS].begin(call)
     session.started = asyncio.ensure_future(policy.session_started(record))
     if ward is not None:  # with a guardian in the call, or held back until one joins
         app[K.ENFORCER].place_ward(session, sessions.calls[visit.id])
@@ -520,6 +525,7 @@ async def _welcome(app: web.Application, session: Session, replaced: Session | N
             "ice_servers": config.ice_servers,
             "participants": others,
             "monitored": visit.monitored,
+            "recorded": call is not None and call.recording is not None,
             "codec": config.codec,
             "audio_only": session.audio_only is not None,
             "hold": enforcer.hold_frame(session),

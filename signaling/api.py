@@ -20,6 +20,14 @@ from policy.actor import Actor
 from policy.appeal import Appeal
 from policy.approval import APPROVAL_STATUSES, Approval
 from policy.errors import Forbidden, Malformed, NotFound, PolicyError, StoreUnavailable
+from policy.recording import (
+    ACCESSES,
+    RECORDING_STATUSES,
+    Recording,
+    may_read,
+    recorded,
+    require_reader,
+)
 from policy.rfc3339 import format_time, parse_time
 from policy.roster import Inmate, check_id
 from policy.session import SessionRecord
@@ -446,6 +454,8 @@ async def visit_state(request: web.Request, actor: Actor) -> web.Response:
         "opens_at": format_time(visit.starts_at - early), "now": format_time(now),
         "monitored": visit.monitored,
         "notice": P.MONITORED_NOTICE if visit.monitored else P.PRIVATE_NOTICE,
+        "recorded": recorded(visit.kind, facility),
+        "recorded_notice": P.RECORDED_NOTICE if recorded(visit.kind, facility) else None,
         "inmate": {"name": inmate.name if inmate else visit.inmate},
         "facility": {"name": facility.name if facility else visit.facility},
         "cancelled": None if state != "cancelled" else {
@@ -654,6 +664,145 @@ async def suspension_report(request: web.Request, actor: Actor) -> web.Response:
     return web.json_response(await request.app[K.POLICY].suspension_report())
 
 
+# -- recordings (SPEC §10) ----------------------------------------------------------------
+RECORDING_READERS = ("operator", "supervisor", "auditor")  # operators: where the facility allows
+TIMELINE = ("session.started", "session.ended", "monitor.refused", "visit.cancelled",
+            "visit.ended")  # fmt: skip
+
+
+def recording_json(recording: Recording) -> dict[str, Any]:
+    data = recording.to_json()
+    data.pop("path")  # file names stay on the server
+    data.pop("media")
+    data["parts"] = [participant for participant, _ in recording.parts]
+    data["held"] = recording.held
+    data["complete"] = recording.complete
+    return data
+
+
+async def list_recordings(request: web.Request, actor: Actor) -> web.Response:
+    """Recordings, newest first (?visit=V&facility=F&from=T&to=T&status=S), of the facilities
+    the caller may read."""
+    query, store = request.query, request.app[K.STORE]
+    ids = {name: query.get(name) for name in ("visit", "facility")}
+    for name, value in ids.items():
+        if value is not None:
+            check_id(value, name)
+    status = query.get("status")
+    if status is not None and status not in RECORDING_STATUSES:
+        raise Malformed(Error.BAD_QUERY, f"status must be one of {', '.join(RECORDING_STATUSES)}")
+    after = parse_time(query["from"], "from") if "from" in query else None
+    before = parse_time(query["to"], "to") if "to" in query else None
+    found = await store.list_recordings(
+        visit=ids["visit"], facility=ids["facility"], after=after, before=before, status=status
+    )
+    facilities = {f.id: f for f in await store.list_facilities()}
+    readable = [r for r in found if may_read(actor, facilities.get(r.facility))]
+    if found and not readable and actor.role == "operator":
+        require_reader(actor, None)  # say why the list is empty
+    return web.json_response([recording_json(r) for r in readable])
+
+
+async def get_recording(request: web.Request, actor: Actor) -> web.Response:
+    """A recording with its visit's timeline (joins, leaves, directives that ended sessions)
+    from the audit chain, each at its offset on the recording's clock."""
+    app = request.app
+    recording, _ = await app[K.RECORDINGS].archive.get(actor, request.match_info["id"])
+    events = await app[K.STORE].audit_about(f"visit:{recording.visit}")
+    events += await app[K.STORE].audit_about(f"recording:{recording.id}")
+    origin = recording.origin_at if recording.origin_at is not None else recording.started_at
+    timeline = []
+    for event in sorted(events, key=lambda e: e.seq):
+        if event.action not in TIMELINE and not event.action.startswith("recording."):
+            continue
+        at = parse_time(event.at, "at")
+        reason = event.data.get("reason")
+        timeline.append({
+            "seq": event.seq, "at": event.at, "offset_seconds": round(at - origin, 3),
+            "action": event.action, "actor": event.actor, "session": event.data.get("session"),
+            "role": event.data.get("role"), "mode": event.data.get("mode"), "reason": reason,
+            "directive": reason.removeprefix("directive:")
+            if isinstance(reason, str) and reason.startswith("directive:") else None,
+        })  # fmt: skip
+    visit = await app[K.STORE].get_visit(recording.visit)
+    finalized = [e for e in events if e.action == "recording.finalized"]
+    return web.json_response({
+        **recording_json(recording),
+        "tracks": finalized[-1].data.get("tracks", []) if finalized else [],
+        "visit_kind": visit.kind if visit else None,
+        "participants": await _participant_names(app, visit),
+        "timeline": timeline,
+    })  # fmt: skip
+
+
+async def _participant_names(app: web.Application, visit: Visit | None) -> dict[str, str]:
+    if visit is None:
+        return {}
+    inmate = await app[K.STORE].get_inmate(visit.inmate)
+    names = {f"device:{visit.device}": inmate.name if inmate else visit.inmate}
+    for contact_id in visit.contacts:
+        contact = await app[K.STORE].get_contact(contact_id)
+        names[f"contact:{contact_id}"] = contact.name if contact else contact_id
+    return names
+
+
+def _reader(access: str) -> Handler:
+    async def read(request: web.Request, actor: Actor) -> web.Response:
+        """Audit the access (who, why) first, then hand out a grant for the file."""
+        app = request.app
+        archive = app[K.RECORDINGS].archive
+        recording, _ = await archive.get(actor, request.match_info["id"])
+        why = await archive.accessed(actor, recording, access, await read_json(request))
+        grant, issued = app[K.RECORDINGS].grants.issue(recording, access)
+        answer: dict[str, Any] = {
+            "recording": recording.id, "purpose": access, "reason": why,
+            "url": f"/recordings/media/{grant}/call", "sha256": recording.sha256,
+            "expires_at": format_time(issued.expires),
+        }  # fmt: skip
+        if access == "play":
+            answer["parts"] = [
+                {"participant": participant, "url": f"/recordings/media/{grant}/{part}"}
+                for part, participant in app[K.RECORDINGS].renditions(recording)
+            ]
+        if access == "export":
+            answer["manifest"] = await _manifest(app, recording, actor, why)
+        return web.json_response(answer)
+
+    read.__name__ = f"{access}_recording"
+    return read
+
+
+async def _manifest(
+    app: web.Application, recording: Recording, actor: Actor, why: str
+) -> dict[str, Any]:
+    """The export's sidecar: what the file is and where its SHA-256 is in the audit chain."""
+    finalized = [e for e in await app[K.STORE].audit_about(f"recording:{recording.id}")
+                 if e.action == "recording.finalized"]  # fmt: skip
+    return {
+        "recording": recording.id, "visit": recording.visit, "facility": recording.facility,
+        "sha256": recording.sha256, "finalized_at": format_time(recording.finalized_at),
+        "origin_at": format_time(recording.origin_at),
+        "duration_seconds": recording.duration_seconds, "complete": recording.complete,
+        "incomplete_reason": recording.incomplete_reason,
+        "audit": {"seq": finalized[-1].seq, "hash": finalized[-1].hash} if finalized else None,
+        "exported_by": actor.sub, "reason": why,
+    }  # fmt: skip
+
+
+async def hold_recording(request: web.Request, actor: Actor) -> web.Response:
+    held = await request.app[K.RECORDINGS].archive.hold(
+        actor, request.match_info["id"], await read_json(request)
+    )
+    return web.json_response(recording_json(held))
+
+
+async def release_recording(request: web.Request, actor: Actor) -> web.Response:
+    released = await request.app[K.RECORDINGS].archive.release(
+        actor, request.match_info["id"], await read_json(request)
+    )
+    return web.json_response(recording_json(released))
+
+
 def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": required}
 
@@ -669,8 +818,11 @@ ROUTES: list[Route] = [
           _object({"id": STR, "name": STR, "max_visit_seconds": SECONDS}, ["id", "name"]), 201, ("roster",)),
     Route("GET", "/api/v1/facilities", list_facilities, READERS, "List facilities", tags=("roster",)),
     Route("PATCH", "/api/v1/facilities/{id}", update_facility, STAFF,
-          "Rename a facility or change its maximum visit length (null: the server's default)",
-          _object({"name": STR, "max_visit_seconds": SECONDS}, []), 200, ("roster",)),
+          "Rename a facility or change its maximum visit length (null: the server's default); "
+          "a supervisor also its recording policy",
+          _object({"name": STR, "max_visit_seconds": SECONDS, "recording": BOOL,
+                   "recording_retention_days": {"type": "integer", "minimum": 1, "maximum": 3650},
+                   "operators_play_recordings": BOOL}, []), 200, ("roster",)),
     Route("POST", "/api/v1/devices", create_device, STAFF, "Register a kiosk; answers with its device token",
           _object({"id": STR, "facility": STR}, ["id", "facility"]), 201, ("roster",)),
     Route("GET", "/api/v1/devices", list_devices, READERS,
@@ -744,6 +896,18 @@ ROUTES: list[Route] = [
     Route("GET", "/api/v1/audit", list_audit, READERS, "Audit events (?after=SEQ&limit=N)", tags=("audit",)),
     Route("GET", "/api/v1/audit/verify", verify_audit, READERS, "Recompute the audit hash chain", tags=("audit",)),
     Route("GET", "/api/v1/reports/suspensions", suspension_report, READERS, "Suspension report", tags=("reports",)),
+    Route("GET", "/api/v1/recordings", list_recordings, RECORDING_READERS,
+          "Recordings, newest first (?visit=V&facility=F&from=T&to=T&status=S)", tags=("recordings",)),
+    Route("GET", "/api/v1/recordings/{id}", get_recording, RECORDING_READERS,
+          "A recording with its visit's timeline of joins, leaves and directives", tags=("recordings",)),
+    *(Route("POST", f"/api/v1/recordings/{{id}}/{access}", _reader(access), RECORDING_READERS,
+            f"{access.capitalize()} a recording (audited, with a reason): a short-lived grant URL",
+            _object({"reason": STR}, ["reason"]), 200, ("recordings",)) for access in ACCESSES),
+    Route("POST", "/api/v1/recordings/{id}/hold", hold_recording, ("supervisor",),
+          "Keep a recording past retention until released (a reason; optionally a directive or appeal id)",
+          _object({"reason": STR, "ref": STR}, ["reason"]), 200, ("recordings",)),
+    Route("POST", "/api/v1/recordings/{id}/release", release_recording, ("supervisor",),
+          "Release a recording's hold", _object({"reason": STR}, ["reason"]), 200, ("recordings",)),
     Route("GET", "/api/v1/reports/visits", visits_report, READERS,
           "Visits by status, kind and facility; cancellations by reason; no-shows (?facility=F)", tags=("reports",)),
 ]  # fmt: skip

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from policy import replay
 from policy.actor import SYSTEM
+from policy.archive import RecordingArchive
 from policy.errors import Conflict
 from policy.service import Policy
 from policy.store import AuditDraft, open_store
@@ -32,7 +33,7 @@ from signaling.api import ROUTES, error_response, guarded, problem_response
 from signaling.approvals import Approvals
 from signaling.backlog import Backlog
 from signaling.bus import Receivers, open_bus
-from signaling.config import Config
+from signaling.config import Config, ConfigError
 from signaling.directives import STATE_ACCEPTED, Directives
 from signaling.enforcer import Enforcer
 from signaling.guardians import Guardians
@@ -43,6 +44,7 @@ from signaling.openapi import document
 from signaling.presence import KioskPresence
 from signaling.protocol import API_INTERNAL, RESTARTING, Close, Reason
 from signaling.ratelimit import Limits
+from signaling.recordings import Grants, Recordings
 from signaling.registry import LiveSessions
 from signaling.tokens import Tokens
 from signaling.visits import Visits
@@ -168,6 +170,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the store, reload directives and close sessions a previous run left open,
     all before the first admission; end every live session and close the store on the way out."""
     store = app[K.STORE]
+    _recordings_directory(app[K.CONFIG].recordings)
     await store.open()
     try:
         await check_state(app)
@@ -186,6 +189,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             AuditDraft(SYSTEM.sub, "session.orphans-closed", f"node:{app[K.CONFIG].node_id}",
                        {"sessions": [s.id for s in orphans]}),
         )  # fmt: skip
+    await app[K.RECORDINGS].recover()  # what a previous run of this node left unfinished
     await app[K.BUS].start()  # from here on, other nodes' directives reach this node
     app[K.READY].set()
     tasks = [
@@ -212,8 +216,21 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             )
         )
         await enforcer.drain()
+        await app[K.RECORDINGS].drain()
         await _write_backlog(enforcer.backlog)
         await store.close()
+
+
+def _recordings_directory(path: str) -> None:
+    """The recordings directory exists (made, mode 0700, if not) and can be written: a node
+    that could not record would otherwise find out on its first call."""
+    directory = Path(path)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"PARLOR_RECORDINGS: cannot make {path}: {exc.strerror}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"PARLOR_RECORDINGS: {path} is not a writable directory")
 
 
 async def _write_backlog(backlog: Backlog, timeout: float = 3.0) -> None:
@@ -308,6 +325,13 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
         guardian_grace_seconds=config.guardian_grace_seconds,
     )
     app[K.ENFORCER] = enforcer
+    recordings = Recordings(
+        archive=RecordingArchive(store, clock), directory=Path(config.recordings),
+        node_id=config.node_id, grants=Grants(config.secret, clock), clock=clock,
+        backlog=enforcer.backlog,
+    )  # fmt: skip
+    enforcer.recordings = recordings
+    app[K.RECORDINGS] = recordings
     directives = Directives(
         policy=policy, enforcer=enforcer, node_id=config.node_id, metrics=metrics_
     )
@@ -343,6 +367,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/ws", ws.handle)
     app.router.add_get("/api/v1/events", events.handle)
+    app.router.add_get("/recordings/media/{grant}/{part}", recordings.serve)
     app.router.add_get("/", page("index.html"))
     app.router.add_get("/join/{visit}", page("join.html"))
     app.router.add_get("/kiosk", page("kiosk.html"))

@@ -40,7 +40,20 @@ class Parser(argparse.ArgumentParser):
 
 
 def _config(args: argparse.Namespace) -> Config:
-    flags = {name: getattr(args, name, None) for name in ("host", "port", "db", "ice_addresses", "public_url", "codec", "node_id", "accept_store_state")}
+    flags = {
+        name: getattr(args, name, None)
+        for name in (
+            "host",
+            "port",
+            "db",
+            "ice_addresses",
+            "public_url",
+            "codec",
+            "node_id",
+            "accept_store_state",
+            "recordings",
+        )
+    }
     return load_config(os.environ, **flags)
 
 
@@ -305,6 +318,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-url", help="public base URL used in links (env PARLOR_PUBLIC_URL)")
     serve.add_argument("--codec", help="video codec for every call: VP8 or H264 (env PARLOR_CODEC)")
     serve.add_argument("--node-id", help="this node's id in a cluster (env PARLOR_NODE_ID)")
+    serve.add_argument(
+        "--recordings",
+        help="directory for recordings, default ./var/recordings; in a cluster, storage every "
+        "node reaches (env PARLOR_RECORDINGS)",
+    )
     serve.add_argument(
         "--accept-store-state", action="store_true", default=None,
         help="start although the store disagrees with its audit chain: the disagreeing rows are "

@@ -31,6 +31,9 @@ class ConfigError(Exception):
 class Config:
     secret: bytes
     db: str = "./var/parlor.db"
+    # Where recordings are written (SPEC §10). In a cluster: storage every node reaches (a
+    # call is recorded by the node hosting it, read and swept by any).
+    recordings: str = "./var/recordings"
     host: str = "127.0.0.1"
     port: int = 8080
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
@@ -313,6 +316,11 @@ def load_config(env: Mapping[str, str], **flags: Any) -> Config:
     if wait is not None:  # how long a broad request waits for a second supervisor
         seconds = _seconds(str(wait), "PARLOR_AWAIT_CONFIRMATION_SECONDS")
         rules = Rules(**{**rules.__dict__, "await_confirmation_seconds": seconds})
+    recordings = pick("recordings", "PARLOR_RECORDINGS")
+    if recordings is not None:
+        if not str(recordings).strip():
+            raise ConfigError("PARLOR_RECORDINGS must name a directory")
+        extra["recordings"] = str(recordings)
     if flags.get("accept_store_state"):
         extra["accept_store_state"] = True
     return Config(

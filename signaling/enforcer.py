@@ -47,6 +47,7 @@ from signaling.protocol import (
     ended_text,
     hold_text,
 )
+from signaling.recordings import Recordings
 from signaling.registry import Call, LiveSessions
 from signaling.session import Ending, Session
 from signaling.tokens import Tokens
@@ -89,6 +90,7 @@ class Enforcer:
     closing: Background = field(default_factory=Background)  # detached closes running
     completing: Background = field(default_factory=Background)  # see `complete_later`
     backlog: Backlog = field(default_factory=Backlog)  # records the store could not take yet
+    recordings: Recordings | None = None  # told when a call's last session ends
     guardian_grace_seconds: float = guardian.DEFAULT_GRACE_SECONDS  # a paused minor's grace
 
     # -- a directive on the live sessions it matches ----------------------------------------
@@ -236,6 +238,8 @@ class Enforcer:
         if session.grace is not None:
             session.grace.cancel()
         call = self.sessions.remove(session)
+        if call is not None and not call.sessions and self.recordings is not None:
+            self.recordings.end(call)  # the call is over: its recording is finished
         renegotiate = call.room.remove(session.peer) if call is not None else []
         told = call.joined() if call is not None and session.announced else []
         if call is not None and call.sessions:

@@ -18,6 +18,7 @@ from signaling.listener import Connections
 from signaling.metrics import Metrics
 from signaling.presence import KioskPresence
 from signaling.ratelimit import Limits
+from signaling.recordings import Recordings
 from signaling.registry import LiveSessions
 from signaling.tokens import Tokens
 from signaling.visits import Visits
@@ -37,6 +38,7 @@ READY = web.AppKey("ready", asyncio.Event)  # set once directives are loaded and
 METRICS = web.AppKey("metrics", Metrics)
 BUS = web.AppKey("bus", Bus)  # embedded (SQLite) or PostgreSQL: see signaling/bus.py
 LIMITS = web.AppKey("limits", Limits)
+RECORDINGS = web.AppKey("recordings", Recordings)  # the calls recorded here (SPEC §10)
 CONNECTIONS = web.AppKey(
     "connections", Connections
 )  # open HTTP connections (signaling/listener.py)

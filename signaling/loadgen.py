@@ -446,7 +446,8 @@ async def worker_main(name: str, media_path: Path, lifetime: float) -> int:
     async def wait_media(command: dict[str, Any]) -> dict[str, Any]:
         deadline = time.monotonic() + float(command["timeout"])
         fresh = float(command.get("fresh", FRESH))
-        connected = [p for p in participants if p.connected.is_set()]
+        # One that left (an earlier round of the same fleet) is not waited for either.
+        connected = [p for p in participants if p.connected.is_set() and not p.closed.is_set()]
         calls = Counter(p.call for p in connected)
         # A participant whose peer never connected has nothing to receive: not waited for.
         live = [p for p in connected if calls[p.call] == 2]

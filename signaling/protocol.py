@@ -387,6 +387,7 @@ def moved_ending(starts_at: str) -> str:
 
 
 MONITORED_NOTICE = "This visit may be monitored by facility staff."
+RECORDED_NOTICE = "This call is recorded."
 PRIVATE_NOTICE = "This is a privileged visit: it is private, never monitored and never recorded."
 
 

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from policy.visit import Visit
 from relay import RelayPeer, Room
 from signaling.session import Session
+
+if TYPE_CHECKING:
+    from signaling.recordings import LiveRecording
 
 
 @dataclass(eq=False)
@@ -23,6 +27,8 @@ class Call:
     names: dict[str, str]  # subject (e.g. contact:C1) -> display name
     sessions: set[Session] = field(default_factory=set)
     warned: set[int] = field(default_factory=set)  # time-remaining thresholds already sent
+    recorded: bool = False  # its facility records its visit (decided when the call was made)
+    recording: LiveRecording | None = None  # while it is recorded (signaling/recordings.py)
 
     def participants(self) -> list[Session]:
         """Live participants, provisional ones included (what a visit's capacity counts)."""

@@ -1,5 +1,6 @@
 """The server's clock: directives expire and lapse, visits end (and are closed as ended or
-no-show), and in a cluster the kiosks of a vanished node go offline, on time.
+no-show), recordings past retention are deleted, and in a cluster the kiosks of a vanished
+node go offline, on time.
 
 One loop per node sleeps until the next deadline (bounded by `tick_seconds`), so nothing
 waits for the next request to be processed lazily.
@@ -61,6 +62,7 @@ async def tick(app: web.Application) -> tuple[float, StoreUnavailable | None]:
             await directives.close_due()
             await app[K.VISITS].close_due()  # windows passed: ended or no-show (every few seconds)
             await app[K.PRESENCE].sweep_due(app[K.STORE].cluster, STALE_AFTER)
+            await app[K.RECORDINGS].sweep_due(app[K.STORE].cluster, STALE_AFTER)  # retention
     except StoreUnavailable as exc:
         problem = exc
     await directives.start_due()

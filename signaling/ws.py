@@ -245,6 +245,7 @@ async def _offer(app: web.Application, session: Session, data: dict[str, Any]) -
         call = app[K.SESSIONS].calls.get(session.visit.id)
         if call is None:
             return None
+        app[K.RECORDINGS].tap(call, session)
         for peer in call.room.add(session.peer):
             other = call.session_of(peer)
             if other is not None and not other.ended:

@@ -95,6 +95,11 @@ export class CallView {
       { class: "notice notice--monitored", id: "monitored-notice", hidden: true },
       "This call may be monitored by facility staff.",
     );
+    el.recorded = h(
+      "p",
+      { class: "notice notice--recorded", id: "recorded-notice-call", hidden: true },
+      "This call is recorded.",
+    );
     el.audioOnly = h("div", { class: "banner banner--restricted", id: "audio-only-banner", role: "status", hidden: true });
     el.status = h("div", { class: "banner banner--status", id: "connection-banner", role: "status" });
     // A minor held back until a guardian of theirs is in the call (policy/guardian.py).
@@ -123,6 +128,7 @@ export class CallView {
       el.heading,
       h("div", { class: "call-bar" }, el.countdown, el.names),
       el.monitored,
+      el.recorded,
       el.audioOnly,
       el.hold,
       el.minors,
@@ -217,6 +223,7 @@ export class CallView {
     for (const id of [...this.#tiles.keys()]) this.#removeTile(id);
     for (const participant of joined.participants ?? []) this.#addParticipant(participant);
     this.#el.monitored.hidden = !joined.monitored;
+    this.#el.recorded.hidden = !joined.recorded;
     if (joined.audio_only) this.#showAudioOnly(null);
     this.#showNames();
   }

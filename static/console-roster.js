@@ -9,6 +9,34 @@ import { h } from "./ui.js";
 
 const MAXIMUMS = [30, 45, 60, 90, 120, 180, 240, 360, 480]; // minutes
 
+/** A facility's recording policy in a few words. */
+function recordingPolicy(f) {
+  if (f.recording === false) return h("span", { class: "muted" }, "Off");
+  const who = f.operators_play_recordings ? "; operators may play" : "";
+  return `Social visits, kept ${f.recording_retention_days ?? 180} days${who}`;
+}
+
+/** A supervisor's fields for a facility's recording policy (SPEC §10). */
+function recordingFields(form, facility) {
+  const on = h("input", { type: "checkbox", name: "recording", id: "facility-recording" });
+  on.checked = facility?.recording ?? true;
+  const days = h("input", { type: "number", name: "recording_retention_days", min: "1", max: "3650", step: "1", value: String(facility?.recording_retention_days ?? 180) });
+  const operators = h("input", { type: "checkbox", name: "operators_play_recordings", id: "facility-operators-play" });
+  operators.checked = facility?.operators_play_recordings ?? false;
+  form.append(
+    h("div", { class: "field field--check" }, on, h("label", { for: "facility-recording" }, "Record social visits (privileged visits never are)")),
+    field({ label: "Keep recordings for (days)", control: days, hint: "Then they are deleted, unless a supervisor holds them." }),
+    h("div", { class: "field field--check" }, operators, h("label", { for: "facility-operators-play" }, "Operators may list and play recordings (supervisors and auditors always may)")),
+  );
+  return {
+    read: () => ({ recording: on.checked, recording_retention_days: Number(days.value), operators_play_recordings: operators.checked }),
+    problems: () => {
+      const n = Number(days.value);
+      return Number.isInteger(n) && n >= 1 && n <= 3650 ? [] : [[days, "Enter a number of days from 1 to 3650."]];
+    },
+  };
+}
+
 export class RosterView {
   #panel;
   #state;
@@ -51,7 +79,7 @@ export class RosterView {
     this.#panel.replaceChildren(
       h("h2", {}, "Facilities"),
       h("div", { class: "toolbar" }, facilityTools),
-      h("table", { class: "data-table", id: "facility-table" }, h("caption", { class: "visually-hidden" }, "Facilities"), heads(["Facility", "Longest visit", "Kiosks", "Inmates"]), el.facilities),
+      h("table", { class: "data-table", id: "facility-table" }, h("caption", { class: "visually-hidden" }, "Facilities"), heads(["Facility", "Longest visit", "Recording", "Kiosks", "Inmates"]), el.facilities),
       h("h2", { class: "section-title" }, "Inmates"),
       h("div", { class: "toolbar" }, inmateTools),
       h("table", { class: "data-table", id: "inmate-table" }, h("caption", { class: "visually-hidden" }, "Inmates"), heads(["Inmate", "Facility", "Approved visitors"]), el.inmates),
@@ -74,6 +102,7 @@ export class RosterView {
         const cells = [
           h("td", { "data-label": "Facility" }, h("strong", {}, f.name), h("span", { class: "muted" }, f.id)),
           h("td", { "data-label": "Longest visit" }, f.max_visit_seconds ? formatLength(f.max_visit_seconds) : h("span", { class: "muted" }, "The server's default")),
+          h("td", { "data-label": "Recording" }, recordingPolicy(f)),
           h("td", { "data-label": "Kiosks" }, String(devices.filter((d) => d.facility === f.id).length)),
           h("td", { "data-label": "Inmates" }, String(inmates.filter((i) => i.facility === f.id).length)),
         ];
@@ -113,9 +142,12 @@ export class RosterView {
         const longest = h("select", { name: "max_visit_seconds" }, h("option", { value: "" }, "The server's default"), MAXIMUMS.map((m) => h("option", { value: String(m * 60) }, formatLength(m * 60))));
         longest.value = facility?.max_visit_seconds ? String(facility.max_visit_seconds) : "";
         form.append(field({ label: "Name", control: name }), field({ label: "Longest visit", control: longest, hint: "Visits booked already keep their length." }));
+        const policy = this.#session.role === "supervisor" ? recordingFields(form, facility) : null;
         return () => {
-          const body = { name: name.value.trim(), max_visit_seconds: longest.value ? Number(longest.value) : null };
-          return { body, problems: body.name ? [] : [[name, "Enter the name."]] };
+          const body = { name: name.value.trim(), max_visit_seconds: longest.value ? Number(longest.value) : null, ...(policy ? policy.read() : {}) };
+          const problems = body.name ? [] : [[name, "Enter the name."]];
+          if (policy) problems.push(...policy.problems());
+          return { body, problems };
         };
       },
       send: (body, id) => (facility ? this.#api.patch(`/facilities/${encodeURIComponent(facility.id)}`, body) : this.#api.post("/facilities", { id, ...body })),

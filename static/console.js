@@ -16,6 +16,7 @@ import { DirectivesView } from "./console-directives.js";
 import { EventStream } from "./console-events.js";
 import { KiosksView } from "./console-kiosks.js";
 import { RosterView } from "./console-roster.js";
+import { RecordingsView } from "./console-recordings.js";
 import { ConsoleState } from "./console-state.js";
 import { VisitsView } from "./console-visits.js";
 import { forgetToken, takeToken } from "./token.js";
@@ -132,10 +133,11 @@ function start(token, about) {
     roster: new RosterView($("panel-roster"), options),
     directives: new DirectivesView($("panel-directives"), options),
     appeals: new AppealsView($("panel-appeals"), options),
+    recordings: new RecordingsView($("panel-recordings"), { api, session, announce, alert: showRecordingAlert }),
     audit: new AuditView($("panel-audit"), { api, head: () => events.lastSeq }),
     report: new ReportView($("panel-report"), { api }),
   };
-  const me = { events, state, views, ticker: null, buffer: [], loading: true, failed: false, reportStale: true };
+  const me = { events, state, views, session, ticker: null, buffer: [], loading: true, failed: false, reportStale: true };
   running = me;
   window.__parlorConsole = { events, state };
 
@@ -178,6 +180,7 @@ function start(token, about) {
     }
     state.apply(event);
     views.audit.add(event);
+    views.recordings.heard(event);
     announceEvent(event, announce, state);
   });
 
@@ -225,6 +228,18 @@ async function load(me) {
   app.dataset.loaded = "true";
   if (currentTab() === "audit" || me.views.audit.loaded) me.views.audit.load(null);
   if (currentTab() === "report") refreshReport(me);
+  if (readsRecordings(me)) me.views.recordings.load(); // its alert shows on every tab
+}
+
+/** Supervisors and auditors read recordings (operators only where a facility allows it). */
+function readsRecordings(me) {
+  return me.session.role === null || me.session.role === "supervisor" || me.session.role === "auditor";
+}
+
+function showRecordingAlert(text) {
+  const alert = $("recording-alert");
+  alert.textContent = text;
+  alert.hidden = false;
 }
 
 function stop() {
@@ -332,6 +347,7 @@ function selectTab(name, { focus = true } = {}) {
   if (me && !me.loading) {
     if (key === "audit" && !me.views.audit.loaded) me.views.audit.load(null);
     if (key === "report") refreshReport(me);
+    if (key === "recordings" && !me.views.recordings.loaded) me.views.recordings.load();
   }
 }
 

@@ -329,6 +329,8 @@ function showState(found) {
   if (body.moved) moved.textContent = `This visit was moved. It was on ${formatDateTime(body.moved.from.starts_at)}; the new time is above.`;
   $("visit-notice").textContent = body.notice ?? "";
   $("visit-notice").classList.toggle("notice--private", body.monitored === false);
+  $("recorded-notice").hidden = !body.recorded;
+  $("recorded-notice").textContent = body.recorded_notice ?? "";
   tick();
   if (!visitState.ticker) visitState.ticker = setInterval(tick, 1000);
   if (!visitState.reread) visitState.reread = setInterval(reread, REREAD_MS);

@@ -50,6 +50,7 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
     values: dict[str, Any] = {
         "secret": SECRET,
         "db": str(tmp_path / "parlor.db"),
+        "recordings": str(tmp_path / "recordings"),
         "host": "127.0.0.1",
         "port": 0,
         "ice_addresses": ["127.0.0.1"],
@@ -115,13 +116,14 @@ class Server:
         return ParlorClient(self.url, token, visit, **kw)
 
 
-async def start_server(config: Config) -> Server:
-    """Start an app; a config with port 0 gets a free port first, so the links it writes work."""
+async def start_server(config: Config, *, clock: Any = time.time) -> Server:
+    """Start an app (on `clock`); a config with port 0 gets a free port first, so the links it
+    writes work."""
     if config.port == 0:
         from dataclasses import replace
 
         config = replace(config, port=free_port())
-    app = create_app(config)
+    app = create_app(config, clock=clock)
     listening = await listen(app, "127.0.0.1", config.port, app[K.CONNECTIONS], access_log=False)
     port = config.port
     return Server(
@@ -172,6 +174,19 @@ async def seed(srv: Server, contacts: int = 4) -> None:
             {"inmate": inmate, "status": "approved"},
         )
         assert status == 200, answer
+
+
+async def recordings_done(srv: Server, visit: str, timeout: float = 60) -> list[dict[str, Any]]:
+    """The visit's recordings once none is still being recorded or finished: a call's
+    recording is finished after the call, in the background, with audit events of its own."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, found = await srv.api("GET", f"/api/v1/recordings?visit={visit}", token="auditor")
+        assert status == 200, found
+        if all(r["status"] != "recording" for r in found):
+            return found  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, f"recordings of {visit} not done: {found}"
+        await asyncio.sleep(0.1)
 
 
 async def add_minor(srv: Server, contact: str, name: str, *, guardians: list[str]) -> None:

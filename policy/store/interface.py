@@ -26,6 +26,7 @@ from policy.appeal import Appeal
 from policy.approval import Approval
 from policy.audit import AuditEvent
 from policy.directive import Directive
+from policy.recording import Recording
 from policy.roster import Contact, Device, Facility, Inmate
 from policy.session import SessionRecord
 from policy.visit import Visit
@@ -63,6 +64,8 @@ class StoredState:
     directives: dict[str, Directive]
     approvals: dict[tuple[str, str], str]  # (contact, inmate) -> status
     visits: dict[str, Visit]
+    recordings: dict[str, Recording] = field(default_factory=dict)
+    facilities: dict[str, Facility] = field(default_factory=dict)
     guardians: dict[str, tuple[str, ...]] = field(default_factory=dict)  # minor -> guardians
 
 
@@ -77,6 +80,9 @@ class Restoration:
     approvals: dict[tuple[str, str], str | None] = field(default_factory=dict)
     visits: list[Visit] = field(default_factory=list)
     stray_visits: list[str] = field(default_factory=list)
+    recordings: list[Recording] = field(default_factory=list)
+    stray_recordings: list[str] = field(default_factory=list)
+    facilities: list[Facility] = field(default_factory=list)  # fields restored, never removed
     guardians: dict[str, tuple[str, ...]] = field(default_factory=dict)  # minor -> all of them
 
 
@@ -197,6 +203,26 @@ class Store(Protocol):
 
     async def list_contacts(self) -> list[Contact]: ...
 
+    # -- recordings (policy/recording.py) -----------------------------------------------
+    async def add_recording(self, recording: Recording, audit: AuditDraft) -> AuditEvent: ...
+
+    async def update_recording(
+        self, recording: Recording, audit: AuditDraft, *, expect_status: str
+    ) -> AuditEvent:
+        """Replace a recording's state, only from `expect_status` (else `Conflict`)."""
+
+    async def hold_recording(
+        self, recording: Recording, audit: AuditDraft, *, was_held: bool
+    ) -> AuditEvent:
+        """Set or release its hold, only if not deleted and its hold is still `was_held`."""
+
+    async def get_recording(self, recording_id: str) -> Recording | None: ...
+
+    async def list_recordings(
+        self, *, visit: str | None = None, facility: str | None = None,
+        after: float | None = None, before: float | None = None, status: str | None = None,
+    ) -> list[Recording]: ...  # fmt: skip
+
     # -- visits -------------------------------------------------------------------------
     async def add_visit(
         self, visit: Visit, audit: AuditDraft, *, buffer: float | None = None
@@ -284,6 +310,9 @@ class Store(Protocol):
     async def list_presence(self, *, node: str | None = None) -> list[Presence]: ...
 
     # -- audit --------------------------------------------------------------------------
+    async def audit_about(self, subject: str) -> list[AuditEvent]:
+        """The events about one subject (e.g. `visit:V1`), in order."""
+
     async def audit_events(
         self, *, after: int = 0, limit: int | None = None
     ) -> list[AuditEvent]: ...

@@ -193,8 +193,12 @@ class PostgresStore(SqlStore):
             )
             if self.read_only:
                 self.head_seq = await self.audit_head()
-                rows = await self._fetch("SELECT to_regclass('guardians') IS NOT NULL AS found")
-                self.guardians_table = bool(rows[0]["found"])
+                rows = await self._fetch(
+                    "SELECT to_regclass('guardians') IS NOT NULL AS guardians,"
+                    " to_regclass('recordings') IS NOT NULL AS recordings"
+                )
+                self.guardians_table = bool(rows[0]["guardians"])
+                self.recordings_table = bool(rows[0]["recordings"])
                 return
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)

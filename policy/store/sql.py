@@ -22,19 +22,22 @@ from policy.approval import Approval
 from policy.audit import GENESIS, AuditEvent, audit_time, seal
 from policy.directive import Directive
 from policy.errors import Conflict
+from policy.recording import Recording
 from policy.roster import Contact, Device, Facility, Inmate
 from policy.session import SessionRecord
 from policy.store.interface import AuditDraft, Cluster, Presence, Restoration, StoredState
 from policy.visit import Visit
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # {real} is DOUBLE PRECISION on PostgreSQL: its REAL is only 4 bytes.
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS facilities (
         id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at {real} NOT NULL,
-        max_visit_seconds {real})""",
+        max_visit_seconds {real}, recording INTEGER NOT NULL DEFAULT 1,
+        recording_retention_days INTEGER NOT NULL DEFAULT 180,
+        operators_play_recordings INTEGER NOT NULL DEFAULT 0)""",
     """CREATE TABLE IF NOT EXISTS devices (
         id TEXT PRIMARY KEY, facility TEXT NOT NULL REFERENCES facilities(id),
         created_at {real} NOT NULL)""",
@@ -92,10 +95,21 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS audit (
         seq INTEGER PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
         subject TEXT NOT NULL, data TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)""",
+    # Recordings of social visits (policy/recording.py): file names, not paths.
+    """CREATE TABLE IF NOT EXISTS recordings (
+        id TEXT PRIMARY KEY, visit TEXT NOT NULL, facility TEXT NOT NULL, node TEXT NOT NULL,
+        path TEXT NOT NULL, status TEXT NOT NULL, started_at {real} NOT NULL, ended_at {real},
+        finalized_at {real}, media TEXT, parts TEXT NOT NULL DEFAULT '[]', sha256 TEXT, origin_at {real}, duration_seconds {real},
+        incomplete_reason TEXT, failure TEXT, held_by TEXT, held_reason TEXT, held_ref TEXT,
+        held_at {real}, deleted_at {real})""",
+    """CREATE INDEX IF NOT EXISTS recordings_visit ON recordings (visit)""",
+    """CREATE INDEX IF NOT EXISTS recordings_started ON recordings (started_at)""",
     # One row: the chain's head. Updating it in every write transaction serialises appends
     # across nodes (a row lock on PostgreSQL, the write lock on SQLite).
     """CREATE TABLE IF NOT EXISTS audit_head (
         id INTEGER PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL)""",
+    # A recording's timeline reads its visit's events (`audit_about`).
+    """CREATE INDEX IF NOT EXISTS audit_subject ON audit (subject)""",
 ]
 
 
@@ -125,6 +139,13 @@ MIGRATIONS: dict[int, list[str]] = {
     # Version 3 -> 4: a minor's guardians. SCHEMA's CREATE TABLE IF NOT EXISTS makes the table
     # in an older database already; the version records that it is there.
     4: [],
+    # Version 4 -> 5: recordings (the table is created by SCHEMA) and the facility's
+    # recording policy.
+    5: [
+        "ALTER TABLE facilities ADD COLUMN recording INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE facilities ADD COLUMN recording_retention_days INTEGER NOT NULL DEFAULT 180",
+        "ALTER TABLE facilities ADD COLUMN operators_play_recordings INTEGER NOT NULL DEFAULT 0",
+    ],
 }
 
 
@@ -253,7 +274,33 @@ def _approval(row: dict[str, Any]) -> Approval:
 
 
 def _facility(row: dict[str, Any]) -> Facility:
-    return Facility(id=row["id"], name=row["name"], max_visit_seconds=row["max_visit_seconds"])
+    """A row as a facility; a read-only view of an older database lacks the recording columns."""
+    return Facility(
+        id=row["id"], name=row["name"], max_visit_seconds=row["max_visit_seconds"],
+        recording=bool(row.get("recording", 1)),
+        recording_retention_days=int(row.get("recording_retention_days", 180)),
+        operators_play_recordings=bool(row.get("operators_play_recordings", 0)),
+    )  # fmt: skip
+
+
+RECORDING_COLUMNS = tuple(Recording.__dataclass_fields__)
+RECORDING_HOLD = ("held_by", "held_reason", "held_ref", "held_at")
+RECORDING_STATE = tuple(c for c in RECORDING_COLUMNS[1:] if c not in RECORDING_HOLD)
+
+
+def _recording_value(r: Recording, column: str) -> Any:
+    value = getattr(r, column)
+    return json.dumps([list(part) for part in value]) if column == "parts" else value
+
+
+def _recording_row(r: Recording) -> tuple[Any, ...]:
+    return tuple(_recording_value(r, column) for column in RECORDING_COLUMNS)
+
+
+def _recording(row: dict[str, Any]) -> Recording:
+    values = {column: row[column] for column in RECORDING_COLUMNS}
+    values["parts"] = tuple(tuple(part) for part in json.loads(values["parts"] or "[]"))
+    return Recording(**values)
 
 
 def _presence(row: dict[str, Any]) -> Presence:
@@ -293,6 +340,8 @@ class SqlStore(ABC):
         # False only in a read-only view of a database from before schema version 4 (a
         # node's open brings any database up to date): it has no guardians yet.
         self.guardians_table = True
+        # ... and from before version 5: no recordings yet.
+        self.recordings_table = True
 
     def noticed(self, seq: int) -> None:
         """Record that the audit log reached `seq` (a local commit, or another node's on the bus)
@@ -345,13 +394,20 @@ class SqlStore(ABC):
     # -- roster -------------------------------------------------------------------------
     async def add_facility(self, facility: Facility, audit: AuditDraft) -> AuditEvent:
         return await self._write(
-            [("INSERT INTO facilities (id, name, max_visit_seconds, created_at) VALUES (?, ?, ?, ?)",
-              (facility.id, facility.name, facility.max_visit_seconds, self.clock()))], audit)  # fmt: skip
+            [("INSERT INTO facilities (id, name, max_visit_seconds, recording,"
+              " recording_retention_days, operators_play_recordings, created_at)"
+              " VALUES (?, ?, ?, ?, ?, ?, ?)",
+              (facility.id, facility.name, facility.max_visit_seconds, int(facility.recording),
+               facility.recording_retention_days, int(facility.operators_play_recordings),
+               self.clock()))], audit)  # fmt: skip
 
     async def update_facility(self, facility: Facility, audit: AuditDraft) -> AuditEvent:
         return await self._write(
-            [("UPDATE facilities SET name = ?, max_visit_seconds = ? WHERE id = ?",
-              (facility.name, facility.max_visit_seconds, facility.id), True)], audit)  # fmt: skip
+            [("UPDATE facilities SET name = ?, max_visit_seconds = ?, recording = ?,"
+              " recording_retention_days = ?, operators_play_recordings = ? WHERE id = ?",
+              (facility.name, facility.max_visit_seconds, int(facility.recording),
+               facility.recording_retention_days, int(facility.operators_play_recordings),
+               facility.id), True)], audit)  # fmt: skip
 
     async def add_device(self, device: Device, audit: AuditDraft) -> AuditEvent:
         return await self._write(
@@ -677,6 +733,58 @@ class SqlStore(ABC):
             )
         return [_appeal(r) for r in rows]
 
+    # -- recordings -------------------------------------------------------------------------
+    async def add_recording(self, recording: Recording, audit: AuditDraft) -> AuditEvent:
+        return await self._write(
+            [(_insert("recordings", RECORDING_COLUMNS), _recording_row(recording))], audit
+        )
+
+    async def update_recording(
+        self, recording: Recording, audit: AuditDraft, *, expect_status: str
+    ) -> AuditEvent:
+        """Replace a recording's state but its hold (`hold_recording`'s), only from
+        `expect_status`, and a deletion only while unheld (else `Conflict`: two nodes
+        sweeping, a hold set meanwhile: one wins, the other writes nothing)."""
+        sets = ", ".join(f"{c} = ?" for c in RECORDING_STATE)
+        values = tuple(_recording_value(recording, c) for c in RECORDING_STATE)
+        unheld = " AND held_by IS NULL" if recording.status == "deleted" else ""
+        return await self._write(
+            [(f"UPDATE recordings SET {sets} WHERE id = ? AND status = ?{unheld}",
+              values + (recording.id, expect_status), True)],
+            audit)  # fmt: skip
+
+    async def hold_recording(
+        self, recording: Recording, audit: AuditDraft, *, was_held: bool
+    ) -> AuditEvent:
+        """Set or release a hold, only if the recording is not deleted and its hold is still
+        `was_held` (so a sweep that deleted it meanwhile, or a second hold, is a `Conflict`)."""
+        held = "held_by IS NOT NULL" if was_held else "held_by IS NULL"
+        return await self._write(
+            [("UPDATE recordings SET held_by = ?, held_reason = ?, held_ref = ?, held_at = ?"
+              f" WHERE id = ? AND status <> 'deleted' AND {held}",
+              (recording.held_by, recording.held_reason, recording.held_ref, recording.held_at,
+               recording.id), True)], audit)  # fmt: skip
+
+    async def get_recording(self, recording_id: str) -> Recording | None:
+        row = await self._one("SELECT * FROM recordings WHERE id = ?", (recording_id,))
+        return _recording(row) if row else None
+
+    async def list_recordings(
+        self, *, visit: str | None = None, facility: str | None = None,
+        after: float | None = None, before: float | None = None, status: str | None = None,
+    ) -> list[Recording]:  # fmt: skip
+        """Recordings, newest first; `after`/`before`: started at or after, before."""
+        sql, params = "SELECT * FROM recordings WHERE 1 = 1", tuple[Any, ...]()
+        for column, value in (("visit", visit), ("facility", facility), ("status", status)):
+            if value is not None:
+                sql, params = sql + f" AND {column} = ?", params + (value,)
+        if after is not None:
+            sql, params = sql + " AND started_at >= ?", params + (after,)
+        if before is not None:
+            sql, params = sql + " AND started_at < ?", params + (before,)
+        rows = await self._fetch(sql + " ORDER BY started_at DESC, id", params)
+        return [_recording(r) for r in rows]
+
     # -- kiosk presence -------------------------------------------------------------------
     async def set_presence(
         self, presence: Presence, audit: AuditDraft, *, expect_node: str | None = None
@@ -711,6 +819,10 @@ class SqlStore(ABC):
             sql, params = sql + " LIMIT ?", params + (limit,)
         return [_audit(r) for r in await self._fetch(sql, params)]
 
+    async def audit_about(self, subject: str) -> list[AuditEvent]:
+        rows = await self._fetch("SELECT * FROM audit WHERE subject = ? ORDER BY seq", (subject,))
+        return [_audit(r) for r in rows]
+
     async def audit_chain(self) -> tuple[list[AuditEvent], tuple[int, str]]:
         """Every event and the chain's head (seq, hash), read in one statement so that no
         write falls between them: `verify_chain(*await store.audit_chain())`."""
@@ -735,12 +847,15 @@ class SqlStore(ABC):
                 "SELECT * FROM directives ORDER BY id",
                 "SELECT contact, inmate, status FROM approvals ORDER BY contact, inmate",
                 "SELECT * FROM visits ORDER BY id",
+                "SELECT * FROM facilities ORDER BY id",
                 *(["SELECT minor, guardian FROM guardians ORDER BY minor, guardian"]
                   if self.guardians_table else []),
+                *(["SELECT * FROM recordings ORDER BY id"] if self.recordings_table else []),
             ]
         )  # fmt: skip
-        chain, directives, approvals, visits = read[:4]
-        guardians = read[4] if self.guardians_table else []
+        chain, directives, approvals, visits, facilities = read[:5]
+        guardians = read[5] if self.guardians_table else []
+        recordings = read[-1] if self.recordings_table else []
         wards: dict[str, tuple[str, ...]] = {}
         for g in guardians:
             wards[g["minor"]] = (*wards.get(g["minor"], ()), g["guardian"])
@@ -751,6 +866,8 @@ class SqlStore(ABC):
             directives={r["id"]: _directive(r) for r in directives},
             approvals={(r["contact"], r["inmate"]): r["status"] for r in approvals},
             visits={r["id"]: _visit(r) for r in visits},
+            recordings={r["id"]: _recording(r) for r in recordings},
+            facilities={r["id"]: _facility(r) for r in facilities},
             guardians=wards,
         )
 
@@ -777,6 +894,18 @@ class SqlStore(ABC):
         upsert = _insert("visits", VISIT_COLUMNS, upsert=True)
         statements += [(upsert, _visit_row(v)) for v in restoration.visits]
         statements += [("DELETE FROM visits WHERE id = ?", (i,)) for i in restoration.stray_visits]
+        statements += [
+            ("UPDATE facilities SET name = ?, max_visit_seconds = ?, recording = ?,"
+             " recording_retention_days = ?, operators_play_recordings = ? WHERE id = ?",
+             (f.name, f.max_visit_seconds, int(f.recording), f.recording_retention_days,
+              int(f.operators_play_recordings), f.id))
+            for f in restoration.facilities
+        ]  # fmt: skip
+        upsert = _insert("recordings", RECORDING_COLUMNS, upsert=True)
+        statements += [(upsert, _recording_row(r)) for r in restoration.recordings]
+        statements += [
+            ("DELETE FROM recordings WHERE id = ?", (i,)) for i in restoration.stray_recordings
+        ]
         for minor, guardians in restoration.guardians.items():
             statements.append(("DELETE FROM guardians WHERE minor = ?", (minor,)))
             statements += [

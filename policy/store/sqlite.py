@@ -91,8 +91,9 @@ class SqliteStore(SqlStore):
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._conn = conn
             self.head_seq = conn.execute("SELECT seq FROM audit_head WHERE id = 1").fetchone()[0]
-            found = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'guardians'"
-            self.guardians_table = conn.execute(found).fetchone() is not None
+            found = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+            self.guardians_table = conn.execute(found, ("guardians",)).fetchone() is not None
+            self.recordings_table = conn.execute(found, ("recordings",)).fetchone() is not None
             return
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)

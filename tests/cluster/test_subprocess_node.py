@@ -4,11 +4,8 @@ visit placed here is redirected here."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,16 +26,9 @@ from tests.cluster.conftest import (
 )
 from tests.conftest import SECRET, Server, make_visit, seed, stop_server
 from tests.harness.ports import free_port
+from tests.harness.processes import parlor_command, stop, wait_ready
 
 pytestmark = pytest.mark.cluster
-
-
-def parlor_command() -> list[str]:
-    script = Path(sys.executable).parent / "parlor"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("parlor")
-    return [found] if found else [sys.executable, "-m", "signaling.cli"]
 
 
 class Remote:
@@ -73,28 +63,10 @@ async def mixed(tmp_path: Path, pg_url: str) -> AsyncIterator[tuple[Server, Remo
     )  # fmt: skip
     remote = Remote(f"http://127.0.0.1:{port}", a, process)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, (tmp_path / "node-b.log").read_text()
-            try:
-                async with (
-                    aiohttp.ClientSession() as http,
-                    http.get(remote.url + "/readyz") as response,
-                ):
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            assert time.monotonic() < deadline, "node B did not become ready"
-            await asyncio.sleep(0.1)
+        await wait_ready(remote.url, process, tmp_path / "node-b.log")
         yield a, remote
     finally:
-        process.terminate()
-        try:
-            await asyncio.to_thread(process.wait, 10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            await asyncio.to_thread(process.wait)
+        await stop(process)
         log.close()
         await stop_server(a)
 

@@ -9,6 +9,7 @@ must leave it unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -21,12 +22,13 @@ import jwt
 
 from policy.rfc3339 import format_time
 from signaling.api import ROUTES
-from tests.conftest import SECRET, Server, make_visit, seed
+from tests.conftest import SECRET, Server, make_visit, recordings_done, seed
 from tests.integration.test_directives import directive_body
 
 READ = {"operator": 200, "supervisor": 200, "auditor": 200}
 STAFF_201 = {"operator": 201, "supervisor": 201}
 STAFF_200 = {"operator": 200, "supervisor": 200}
+RECORDING_READ = {"supervisor": 200, "auditor": 200, "operator": (403, "recordings-forbidden")}
 
 # (method, path) -> {caller: status}. A caller not named gets 403 if its token is valid and
 # 401 if it is not; a value may be (status, error code) where the code matters.
@@ -80,7 +82,18 @@ EXPECTED: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/v1/audit/verify"): READ,
     ("GET", "/api/v1/reports/suspensions"): READ,
     ("GET", "/api/v1/reports/visits"): READ,
+    # SPEC §10: supervisors and auditors read recordings; an operator only where the facility
+    # allows it (F1 does not); a read is a POST because it is audited with its reason
+    ("GET", "/api/v1/recordings"): RECORDING_READ,
+    ("GET", "/api/v1/recordings/{id}"): RECORDING_READ,
+    ("POST", "/api/v1/recordings/{id}/play"): RECORDING_READ,
+    ("POST", "/api/v1/recordings/{id}/download"): RECORDING_READ,
+    ("POST", "/api/v1/recordings/{id}/export"): RECORDING_READ,
+    ("POST", "/api/v1/recordings/{id}/hold"): {"supervisor": 200},
+    ("POST", "/api/v1/recordings/{id}/release"): {"supervisor": 200},
 }
+AUDITED_READS = {path for (method, path) in EXPECTED if method == "POST" and path.startswith(
+    "/api/v1/recordings/") and path.rsplit("/", 1)[1] in ("play", "download", "export")}  # fmt: skip
 
 VALID_CALLERS = ("family", "other-visit-family", "kiosk", "operator", "supervisor", "auditor")
 INVALID_CALLERS = ("none", "expired", "forged", "tampered", "alg-none")
@@ -155,6 +168,7 @@ class World:
         self.n = count()
         self.clients: list[Any] = []
         self.directive_id = ""  # a directive for the GET /directives/{id} cells
+        self.recording_id = ""  # a finalized recording of `visit` for the recording cells
 
     async def ok(
         self, method: str, path: str, body: Any = None, token: str = "operator:issuer"
@@ -292,6 +306,8 @@ class World:
                 {"decision": "uphold", "note": "seen on camera"},
                 decided,
             )
+        if path.startswith("/api/v1/recordings/{id}/"):
+            return await self.recording_cell(path)
         if path == "/api/v1/sessions/{id}/end":
             client = self.server.client(self.visit["join"]["C2"]["token"], self.visit["id"])
             self.clients.append(client)
@@ -305,6 +321,41 @@ class World:
 
             return Cell(path.replace("{id}", joined["session"]), {}, live)
         raise AssertionError(f"no cell factory for {method} {path}: add one, and an expectation")
+
+    async def recording_cell(self, path: str) -> Cell:
+        """A read (probe: the reads audited), a hold or a release (probe: the hold) of the
+        world's recording, left unheld for a hold and held for a release."""
+        what, rid = path.rsplit("/", 1)[1], self.recording_id
+        auditor = self.server.token("auditor:probe", "auditor")
+        supervisor = self.server.token("operator:keeper", "supervisor")
+
+        async def held() -> bool:
+            status, recording = await self.server.api(
+                "GET", f"/api/v1/recordings/{rid}", token=auditor
+            )
+            assert status == 200, recording
+            return bool(recording["held"])
+
+        if what in ("play", "download", "export"):
+
+            async def reads() -> int:
+                status, events = await self.server.api(
+                    "GET", "/api/v1/audit?limit=5000", token=auditor
+                )
+                return sum(1 for e in events if e["subject"] == f"recording:{rid}"
+                           and e["action"] != "recording.finalized")  # fmt: skip
+
+            return Cell(path.replace("{id}", rid), {"reason": "incident review"}, reads)
+        if (what == "hold") == await held():  # make it the other way round first
+            other = "release" if what == "hold" else "hold"
+            status, answer = await self.server.api(
+                "POST",
+                f"/api/v1/recordings/{rid}/{other}",
+                {"reason": "setting up"},
+                token=supervisor,
+            )
+            assert status == 200, answer
+        return Cell(path.replace("{id}", rid), {"reason": "appeal A-1"}, held)
 
     def named(self, path: str, ident: str, name: str) -> Callable[[], Awaitable[Any]]:
         """A probe of one field of one listed resource."""
@@ -321,6 +372,8 @@ class World:
             return "C1"
         if path == "/api/v1/directives/{id}":
             return self.directive_id
+        if path == "/api/v1/recordings/{id}":
+            return self.recording_id
         return ""
 
     def field(self, directive_id: str, name: str) -> Callable[[], Awaitable[Any]]:
@@ -338,7 +391,7 @@ def test_every_route_has_a_hand_written_expectation():
 def test_auditors_never_write():
     """SPEC §3: an auditor reads and writes nothing: no POST route may expect an auditor's 2xx."""
     for (method, path), allowed in EXPECTED.items():
-        if method != "GET":
+        if method != "GET" and path not in AUDITED_READS:  # a read of a recording is audited
             assert "auditor" not in allowed, (method, path)
         elif path not in ("/api/v1/kiosk/visit",):
             assert allowed.get("auditor") == 200, (method, path)
@@ -355,6 +408,13 @@ async def test_authorization_matrix(open_server):
     world.directive_id = (
         await world.ok("POST", "/api/v1/directives", directive_body("contact:C3"))
     )["id"]
+    kiosk = server.client(visit["join"]["device"]["token"], visit["id"], size=(160, 120), fps=10)
+    assert (await kiosk.connect())["recorded"] is True
+    await asyncio.sleep(1.0)  # its media reaches the recording
+    await kiosk.leave()
+    [recording] = await recordings_done(server, visit["id"])
+    assert recording["status"] == "finalized", recording
+    world.recording_id = recording["id"]
     tokens = caller_tokens(server, visit, other)
     failures: list[str] = []
     cells = 0

@@ -12,6 +12,7 @@ deleted by hand.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import sqlite3
@@ -23,7 +24,15 @@ import pytest
 from policy.replay import StateDisagrees
 from signaling import keys as K
 from tests.api.test_cli import parlor
-from tests.conftest import SECRET, make_config, make_visit, seed, start_server, stop_server
+from tests.conftest import (
+    SECRET,
+    make_config,
+    make_visit,
+    recordings_done,
+    seed,
+    start_server,
+    stop_server,
+)
 from tests.hardening.wire import exchange, join
 from tests.harness.ports import free_port
 from tests.integration.test_directives import directive_body
@@ -196,3 +205,52 @@ async def test_parlor_serve_refuses_to_start_with_a_clear_message(tmp_path):
     assert "Traceback" not in done.stderr, done.stderr
     assert f"directives {directive['id']} status: stored 'lifted'" in done.stderr
     assert "--accept-store-state" in done.stderr
+
+
+async def test_recording_turned_off_or_a_recording_edited_in_the_database_is_caught(tmp_path):
+    """The switch that decides whether calls are recorded, and a recording's digest, are
+    projections of the chain too: edited by hand, `audit verify` names them, and a start with
+    `--accept-store-state` puts the chain's values back."""
+    server = await start_server(make_config(tmp_path))
+    try:
+        await seed(server)
+        status, _ = await server.api(
+            "PATCH", "/api/v1/facilities/F1", {"recording_retention_days": 30}, token="supervisor"
+        )
+        assert status == 200
+        visit = await make_visit(server, ["C1"])
+        kiosk = server.client(
+            visit["join"]["device"]["token"], visit["id"], size=(160, 120), fps=10
+        )
+        try:
+            assert (await kiosk.connect())["recorded"] is True
+            await asyncio.sleep(1.0)
+        finally:
+            await kiosk.leave()
+        [recording] = await recordings_done(server, visit["id"])
+        assert recording["status"] == "finalized", recording
+    finally:
+        await stop_server(server)
+    _tamper(
+        tmp_path,
+        "UPDATE facilities SET recording = 0, recording_retention_days = 1 WHERE id = 'F1'",
+    )
+    _tamper(tmp_path, "UPDATE recordings SET sha256 = ? WHERE id = ?", "0" * 64, recording["id"])
+
+    code, report, _ = _verify(tmp_path)
+    assert code == 1
+    assert sorted((d["table"], d["field"], d["implied"]) for d in report["state"]["disagreements"]) == [
+        ("facilities", "recording", True), ("facilities", "recording_retention_days", 30),
+        ("recordings", "sha256", recording["sha256"]),
+    ]  # fmt: skip
+    restarted = await start_server(make_config(tmp_path, accept_store_state=True))
+    try:
+        status, facilities = await restarted.api("GET", "/api/v1/facilities")
+        f1 = next(f for f in facilities if f["id"] == "F1")
+        assert (f1["recording"], f1["recording_retention_days"]) == (True, 30)
+        status, again = await restarted.api(
+            "GET", f"/api/v1/recordings/{recording['id']}", token="auditor"
+        )
+        assert again["sha256"] == recording["sha256"]
+    finally:
+        await stop_server(restarted)

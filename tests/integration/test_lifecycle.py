@@ -18,6 +18,7 @@ from tests.conftest import (
     free_port,
     make_config,
     make_visit,
+    recordings_done,
     seed,
     start_server,
     stop_server,
@@ -253,6 +254,7 @@ async def test_appeal_is_filed_by_the_affected_and_decided_by_someone_else(serve
     c1 = server.client(visit["join"]["C1"]["token"], visit["id"], **LIGHT)
     assert (await c1.connect())["type"] == "joined"
     await c1.close()
+    await recordings_done(server, visit["id"])  # its events come after the call
     status, report = await server.api("GET", "/api/v1/reports/suspensions")
     assert report["appeals"]["filed"] == 1 and report["appeals"]["lifted"] == 1
     assert report["by_scope_kind"] == {"contact": 1} and report["targeted"] == 1

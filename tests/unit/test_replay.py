@@ -194,7 +194,7 @@ def test_times_the_chain_did_not_carry_yet_are_left_open():
 def test_actions_without_a_fold_are_reported_and_unreadable_events_named():
     events = [
         event(1, "visit.teleported", "visit:V1", {"to": "elsewhere"}),
-        event(2, "recording.finalized", "visit:V1", {}),  # changes nothing projected
+        event(2, "monitor.refused", "visit:V1", {}),  # changes nothing projected
         event(3, "approval.set", "contact:C1", {"status": "approved"}),  # not a pair: unreadable
     ]
     report = replay.check(StoredState(events, (3, GENESIS), {}, {}, {}))

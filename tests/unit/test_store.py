@@ -12,6 +12,7 @@ from policy.appeal import Appeal
 from policy.audit import GENESIS, verify_chain
 from policy.directive import Directive
 from policy.errors import Conflict
+from policy.recording import Recording
 from policy.roster import Contact, Device, Facility, Inmate
 from policy.session import SessionRecord
 from policy.store import AuditDraft, SqliteStore
@@ -20,6 +21,7 @@ from policy.visit import Visit
 
 REQUESTS_VERSION = 3  # the schema version that brought requests (starts_on_confirmation)
 GUARDIANS_VERSION = 4  # the one that brought a minor's guardians
+RECORDINGS_VERSION = 5  # ... and the one that brought recordings
 
 T0 = 1_700_000_000.0
 
@@ -231,6 +233,41 @@ async def test_schema_creation_is_idempotent(tmp_path):
         await second.close()
 
 
+def drop_recording_policy(conn: sqlite3.Connection) -> None:
+    """Make a database's facilities and tables what they were before recordings."""
+    conn.execute("DROP TABLE recordings")
+    for column in ("recording", "recording_retention_days", "operators_play_recordings"):
+        conn.execute(f"ALTER TABLE facilities DROP COLUMN {column}")
+
+
+async def test_a_database_from_before_recordings_gets_the_policy_columns_and_table(tmp_path):
+    """A database of the version before recordings opens: its facilities read with the default
+    policy (recorded, 180 days, operators may not play) and recordings can be written."""
+    path = tmp_path / "parlor.db"
+    first = SqliteStore(path, clock=lambda: T0)
+    await first.open()
+    await roster(first)
+    await first.close()
+    with sqlite3.connect(path) as conn:
+        drop_recording_policy(conn)
+        conn.execute("UPDATE schema_version SET version = ?", (RECORDINGS_VERSION - 1,))
+
+    second = SqliteStore(path, clock=lambda: T0)
+    await second.open()
+    try:
+        assert await second.get_facility("F1") == Facility("F1", "North")
+        facility = Facility("F1", "North", recording=False, recording_retention_days=30)
+        await second.update_facility(facility, draft())
+        assert await second.get_facility("F1") == facility
+        recording = Recording("R1", "V1", "F1", "n1", "V1-00.rec", "recording", T0)
+        await second.add_recording(recording, draft())
+        assert await second.list_recordings(visit="V1") == [recording]
+    finally:
+        await second.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
 async def test_a_database_from_before_requests_gets_their_column(tmp_path):
     """A database made by the schema version before requests (a directive that starts when a
     second supervisor confirms it) opens, its directives read as ordinary ones, and a request
@@ -243,6 +280,7 @@ async def test_a_database_from_before_requests_gets_their_column(tmp_path):
     await first.close()
     with sqlite3.connect(path) as conn:  # what the version before made
         conn.execute("ALTER TABLE directives DROP COLUMN starts_on_confirmation")
+        drop_recording_policy(conn)
         conn.execute("DROP TABLE guardians")
         conn.execute("UPDATE schema_version SET version = ?", (REQUESTS_VERSION - 1,))
 
@@ -272,6 +310,7 @@ async def test_a_database_from_before_guardians_gets_their_table(tmp_path):
     await first.close()
     with sqlite3.connect(path) as conn:  # what the version before made
         conn.execute("DROP TABLE guardians")
+        drop_recording_policy(conn)
         conn.execute("UPDATE schema_version SET version = ?", (GUARDIANS_VERSION - 1,))
     viewer = SqliteStore(path, clock=lambda: T0, read_only=True)  # `audit verify` before a node
     await viewer.open()
