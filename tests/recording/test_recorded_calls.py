@@ -18,7 +18,15 @@ from typing import Any
 import pytest
 
 from signaling import keys as K
-from tests.conftest import Server, make_config, make_visit, seed, start_server, stop_server
+from tests.conftest import (
+    Server,
+    add_minor,
+    make_config,
+    make_visit,
+    seed,
+    start_server,
+    stop_server,
+)
 from tests.recording.conftest import decode
 
 SIZE, FPS = (320, 240), 15
@@ -280,11 +288,10 @@ async def test_retention_deletes_and_a_hold_keeps_until_released(clocked):
 async def test_a_visit_with_a_minor_is_recorded_like_any_other(server):
     """No per-visit or per-person opt-out: a minor's visit is recorded where recording is on."""
     await seed(server)
-    status, _ = await server.api("PATCH", "/api/v1/contacts/C1", {"minor": True})
-    assert status == 200
-    visit = await make_visit(server, ["C1"])
+    await add_minor(server, "M1", "Mia", guardians=["C1"])
+    visit = await make_visit(server, ["M1", "C1"])  # a minor comes with a guardian of theirs
     status, state = await server.api(
-        "GET", f"/api/v1/visits/{visit['id']}/state", token=visit["join"]["C1"]["token"]
+        "GET", f"/api/v1/visits/{visit['id']}/state", token=visit["join"]["M1"]["token"]
     )
     assert status == 200 and state["recorded"] is True
     kiosk = server.client(visit["join"]["device"]["token"], visit["id"], size=SIZE, fps=FPS)
