@@ -41,6 +41,7 @@ from bench.harness import (  # noqa: E402
     ServerProcess,
     ServerWatch,
     machine,
+    print_result,
     progress,
     quiet_machine,
     server_version,
@@ -236,14 +237,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import json
-
-    args = parse(argv)
-    started = time.monotonic()
-    result = asyncio.run(bench(args))
-    result["elapsed_s"] = round(time.monotonic() - started, 1)
-    print(json.dumps(result, indent=2))
-    return 0
+    return print_result(bench(parse(argv)))
 
 
 if __name__ == "__main__":

@@ -681,3 +681,13 @@ def _bench_client_class() -> type:
 
 def workdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def print_result(run: Any) -> int:
+    """Run the bench coroutine ``run``, stamp how long it took (``elapsed_s``) and print its
+    JSON document on stdout: every bench's ``main``."""
+    started = time.monotonic()
+    result = asyncio.run(run)
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    print(json.dumps(result, indent=2))
+    return 0

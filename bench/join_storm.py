@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from bench.harness import (  # noqa: E402
     ServerProcess,
     ServerWatch,
     machine,
+    print_result,
     progress,
     quiet_machine,
     server_version,
@@ -182,12 +182,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    started = time.monotonic()
-    result = asyncio.run(asyncio.wait_for(storm(args), 900))
-    result["elapsed_s"] = round(time.monotonic() - started, 1)
-    print(json.dumps(result, indent=2))
-    return 0
+    return print_result(asyncio.wait_for(storm(parse(argv)), 900))
 
 
 if __name__ == "__main__":

@@ -55,7 +55,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
 import sys
 import tempfile
 import time
@@ -75,6 +74,7 @@ from bench.harness import (  # noqa: E402
     ServerWatch,
     machine,
     percentiles,
+    print_result,
     progress,
     quiet_machine,
     server_version,
@@ -683,12 +683,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    started = time.monotonic()
-    result = asyncio.run(bench(args))
-    result["elapsed_s"] = round(time.monotonic() - started, 1)
-    print(json.dumps(result, indent=2))
-    return 0
+    return print_result(bench(parse(argv)))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ aiortc, aioice or asyncio, or aiortc's undocumented modules (``aiortc.sdp``,
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -474,6 +475,22 @@ def take_over_receiver(
     receiver.receive = receive  # type: ignore[method-assign]
 
 
+def take_over_transceivers(
+    pc: RTCPeerConnection,
+    taken: set[int],
+    sender_started: Callable[[aiortc.RTCRtpTransceiver, Any], None],
+    receiver_started: Callable[[aiortc.RTCRtpTransceiver, Any], None],
+) -> None:
+    """:func:`take_over_sender` and :func:`take_over_receiver` on every transceiver of ``pc``
+    not yet in ``taken`` (ids, updated), each told its transceiver when aiortc starts it."""
+    for transceiver in pc.getTransceivers():
+        if id(transceiver) in taken:
+            continue
+        taken.add(id(transceiver))
+        take_over_sender(transceiver.sender, functools.partial(sender_started, transceiver))
+        take_over_receiver(transceiver.receiver, functools.partial(receiver_started, transceiver))
+
+
 class DeferredBitrateEstimator:
     """aiortc's REMB estimator, built when its receiver first uses it rather than with it.
 
@@ -527,6 +544,17 @@ TRANSPORT_CC_FEEDBACK = "transport-cc"
 OPUS_FEC = {"useinbandfec": 1}
 
 
+@functools.lru_cache(maxsize=8)
+def _read(sdp: str) -> aiortc_sdp.SessionDescription:
+    """``sdp`` parsed once for every *reading* of it (an offer is checked, its numbering
+    taken and its extensions adopted: three reads of one string); any failure -> ValueError.
+    Callers never change what it returns: one that edits a description parses its own."""
+    try:
+        return aiortc_sdp.SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc's parser raises whatever it trips on
+        raise ValueError(f"malformed SDP: {exc!r}") from exc
+
+
 def extend_negotiation(pc: RTCPeerConnection, sdp: str, publishing: set[str]) -> None:
     """Add what the remote description ``sdp`` offers and aiortc's lists lack.
 
@@ -540,10 +568,7 @@ def extend_negotiation(pc: RTCPeerConnection, sdp: str, publishing: set[str]) ->
     every Opus codec gets ``useinbandfec=1``. The answer (or the next offer) then carries
     them.
     """
-    try:
-        description = aiortc_sdp.SessionDescription.parse(sdp)
-    except Exception as exc:
-        raise ValueError(f"malformed SDP: {exc!r}") from exc
+    description = _read(sdp)
     remote = {media.rtp.muxId: media for media in description.media}
     for transceiver in pc.getTransceivers():
         media = remote.get(transceiver.mid)
@@ -607,10 +632,7 @@ class DescriptionSummary:
 
 def parse_description(sdp: str) -> DescriptionSummary:
     """Parse ``sdp`` with aiortc's own parser (any failure -> ValueError)."""
-    try:
-        description = aiortc_sdp.SessionDescription.parse(sdp)
-    except Exception as exc:  # aiortc's parser raises whatever it trips on
-        raise ValueError(f"malformed SDP: {exc!r}") from exc
+    description = _read(sdp)
     bundle = next((g for g in description.group if g.semantic == "BUNDLE"), None)
     media = [
         MediaSection(
@@ -756,10 +778,7 @@ def _as_negotiated(
 
 def rtp_numbering(sdp: str) -> RtpNumbering:
     """The header-extension ids and payload types of a client's offer (ValueError)."""
-    try:
-        description = aiortc_sdp.SessionDescription.parse(sdp)
-    except Exception as exc:  # aiortc's parser raises whatever it trips on
-        raise ValueError(f"malformed SDP: {exc!r}") from exc
+    description = _read(sdp)
     extensions: dict[str, int] = {}
     sections: list[tuple[str, str | None, list[RTCRtpCodecParameters]]] = []
     for media in description.media:

@@ -39,7 +39,6 @@ import random
 import struct
 import time
 from collections import deque
-from functools import partial
 from typing import Any
 
 import aiohttp
@@ -379,16 +378,9 @@ class LoadParticipant:
     def _take_over(self) -> None:
         """Keep aiortc's senders and receivers of every new m-line idle (see the module)."""
         assert self.pc is not None
-        for transceiver in self.pc.getTransceivers():
-            if id(transceiver) in self._taken:
-                continue
-            self._taken.add(id(transceiver))
-            aiortc_internals.take_over_sender(
-                transceiver.sender, partial(self._sender_started, transceiver)
-            )
-            aiortc_internals.take_over_receiver(
-                transceiver.receiver, partial(self._receiver_started, transceiver)
-            )
+        aiortc_internals.take_over_transceivers(
+            self.pc, self._taken, self._sender_started, self._receiver_started
+        )
 
     def _datagrams(self, transceiver: Any) -> DatagramPath:
         if self._path is None:

@@ -21,7 +21,6 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -200,16 +199,9 @@ class RtpClient:
         return sdp
 
     def _take_over(self) -> None:
-        for transceiver in self.pc.getTransceivers():
-            if id(transceiver) in self._taken:
-                continue
-            self._taken.add(id(transceiver))
-            aiortc_internals.take_over_sender(
-                transceiver.sender, partial(self._sender_started, transceiver)
-            )
-            aiortc_internals.take_over_receiver(
-                transceiver.receiver, partial(self._receiver_started, transceiver)
-            )
+        aiortc_internals.take_over_transceivers(
+            self.pc, self._taken, self._sender_started, self._receiver_started
+        )
 
     def _learn_streams(self) -> None:
         """Which SSRC is which remote stream (msid, kind, RTX pairing), from the SDP."""
