@@ -33,7 +33,11 @@ from __future__ import annotations
 
 import copy
 import functools
+import socket
+import struct
+import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -262,7 +266,18 @@ RTP_COMPONENT = 1
 DRAIN_BATCH = 64
 """Datagrams read from one socket per readiness callback, at most (fairness)."""
 
-SrtpHandler = Callable[[bytes], None]
+SO_TIMESTAMPNS = 35 if sys.platform == "linux" else 0
+"""Linux's socket option (and control message type, ``SCM_TIMESTAMPNS``) by which the
+kernel stamps each datagram with the time it was received (a ``struct timespec`` on
+CLOCK_REALTIME); Python's socket module does not name it."""
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY_BYTES = 64
+MAX_ARRIVAL_AGE_NS = 2_000_000_000
+"""A kernel stamp older than this (or in the future) means the wall clock was set: the
+datagram is stamped with the time it is read instead."""
+
+SrtpHandler = Callable[[bytes, int], None]
+"""``handler(datagram, arrival_us)``: the arrival on the monotonic clock, in µs."""
 
 
 class DatagramPath:
@@ -278,7 +293,11 @@ class DatagramPath:
       ``drain`` (the default) the socket's asyncio reader is replaced by one that reads
       until the socket would block (at most :data:`DRAIN_BATCH`), so one event-loop
       iteration serves every datagram that arrived meanwhile; without it aioice's
-      ``StunProtocol.datagram_received`` is wrapped (one datagram per iteration).
+      ``StunProtocol.datagram_received`` is wrapped (one datagram per iteration). The
+      handler also gets the datagram's arrival time: with ``drain`` on Linux the kernel's
+      own receive stamp (``SO_TIMESTAMPNS``), so a busy event loop does not shift it (the
+      transport-cc feedback a browser's congestion control runs on reports the network's
+      timing, not the server's); otherwise the time it is read.
     * :attr:`rx` and :attr:`tx` are the transport's own SRTP sessions (``unprotect``,
       ``unprotect_rtcp``, ``protect``, ``protect_rtcp``): using the same session as aiortc
       keeps one SRTCP index and replay window per direction.
@@ -378,7 +397,7 @@ def _wrap_datagram_received(protocol: Any, handler: SrtpHandler) -> Callable[[],
 
     def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
         if data and 127 < data[0] < 192:
-            handler(data)
+            handler(data, time.monotonic_ns() // 1000)
         else:
             original(data, addr)
 
@@ -397,22 +416,36 @@ def _drain_reader(protocol: Any, transport: Any, handler: SrtpHandler) -> Callab
     loop = transport._loop
     fd = sock.fileno()
     original = transport._read_ready
-    recvfrom = sock.recvfrom
     max_size = transport.max_size
+    stamped = _stamp_arrivals(sock)
+    recvfrom = sock.recvfrom
+    recvmsg = sock.recvmsg
 
     def read_ready() -> None:
+        now_ns = time.monotonic_ns()
+        offset_ns = now_ns - time.time_ns() if stamped else 0  # CLOCK_REALTIME -> monotonic
         for _ in range(DRAIN_BATCH):
             if getattr(transport, DATAGRAM_CONN_LOST):
                 return
+            arrival_ns = now_ns
             try:
-                data, addr = recvfrom(max_size)
+                if stamped:
+                    data, ancillary, _flags, addr = recvmsg(max_size, _ANCILLARY_BYTES)
+                    for level, kind, value in ancillary:
+                        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                            seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+                            kernel_ns = seconds * 1_000_000_000 + nanoseconds + offset_ns
+                            if 0 <= now_ns - kernel_ns <= MAX_ARRIVAL_AGE_NS:
+                                arrival_ns = kernel_ns
+                else:
+                    data, addr = recvfrom(max_size)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 protocol.error_received(exc)
                 return
             if data and 127 < data[0] < 192:
-                handler(data)
+                handler(data, arrival_ns // 1000)
             else:
                 protocol.datagram_received(data, addr)
 
@@ -425,6 +458,17 @@ def _drain_reader(protocol: Any, transport: Any, handler: SrtpHandler) -> Callab
             getattr(loop, LOOP_ADD_READER)(fd, original)
 
     return undo
+
+
+def _stamp_arrivals(sock: socket.socket) -> bool:
+    """Ask the kernel to stamp what ``sock`` receives; False where it cannot."""
+    if not SO_TIMESTAMPNS:
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        return False
+    return True
 
 
 def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:

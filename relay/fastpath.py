@@ -179,8 +179,9 @@ class MediaTransport:
 
     # --- the hot path ------------------------------------------------------------
 
-    def on_datagram(self, datagram: bytes) -> None:
-        """One SRTP or SRTCP datagram from the participant."""
+    def on_datagram(self, datagram: bytes, arrival_us: int) -> None:
+        """One SRTP or SRTCP datagram from the participant, received at ``arrival_us``
+        (monotonic µs: the kernel's stamp where there is one, see DatagramPath)."""
         if not self.receiving:
             return
         if 191 < datagram[1] < 224:  # RTCP packet types 192-223 (RFC 5761)
@@ -198,7 +199,7 @@ class MediaTransport:
             return
         if len(plain) < 12:
             return
-        now_us = time.monotonic_ns() // 1000
+        now_us = arrival_us
         twcc_id = self._twcc_id
         if twcc_id:
             try:

@@ -555,7 +555,7 @@ class LoadParticipant:
 
     # --- media in (the socket's readiness callback) -------------------------------------
 
-    def _on_datagram(self, datagram: bytes) -> None:
+    def _on_datagram(self, datagram: bytes, arrival_us: int) -> None:
         second = datagram[1]
         if 191 < second < 224:
             self._on_rtcp(datagram)

@@ -83,11 +83,16 @@ async def test_transport_cc_is_negotiated_fed_back_and_chromium_ramps(
     # at 10 s on an idle machine). With REMB alone it started at 300 kbit/s, grew 8 % a
     # second, and was still near 1.15 Mbit/s after 40 s; waited for that long here, since a
     # busy machine delays both Chromiums' probes.
-    deadline = time.monotonic() + 40
+    start = time.monotonic()
     estimate = 0.0
-    while time.monotonic() < deadline:
+    seen: list[str] = []  # what a failure shows: the estimate every 2 s
+    while time.monotonic() < start + 40:
         estimate = await family.page.evaluate(AVAILABLE_OUTGOING)
         if estimate >= 2_000_000:
             break
+        if len(seen) <= (time.monotonic() - start) // 2:
+            seen.append(f"{time.monotonic() - start:.0f} s {estimate / 1e6:.2f}")
         await asyncio.sleep(0.5)
-    assert estimate >= 2_000_000, f"Chromium's estimate stays at {estimate / 1e6:.2f} Mbit/s"
+    assert estimate >= 2_000_000, (
+        f"Chromium's estimate stays at {estimate / 1e6:.2f} Mbit/s: {', '.join(seen)}"
+    )

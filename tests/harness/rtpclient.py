@@ -419,7 +419,7 @@ class RtpClient:
 
     # --- receiving ------------------------------------------------------------------
 
-    def _on_datagram(self, datagram: bytes) -> None:
+    def _on_datagram(self, datagram: bytes, arrival_us: int) -> None:
         path = self._path
         if path is None or path.rx is None:
             return

@@ -597,7 +597,7 @@ async def raw_pair(*, drain: bool) -> tuple[RTCPeerConnection, RTCPeerConnection
     def connected(side: str, transceiver, parameters) -> None:  # type: ignore[no-untyped-def]
         if side not in paths:
             paths[side] = internals.DatagramPath(internals.dtls_transport_of(transceiver))
-            paths[side].intercept(got[side].append, drain=drain)
+            paths[side].intercept(lambda d, _arrival, g=got[side]: g.append(d), drain=drain)
 
     for side, pc in (("left", left), ("right", right)):
         transceiver = pc.addTransceiver("video", direction="sendrecv")
@@ -649,6 +649,38 @@ async def test_datagram_path_carries_srtp_below_aioice_and_aiortc_stays_idle(dra
         assert right.connectionState == "connected" and left.connectionState == "connected"
         paths["right"].release()
         paths["right"].release()  # idempotent
+    finally:
+        await asyncio.gather(left.close(), right.close())
+
+
+@pytest.mark.skipif(not internals.SO_TIMESTAMPNS, reason="kernel receive stamps are Linux's")
+async def test_arrivals_keep_the_kernels_time_while_the_event_loop_is_busy() -> None:
+    """What the relay's transport-cc feedback reports: when each datagram reached the
+    socket, not when a busy loop got to read it (which would look like congestion)."""
+    import time
+
+    left, right, paths, _got, started = await raw_pair(drain=True)
+    try:
+        arrivals: list[int] = []
+        paths["right"].release()
+        paths["right"].intercept(lambda _datagram, arrival_us: arrivals.append(arrival_us))
+        payload_type = started["send"][0].codecs[0].payloadType
+        ssrc = getattr(left.getTransceivers()[0].sender, internals.SENDER_SSRC)
+        sent_us: list[int] = []
+        for sequence in range(10):
+            packet = struct.pack("!BBHII", 0x80, payload_type, sequence, 3000 * sequence, ssrc)
+            sent_us.append(time.monotonic_ns() // 1000)
+            paths["left"].send(paths["left"].tx.protect(packet + bytes(100)))
+            time.sleep(0.02)  # the loop is blocked: nothing is read meanwhile
+        read_from_us = time.monotonic_ns() // 1000
+        for _ in range(100):
+            if len(arrivals) >= 10:
+                break
+            await asyncio.sleep(0.01)
+        assert len(arrivals) == 10
+        for sent, arrival in zip(sent_us, arrivals, strict=True):
+            assert sent <= arrival < sent + 10_000, (sent, arrival)  # loopback: well under 10 ms
+        assert arrivals[0] < read_from_us - 150_000, "stamped when read, not when received"
     finally:
         await asyncio.gather(left.close(), right.close())
 
