@@ -336,7 +336,9 @@ async def test_taking_a_kiosk_out_of_service_from_its_row(live: Server, browser:
     start = datetime.fromisoformat(soon["starts_at"].replace("Z", "+00:00")).astimezone(
         ZoneInfo(ZONE)
     )
-    await move.locator('input[name="start"]').fill((start + timedelta(hours=1)).strftime("%H:%M"))
+    moved = start + timedelta(hours=1)  # may be past midnight in the facility's zone
+    await move.locator('input[name="day"]').fill(moved.strftime("%Y-%m-%d"))
+    await move.locator('input[name="start"]').fill(moved.strftime("%H:%M"))
     await move.locator('button[type="submit"]').click()
     await console.wait_for_function("() => document.querySelectorAll('dialog[open]').length === 1")
     await console.wait_for_function(
