@@ -32,6 +32,17 @@ INBOUND = """async () => {
   });
   return out;
 }"""
+STATE = r"""() => {
+  const pc = window.__parlorPc;
+  const app = document.querySelector("#app, main");
+  return {
+    pc: pc ? { connection: pc.connectionState, ice: pc.iceConnectionState,
+               signaling: pc.signalingState,
+               receivers: pc.getReceivers().map((r) => r.track && r.track.kind) } : null,
+    state: app ? app.dataset.state : null,
+    text: document.body.innerText.trim().replace(/\s+/g, " ").slice(0, 300),
+  };
+}"""
 INBOUND_FIELDS = (
     "framesDecoded", "framesDropped", "freezeCount", "totalFreezesDuration", "packetsReceived",
     "packetsLost", "nackCount", "pliCount", "retransmittedPacketsReceived", "frameWidth",
@@ -69,7 +80,14 @@ async def call(seconds: float) -> dict[str, Any]:
                     break
                 await asyncio.sleep(0.2)
             else:
-                raise RuntimeError(f"the call did not start within {START_SECONDS} s")
+                states = {name: await page.evaluate(STATE) for name, page in pages.items()}
+                videos = {name: s and s["video"] for name, s in zip(pages, seen, strict=True)}
+                log = server.log_path.read_text(errors="replace").splitlines()[-40:]
+                raise RuntimeError(
+                    f"the call did not start within {START_SECONDS} s: pages {states}, "
+                    f"inbound video {videos}, errors {family.errors + kiosk.errors}, "
+                    "server log's tail:\n" + "\n".join(log)
+                )
             first = {name: await page.evaluate(INBOUND) for name, page in pages.items()}
             last_change = {name: time.monotonic() for name in pages}
             frames = {name: first[name]["video"]["framesDecoded"] for name in pages}
