@@ -263,7 +263,8 @@ async def test_a_recorders_tap_gets_every_packet_of_a_track_and_its_sender_repor
     a, peer_a = await rtp_visit.join("A")
     await rtp_visit.join("B")
     uptrack = peer_a.uptrack("video")
-    await rtp_visit.wait_for(lambda: uptrack.payload_type is not None)
+    # The relay knows the payload type from the SDP; A sends once its own DTLS is up.
+    await rtp_visit.wait_for(lambda: uptrack.payload_type is not None and a.sent_payloads["video"])
     recorder = Recorder(tmp_path, "V1", "social")
     tap = recorder.track("A", "video", "VP8", uptrack.clock_rate, uptrack.payload_type)
     tapped: list[tuple[bytes, int]] = []
