@@ -151,13 +151,23 @@ class GuardedConnection(asyncio.Protocol):
         self._inner.connection_lost(exc)
 
 
+SECRET_PATH_PARTS = ("grant",)
+"""Route parts that are bearer secrets (a recording's media grant): logged by name only."""
+
+
 class PathOnlyAccessLogger(AbstractAccessLogger):
-    """`GET /api/v1/directives 200 512 0.004s` from 127.0.0.1: no query string, ever."""
+    """`GET /api/v1/directives 200 512 0.004s` from 127.0.0.1: no query string, ever, and
+    a secret path part as its name (`/recordings/media/{grant}/call`)."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        path = request.path
+        found = getattr(request, "match_info", None) or {}
+        for name in SECRET_PATH_PARTS:
+            if value := found.get(name):
+                path = path.replace(value, "{" + name + "}")
         self.logger.info(
             '%s "%s %s" %s %s %.4fs',
-            request.remote, request.method, request.path,
+            request.remote, request.method, path,
             response.status, response.body_length, time,
         )  # fmt: skip
 

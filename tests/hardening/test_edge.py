@@ -127,11 +127,18 @@ async def test_query_strings_never_reach_the_access_log(tmp_path, caplog):
             url = f"http://127.0.0.1:{listening.port}/api/v1/directives?token=eyJhbGciOiJIUzI1NiJ9.secret.sig"
             async with http.get(url) as response:
                 assert response.status == 401
+            # A recording's media grant is a bearer secret in the path: logged by name.
+            grant = "eyJyZWNvcmRpbmciOiJSLTEifQ.c2lnbmF0dXJl"
+            async with http.get(
+                f"http://127.0.0.1:{listening.port}/recordings/media/{grant}/call"
+            ) as response:
+                assert response.status == 403
     finally:
         await listening.close()
     lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
     assert any('"GET /api/v1/directives"' in line and " 401 " in line for line in lines), lines
     assert not any("token" in line or "eyJ" in line or "?" in line for line in lines), lines
+    assert any('"GET /recordings/media/{grant}/call"' in line for line in lines), lines
 
 
 @pytest.mark.parametrize(
