@@ -13,6 +13,11 @@ import asyncio
 from collections.abc import Callable
 
 KEYFRAME_REQUEST_INTERVAL = 0.5  # seconds, per publisher track
+KEYFRAME_RETRY_SECONDS = 1.0
+"""A request is sent again this long after the last while a keyframe is still needed: a
+PLI lost on the way (or a keyframe whose first packet was) would otherwise leave a new
+subscriber without video until the publisher's next keyframe of its own, which a browser
+sends only every few thousand frames."""
 
 
 class KeyframeRequester:
@@ -23,7 +28,9 @@ class KeyframeRequester:
     another one's keyframe went by still gets its own keyframe. A deferred
     request is sent only if ``still_needed()`` says a keyframe has not come
     meanwhile: a wasted keyframe costs bandwidth and, worse, the next
-    subscriber's window.
+    subscriber's window. For as long as it says one is needed, the request
+    is repeated every ``retry`` seconds: requests and keyframes cross a lossy
+    network too.
     """
 
     def __init__(
@@ -31,12 +38,15 @@ class KeyframeRequester:
         send: Callable[[], None],
         still_needed: Callable[[], bool] = lambda: True,
         interval: float = KEYFRAME_REQUEST_INTERVAL,
+        retry: float = KEYFRAME_RETRY_SECONDS,
     ) -> None:
         self._send = send
         self._still_needed = still_needed
         self._interval = interval
+        self._retry_after = max(retry, interval)
         self._last: float | None = None
         self._deferred: asyncio.TimerHandle | None = None
+        self._retry: asyncio.TimerHandle | None = None
 
     def request(self) -> None:
         if self._deferred is not None:
@@ -49,15 +59,25 @@ class KeyframeRequester:
             self._deferred = loop.call_at(self._last + self._interval, self._fire_deferred)
 
     def cancel(self) -> None:
-        if self._deferred is not None:
-            self._deferred.cancel()
-            self._deferred = None
+        for timer in (self._deferred, self._retry):
+            if timer is not None:
+                timer.cancel()
+        self._deferred = self._retry = None
 
     def _fire_deferred(self) -> None:
         self._deferred = None
         if self._still_needed():
             self._fire()
 
+    def _fire_retry(self) -> None:
+        self._retry = None
+        if self._deferred is None and self._still_needed():
+            self._fire()
+
     def _fire(self) -> None:
-        self._last = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        if self._retry is not None:
+            self._retry.cancel()
+        self._retry = loop.call_at(self._last + self._retry_after, self._fire_retry)
         self._send()

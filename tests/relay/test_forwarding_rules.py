@@ -173,6 +173,26 @@ async def test_a_deferred_request_is_dropped_once_no_longer_needed() -> None:
     assert upstream.requests == 1
 
 
+@pytest.mark.asyncio
+async def test_a_request_is_repeated_while_the_keyframe_has_not_come() -> None:
+    """A PLI lost on a lossy link: asked again until the keyframe is there, then no more."""
+    upstream = Upstream()
+    needed = [True]
+    requester = KeyframeRequester(upstream, lambda: needed[0], interval=0.05, retry=0.1)
+    requester.request()
+    assert upstream.requests == 1
+    await asyncio.sleep(0.25)
+    assert upstream.requests == 3  # at 0.1 s and 0.2 s
+    needed[0] = False  # the keyframe came
+    await asyncio.sleep(0.25)
+    assert upstream.requests == 3
+    needed[0] = True
+    requester.request()
+    requester.cancel()  # the track closed: nothing more is asked for
+    await asyncio.sleep(0.25)
+    assert upstream.requests == 4
+
+
 def test_a_remb_that_falls_marks_overuse() -> None:
     signals = SubscriberSignals()
     signals.on_remb(1_000_000, 0)
