@@ -156,11 +156,13 @@ async def admit(
         visit_id, mode = _wanted(join)
         visit = await _visit(app, visit_id)
         keys = await _keys(app, actor, visit, mode)
+        guardians_mark = app[K.GUARDIANS].mark()
         ward = await _ward(app, actor, visit, mode)
         _joinable(app[K.POLICY], visit)
         calls = app[K.SESSIONS].calls
         _decide(app, actor, visit, mode, keys, calls.get(visit.id), ward)  # early: cheap
         call = await _call(app, visit)
+        ward = _current_ward(app, ward, guardians_mark, visit)  # no await until registered
         session, replaced = _register(app, ws, actor, visit, mode, keys, call, ward)
         return await _welcome(app, session, replaced)
     except Refusal as refusal:
@@ -321,14 +323,25 @@ async def _keys(app: web.Application, actor: Actor, visit: Visit, mode: str) -> 
 async def _ward(app: web.Application, actor: Actor, visit: Visit, mode: str) -> Ward | None:
     """A minor joining: who of their guardians is on the visit (policy/guardian.py). Read
     before the synchronous block. A change of guardians reaches a session in the live-session
-    index (signaling/guardians.py); one applied during the few reads between here and
-    `_register` is not seen by this admission (guardians are not in memory like approvals)."""
+    index (signaling/guardians.py); one applied during the reads between here and
+    `_register` is taken up by `_current_ward`."""
     if actor.role != "family" or mode != "participant":
         return None
     contact = await app[K.POLICY].store.get_contact(actor.subject_id)
     if contact is None:
         return None
     return ward_of(contact.id, contact.minor, contact.guardians, visit.contacts)
+
+
+def _current_ward(app: web.Application, ward: Ward | None, mark: int, visit: Visit) -> Ward | None:
+    """`ward` as a change of the minor's guardians applied since `mark` made it (synchronous:
+    called just before `_register`, which decides with it)."""
+    if ward is None:
+        return None
+    guardians = app[K.GUARDIANS].applied_since(ward.contact, mark)
+    if guardians is None:
+        return ward
+    return ward_of(ward.contact, True, guardians, visit.contacts)
 
 
 def _joinable(policy: Policy, visit: Visit) -> None:

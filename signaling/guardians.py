@@ -13,11 +13,16 @@ The REST API and the cluster bus call `Guardians` and nothing else. Follow `set`
 
 Another node runs step 2 when the bus delivers the event (`heard`): a visit's call lives on
 one node, so that is where the minor's sessions are.
+
+A minor's admission reads their guardians from the store before its synchronous block, so a
+change applied during those reads would miss it (it is not live yet). Each apply is
+therefore numbered: admission takes `mark()` before it reads, and in its synchronous block
+`applied_since(minor, mark)` gives it the guardians of a change applied meanwhile.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from policy.actor import Actor
 from policy.audit import AuditEvent
@@ -33,6 +38,9 @@ class Guardians:
     policy: Policy
     sessions: LiveSessions
     enforcer: Enforcer
+    _applied: dict[str, tuple[int, tuple[str, ...]]] = field(default_factory=dict)
+    """By minor: the number of the last change applied here, and its guardians."""
+    _changes: int = 0
 
     async def set(self, actor: Actor, contact_id: str, body: object) -> Contact:
         """Commit, then apply to the live calls here: the answer is ready when this returns."""
@@ -40,8 +48,19 @@ class Guardians:
         self._apply(contact.id, contact.guardians)  # 2.
         return contact
 
+    def mark(self) -> int:
+        """Where the changes applied here stand (an admission takes it before its reads)."""
+        return self._changes
+
+    def applied_since(self, minor: str, mark: int) -> tuple[str, ...] | None:
+        """The guardians of `minor` set by a change applied here after `mark`, else None."""
+        found = self._applied.get(minor)
+        return found[1] if found is not None and found[0] > mark else None
+
     def _apply(self, minor: str, guardians: tuple[str, ...]) -> None:
         """Step 2, one synchronous block."""
+        self._changes += 1
+        self._applied[minor] = (self._changes, guardians)
         for session in self.sessions.matching(f"contact:{minor}"):
             if session.ward is None or session.ended:
                 continue

@@ -265,6 +265,51 @@ async def test_a_change_of_guardians_reaches_the_live_call_before_the_answer(ser
         await asyncio.gather(*(c.close() for c in clients))
 
 
+async def test_a_change_of_guardians_during_a_minors_admission_is_not_missed(server):
+    """The minor's admission has read their guardians (C1, in the call) when staff make C2
+    their only guardian: the admission, registered after the PUT answered, holds them back
+    for C2 instead of letting them in on C1."""
+    status, _ = await server.api(
+        "PUT", "/api/v1/contacts/M1/guardians", {"guardians": ["C1", "C2"]}
+    )
+    assert status == 200
+    visit = await make_visit(server, ["C1", "C2", "M1"])
+    store = server.app[K.POLICY].store
+    read, release = asyncio.Event(), asyncio.Event()
+    get_contact = store.get_contact
+
+    async def slow_first_read_of_the_minor(contact_id: str) -> Any:
+        found = await get_contact(contact_id)
+        if contact_id == "M1" and not read.is_set():
+            read.set()
+            await release.wait()  # the admission's read is done, its registration not yet
+        return found
+
+    first = server.client(visit["join"]["C1"]["token"], visit["id"], **LIGHT)
+    minor = server.client(visit["join"]["M1"]["token"], visit["id"], **LIGHT)
+    clients = [first, minor]
+    try:
+        assert (await first.connect())["type"] == "joined"
+        store.get_contact = slow_first_read_of_the_minor
+        joining = asyncio.ensure_future(minor.connect())
+        await asyncio.wait_for(read.wait(), 10)
+        status, answer = await server.api(
+            "PUT", "/api/v1/contacts/M1/guardians", {"guardians": ["C2"]}
+        )
+        assert status == 200 and answer["guardians"] == ["C2"], answer
+        release.set()
+        joined = await joining
+        assert joined["type"] == "joined", joined
+        assert joined["hold"]["state"] == "waiting", joined["hold"]
+        assert joined["hold"]["guardians"] == ["Contact 2"], joined["hold"]
+        peer = peer_of(server, minor)
+        assert peer.held
+        await stopped_both_ways(server, peer, minor)
+    finally:
+        store.get_contact = get_contact
+        await asyncio.gather(*(c.close() for c in clients))
+
+
 async def test_guardians_are_required_at_booking_and_at_the_door(server):
     """A visit with a minor and none of their guardians is refused `guardian-required`; a
     minor whose guardians on the visit were all withdrawn is refused at the join."""
