@@ -544,11 +544,14 @@ TRANSPORT_CC_FEEDBACK = "transport-cc"
 OPUS_FEC = {"useinbandfec": 1}
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=128)
 def _read(sdp: str) -> aiortc_sdp.SessionDescription:
     """``sdp`` parsed once for every *reading* of it (an offer is checked, its numbering
     taken and its extensions adopted: three reads of one string); any failure -> ValueError.
-    Callers never change what it returns: one that edits a description parses its own."""
+    Callers never change what it returns: one that edits a description parses its own.
+    The reads of one description are apart by awaits (aiortc applying it), during which a
+    join storm's other admissions — a hundred in flight — read theirs: room for all of them,
+    or every read past the first parses again."""
     try:
         return aiortc_sdp.SessionDescription.parse(sdp)
     except Exception as exc:  # aiortc's parser raises whatever it trips on
@@ -749,20 +752,20 @@ async def create_offer(
             setattr(transceiver, TRANSCEIVER_CODECS, codecs)
             setattr(transceiver, TRANSCEIVER_HEADER_EXTENSIONS, extensions)
             negotiated[transceiver.mid] = (codecs, extensions)
-    sdp = _as_negotiated(offer.sdp, negotiated)
+    description = aiortc_sdp.SessionDescription.parse(offer.sdp)  # one parse for both edits
+    _as_negotiated(description, negotiated)
     if numbering is not None:
-        sdp = renumber_offer(sdp, numbering)
-    return RTCSessionDescription(sdp=sdp, type="offer")
+        _renumber(description, numbering)
+    return RTCSessionDescription(sdp=str(description), type="offer")
 
 
 def _as_negotiated(
-    sdp: str,
+    description: aiortc_sdp.SessionDescription,
     negotiated: dict[str | None, tuple[list[RTCRtpCodecParameters], list[Any]]],
-) -> str:
-    """An offer whose negotiated m-lines list what was negotiated (with what
+) -> None:
+    """Make an offer's negotiated m-lines list what was negotiated (with what
     :func:`extend_negotiation` added, e.g. transport-cc, which aiortc's own offer would drop
-    and the client's answer then with it), and whose Opus asks for in-band FEC."""
-    description = aiortc_sdp.SessionDescription.parse(sdp)
+    and the client's answer then with it), and its Opus ask for in-band FEC."""
     for media in description.media:
         if media.rtp.muxId in negotiated:
             codecs, extensions = negotiated[media.rtp.muxId]
@@ -773,7 +776,6 @@ def _as_negotiated(
             media.rtp.codecs = copy.deepcopy(media.rtp.codecs)
         for codec in media.rtp.codecs:
             _with_opus_fec(codec)
-    return str(description)
 
 
 def rtp_numbering(sdp: str) -> RtpNumbering:
@@ -806,6 +808,12 @@ def renumber_offer(sdp: str, numbering: RtpNumbering) -> str:
         description = aiortc_sdp.SessionDescription.parse(sdp)
     except Exception as exc:
         raise ValueError(f"malformed SDP: {exc!r}") from exc
+    _renumber(description, numbering)
+    return str(description)
+
+
+def _renumber(description: aiortc_sdp.SessionDescription, numbering: RtpNumbering) -> None:
+    """:func:`renumber_offer` on a parsed description, in place."""
     taken = numbering.payload_types()
     allocated: dict[tuple[Any, ...], int] = {}
 
@@ -872,7 +880,6 @@ def renumber_offer(sdp: str, numbering: RtpNumbering) -> str:
             kept.append(rtx)
         media.rtp.codecs = kept
         media.fmt = [codec.payloadType for codec in kept]
-    return str(description)
 
 
 def is_rtx_codec(codec: RTCRtpCodecParameters) -> bool:

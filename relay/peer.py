@@ -136,6 +136,8 @@ class RelayPeer:
         self._broken = False
         self._numbering: aiortc_internals.RtpNumbering | None = None
         """RTP numbering of the client's last offer; every server offer keeps it."""
+        self._offered: str | None = None
+        """The server's last offer as sent (its answer is checked against its m-lines)."""
 
     # --- state ---------------------------------------------------------------
 
@@ -283,7 +285,8 @@ class RelayPeer:
             if self._closed:  # closed while the offer was being made
                 raise PeerClosed(self.peer_id) from None
             raise
-        return self._pc.localDescription.sdp
+        self._offered = self._pc.localDescription.sdp  # (aiortc writes it anew at each read)
+        return self._offered
 
     async def accept_answer(self, sdp: str) -> None:
         """Apply the client's answer to :meth:`create_offer`; raises UnsupportedOffer."""
@@ -291,7 +294,8 @@ class RelayPeer:
             raise UnsupportedOffer("the session's media connection is closed")
         if self._pc.signalingState != "have-local-offer":
             raise UnsupportedOffer("no server offer is waiting for an answer")
-        offer = aiortc_internals.parse_description(self._pc.localDescription.sdp).media
+        assert self._offered is not None  # have-local-offer: create_offer made one
+        offer = aiortc_internals.parse_description(self._offered).media
         check_description(sdp, self.codec, answer_to=offer)
         disagreements = self._dtls.disagreements
         try:
