@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import functools
 import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,8 @@ REMOTE_TRACK_QUEUE = "_queue"  # RemoteStreamTrack's asyncio.Queue of decoded fr
 # The function aioice calls to list local addresses; captured once so that
 # unpinning can restore it.
 ORIGINAL_GET_HOST_ADDRESSES: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
+# aiortc's SDP parser, captured once (see _Handover).
+ORIGINAL_PARSE: Callable[[str], Any] = aiortc_sdp.SessionDescription.parse
 # The REMB estimator class aiortc's receivers build; captured once (see defer_bitrate_estimators).
 RECEIVER_ESTIMATOR_CLASS = "RemoteBitrateEstimator"
 ORIGINAL_BITRATE_ESTIMATOR: type = getattr(aiortc_receiver, RECEIVER_ESTIMATOR_CLASS)
@@ -544,21 +547,99 @@ TRANSPORT_CC_FEEDBACK = "transport-cc"
 OPUS_FEC = {"useinbandfec": 1}
 
 
-@functools.lru_cache(maxsize=128)
-def _read(sdp: str) -> aiortc_sdp.SessionDescription:
-    """``sdp`` parsed once for every *reading* of it (an offer is checked, its numbering
-    taken and its extensions adopted: three reads of one string); any failure -> ValueError.
-    Callers never change what it returns: one that edits a description parses its own.
+class _Parses:
+    """Descriptions parsed once for every *reading* of them (an offer is checked, its
+    numbering taken and its extensions adopted: three reads of one string); any failure ->
+    ValueError. Readers never change what they get: one that edits a description parses its
+    own, and one handed to aiortc (:func:`set_remote_description`) leaves the cache, since
+    aiortc keeps it and adds trickled candidates to it.
+
     The reads of one description are apart by awaits (aiortc applying it), during which a
     join storm's other admissions — a hundred in flight — read theirs: room for all of them,
     or every read past the first parses again."""
+
+    SIZE = 128
+
+    def __init__(self) -> None:
+        self._parsed: OrderedDict[str, aiortc_sdp.SessionDescription] = OrderedDict()
+
+    def read(self, sdp: str) -> aiortc_sdp.SessionDescription:
+        description = self._parsed.get(sdp)
+        if description is None:
+            description = self._parsed[sdp] = _parse(sdp)
+            if len(self._parsed) > self.SIZE:
+                self._parsed.popitem(last=False)
+        else:
+            self._parsed.move_to_end(sdp)
+        return description
+
+    def take(self, sdp: str) -> aiortc_sdp.SessionDescription:
+        """The parse of ``sdp`` for a caller that keeps it (no other reader sees it again)."""
+        description = self._parsed.pop(sdp, None)
+        return description if description is not None else _parse(sdp)
+
+
+def _parse(sdp: str) -> aiortc_sdp.SessionDescription:
     try:
-        return aiortc_sdp.SessionDescription.parse(sdp)
+        return ORIGINAL_PARSE(sdp)
     except Exception as exc:  # aiortc's parser raises whatever it trips on
         raise ValueError(f"malformed SDP: {exc!r}") from exc
 
 
-def extend_negotiation(pc: RTCPeerConnection, sdp: str, publishing: set[str]) -> None:
+_PARSES = _Parses()
+_read = _PARSES.read
+
+
+class _Handover:
+    """aiortc's ``SessionDescription.parse``, taking a description already parsed for it.
+
+    ``RTCPeerConnection.setRemoteDescription`` parses the SDP it is given before its first
+    await; :func:`set_remote_description` puts the relay's parse of that very string here
+    just before, so aiortc does not parse it a second time. Any other string (aiortc's own
+    local descriptions, test clients in the same process) is parsed as before."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, aiortc_sdp.SessionDescription] = {}
+
+    def parse(self, sdp: str) -> aiortc_sdp.SessionDescription:
+        description = self.waiting.pop(sdp, None)
+        return description if description is not None else ORIGINAL_PARSE(sdp)
+
+
+_HANDOVER = _Handover()
+
+
+def _install_handover() -> None:
+    _require(aiortc_sdp.SessionDescription, "parse")
+    if getattr(aiortc_sdp.SessionDescription.parse, "_parlor_handover", False):
+        return
+
+    def parse(sdp: str) -> aiortc_sdp.SessionDescription:
+        return _HANDOVER.parse(sdp)
+
+    parse._parlor_handover = True  # type: ignore[attr-defined]
+    aiortc_sdp.SessionDescription.parse = staticmethod(parse)  # type: ignore[method-assign,assignment]
+
+
+async def set_remote_description(
+    pc: RTCPeerConnection, sdp: str, kind: str
+) -> aiortc_sdp.SessionDescription:
+    """``pc.setRemoteDescription`` with the relay's parse of ``sdp`` (see :class:`_Handover`);
+    returns that parse, for :func:`extend_negotiation` (which reads only its codecs and
+    header extensions, which aiortc leaves alone)."""
+    _install_handover()
+    description = _PARSES.take(sdp)
+    _HANDOVER.waiting[sdp] = description
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+    finally:
+        _HANDOVER.waiting.pop(sdp, None)
+    return description
+
+
+def extend_negotiation(
+    pc: RTCPeerConnection, sdp: str | aiortc_sdp.SessionDescription, publishing: set[str]
+) -> None:
     """Add what the remote description ``sdp`` offers and aiortc's lists lack.
 
     Call right after ``setRemoteDescription(sdp)``, before anything awaits: aiortc
@@ -569,9 +650,9 @@ def extend_negotiation(pc: RTCPeerConnection, sdp: str, publishing: set[str]) ->
     receives) the remote's ``transport-wide-cc`` extension and ``rtcp-fb transport-cc``
     are kept, so browsers number their packets for the relay's transport-cc feedback;
     every Opus codec gets ``useinbandfec=1``. The answer (or the next offer) then carries
-    them.
+    them. ``sdp`` may be given parsed (what :func:`set_remote_description` returns).
     """
-    description = _read(sdp)
+    description = _read(sdp) if isinstance(sdp, str) else sdp
     remote = {media.rtp.muxId: media for media in description.media}
     for transceiver in pc.getTransceivers():
         media = remote.get(transceiver.mid)

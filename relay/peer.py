@@ -241,12 +241,13 @@ class RelayPeer:
             raise UnsupportedOffer(
                 "the server cannot forward media (its aiortc version is not supported)"
             ) from exc
+        numbering = aiortc_internals.rtp_numbering(sdp)  # read before aiortc takes the parse
         try:
             self._dtls.adopt(self._pc)
-            await self._pc.setRemoteDescription(
-                RTCSessionDescription(sdp=without_mdns_candidates(sdp), type="offer")
+            remote = await aiortc_internals.set_remote_description(
+                self._pc, without_mdns_candidates(sdp), "offer"
             )
-            aiortc_internals.extend_negotiation(self._pc, sdp, self._publishing_mids())
+            aiortc_internals.extend_negotiation(self._pc, remote, self._publishing_mids())
             self._dtls.choose(self._pc, _bundle_setup(media))
             await self._pc.setLocalDescription(await self._pc.createAnswer())
         except Exception as exc:
@@ -254,7 +255,7 @@ class RelayPeer:
             self._broken = True
             logger.info("peer %s: offer refused by aiortc: %r", self.peer_id, exc)
             raise UnsupportedOffer(f"offer cannot be applied: {exc}") from exc
-        self._numbering = aiortc_internals.rtp_numbering(sdp)
+        self._numbering = numbering
         self._watch_setup()
         return self._pc.localDescription.sdp
 
@@ -300,10 +301,10 @@ class RelayPeer:
         disagreements = self._dtls.disagreements
         try:
             self._dtls.adopt(self._pc)
-            await self._pc.setRemoteDescription(
-                RTCSessionDescription(sdp=without_mdns_candidates(sdp), type="answer")
+            remote = await aiortc_internals.set_remote_description(
+                self._pc, without_mdns_candidates(sdp), "answer"
             )
-            aiortc_internals.extend_negotiation(self._pc, sdp, self._publishing_mids())
+            aiortc_internals.extend_negotiation(self._pc, remote, self._publishing_mids())
         except Exception as exc:
             logger.info("peer %s: answer refused by aiortc: %r", self.peer_id, exc)
             raise UnsupportedOffer(f"answer cannot be applied: {exc}") from exc
