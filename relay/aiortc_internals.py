@@ -38,6 +38,7 @@ import struct
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,8 @@ REMOTE_TRACK_QUEUE = "_queue"  # RemoteStreamTrack's asyncio.Queue of decoded fr
 # The function aioice calls to list local addresses; captured once so that
 # unpinning can restore it.
 ORIGINAL_GET_HOST_ADDRESSES: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
+# aiortc's SDP parser, captured once (see _Handover).
+ORIGINAL_PARSE: Callable[[str], Any] = aiortc_sdp.SessionDescription.parse
 # The REMB estimator class aiortc's receivers build; captured once (see defer_bitrate_estimators).
 RECEIVER_ESTIMATOR_CLASS = "RemoteBitrateEstimator"
 ORIGINAL_BITRATE_ESTIMATOR: type = getattr(aiortc_receiver, RECEIVER_ESTIMATOR_CLASS)
@@ -588,18 +591,99 @@ TRANSPORT_CC_FEEDBACK = "transport-cc"
 OPUS_FEC = {"useinbandfec": 1}
 
 
-@functools.lru_cache(maxsize=8)
-def _read(sdp: str) -> aiortc_sdp.SessionDescription:
-    """``sdp`` parsed once for every *reading* of it (an offer is checked, its numbering
-    taken and its extensions adopted: three reads of one string); any failure -> ValueError.
-    Callers never change what it returns: one that edits a description parses its own."""
+class _Parses:
+    """Descriptions parsed once for every *reading* of them (an offer is checked, its
+    numbering taken and its extensions adopted: three reads of one string); any failure ->
+    ValueError. Readers never change what they get: one that edits a description parses its
+    own, and one handed to aiortc (:func:`set_remote_description`) leaves the cache, since
+    aiortc keeps it and adds trickled candidates to it.
+
+    The reads of one description are apart by awaits (aiortc applying it), during which a
+    join storm's other admissions — a hundred in flight — read theirs: room for all of them,
+    or every read past the first parses again."""
+
+    SIZE = 128
+
+    def __init__(self) -> None:
+        self._parsed: OrderedDict[str, aiortc_sdp.SessionDescription] = OrderedDict()
+
+    def read(self, sdp: str) -> aiortc_sdp.SessionDescription:
+        description = self._parsed.get(sdp)
+        if description is None:
+            description = self._parsed[sdp] = _parse(sdp)
+            if len(self._parsed) > self.SIZE:
+                self._parsed.popitem(last=False)
+        else:
+            self._parsed.move_to_end(sdp)
+        return description
+
+    def take(self, sdp: str) -> aiortc_sdp.SessionDescription:
+        """The parse of ``sdp`` for a caller that keeps it (no other reader sees it again)."""
+        description = self._parsed.pop(sdp, None)
+        return description if description is not None else _parse(sdp)
+
+
+def _parse(sdp: str) -> aiortc_sdp.SessionDescription:
     try:
-        return aiortc_sdp.SessionDescription.parse(sdp)
+        return ORIGINAL_PARSE(sdp)
     except Exception as exc:  # aiortc's parser raises whatever it trips on
         raise ValueError(f"malformed SDP: {exc!r}") from exc
 
 
-def extend_negotiation(pc: RTCPeerConnection, sdp: str, publishing: set[str]) -> None:
+_PARSES = _Parses()
+_read = _PARSES.read
+
+
+class _Handover:
+    """aiortc's ``SessionDescription.parse``, taking a description already parsed for it.
+
+    ``RTCPeerConnection.setRemoteDescription`` parses the SDP it is given before its first
+    await; :func:`set_remote_description` puts the relay's parse of that very string here
+    just before, so aiortc does not parse it a second time. Any other string (aiortc's own
+    local descriptions, test clients in the same process) is parsed as before."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, aiortc_sdp.SessionDescription] = {}
+
+    def parse(self, sdp: str) -> aiortc_sdp.SessionDescription:
+        description = self.waiting.pop(sdp, None)
+        return description if description is not None else ORIGINAL_PARSE(sdp)
+
+
+_HANDOVER = _Handover()
+
+
+def _install_handover() -> None:
+    _require(aiortc_sdp.SessionDescription, "parse")
+    if getattr(aiortc_sdp.SessionDescription.parse, "_parlor_handover", False):
+        return
+
+    def parse(sdp: str) -> aiortc_sdp.SessionDescription:
+        return _HANDOVER.parse(sdp)
+
+    parse._parlor_handover = True  # type: ignore[attr-defined]
+    aiortc_sdp.SessionDescription.parse = staticmethod(parse)  # type: ignore[method-assign,assignment]
+
+
+async def set_remote_description(
+    pc: RTCPeerConnection, sdp: str, kind: str
+) -> aiortc_sdp.SessionDescription:
+    """``pc.setRemoteDescription`` with the relay's parse of ``sdp`` (see :class:`_Handover`);
+    returns that parse, for :func:`extend_negotiation` (which reads only its codecs and
+    header extensions, which aiortc leaves alone)."""
+    _install_handover()
+    description = _PARSES.take(sdp)
+    _HANDOVER.waiting[sdp] = description
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+    finally:
+        _HANDOVER.waiting.pop(sdp, None)
+    return description
+
+
+def extend_negotiation(
+    pc: RTCPeerConnection, sdp: str | aiortc_sdp.SessionDescription, publishing: set[str]
+) -> None:
     """Add what the remote description ``sdp`` offers and aiortc's lists lack.
 
     Call right after ``setRemoteDescription(sdp)``, before anything awaits: aiortc
@@ -610,9 +694,9 @@ def extend_negotiation(pc: RTCPeerConnection, sdp: str, publishing: set[str]) ->
     receives) the remote's ``transport-wide-cc`` extension and ``rtcp-fb transport-cc``
     are kept, so browsers number their packets for the relay's transport-cc feedback;
     every Opus codec gets ``useinbandfec=1``. The answer (or the next offer) then carries
-    them.
+    them. ``sdp`` may be given parsed (what :func:`set_remote_description` returns).
     """
-    description = _read(sdp)
+    description = _read(sdp) if isinstance(sdp, str) else sdp
     remote = {media.rtp.muxId: media for media in description.media}
     for transceiver in pc.getTransceivers():
         media = remote.get(transceiver.mid)
@@ -793,20 +877,20 @@ async def create_offer(
             setattr(transceiver, TRANSCEIVER_CODECS, codecs)
             setattr(transceiver, TRANSCEIVER_HEADER_EXTENSIONS, extensions)
             negotiated[transceiver.mid] = (codecs, extensions)
-    sdp = _as_negotiated(offer.sdp, negotiated)
+    description = aiortc_sdp.SessionDescription.parse(offer.sdp)  # one parse for both edits
+    _as_negotiated(description, negotiated)
     if numbering is not None:
-        sdp = renumber_offer(sdp, numbering)
-    return RTCSessionDescription(sdp=sdp, type="offer")
+        _renumber(description, numbering)
+    return RTCSessionDescription(sdp=str(description), type="offer")
 
 
 def _as_negotiated(
-    sdp: str,
+    description: aiortc_sdp.SessionDescription,
     negotiated: dict[str | None, tuple[list[RTCRtpCodecParameters], list[Any]]],
-) -> str:
-    """An offer whose negotiated m-lines list what was negotiated (with what
+) -> None:
+    """Make an offer's negotiated m-lines list what was negotiated (with what
     :func:`extend_negotiation` added, e.g. transport-cc, which aiortc's own offer would drop
-    and the client's answer then with it), and whose Opus asks for in-band FEC."""
-    description = aiortc_sdp.SessionDescription.parse(sdp)
+    and the client's answer then with it), and its Opus ask for in-band FEC."""
     for media in description.media:
         if media.rtp.muxId in negotiated:
             codecs, extensions = negotiated[media.rtp.muxId]
@@ -817,7 +901,6 @@ def _as_negotiated(
             media.rtp.codecs = copy.deepcopy(media.rtp.codecs)
         for codec in media.rtp.codecs:
             _with_opus_fec(codec)
-    return str(description)
 
 
 def rtp_numbering(sdp: str) -> RtpNumbering:
@@ -850,6 +933,12 @@ def renumber_offer(sdp: str, numbering: RtpNumbering) -> str:
         description = aiortc_sdp.SessionDescription.parse(sdp)
     except Exception as exc:
         raise ValueError(f"malformed SDP: {exc!r}") from exc
+    _renumber(description, numbering)
+    return str(description)
+
+
+def _renumber(description: aiortc_sdp.SessionDescription, numbering: RtpNumbering) -> None:
+    """:func:`renumber_offer` on a parsed description, in place."""
     taken = numbering.payload_types()
     allocated: dict[tuple[Any, ...], int] = {}
 
@@ -916,7 +1005,6 @@ def renumber_offer(sdp: str, numbering: RtpNumbering) -> str:
             kept.append(rtx)
         media.rtp.codecs = kept
         media.fmt = [codec.payloadType for codec in kept]
-    return str(description)
 
 
 def is_rtx_codec(codec: RTCRtpCodecParameters) -> bool:

@@ -136,6 +136,8 @@ class RelayPeer:
         self._broken = False
         self._numbering: aiortc_internals.RtpNumbering | None = None
         """RTP numbering of the client's last offer; every server offer keeps it."""
+        self._offered: str | None = None
+        """The server's last offer as sent (its answer is checked against its m-lines)."""
 
     # --- state ---------------------------------------------------------------
 
@@ -239,12 +241,13 @@ class RelayPeer:
             raise UnsupportedOffer(
                 "the server cannot forward media (its aiortc version is not supported)"
             ) from exc
+        numbering = aiortc_internals.rtp_numbering(sdp)  # read before aiortc takes the parse
         try:
             self._dtls.adopt(self._pc)
-            await self._pc.setRemoteDescription(
-                RTCSessionDescription(sdp=without_mdns_candidates(sdp), type="offer")
+            remote = await aiortc_internals.set_remote_description(
+                self._pc, without_mdns_candidates(sdp), "offer"
             )
-            aiortc_internals.extend_negotiation(self._pc, sdp, self._publishing_mids())
+            aiortc_internals.extend_negotiation(self._pc, remote, self._publishing_mids())
             self._dtls.choose(self._pc, _bundle_setup(media))
             await self._pc.setLocalDescription(await self._pc.createAnswer())
         except Exception as exc:
@@ -252,7 +255,7 @@ class RelayPeer:
             self._broken = True
             logger.info("peer %s: offer refused by aiortc: %r", self.peer_id, exc)
             raise UnsupportedOffer(f"offer cannot be applied: {exc}") from exc
-        self._numbering = aiortc_internals.rtp_numbering(sdp)
+        self._numbering = numbering
         self._watch_setup()
         return self._pc.localDescription.sdp
 
@@ -283,7 +286,8 @@ class RelayPeer:
             if self._closed:  # closed while the offer was being made
                 raise PeerClosed(self.peer_id) from None
             raise
-        return self._pc.localDescription.sdp
+        self._offered = self._pc.localDescription.sdp  # (aiortc writes it anew at each read)
+        return self._offered
 
     async def accept_answer(self, sdp: str) -> None:
         """Apply the client's answer to :meth:`create_offer`; raises UnsupportedOffer."""
@@ -291,15 +295,16 @@ class RelayPeer:
             raise UnsupportedOffer("the session's media connection is closed")
         if self._pc.signalingState != "have-local-offer":
             raise UnsupportedOffer("no server offer is waiting for an answer")
-        offer = aiortc_internals.parse_description(self._pc.localDescription.sdp).media
+        assert self._offered is not None  # have-local-offer: create_offer made one
+        offer = aiortc_internals.parse_description(self._offered).media
         check_description(sdp, self.codec, answer_to=offer)
         disagreements = self._dtls.disagreements
         try:
             self._dtls.adopt(self._pc)
-            await self._pc.setRemoteDescription(
-                RTCSessionDescription(sdp=without_mdns_candidates(sdp), type="answer")
+            remote = await aiortc_internals.set_remote_description(
+                self._pc, without_mdns_candidates(sdp), "answer"
             )
-            aiortc_internals.extend_negotiation(self._pc, sdp, self._publishing_mids())
+            aiortc_internals.extend_negotiation(self._pc, remote, self._publishing_mids())
         except Exception as exc:
             logger.info("peer %s: answer refused by aiortc: %r", self.peer_id, exc)
             raise UnsupportedOffer(f"answer cannot be applied: {exc}") from exc

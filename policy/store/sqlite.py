@@ -9,6 +9,14 @@ administrator's `sqlite3` shell in a transaction), or the disk fails — a call 
 mapped in one place, `_run`, by SQLite's result code (`UNAVAILABLE`), never by message text.
 The wait happens on the store's worker thread, so the event loop goes on meanwhile (calls to
 the store queue behind it: there is one connection).
+
+Group commit: writes that arrive while a commit is under way wait for it, then commit
+together in one transaction (one fsync for all of them), as databases do with their log.
+Each write is still its own unit inside it — a savepoint, so a write refused by a guard or a
+constraint leaves nothing behind and the others of its group commit — and each caller is
+answered only once the transaction holding its write is durable. The audit events are
+sealed in the order the writes run in the transaction, which is the order they commit in.
+A lone write (the store otherwise idle) commits at once, as before: nothing waits to gather.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +63,25 @@ UNAVAILABLE = {
 }
 
 
+@dataclass
+class _Write:
+    """One write waiting for its group's commit: its statements and audit event, and the
+    future its caller awaits (the sealed event, or why it was refused)."""
+
+    statements: list[Statement]
+    audit: AuditDraft
+    done: asyncio.Future[AuditEvent] = field(repr=False)
+
+
+def _refusal(exc: Exception) -> Exception:
+    """What a write refused inside its group is answered with: a constraint is a Conflict."""
+    if not isinstance(exc, sqlite3.IntegrityError):
+        return exc
+    conflict = Conflict("already-exists", f"conflicts with an existing record: {exc}")
+    conflict.__cause__ = exc
+    return conflict
+
+
 def unavailable(exc: sqlite3.Error) -> StoreUnavailable | None:
     """The store's typed error for a driver error that means "unavailable", else None."""
     code = getattr(exc, "sqlite_errorcode", None)
@@ -77,6 +105,8 @@ class SqliteStore(SqlStore):
         self.read_only = read_only  # an auditor's view: SQLite refuses every write
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._waiting: list[_Write] = []  # writes for the next group commit
+        self._committer: asyncio.Task[None] | None = None  # commits groups while writes wait
 
     async def open(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parlor-sqlite")
@@ -130,6 +160,8 @@ class SqliteStore(SqlStore):
     async def close(self) -> None:
         if self._executor is None:
             return
+        if self._committer is not None:  # the writes already asked for are answered first
+            await asyncio.shield(self._committer)
         conn = self._conn
         if conn is not None:
             await self._run(conn.close)
@@ -149,30 +181,74 @@ class SqliteStore(SqlStore):
             raise mapped from exc
 
     async def _write(self, statements: list[Statement], audit: AuditDraft) -> AuditEvent:
-        event: AuditEvent = await self._run(self._write_sync, statements, audit)
-        self.noticed(event.seq)
-        return event
+        if self._executor is None:
+            raise StoreUnavailable("store-closed", "the store is not open")
+        write = _Write(statements, audit, asyncio.get_running_loop().create_future())
+        self._waiting.append(write)
+        if self._committer is None:
+            self._committer = asyncio.ensure_future(self._commit_groups())
+        return await asyncio.shield(write.done)  # a cancelled caller's write still commits
 
-    def _write_sync(self, statements: list[Statement], audit: AuditDraft) -> AuditEvent:
+    async def _commit_groups(self) -> None:
+        """Commit the waiting writes, a group at a time, until none wait."""
+        group: list[_Write] = []
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, []
+                try:
+                    outcomes = await self._run(
+                        self._write_group_sync, [(w.statements, w.audit) for w in group]
+                    )
+                except Exception as exc:  # the transaction itself failed: nothing committed
+                    outcomes = [exc] * len(group)
+                for write, outcome in zip(group, outcomes, strict=True):
+                    if isinstance(outcome, AuditEvent):
+                        self.noticed(outcome.seq)
+                        write.done.set_result(outcome)
+                    else:
+                        write.done.set_exception(outcome)
+                        write.done.exception()  # retrieved: a cancelled caller's is not news
+        finally:  # cancelled (the loop is closing): what was not answered never will be
+            self._committer = None
+            for write in group + self._waiting:
+                write.done.cancel()
+            self._waiting = []
+
+    def _write_group_sync(
+        self, group: list[tuple[list[Statement], AuditDraft]]
+    ) -> list[AuditEvent | Exception]:
+        """One transaction for the group, each write in its own savepoint: a refused write
+        is rolled back alone and answered with why; a failure of the database itself
+        (`unavailable`) or of the commit fails the whole group, of which nothing is written."""
         conn = self._conn
         assert conn is not None
+        outcomes: list[AuditEvent | Exception] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for sql, params, *guard in statements:
-                cursor = conn.execute(sql, params)
-                if guard and cursor.rowcount == 0:
-                    raise guard_failed(guard)
-            event = self._append(conn, audit)
+            for statements, audit in group:
+                conn.execute("SAVEPOINT write")
+                try:
+                    for sql, params, *guard in statements:
+                        cursor = conn.execute(sql, params)
+                        if guard and cursor.rowcount == 0:
+                            raise guard_failed(guard)
+                    event = self._append(conn, audit)
+                except Exception as exc:
+                    if isinstance(exc, sqlite3.Error) and unavailable(exc) is not None:
+                        raise
+                    conn.execute("ROLLBACK TO write")
+                    conn.execute("RELEASE write")
+                    outcomes.append(_refusal(exc))
+                else:
+                    conn.execute("RELEASE write")
+                    outcomes.append(event)
             conn.execute("COMMIT")
-        except sqlite3.IntegrityError as exc:
-            conn.execute("ROLLBACK")
-            raise Conflict("already-exists", f"conflicts with an existing record: {exc}") from exc
         except BaseException:
             if conn.in_transaction:  # a failed disk may have ended it already
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             raise
-        return event
+        return outcomes
 
     def _append(self, conn: sqlite3.Connection, audit: AuditDraft) -> AuditEvent:
         """Seal the next audit event and move the head, inside the caller's transaction."""

@@ -717,6 +717,47 @@ async def test_extend_negotiation_keeps_transport_cc_and_asks_for_opus_fec() -> 
     await server.close()
 
 
+async def test_a_remote_description_is_parsed_once_for_the_relay_and_aiortc(monkeypatch) -> None:
+    """The relay checks an offer, aiortc applies it and the relay adopts its extensions:
+    one parse of the SDP for all three (aiortc is handed the relay's), and a parse aiortc
+    was handed is never given to a later reader (aiortc adds trickled candidates to it)."""
+    client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    client.addTransceiver("audio")
+    client.addTransceiver("video")
+    offer = (await client.createOffer()).sdp
+    await client.close()
+    parses: list[str] = []
+    original = internals.ORIGINAL_PARSE
+
+    def counted(sdp: str) -> Any:
+        parses.append(sdp)
+        return original(sdp)
+
+    monkeypatch.setattr(internals, "ORIGINAL_PARSE", counted)
+    server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    for kind in ("audio", "video"):
+        server.addTransceiver(kind, direction="recvonly").setCodecPreferences(
+            VisitCodec("VP8").preferences(kind)
+        )
+    try:
+        checked = internals.parse_description(offer)
+        assert [m.kind for m in checked.media] == ["audio", "video"]
+        remote = await internals.set_remote_description(server, offer, "offer")
+        internals.extend_negotiation(server, remote, {"0", "1"})
+        assert parses.count(offer) == 1, "the offer was parsed again"
+        assert server.signalingState == "have-remote-offer"
+        assert [t.mid for t in server.getTransceivers()] == ["0", "1"]
+        answer = (await server.createAnswer()).sdp
+        assert "useinbandfec=1" in answer  # extend_negotiation read the handed-over parse
+        internals.parse_description(offer)
+        assert parses.count(offer) == 2, "a parse aiortc keeps was read again"
+        # aiortc's own descriptions and other strings are parsed as they always were
+        await server.setLocalDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        assert parses.count(answer) == 1
+    finally:
+        await server.close()
+
+
 async def test_srtp_sessions_are_widened_for_packets_publishers_make() -> None:
     """GStreamer fills a 1400-byte MTU; pylibsrtp alone refuses to protect over 1356."""
     import os
@@ -742,7 +783,9 @@ async def test_srtp_sessions_are_widened_for_packets_publishers_make() -> None:
     assert receiver.unprotect_rtcp(sender.protect_rtcp(bytes([0x80, 201, 0, 1]) + bytes(4)))
 
 
-async def test_deferred_bitrate_estimators_cost_nothing_until_used_then_estimate_as_aiortc() -> None:
+async def test_deferred_bitrate_estimators_cost_nothing_until_used_then_estimate_as_aiortc() -> (
+    None
+):
     import aiortc.rtcrtpreceiver as receiver_module
     from aiortc.rate import RemoteBitrateEstimator
 
