@@ -251,13 +251,16 @@ class ServerProcess:
                 )
             await asyncio.sleep(0.1)
 
-    async def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any, float, float]:
-        """Call the API as the bench operator: (status, answer, sent_at, answered_at).
+    async def api(
+        self, method: str, path: str, body: Any = None, token: str | None = None
+    ) -> tuple[int, Any, float, float]:
+        """Call the API as the bench operator (or with `token`): (status, answer, sent_at,
+        answered_at).
 
         `answered_at` is taken once the whole answer body is read (time.monotonic)."""
         assert self.http is not None
         headers = {
-            "Authorization": f"Bearer {self.operator_token}",
+            "Authorization": f"Bearer {token or self.operator_token}",
             "Content-Type": "application/json",
         }
         data = None if body is None else json.dumps(body).encode()

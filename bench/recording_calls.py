@@ -55,14 +55,10 @@ async def supervisor_api(server: ServerProcess, method: str, path: str, body: An
     from signaling.tokens import Tokens
 
     token = Tokens(server.secret.encode()).issue("operator:bench-sup", "supervisor", 3600)
-    assert server.http is not None
-    async with server.http.request(
-        method, server.url + path, json=body, headers={"Authorization": f"Bearer {token}"}
-    ) as response:
-        answer = await response.json(content_type=None)
-        if response.status >= 300:
-            raise RuntimeError(f"{method} {path}: {response.status} {answer}")
-        return answer
+    status, answer, _, _ = await server.api(method, path, body, token=token)
+    if status >= 300:
+        raise RuntimeError(f"{method} {path}: {status} {answer}")
+    return answer
 
 
 def children_cpu(process: psutil.Process) -> float:

@@ -929,10 +929,7 @@ def renumber_offer(sdp: str, numbering: RtpNumbering) -> str:
     ``setLocalDescription``: aiortc then starts each new sender with the
     numbers of the client's answer, which are these.
     """
-    try:
-        description = aiortc_sdp.SessionDescription.parse(sdp)
-    except Exception as exc:
-        raise ValueError(f"malformed SDP: {exc!r}") from exc
+    description = _parse(sdp)
     _renumber(description, numbering)
     return str(description)
 

@@ -23,6 +23,7 @@ from tests.conftest import (
     start_server,
     stop_server,
 )
+from tests.harness.processes import wait_ready
 from tests.integration.test_directives import LIGHT, directive_body
 
 
@@ -288,27 +289,13 @@ async def test_directives_survive_a_restart_and_apply_before_admission(tmp_path)
         await stop_server(server)
 
 
-async def wait_healthy(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while True:
-            try:
-                async with http.get(url + "/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("server did not become ready")
-            await asyncio.sleep(0.1)
-
-
 async def test_acknowledged_directives_survive_kill_9(tmp_path):
     """Each directive is durable before the API answers: SIGKILL right after the answer."""
     env = {**os.environ, "PARLOR_SECRET": SECRET.decode(), "PARLOR_DB": str(tmp_path / "parlor.db"),
            "PARLOR_ICE_ADDRESSES": "127.0.0.1"}  # fmt: skip
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "node.log"
     from signaling.tokens import Tokens
 
     operator = Tokens(SECRET).issue("operator:k", "operator", 3600)
@@ -316,10 +303,11 @@ async def test_acknowledged_directives_survive_kill_9(tmp_path):
     acknowledged = []
     async with aiohttp.ClientSession(headers=headers) as http:
         for round_ in range(5):
-            proc = subprocess.Popen([sys.executable, "-m", "signaling.cli", "serve", "--port", str(port)], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            with open(log, "ab") as out:
+                proc = subprocess.Popen([sys.executable, "-m", "signaling.cli", "serve", "--port", str(port)], env=env,
+                                        stdout=out, stderr=out)  # fmt: skip
             try:
-                await wait_healthy(url)
+                await wait_ready(url, proc, log)
                 if round_ == 0:
                     await http.post(url + "/api/v1/facilities", json={"id": "F1", "name": "N"})
                     await http.post(
@@ -334,10 +322,11 @@ async def test_acknowledged_directives_survive_kill_9(tmp_path):
             finally:
                 proc.kill()
                 proc.wait()
-        proc = subprocess.Popen([sys.executable, "-m", "signaling.cli", "serve", "--port", str(port)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        with open(log, "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "signaling.cli", "serve", "--port", str(port)], env=env,
+                                    stdout=out, stderr=out)  # fmt: skip
         try:
-            await wait_healthy(url)
+            await wait_ready(url, proc, log)
             async with http.get(url + "/api/v1/directives?status=active") as response:
                 active = {d["id"] for d in await response.json()}
             async with http.get(url + "/api/v1/audit/verify") as response:
