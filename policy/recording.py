@@ -126,12 +126,6 @@ def retention_days(value: object) -> int:
     return value
 
 
-def flag(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise Malformed("bad-field", f"{name} must be true or false")
-    return value
-
-
 # -- access -----------------------------------------------------------------------------------
 def may_read(actor: Actor, facility: Facility | None) -> bool:
     """Supervisors and auditors; operators only where the facility allows it."""

@@ -30,6 +30,12 @@ def check_text(value: object, field: str, *, max_length: int = 200) -> str:
     return value.strip()
 
 
+def check_flag(value: object, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise Malformed("bad-field", f"{field} must be true or false")
+    return value
+
+
 @dataclass(frozen=True)
 class Facility:
     id: str

@@ -30,9 +30,9 @@ from policy.directive import (
 )
 from policy.errors import Conflict, Forbidden, Malformed, NotFound, RuleBroken
 from policy.guardian import GUARDIANS_SET, check_guardians
-from policy.recording import flag, retention_days
+from policy.recording import retention_days
 from policy.rfc3339 import format_time, parse_time
-from policy.roster import Contact, Device, Facility, Inmate, check_id, check_text
+from policy.roster import Contact, Device, Facility, Inmate, check_flag, check_id, check_text
 from policy.session import SessionRecord
 from policy.store import AuditDraft, Presence, Store
 from policy.visit import Visit, VisitChanges, subject_keys
@@ -107,11 +107,11 @@ def _recording_policy(actor: Actor, data: dict[str, Any], old: Facility) -> dict
     if changed and actor.role != "supervisor":
         raise Forbidden("supervisor-only", "only a supervisor sets a facility's recording policy")
     return {
-        "recording": flag(data["recording"], "recording") if "recording" in data
+        "recording": check_flag(data["recording"], "recording") if "recording" in data
         else old.recording,
         "recording_retention_days": retention_days(data["recording_retention_days"])
         if "recording_retention_days" in data else old.recording_retention_days,
-        "operators_play_recordings": flag(
+        "operators_play_recordings": check_flag(
             data["operators_play_recordings"], "operators_play_recordings")
         if "operators_play_recordings" in data else old.operators_play_recordings,
     }  # fmt: skip
@@ -202,9 +202,7 @@ class Policy:
     async def update_contact(self, actor: Actor, contact_id: str, body: object) -> Contact:
         data = _body(body)
         old = await self.get_contact(contact_id)
-        minor = data.get("minor", old.minor)
-        if not isinstance(minor, bool):
-            raise Malformed("bad-field", "minor must be true or false")
+        minor = check_flag(data.get("minor", old.minor), "minor")
         if minor and not old.minor and await self.store.wards_of(contact_id):
             raise Conflict(
                 "is-guardian",
@@ -261,9 +259,7 @@ class Policy:
 
     async def create_contact(self, actor: Actor, body: object) -> Contact:
         data = _body(body)
-        minor = data.get("minor", False)
-        if not isinstance(minor, bool):
-            raise Malformed("bad-field", "minor must be true or false")
+        minor = check_flag(data.get("minor", False), "minor")
         contact = Contact(
             id=check_id(data.get("id")),
             name=check_text(data.get("name"), "name"),
@@ -417,9 +413,7 @@ class Policy:
             raise Malformed("bad-action", f"action must be one of {', '.join(ACTIONS)}")
         reason = check_text(data.get("reason"), "reason", max_length=2000)
         legal_basis = check_text(data.get("legal_basis"), "legal_basis", max_length=300)
-        await_confirmation = data.get("await_confirmation", False)
-        if not isinstance(await_confirmation, bool):
-            raise Malformed("bad-field", "await_confirmation must be true or false")
+        await_confirmation = check_flag(data.get("await_confirmation", False), "await_confirmation")
         if data.get("expires_at") in (None, ""):
             raise RuleBroken(
                 "expiry-required",
