@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 
 from policy.audit import GENESIS, AuditEvent, canonical_json
-from policy.errors import Conflict, StoreUnavailable
+from policy.errors import StoreUnavailable
 from policy.store.interface import AuditDraft, Cluster, Placement
 from policy.store.sql import (
     DUPLICATE_OPEN_APPEALS,
@@ -40,6 +40,7 @@ from policy.store.sql import (
     SCHEMA_VERSION,
     SqlStore,
     Statement,
+    already_exists,
     guard_failed,
     migrations,
     seal_next,
@@ -266,7 +267,7 @@ class PostgresStore(SqlStore):
                         raise guard_failed(guard)
                 event = await self._append(conn, audit)
         except asyncpg.IntegrityConstraintViolationError as exc:
-            raise Conflict("already-exists", f"conflicts with an existing record: {exc}") from exc
+            raise already_exists(exc) from exc
         except UNREACHABLE as exc:
             raise _unavailable(exc) from exc
         self.noticed(event.seq)

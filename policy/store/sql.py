@@ -161,6 +161,13 @@ def migrations(version: int) -> list[str]:
 Statement = tuple[Any, ...]
 
 
+def already_exists(exc: Exception) -> Conflict:
+    """A write the database refused on a constraint (a duplicate id...), as the store says it."""
+    conflict = Conflict("already-exists", f"conflicts with an existing record: {exc}")
+    conflict.__cause__ = exc
+    return conflict
+
+
 def guard_failed(guard: list[Any]) -> Conflict:
     """The Conflict a failed guard raises (see `Statement`)."""
     if guard and isinstance(guard[0], Conflict):

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from policy.audit import GENESIS, AuditEvent
-from policy.errors import Conflict, StoreUnavailable
+from policy.errors import StoreUnavailable
 from policy.store.interface import AuditDraft
 from policy.store.sql import (
     DUPLICATE_OPEN_APPEALS,
@@ -42,6 +42,7 @@ from policy.store.sql import (
     SCHEMA_VERSION,
     SqlStore,
     Statement,
+    already_exists,
     guard_failed,
     migrations,
     seal_next,
@@ -75,11 +76,7 @@ class _Write:
 
 def _refusal(exc: Exception) -> Exception:
     """What a write refused inside its group is answered with: a constraint is a Conflict."""
-    if not isinstance(exc, sqlite3.IntegrityError):
-        return exc
-    conflict = Conflict("already-exists", f"conflicts with an existing record: {exc}")
-    conflict.__cause__ = exc
-    return conflict
+    return already_exists(exc) if isinstance(exc, sqlite3.IntegrityError) else exc
 
 
 def unavailable(exc: sqlite3.Error) -> StoreUnavailable | None:
