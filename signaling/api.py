@@ -19,6 +19,7 @@ from policy import replay
 from policy.actor import Actor
 from policy.appeal import Appeal
 from policy.approval import APPROVAL_STATUSES, Approval
+from policy.audit import AuditEvent
 from policy.errors import Forbidden, Malformed, NotFound, PolicyError, StoreUnavailable
 from policy.recording import (
     ACCESSES,
@@ -447,6 +448,7 @@ async def visit_state(request: web.Request, actor: Actor) -> web.Response:
         state = "open" if visit.is_open(now, early=early) else "upcoming"
     inmate = await app[K.STORE].get_inmate(visit.inmate)
     facility = await app[K.STORE].get_facility(visit.facility)
+    is_recorded = recorded(visit.kind, facility)
     full = visit.to_json()
     return web.json_response({
         "visit": visit.id, "state": state, "kind": visit.kind,
@@ -454,8 +456,8 @@ async def visit_state(request: web.Request, actor: Actor) -> web.Response:
         "opens_at": format_time(visit.starts_at - early), "now": format_time(now),
         "monitored": visit.monitored,
         "notice": P.MONITORED_NOTICE if visit.monitored else P.PRIVATE_NOTICE,
-        "recorded": recorded(visit.kind, facility),
-        "recorded_notice": P.RECORDED_NOTICE if recorded(visit.kind, facility) else None,
+        "recorded": is_recorded,
+        "recorded_notice": P.RECORDED_NOTICE if is_recorded else None,
         "inmate": {"name": inmate.name if inmate else visit.inmate},
         "facility": {"name": facility.name if facility else visit.facility},
         "cancelled": None if state != "cancelled" else {
@@ -725,14 +727,19 @@ async def get_recording(request: web.Request, actor: Actor) -> web.Response:
             if isinstance(reason, str) and reason.startswith("directive:") else None,
         })  # fmt: skip
     visit = await app[K.STORE].get_visit(recording.visit)
-    finalized = [e for e in events if e.action == "recording.finalized"]
+    finalized = _finalized(events)
     return web.json_response({
         **recording_json(recording),
-        "tracks": finalized[-1].data.get("tracks", []) if finalized else [],
+        "tracks": finalized.data.get("tracks", []) if finalized else [],
         "visit_kind": visit.kind if visit else None,
         "participants": await _participant_names(app, visit),
         "timeline": timeline,
     })  # fmt: skip
+
+
+def _finalized(events: list[AuditEvent]) -> AuditEvent | None:
+    """The last `recording.finalized` among `events`: what the file is, by the chain."""
+    return next((e for e in reversed(events) if e.action == "recording.finalized"), None)
 
 
 async def _participant_names(app: web.Application, visit: Visit | None) -> dict[str, str]:
@@ -776,15 +783,14 @@ async def _manifest(
     app: web.Application, recording: Recording, actor: Actor, why: str
 ) -> dict[str, Any]:
     """The export's sidecar: what the file is and where its SHA-256 is in the audit chain."""
-    finalized = [e for e in await app[K.STORE].audit_about(f"recording:{recording.id}")
-                 if e.action == "recording.finalized"]  # fmt: skip
+    finalized = _finalized(await app[K.STORE].audit_about(f"recording:{recording.id}"))
     return {
         "recording": recording.id, "visit": recording.visit, "facility": recording.facility,
         "sha256": recording.sha256, "finalized_at": format_time(recording.finalized_at),
         "origin_at": format_time(recording.origin_at),
         "duration_seconds": recording.duration_seconds, "complete": recording.complete,
         "incomplete_reason": recording.incomplete_reason,
-        "audit": {"seq": finalized[-1].seq, "hash": finalized[-1].hash} if finalized else None,
+        "audit": {"seq": finalized.seq, "hash": finalized.hash} if finalized else None,
         "exported_by": actor.sub, "reason": why,
     }  # fmt: skip
 
