@@ -694,3 +694,14 @@ def print_result(run: Any) -> int:
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(result, indent=2))
     return 0
+
+
+async def supervisor_api(server: ServerProcess, method: str, path: str, body: Any) -> Any:
+    """A REST call as a supervisor of the node (the operator token cannot change policy)."""
+    from signaling.tokens import Tokens
+
+    token = Tokens(server.secret.encode()).issue("operator:bench-sup", "supervisor", 3600)
+    status, answer, _, _ = await server.api(method, path, body, token=token)
+    if status >= 300:
+        raise RuntimeError(f"{method} {path}: {status} {answer}")
+    return answer

@@ -43,22 +43,13 @@ from bench.harness import (  # noqa: E402
     progress,
     quiet_machine,
     server_version,
+    supervisor_api,
     workdir,
 )
 from signaling.loadgen import LoadCall, LoadFleet, processes_for, seed_roster  # noqa: E402
 from signaling.loadmedia import VideoSpec, load_media  # noqa: E402
 
 TARGET_EXTRA = 0.10  # issue #17: at most 10 % more server CPU with recording on
-
-
-async def supervisor_api(server: ServerProcess, method: str, path: str, body: Any) -> Any:
-    from signaling.tokens import Tokens
-
-    token = Tokens(server.secret.encode()).issue("operator:bench-sup", "supervisor", 3600)
-    status, answer, _, _ = await server.api(method, path, body, token=token)
-    if status >= 300:
-        raise RuntimeError(f"{method} {path}: {status} {answer}")
-    return answer
 
 
 def children_cpu(process: psutil.Process) -> float:
