@@ -15,6 +15,7 @@ extensions, RTX), ``relay.payload`` (VP8 and H264 keyframes), ``relay.rtcp``
 asked and answered) and ``relay.ntp`` (NTP and RTP timestamps).
 """
 
+from relay.aiortc_internals import DtlsCertificate
 from relay.ice import pin_ice_addresses, pinned_ice_addresses
 from relay.negotiation import PeerClosed, UnsupportedOffer
 from relay.peer import RelayPeer
@@ -22,6 +23,7 @@ from relay.room import Room
 from relay.stats import RelayStats
 
 __all__ = [
+    "DtlsCertificate",
     "PeerClosed",
     "RelayPeer",
     "RelayStats",

@@ -46,6 +46,8 @@ from typing import Any
 import aioice.ice
 import aiortc
 from aiortc import (
+    RTCCertificate,
+    RTCConfiguration,
     RTCPeerConnection,
     RTCRtpCodecCapability,
     RTCRtpCodecParameters,
@@ -1046,6 +1048,7 @@ DTLS_CIPHERS = (
     b"ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA"
 )
 PC_CERTIFICATES = "_RTCPeerConnection__certificates"
+PC_CERTIFICATE_CLASS = "RTCCertificate"  # the name RTCPeerConnection.__init__ calls
 CERTIFICATE_SSL_CONTEXT = "_create_ssl_context"
 CERTIFICATE_FINGERPRINTS = "getFingerprints"
 DTLS_ROLE = "_role"
@@ -1062,24 +1065,12 @@ def accept_rsa_and_ecdsa_peers(pc: RTCPeerConnection) -> None:
     aiortc makes each transport's SSL context from the connection's certificate; the
     certificate's context factory is wrapped to widen the cipher list, and to note the TLS
     alerts each handshake exchanges (a failed handshake's only cause on the side that did not
-    fail first; see :func:`describe_ssl_error`). Call before the connection negotiates
-    (RelayPeer does in its constructor).
+    fail first; see :func:`describe_ssl_error`). Call before the connection negotiates.
+    (:class:`DtlsCertificate` makes certificates that do this already.)
     """
     _require(pc, PC_CERTIFICATES)
     for certificate in getattr(pc, PC_CERTIFICATES):
-        _require(certificate, CERTIFICATE_SSL_CONTEXT)
-        original = getattr(certificate, CERTIFICATE_SSL_CONTEXT)
-        if getattr(original, "_parlor_wide_ciphers", False):
-            continue
-
-        def create_ssl_context(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
-            context = _original(*args, **kwargs)
-            context.set_cipher_list(DTLS_CIPHERS)
-            context.set_info_callback(_note_alerts)
-            return context
-
-        create_ssl_context._parlor_wide_ciphers = True  # type: ignore[attr-defined]
-        setattr(certificate, CERTIFICATE_SSL_CONTEXT, create_ssl_context)
+        _widen_ssl_contexts(certificate)
 
 
 def cache_fingerprints(pc: RTCPeerConnection) -> None:
@@ -1089,20 +1080,114 @@ def cache_fingerprints(pc: RTCPeerConnection) -> None:
     -384, -512) and formats each digest byte by byte, and its description code asks for them
     on every m-line of every offer and answer: a sizeable share of what admitting a
     participant costs the node (and a load participant its generator). The certificate never
-    changes, so neither do they. Call before the connection negotiates.
+    changes, so neither do they. Call before the connection negotiates. (:class:`DtlsCertificate`
+    makes certificates that do this already.)
     """
     _require(pc, PC_CERTIFICATES)
     for certificate in getattr(pc, PC_CERTIFICATES):
-        _require(certificate, CERTIFICATE_FINGERPRINTS)
-        if getattr(certificate.getFingerprints, "_parlor_cached", False):
-            continue
-        fingerprints = certificate.getFingerprints()
+        _cache_fingerprints(certificate)
 
-        def cached(_fingerprints: list[Any] = fingerprints) -> list[Any]:
-            return list(_fingerprints)
 
-        cached._parlor_cached = True  # type: ignore[attr-defined]
-        setattr(certificate, CERTIFICATE_FINGERPRINTS, cached)
+def _widen_ssl_contexts(certificate: RTCCertificate) -> None:
+    """Wrap ``certificate``'s SSL context factory: both cipher families, the alerts noted, and
+    one context per set of SRTP profiles (an OpenSSL context serves any number of
+    connections; making one costs about a third of a millisecond)."""
+    _require(certificate, CERTIFICATE_SSL_CONTEXT)
+    original = getattr(certificate, CERTIFICATE_SSL_CONTEXT)
+    if getattr(original, "_parlor_wide_ciphers", False):
+        return
+    contexts: dict[tuple[Any, ...], Any] = {}
+
+    def create_ssl_context(*args: Any, **kwargs: Any) -> Any:
+        profiles = kwargs.get("srtp_profiles", args[0] if args else ())
+        key = tuple(getattr(profile, "openssl_profile", profile) for profile in profiles)
+        context = contexts.get(key)
+        if context is None:
+            context = original(*args, **kwargs)
+            context.set_cipher_list(DTLS_CIPHERS)
+            context.set_info_callback(_note_alerts)
+            contexts[key] = context
+        return context
+
+    create_ssl_context._parlor_wide_ciphers = True  # type: ignore[attr-defined]
+    setattr(certificate, CERTIFICATE_SSL_CONTEXT, create_ssl_context)
+
+
+def _cache_fingerprints(certificate: RTCCertificate) -> None:
+    _require(certificate, CERTIFICATE_FINGERPRINTS)
+    if getattr(certificate.getFingerprints, "_parlor_cached", False):
+        return
+    fingerprints = certificate.getFingerprints()
+
+    def cached(_fingerprints: list[Any] = fingerprints) -> list[Any]:
+        return list(_fingerprints)
+
+    cached._parlor_cached = True  # type: ignore[attr-defined]
+    setattr(certificate, CERTIFICATE_FINGERPRINTS, cached)
+
+
+class DtlsCertificate:
+    """One DTLS certificate for every peer connection a process makes, renewed before it
+    expires (mediasoup gives each worker one certificate, Janus each instance).
+
+    aiortc makes a new ECDSA key and self-signed certificate for every ``RTCPeerConnection``,
+    then a new SSL context for every DTLS transport and hashes the certificate three times
+    for its fingerprints: about half a millisecond of CPU for each participant a node
+    admits, and as much again for each load participant. A WebRTC peer authenticates the
+    other by the fingerprint in the signed-in signaling channel, not by the certificate's
+    name or issuer, so one certificate per process identifies the node's connections as
+    well as one per connection; a new process (a restart) has a new one. The certificate is
+    widened for RSA peers and its fingerprints cached (:func:`accept_rsa_and_ecdsa_peers`,
+    :func:`cache_fingerprints`).
+    """
+
+    RENEW_BEFORE_SECONDS = 86400.0
+    """aiortc's certificates are valid for 30 days; one is replaced a day before."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._certificate: RTCCertificate | None = None
+        self._renew_at = 0.0
+
+    def current(self) -> RTCCertificate:
+        """The certificate new connections get (a new one a day before the last expires)."""
+        if self._certificate is None or self._clock() >= self._renew_at:
+            certificate = RTCCertificate.generateCertificate()
+            _widen_ssl_contexts(certificate)
+            _cache_fingerprints(certificate)
+            self._certificate = certificate
+            self._renew_at = certificate.expires.timestamp() - self.RENEW_BEFORE_SECONDS
+        return self._certificate
+
+    def peer_connection(self, configuration: RTCConfiguration | None = None) -> RTCPeerConnection:
+        """A new ``RTCPeerConnection`` with :meth:`current` as its certificate.
+
+        aiortc's constructor calls ``RTCCertificate.generateCertificate()`` through its
+        module's name; that name is pointed at this certificate for the (synchronous)
+        construction, so no throw-away key is made.
+        """
+        _require(aiortc_peerconnection, PC_CERTIFICATE_CLASS)
+        certificate = self.current()
+        made = getattr(aiortc_peerconnection, PC_CERTIFICATE_CLASS)
+
+        class Issued:
+            @staticmethod
+            def generateCertificate() -> RTCCertificate:  # noqa: N802 - aiortc's name
+                return certificate
+
+        setattr(aiortc_peerconnection, PC_CERTIFICATE_CLASS, Issued)
+        try:
+            pc = RTCPeerConnection(configuration)
+        finally:
+            setattr(aiortc_peerconnection, PC_CERTIFICATE_CLASS, made)
+        _require(pc, PC_CERTIFICATES)
+        if getattr(pc, PC_CERTIFICATES) != [certificate]:
+            raise AiortcInternalsChanged(
+                f"aiortc {aiortc.__version__}: RTCPeerConnection no longer takes its "
+                "certificate from RTCCertificate.generateCertificate(); "
+                "relay/aiortc_internals.py must be updated"
+            )
+        return pc
 
 
 class DtlsRole:

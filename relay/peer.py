@@ -53,7 +53,12 @@ from aiortc import (
 )
 
 from relay import aiortc_internals
-from relay.aiortc_internals import AiortcInternalsChanged, DatagramPath, MediaSection
+from relay.aiortc_internals import (
+    AiortcInternalsChanged,
+    DatagramPath,
+    DtlsCertificate,
+    MediaSection,
+)
 from relay.codec import VisitCodec
 from relay.fastpath import MediaTransport
 from relay.ice import rtc_configuration
@@ -101,14 +106,16 @@ class RelayPeer:
         ice_servers: list[dict] | None = None,
         publish: bool = True,
         totals: RelayStats | None = None,
+        certificate: DtlsCertificate | None = None,
     ) -> None:
+        """``certificate``: the process's DTLS certificate (a node passes one for all its
+        peers); without one the connection gets a certificate of its own."""
         self.peer_id = peer_id
         self.codec = VisitCodec.named(codec)
         self.publish = publish
         aiortc_internals.defer_bitrate_estimators()  # the relay's receivers never start
-        self._pc = RTCPeerConnection(rtc_configuration(ice_servers))
-        aiortc_internals.accept_rsa_and_ecdsa_peers(self._pc)
-        aiortc_internals.cache_fingerprints(self._pc)
+        certificates = certificate if certificate is not None else DtlsCertificate()
+        self._pc = certificates.peer_connection(rtc_configuration(ice_servers))
         self._dtls = aiortc_internals.DtlsRole()
         self.lost = asyncio.Event()
         """Set when the connection cannot be set up or fails on its own (ICE found no pair,

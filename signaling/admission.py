@@ -476,7 +476,7 @@ def _register(
     )  # fmt: skip
     peer = RelayPeer(
         session_id, codec=config.codec, ice_servers=config.ice_servers, publish=mode == "participant",
-        totals=app[K.METRICS].relay,
+        totals=app[K.METRICS].relay, certificate=app[K.DTLS_CERTIFICATE],
     )  # fmt: skip
     session = Session(
         id=session_id, visit=visit, actor=actor, mode=mode, keys=keys,

@@ -26,7 +26,7 @@ from policy.archive import RecordingArchive
 from policy.errors import Conflict
 from policy.service import Policy
 from policy.store import AuditDraft, open_store
-from relay import pin_ice_addresses
+from relay import DtlsCertificate, pin_ice_addresses
 from signaling import events, logs, scheduler, ws
 from signaling import keys as K
 from signaling.api import ROUTES, error_response, guarded, problem_response
@@ -348,6 +348,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     )  # fmt: skip
     app[K.READY] = asyncio.Event()
     app[K.METRICS] = metrics_
+    app[K.DTLS_CERTIFICATE] = DtlsCertificate()
     app[K.CONNECTIONS] = Connections(config.edge)
     app[K.LIMITS] = Limits.of(
         config.join_rate_per_ip, config.join_rate_per_identity, config.api_rate_per_identity

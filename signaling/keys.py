@@ -8,6 +8,7 @@ from aiohttp import web
 
 from policy.service import Policy
 from policy.store import Store
+from relay import DtlsCertificate
 from signaling.approvals import Approvals
 from signaling.bus import Bus
 from signaling.config import Config
@@ -36,6 +37,7 @@ VISITS = web.AppKey("visits", Visits)  # a visit's changes on this node's live s
 PRESENCE = web.AppKey("presence", KioskPresence)  # the kiosks' presence connections here
 READY = web.AppKey("ready", asyncio.Event)  # set once directives are loaded and the store answers
 METRICS = web.AppKey("metrics", Metrics)
+DTLS_CERTIFICATE = web.AppKey("dtls_certificate", DtlsCertificate)  # every peer's, on this node
 BUS = web.AppKey("bus", Bus)  # embedded (SQLite) or PostgreSQL: see signaling/bus.py
 LIMITS = web.AppKey("limits", Limits)
 RECORDINGS = web.AppKey("recordings", Recordings)  # the calls recorded here (SPEC §10)

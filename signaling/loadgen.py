@@ -376,13 +376,16 @@ def cpu_share(before: list[dict[str, float]], after: list[dict[str, float]]) -> 
 
 
 async def worker_main(name: str, media_path: Path, lifetime: float) -> int:
-    """A worker: participants, one pacer, commands in JSON lines on stdin."""
+    """A worker: participants, one pacer and one DTLS certificate, commands in JSON lines on
+    stdin."""
+    from relay import DtlsCertificate
     from signaling.loadpeer import LoadParticipant, Pacer, Refused
     from signaling.memory import collect_garbage_less_often
 
     media = LoadMedia.read(media_path)
     collect_garbage_less_often()
     pacer = Pacer()
+    certificate = DtlsCertificate()
     participants: list[LoadParticipant] = []
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=256 * 1024 * 1024)
@@ -401,7 +404,7 @@ async def worker_main(name: str, media_path: Path, lifetime: float) -> int:
             token = call["kiosk_token"] if role == "kiosk" else call["family_token"]
             participant = LoadParticipant(
                 call["server"], token, call["visit"], media=media, pacer=pacer, http=http,
-                call=int(call["index"]), role=role,
+                call=int(call["index"]), role=role, certificate=certificate,
             )  # fmt: skip
             participants.append(participant)
             async with gate:

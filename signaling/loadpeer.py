@@ -45,7 +45,7 @@ import aiohttp
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from relay import aiortc_internals
-from relay.aiortc_internals import DatagramPath
+from relay.aiortc_internals import DatagramPath, DtlsCertificate
 from relay.codec import NegotiatedCodec, VisitCodec
 from relay.fastpath import SrtpError
 from relay.ice import rtc_configuration
@@ -215,8 +215,10 @@ class LoadParticipant:
         name: str = "",
         call: int = 0,
         role: str = "kiosk",
+        certificate: DtlsCertificate | None = None,
     ) -> None:
         self.server = server.rstrip("/")
+        self.certificate = certificate if certificate is not None else DtlsCertificate()
         self.token, self.visit = token, visit
         self.media, self.pacer, self.http = media, pacer, http
         self.name = name or f"{role}-{call}"
@@ -336,8 +338,7 @@ class LoadParticipant:
                 f"the load generator sends VP8; the node uses {codec.name}",
             )
         aiortc_internals.defer_bitrate_estimators()  # its receivers never start
-        pc = RTCPeerConnection(rtc_configuration(joined.get("ice_servers") or []))
-        aiortc_internals.cache_fingerprints(pc)
+        pc = self.certificate.peer_connection(rtc_configuration(joined.get("ice_servers") or []))
         self.pc = pc
         pc.on("connectionstatechange", self._on_state)
         for kind in KINDS:

@@ -537,6 +537,49 @@ async def test_a_failed_handshake_names_the_alert_the_peer_sent() -> None:
         await asyncio.gather(relay.close(), server.close())
 
 
+async def test_a_process_certificate_serves_every_connection_and_meets_rsa_peers() -> None:
+    """DtlsCertificate: the connections it makes share one certificate (the same fingerprint
+    in their descriptions) and one SSL context, aiortc's own name is restored after each
+    construction, and its connections still meet RSA peers in either DTLS role."""
+    from aiortc import rtcpeerconnection
+
+    made_by_aiortc = rtcpeerconnection.RTCCertificate
+    certificates = internals.DtlsCertificate()
+    relay, other = (certificates.peer_connection(RTCConfiguration(iceServers=[])) for _ in "ab")
+    assert rtcpeerconnection.RTCCertificate is made_by_aiortc
+    shared = certificates.current()
+    assert getattr(relay, internals.PC_CERTIFICATES) == [shared]
+    assert getattr(other, internals.PC_CERTIFICATES) == [shared]
+    sha256 = next(f.value for f in shared.getFingerprints() if f.algorithm == "sha-256")
+    plain = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    rsa_server = with_rsa_certificate(RTCPeerConnection(RTCConfiguration(iceServers=[])))
+    try:
+        assert await dtls_between(plain, relay, "actpass") == "connected"  # relay as server
+        assert f"a=fingerprint:sha-256 {sha256}" in relay.localDescription.sdp
+        assert await dtls_between(rsa_server, other, "passive") == "connected"  # as client
+        assert internals.dtls_role(other) == "client"
+        contexts = {
+            id(getattr(internals.dtls_transport_of(pc.getTransceivers()[0]), internals.DTLS_SSL)
+               .get_context())
+            for pc in (relay, other)
+        }  # fmt: skip
+        assert len(contexts) == 1
+    finally:
+        await asyncio.gather(relay.close(), other.close(), plain.close(), rsa_server.close())
+
+
+def test_a_process_certificate_is_renewed_a_day_before_it_expires() -> None:
+    now = [0.0]
+    certificates = internals.DtlsCertificate(clock=lambda: now[0])
+    first = certificates.current()
+    now[0] = first.expires.timestamp() - internals.DtlsCertificate.RENEW_BEFORE_SECONDS - 60
+    assert certificates.current() is first
+    now[0] += 120
+    renewed = certificates.current()
+    assert renewed is not first
+    assert renewed.getFingerprints() != first.getFingerprints()  # a new key
+
+
 async def test_private_dtls_names_exist() -> None:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     transport = pc.addTransceiver("audio").receiver.transport
