@@ -76,6 +76,7 @@ SENDER_HANDLE_RTCP = "_handle_rtcp_packet"
 SENDER_STREAM_ID = "_stream_id"
 SENDER_RTP_HISTORY = "_RTCRtpSender__rtp_history"
 SENDER_ENCODER = "_RTCRtpSender__encoder"
+WRAP_DESCRIPTION = "wrap_session_description"  # createOffer/createAnswer call it last
 TRANSCEIVER_CODECS = "_codecs"  # what the transceiver's sender/receiver start with
 TRANSCEIVER_HEADER_EXTENSIONS = "_headerExtensions"
 RECEIVER_BITRATE_ESTIMATOR = "_RTCRtpReceiver__remote_bitrate_estimator"
@@ -762,7 +763,11 @@ class DescriptionSummary:
 
 def parse_description(sdp: str) -> DescriptionSummary:
     """Parse ``sdp`` with aiortc's own parser (any failure -> ValueError)."""
-    description = _read(sdp)
+    return summarize(_read(sdp))
+
+
+def summarize(description: aiortc_sdp.SessionDescription) -> DescriptionSummary:
+    """What the relay checks in a parsed description (e.g. one :func:`create_offer` made)."""
     bundle = next((g for g in description.group if g.semantic == "BUNDLE"), None)
     media = [
         MediaSection(
@@ -846,8 +851,8 @@ class RtpNumbering:
 
 
 async def create_offer(
-    pc: RTCPeerConnection, numbering: RtpNumbering | None
-) -> RTCSessionDescription:
+    pc: RTCPeerConnection, numbering: RtpNumbering | None, dtls_role: str | None = None
+) -> tuple[RTCSessionDescription, aiortc_sdp.SessionDescription]:
     """``pc.createOffer()`` in the client's numbering, without its side effect.
 
     aiortc's ``createOffer`` also resets every transceiver's codecs and
@@ -860,6 +865,11 @@ async def create_offer(
     So transceivers already negotiated get their negotiated values back
     (``createOffer`` does not await, so nothing runs in between), and the
     offer is rewritten with :func:`renumber_offer` when ``numbering`` is set.
+    ``dtls_role`` ("client"/"server"), when set, replaces ``a=setup:actpass``
+    on every m-line (:attr:`DtlsRole.role`, so the answerer cannot flip it).
+
+    Returns the offer and its description, edited as aiortc made it (not parsed back
+    from its text); apply both with :func:`set_local_description`.
     """
     saved = []
     for transceiver in pc.getTransceivers():
@@ -872,18 +882,100 @@ async def create_offer(
                 list(getattr(transceiver, TRANSCEIVER_HEADER_EXTENSIONS)),
             )
         )
-    offer = await pc.createOffer()
+    _, description = await _created(pc.createOffer)
     negotiated = {}
     for transceiver, codecs, extensions in saved:
         if codecs:  # negotiated before (a new transceiver has none yet)
             setattr(transceiver, TRANSCEIVER_CODECS, codecs)
             setattr(transceiver, TRANSCEIVER_HEADER_EXTENSIONS, extensions)
             negotiated[transceiver.mid] = (codecs, extensions)
-    description = aiortc_sdp.SessionDescription.parse(offer.sdp)  # one parse for both edits
-    _as_negotiated(description, negotiated)
+    _as_negotiated(description, negotiated)  # copies every m-line's codecs and extensions
     if numbering is not None:
         _renumber(description, numbering)
-    return RTCSessionDescription(sdp=str(description), type="offer")
+    if dtls_role is not None:
+        for media in description.media:
+            if media.dtls is not None and media.dtls.role == "auto":
+                media.dtls.role = dtls_role
+    return RTCSessionDescription(sdp=str(description), type="offer"), description
+
+
+async def _created(
+    make: Callable[[], Awaitable[RTCSessionDescription]],
+) -> tuple[RTCSessionDescription, aiortc_sdp.SessionDescription]:
+    """``await pc.createOffer()`` or ``createAnswer()``, with the description object aiortc
+    wrote its text from (caught at ``wrap_session_description``, which both call last;
+    neither awaits, so no other code runs meanwhile)."""
+    _require(aiortc_peerconnection, WRAP_DESCRIPTION)
+    original = getattr(aiortc_peerconnection, WRAP_DESCRIPTION)
+    made: list[aiortc_sdp.SessionDescription] = []
+
+    def keep(description: aiortc_sdp.SessionDescription | None) -> Any:
+        if description is not None:
+            made.append(description)
+        return original(description)
+
+    setattr(aiortc_peerconnection, WRAP_DESCRIPTION, keep)
+    try:
+        wrapped = await make()
+    finally:
+        setattr(aiortc_peerconnection, WRAP_DESCRIPTION, original)
+    if len(made) != 1 or wrapped.sdp != str(made[0]):
+        raise AiortcInternalsChanged(
+            f"aiortc {aiortc.__version__}: createOffer/createAnswer no longer return "
+            "wrap_session_description(description); relay/aiortc_internals.py must be updated"
+        )
+    return wrapped, made[0]
+
+
+async def set_local_description(
+    pc: RTCPeerConnection,
+    description: RTCSessionDescription,
+    parsed: aiortc_sdp.SessionDescription,
+) -> None:
+    """``pc.setLocalDescription(description)`` given ``parsed``, the object its text was
+    written from, so that aiortc does not parse back the text it (or the relay) just wrote
+    (see :class:`_Handover`). ``parsed`` is aiortc's from then on."""
+    _install_handover()
+    _HANDOVER.waiting[description.sdp] = parsed
+    try:
+        await pc.setLocalDescription(description)
+    finally:
+        _HANDOVER.waiting.pop(description.sdp, None)
+
+
+async def set_local_answer(pc: RTCPeerConnection) -> None:
+    """``pc.setLocalDescription(await pc.createAnswer())`` without aiortc parsing back the
+    answer it just wrote."""
+    answer, description = await _created(pc.createAnswer)
+    _own_lists(description)
+    await set_local_description(pc, answer, description)
+
+
+async def set_local_offer(pc: RTCPeerConnection) -> None:
+    """``pc.setLocalDescription(await pc.createOffer())`` without aiortc parsing back the
+    offer it just wrote (a client's; the relay's offers go through :func:`create_offer`)."""
+    offer, description = await _created(pc.createOffer)
+    _own_lists(description)
+    await set_local_description(pc, offer, description)
+
+
+def _own_lists(description: aiortc_sdp.SessionDescription) -> None:
+    """Give each m-line copies of its codecs and header extensions: aiortc writes the
+    transceivers' own lists into the descriptions it makes, which a parse would not share."""
+    for media in description.media:
+        media.rtp.codecs = [_codec_copy(codec) for codec in media.rtp.codecs]
+        media.rtp.headerExtensions = list(media.rtp.headerExtensions)
+
+
+def _codec_copy(codec: RTCRtpCodecParameters) -> RTCRtpCodecParameters:
+    return RTCRtpCodecParameters(
+        mimeType=codec.mimeType,
+        clockRate=codec.clockRate,
+        channels=codec.channels,
+        payloadType=codec.payloadType,
+        rtcpFeedback=list(codec.rtcpFeedback),
+        parameters=dict(codec.parameters),
+    )
 
 
 def _as_negotiated(
@@ -1208,8 +1300,9 @@ class DtlsRole:
     * :meth:`adopt` wraps every transport of the connection so that once its role is
       ``client`` or ``server``, a later answer that disagrees changes nothing (it is
       counted in :attr:`disagreements` and logged once by the caller).
-    * :meth:`offer_sdp` makes the server's re-offers state the established role
-      (``a=setup:passive``/``active``, not ``actpass``), so the answerer cannot pick.
+    * the server's re-offers state the established role (:func:`create_offer` is given
+      :attr:`role`: ``a=setup:passive``/``active``, not ``actpass``), so the answerer
+      cannot pick.
 
     The same wrapping records why a handshake failed (:attr:`failure`), which aiortc
     only writes to its debug log.
@@ -1247,12 +1340,6 @@ class DtlsRole:
             if getattr(transport, DTLS_ROLE) not in DTLS_ROLES:
                 getattr(transport, DTLS_SET_ROLE).original(self.role)
         return self.role
-
-    def offer_sdp(self, sdp: str) -> str:
-        """``sdp`` (a server offer) stating the established role on every m-line."""
-        if self.role is None:
-            return sdp
-        return sdp.replace("a=setup:actpass", f"a=setup:{SETUP_OF_ROLE[self.role]}")
 
     def _guard_role(self, transport: Any) -> None:
         original = getattr(transport, DTLS_SET_ROLE)

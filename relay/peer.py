@@ -49,7 +49,6 @@ from typing import Any
 from aiortc import (
     RTCPeerConnection,
     RTCRtpTransceiver,
-    RTCSessionDescription,
 )
 
 from relay import aiortc_internals
@@ -143,8 +142,8 @@ class RelayPeer:
         self._broken = False
         self._numbering: aiortc_internals.RtpNumbering | None = None
         """RTP numbering of the client's last offer; every server offer keeps it."""
-        self._offered: str | None = None
-        """The server's last offer as sent (its answer is checked against its m-lines)."""
+        self._offered: list[MediaSection] | None = None
+        """The m-lines of the server's last offer (its answer is checked against them)."""
 
     # --- state ---------------------------------------------------------------
 
@@ -256,7 +255,7 @@ class RelayPeer:
             )
             aiortc_internals.extend_negotiation(self._pc, remote, self._publishing_mids())
             self._dtls.choose(self._pc, _bundle_setup(media))
-            await self._pc.setLocalDescription(await self._pc.createAnswer())
+            await aiortc_internals.set_local_answer(self._pc)
         except Exception as exc:
             # aiortc may have changed the connection half-way: do not build on it.
             self._broken = True
@@ -284,17 +283,17 @@ class RelayPeer:
         try:
             # Not pc.createOffer(): aiortc would renumber RTP header extensions
             # and payload types, which a browser refuses under BUNDLE.
-            offer = await aiortc_internals.create_offer(self._pc, self._numbering)
-            self._dtls.adopt(self._pc)
-            await self._pc.setLocalDescription(
-                RTCSessionDescription(sdp=self._dtls.offer_sdp(offer.sdp), type="offer")
+            offer, description = await aiortc_internals.create_offer(
+                self._pc, self._numbering, self._dtls.role
             )
+            self._dtls.adopt(self._pc)
+            await aiortc_internals.set_local_description(self._pc, offer, description)
         except Exception:
             if self._closed:  # closed while the offer was being made
                 raise PeerClosed(self.peer_id) from None
             raise
-        self._offered = self._pc.localDescription.sdp  # (aiortc writes it anew at each read)
-        return self._offered
+        self._offered = aiortc_internals.summarize(description).media
+        return self._pc.localDescription.sdp  # (with the candidates gathered meanwhile)
 
     async def accept_answer(self, sdp: str) -> None:
         """Apply the client's answer to :meth:`create_offer`; raises UnsupportedOffer."""
@@ -303,8 +302,7 @@ class RelayPeer:
         if self._pc.signalingState != "have-local-offer":
             raise UnsupportedOffer("no server offer is waiting for an answer")
         assert self._offered is not None  # have-local-offer: create_offer made one
-        offer = aiortc_internals.parse_description(self._offered).media
-        check_description(sdp, self.codec, answer_to=offer)
+        check_description(sdp, self.codec, answer_to=self._offered)
         disagreements = self._dtls.disagreements
         try:
             self._dtls.adopt(self._pc)

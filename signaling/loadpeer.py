@@ -345,7 +345,7 @@ class LoadParticipant:
             transceiver = pc.addTransceiver(kind, direction="sendrecv")
             transceiver.setCodecPreferences(codec.preferences(kind))
         self._take_over()
-        await pc.setLocalDescription(await pc.createOffer())
+        await aiortc_internals.set_local_offer(pc)
         self.times["offer"] = time.monotonic()
         await self._send({"type": Message.OFFER, "sdp": pc.localDescription.sdp})
 
@@ -463,7 +463,7 @@ class LoadParticipant:
         elif kind == Message.OFFER and pc is not None:
             await pc.setRemoteDescription(RTCSessionDescription(data["sdp"], "offer"))
             self._take_over()  # before aiortc's connection task starts the new m-lines
-            await pc.setLocalDescription(await pc.createAnswer())
+            await aiortc_internals.set_local_answer(pc)
             await self._send({"type": Message.ANSWER, "sdp": pc.localDescription.sdp})
         elif kind == Message.TERMINATED:
             self.terminated = data

@@ -345,7 +345,7 @@ async def test_server_offers_keep_the_clients_rtp_numbering() -> None:
             await real_send(parameters)
 
         forwarded.sender.send = send  # type: ignore[method-assign]
-        plain = (await internals.create_offer(server, None)).sdp
+        plain = (await internals.create_offer(server, None))[0].sdp
         plain_ids, _ = numbering_of("m=video" + plain.rsplit("m=video", 1)[1])
         assert plain_ids.get(1) == {MID}, "aiortc's offers no longer use its fixed ids"
         negotiated_ids, _ = numbering_of(plain.rsplit("m=video", 1)[0])
@@ -353,7 +353,7 @@ async def test_server_offers_keep_the_clients_rtp_numbering() -> None:
             "a negotiated m-line lost the ids it was negotiated with"
         )
         numbering = internals.rtp_numbering(client_offer)
-        offer = (await internals.create_offer(server, numbering)).sdp
+        offer = (await internals.create_offer(server, numbering))[0].sdp
         assert offer == internals.renumber_offer(plain, numbering)
         ids, pts = numbering_of(offer)
         assert ids == {1: {AUDIO_LEVEL}, 2: {ABS_SEND_TIME}, 4: {MID}}, ids
@@ -568,7 +568,7 @@ async def test_a_process_certificate_serves_every_connection_and_meets_rsa_peers
         await asyncio.gather(relay.close(), other.close(), plain.close(), rsa_server.close())
 
 
-def test_a_process_certificate_is_renewed_a_day_before_it_expires() -> None:
+async def test_a_process_certificate_is_renewed_a_day_before_it_expires() -> None:
     now = [0.0]
     certificates = internals.DtlsCertificate(clock=lambda: now[0])
     first = certificates.current()
@@ -758,6 +758,74 @@ async def test_extend_negotiation_keeps_transport_cc_and_asks_for_opus_fec() -> 
     assert all(e.uri != TRANSPORT_CC for k in HEADER_EXTENSIONS for e in HEADER_EXTENSIONS[k])
     assert not any("useinbandfec" in c.parameters for c in CODECS["audio"])
     await server.close()
+
+
+async def test_local_descriptions_are_applied_without_parsing_back_their_text(monkeypatch) -> None:
+    """set_local_offer, set_local_answer and create_offer + set_local_description hand aiortc
+    the description it wrote, instead of its text to parse back. The connection negotiates
+    and connects as with aiortc's own calls, the applied descriptions read back as the text
+    that was sent, and they do not share the transceivers' codec lists."""
+    parses: list[str] = []
+    original = internals.ORIGINAL_PARSE
+
+    def counted(sdp: str) -> Any:
+        parses.append(sdp)
+        return original(sdp)
+
+    monkeypatch.setattr(internals, "ORIGINAL_PARSE", counted)
+    client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        for kind in ("audio", "video"):
+            client.addTransceiver(kind)
+        await internals.set_local_offer(client)
+        offer = client.localDescription.sdp
+        assert client.signalingState == "have-local-offer"
+        await server.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        before = len(parses)
+        await internals.set_local_answer(server)
+        answer = server.localDescription.sdp
+        assert len(parses) == before, "aiortc parsed back the answer it wrote"
+        assert server.signalingState == "stable"
+        await client.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        # the stored answer keeps its own codecs when a transceiver's change later
+        codec = getattr(server.getTransceivers()[0], internals.TRANSCEIVER_CODECS)[0]
+        codec.parameters["parlor-probe"] = 1
+        assert "parlor-probe" not in server.localDescription.sdp
+        del codec.parameters["parlor-probe"]
+        # a server re-offer: made, edited and applied without a parse of its text
+        server.addTransceiver("audio", direction="sendonly")
+        before = len(parses)
+        reoffer, description = await internals.create_offer(server, None, "server")
+        await internals.set_local_description(server, reoffer, description)
+        assert len(parses) == before, "the re-offer was parsed back"
+        assert "a=setup:actpass" not in reoffer.sdp and "a=setup:passive" in reoffer.sdp
+        applied = server.localDescription.sdp
+        assert [m.kind for m in internals.parse_description(applied).media] == [
+            "audio", "video", "audio"
+        ]  # fmt: skip
+        await client.setRemoteDescription(RTCSessionDescription(sdp=applied, type="offer"))
+        await client.setLocalDescription(await client.createAnswer())
+        await server.setRemoteDescription(client.localDescription)
+        for _ in range(500):
+            if "connected" == server.connectionState == client.connectionState:
+                break
+            await asyncio.sleep(0.01)
+        assert (server.connectionState, client.connectionState) == ("connected", "connected")
+    finally:
+        await asyncio.gather(client.close(), server.close())
+
+
+async def test_aiortc_writes_its_descriptions_through_wrap_session_description() -> None:
+    """What :func:`internals._created` relies on: createOffer and createAnswer end with
+    ``wrap_session_description(description)`` and do not await (nothing runs meanwhile)."""
+    from aiortc import rtcpeerconnection
+
+    assert hasattr(rtcpeerconnection, internals.WRAP_DESCRIPTION), UPDATE
+    for method in (RTCPeerConnection.createOffer, RTCPeerConnection.createAnswer):
+        source = inspect.getsource(method)
+        assert "return wrap_session_description(description)" in source, UPDATE
+        assert "await " not in source, f"{UPDATE}: {method.__name__} awaits"
 
 
 async def test_a_remote_description_is_parsed_once_for_the_relay_and_aiortc(monkeypatch) -> None:
