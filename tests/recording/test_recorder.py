@@ -164,6 +164,60 @@ async def test_after_close_taps_do_nothing_and_close_can_be_repeated(tmp_path: P
     assert recorder.status.dropped_packets == 1
 
 
+def _start_of_writer(visit_id: str, monkeypatch: pytest.MonkeyPatch, instead) -> None:  # type: ignore[no-untyped-def]
+    """Make ``instead(thread, start)`` start the writer thread of ``visit_id``'s recorder."""
+    start = threading.Thread.start
+
+    def patched(thread: threading.Thread) -> None:
+        if thread.name == f"recorder {visit_id}":
+            return instead(thread, start)
+        return start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", patched)
+
+
+async def test_starting_a_recording_does_not_wait_for_its_writer_to_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thread.start() returns only once the new thread runs, a scheduler slice on a busy
+    machine: the event loop must not wait for it. Here the writer takes a second to start;
+    the recorder is made at once, and what was tapped meanwhile is written."""
+
+    def slowly(thread: threading.Thread, start) -> None:  # type: ignore[no-untyped-def]
+        threading.Event().wait(1.0)
+        start(thread)
+
+    _start_of_writer("V-slow", monkeypatch, slowly)
+    made = asyncio.get_running_loop().time()
+    recorder = Recorder(tmp_path, "V-slow", "social")
+    made = asyncio.get_running_loop().time() - made
+    tap = recorder.track("contact:C1", "audio", "opus", 48000, 111)
+    for sequence in range(20):
+        tap(rtp_packet(payload_type=111, sequence_number=sequence), sequence)
+    assert made < 0.5, f"making the recorder waited {made:.2f} s for its writer"
+    assert recorder.status.packets_written == 0  # the writer has not run yet
+    closed = await recorder.close()
+    assert closed.complete and closed.packets_written == 20
+
+
+async def test_a_writer_that_cannot_start_makes_the_recording_incomplete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(thread: threading.Thread, start) -> None:  # type: ignore[no-untyped-def]
+        raise RuntimeError("can't start new thread")
+
+    _start_of_writer("V-nothread", monkeypatch, refused)
+    reports: list[RecordingStatus] = []
+    recorder = Recorder(tmp_path, "V-nothread", "social", on_incomplete=reports.append)
+    tap = recorder.track("contact:C1", "audio", "opus", 48000, 111)
+    tap(rtp_packet(payload_type=111), 1)
+    closed = await asyncio.wait_for(recorder.close(), 5)
+    assert not closed.complete and closed.reason == WRITE_ERROR
+    assert "could not start" in (closed.detail or "")
+    assert closed.packets_written == 0 and [r.reason for r in reports] == [WRITE_ERROR]
+    assert list(tmp_path.iterdir()) == []
+
+
 async def test_a_writer_that_falls_behind_makes_the_recording_incomplete_not_the_tap_wait(
     vp8_call: list[SentTrack], tmp_path: Path
 ) -> None:
