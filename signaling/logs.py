@@ -15,6 +15,13 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 session_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("session_id", default=None)
 
 
+CHATTY_LIBRARIES = ("aioice",)
+"""Libraries whose INFO lines are per-packet-exchange detail: aioice logs every candidate
+pair's state change (four lines per participant on loopback, more on real networks). They
+log at WARNING and above unless the node logs at DEBUG; a connection that ICE cannot set up
+is logged once, as its session's "media failed" warning (signaling/ws.py)."""
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -41,3 +48,7 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(
+            max(root.level, logging.WARNING) if root.level > logging.DEBUG else logging.NOTSET
+        )
