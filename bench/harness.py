@@ -705,3 +705,19 @@ async def supervisor_api(server: ServerProcess, method: str, path: str, body: An
     if status >= 300:
         raise RuntimeError(f"{method} {path}: {status} {answer}")
     return answer
+
+
+async def recordings_finished(
+    server: ServerProcess, facility: str, count: int, timeout: float = 180.0
+) -> list[dict[str, Any]]:
+    """Wait until ``count`` recordings of ``facility`` are finalized or failed (the node's
+    remux after each call); TimeoutError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await supervisor_api(server, "GET", f"/api/v1/recordings?facility={facility}", None)
+        done = [r for r in found if r["status"] in ("finalized", "failed")]
+        if len(done) >= count:
+            return done
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(done)} of {count} recordings finished")
+        await asyncio.sleep(0.2)

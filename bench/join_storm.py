@@ -51,6 +51,7 @@ from bench.harness import (  # noqa: E402
     print_result,
     progress,
     quiet_machine,
+    recordings_finished,
     server_version,
     supervisor_api,
     workdir,
@@ -61,6 +62,9 @@ from signaling.loadmedia import VideoSpec, load_media  # noqa: E402
 TARGET_PER_SECOND = 150.0
 ADMISSION_CONTROL = {"4503 overloaded"}
 STEPS = ("joined", "offer", "answer", "connected")
+QUIET_PERCENT = 15.0
+"""Other processes below this % of one core before the storm starts (waited for at most
+`--wait-quiet` s): the storm itself fills both cores."""
 
 
 async def storm(args: argparse.Namespace) -> dict[str, Any]:
@@ -75,7 +79,7 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
         "recorded": args.recording,
     }
     if args.wait_quiet > 0:
-        result["machine_before"] = await quiet_machine(50.0, args.wait_quiet)
+        result["machine_before"] = await quiet_machine(QUIET_PERCENT, args.wait_quiet)
     media = load_media(
         VideoSpec.parse(args.video), args.audio_ptime, cache=Path(tempfile.gettempdir())
     )
@@ -157,6 +161,14 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
         if waited["missing"]:
             result["missing_media"] = waited["missing"][:5]
         await fleet.leave()
+        if args.recording:  # the node remuxes each call's recording: before the next run
+            left = time.monotonic()
+            done = [r for f, n in layout.items() for r in await recordings_finished(server, f, n)]
+            result["recordings"] = {
+                "finalized": sum(1 for r in done if r["status"] == "finalized"),
+                "failed": sum(1 for r in done if r["status"] == "failed"),
+                "all_finished_s_after_leaving": round(time.monotonic() - left, 1),
+            }
     finally:
         await watch.stop()
         if fleet is not None:

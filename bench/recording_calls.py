@@ -26,7 +26,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from bench.harness import (  # noqa: E402
     machine,
     progress,
     quiet_machine,
+    recordings_finished,
     server_version,
     supervisor_api,
     workdir,
@@ -79,18 +79,6 @@ async def measure(
         "window": figures,
         "rss_mb": round(node.memory_info().rss / 2**20, 1),
     }
-
-
-async def finished(server: ServerProcess, facility: str, count: int) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 180
-    while True:
-        found = await supervisor_api(server, "GET", f"/api/v1/recordings?facility={facility}", None)
-        done = [r for r in found if r["status"] in ("finalized", "failed")]
-        if len(done) >= count:
-            return done
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(done)} of {count} recordings finished")
-        await asyncio.sleep(0.2)
 
 
 def epoch(text: str) -> float:
@@ -132,7 +120,7 @@ async def run(arguments: argparse.Namespace) -> dict[str, Any]:
                 before = children_cpu(node)
                 await fleet.leave()
                 if mode == "on":
-                    done = await finished(server, facility, calls)
+                    done = await recordings_finished(server, facility, calls)
                     row["remux_cpu_seconds_per_call"] = round(
                         (children_cpu(node) - before) / calls, 3
                     )
