@@ -604,6 +604,10 @@ def _sha256(path: str) -> str:
 # --- off the event loop ------------------------------------------------------------------
 
 
+REMUX_NICENESS = 10
+"""The child's niceness: a remux after a call yields the CPU to the node's live calls."""
+
+
 async def remux_in_subprocess(
     record_path: str | os.PathLike[str],
     participant: str | None = None,
@@ -619,6 +623,7 @@ async def remux_in_subprocess(
     """
     rendition = [] if participant is None else ["--participant", participant]
     rendition += ["--renditions"] if renditions else []
+    rendition += ["--nice", str(REMUX_NICENESS)]
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -666,7 +671,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--renditions", action="store_true", help="the call file, then one per participant"
     )
+    parser.add_argument("--nice", type=int, default=0, help="lower this process's priority")
     arguments = parser.parse_args(argv)
+    if arguments.nice > 0:
+        os.nice(arguments.nice)
     try:
         if arguments.renditions:
             result = remux_with_renditions(arguments.record)

@@ -74,6 +74,10 @@ LONGEST_GRANT_SECONDS = 6 * 3600
 MAX_GRANT_CHARS = 1024
 SWEEP_EVERY_SECONDS = 3600.0
 FINALIZE_DRAIN_SECONDS = 10.0  # on the way out: the remux of the calls that just ended
+REMUXES_AT_ONCE = max(1, (os.cpu_count() or 2) // 2)
+"""Remux children running at once (each a Python process of ~60 MB): when a hundred calls
+end together (a count, a facility's lockdown) the others wait their turn instead of a
+hundred processes starting at once beside the live calls."""
 FLUSH_SECONDS = 0.5
 """How often a recorder's writer wakes to write what was tapped: each wake takes the GIL from
 the event loop; a crash loses at most this much media (bench/recording_calls.py)."""
@@ -187,6 +191,7 @@ class Recordings:
     finishing: Background = field(default_factory=Background)
     """Recordings of calls that ended, being closed and made playable."""
     writes: Background = field(default_factory=Background)
+    remuxes: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(REMUXES_AT_ONCE))
     _swept: float = float("-inf")
 
     # -- a call's two ends ---------------------------------------------------------------
@@ -305,7 +310,8 @@ class Recordings:
     async def _make_playable(self, recording: Recording, ended_at: float) -> None:
         """Remux the record file (off the loop) and record the playable file, or the failure."""
         try:
-            result = await remux_in_subprocess(self.directory / recording.path, renditions=True)
+            async with self.remuxes:
+                result = await remux_in_subprocess(self.directory / recording.path, renditions=True)
         except RemuxError as exc:
             log.warning("recording %s: no playable file: %s", recording.id, exc)
             await self._failed(recording, ended_at, exc.code, exc.message)

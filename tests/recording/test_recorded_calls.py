@@ -34,12 +34,12 @@ CALL_SECONDS = 4.0
 
 
 async def call(
-    server: Server, visit: dict[str, Any], seconds: float, during: Any = None
+    server: Server, visit: dict[str, Any], seconds: float, during: Any = None, contact: str = "C1"
 ) -> dict[str, Any]:
-    """The kiosk and C1 in a call for about `seconds` (running `during()` in it, if given);
-    what each was told and when."""
+    """The kiosk and `contact` in a call for about `seconds` (running `during()` in it, if
+    given); what each was told and when."""
     kiosk = server.client(visit["join"]["device"]["token"], visit["id"], size=SIZE, fps=FPS)
-    family = server.client(visit["join"]["C1"]["token"], visit["id"], size=SIZE, fps=FPS)
+    family = server.client(visit["join"][contact]["token"], visit["id"], size=SIZE, fps=FPS)
     started = time.monotonic()
     try:
         joined = [await kiosk.connect(), await family.connect()]
@@ -131,6 +131,38 @@ async def test_a_social_visits_recording_plays_back_with_both_sides(server, tmp_
 
     status, report = await server.api("GET", "/api/v1/audit/verify", token="auditor")
     assert status == 200 and report["ok"], report
+
+
+async def test_calls_that_end_together_are_remuxed_a_few_at_a_time(server, monkeypatch):
+    """Each remux is a Python process: when many calls end at once (a count, a lockdown)
+    they wait their turn (Recordings.remuxes) instead of all starting beside the live calls.
+    Here one at a time, each held half a second, for two calls that end together."""
+    from signaling import recordings
+
+    running, most = 0, 0
+    real = recordings.remux_in_subprocess
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            await asyncio.sleep(0.5)
+            return await real(*args, **kwargs)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(recordings, "remux_in_subprocess", held)
+    server.app[K.RECORDINGS].remuxes = asyncio.Semaphore(1)
+    await seed(server)
+    north = await make_visit(server, ["C1"])
+    south = await make_visit(server, ["D1"], inmate="I2", device="K2")
+    await asyncio.gather(
+        call(server, north, CALL_SECONDS), call(server, south, CALL_SECONDS, contact="D1")
+    )
+    done = [r for v in (north, south) for r in await recording_of(server, v["id"])]
+    assert [r["status"] for r in done] == ["finalized", "finalized"], done
+    assert most == 1
 
 
 async def test_a_privileged_visit_leaves_nothing_on_disk(server, tmp_path):

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -17,6 +18,8 @@ from tests.harness.encoded_media import SentTrack, audio_track, is_padding_only,
 from tests.harness.gstreamer import SYSTEM_PYTHON
 from tests.harness.system import require
 from tests.recording.conftest import B_START_US, decode, record, recorded
+
+REPO = Path(__file__).resolve().parents[2]
 
 GST_PLAYER = Path(__file__).resolve().parents[1] / "harness" / "gst_player.py"
 A_VIDEO, A_AUDIO = "contact:C1 video", "contact:C1 audio"
@@ -285,3 +288,17 @@ def test_vp8_picture_ids_bridge_probes_a_relay_did_not_tap(tmp_path: Path) -> No
     result = remux(recorded(tmp_path, [video]).path)
 
     assert decode(result.path)[A_VIDEO].frames == 60
+
+
+def test_the_remux_child_yields_the_cpu_to_live_calls(tmp_path: Path) -> None:
+    """`--nice` (what remux_in_subprocess passes) lowers the child's priority before work."""
+    script = (
+        "import os, sys; from relay.remux import main; "
+        "code = main(sys.argv[1:]); print('niceness', os.nice(0), file=sys.stderr)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "--nice", "7", str(tmp_path / "missing.rec")],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    base = os.nice(0)
+    assert f"niceness {min(19, base + 7)}" in done.stderr, done.stderr
