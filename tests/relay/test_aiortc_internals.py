@@ -824,6 +824,37 @@ async def test_local_descriptions_are_applied_without_parsing_back_their_text(
         await asyncio.gather(client.close(), server.close())
 
 
+async def test_codecs_aiortc_negotiates_are_copied_as_fully_as_deepcopy_did(monkeypatch) -> None:
+    """aiortc's find_common_codecs copies codecs field by field now (internals._CodecCopies):
+    the same result as with copy.deepcopy, and nothing shared with its inputs."""
+    import copy
+
+    from aiortc import rtcpeerconnection
+    from aiortc.codecs import CODECS
+
+    client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    client.addTransceiver("video")
+    client.addTransceiver("audio")
+    offer = (await client.createOffer()).sdp
+    await client.close()
+    for section in internals.parse_description(offer).media:
+        kind, remote = section.kind, section.codecs
+        fast = internals.common_codecs(kind, remote, VisitCodec("VP8").preferences(kind))
+        assert isinstance(rtcpeerconnection.copy, internals._CodecCopies)
+        with monkeypatch.context() as patch:
+            patch.setattr(rtcpeerconnection, "copy", copy)
+            slow = rtcpeerconnection.filter_preferred_codecs(
+                rtcpeerconnection.find_common_codecs(CODECS[kind], remote),
+                VisitCodec("VP8").preferences(kind),
+            )
+        assert fast == slow and fast
+        local, theirs = copy.deepcopy(CODECS[kind]), copy.deepcopy(remote)
+        for codec in fast:
+            codec.parameters["parlor-probe"] = 1
+            codec.rtcpFeedback.clear()
+        assert CODECS[kind] == local and remote == theirs
+
+
 async def test_aiortc_writes_its_descriptions_through_wrap_session_description() -> None:
     """What :func:`internals._created` relies on: createOffer and createAnswer end with
     ``wrap_session_description(description)`` and do not await (nothing runs meanwhile)."""
