@@ -915,7 +915,7 @@ async def create_offer(
             setattr(transceiver, TRANSCEIVER_CODECS, codecs)
             setattr(transceiver, TRANSCEIVER_HEADER_EXTENSIONS, extensions)
             negotiated[transceiver.mid] = (codecs, extensions)
-    _as_negotiated(description, negotiated)  # copies every m-line's codecs and extensions
+    _as_negotiated(description, negotiated)
     if numbering is not None:
         _renumber(description, numbering)
     if dtls_role is not None:
@@ -972,21 +972,21 @@ async def set_local_description(
 async def set_local_answer(pc: RTCPeerConnection) -> None:
     """``pc.setLocalDescription(await pc.createAnswer())`` without aiortc parsing back the
     answer it just wrote."""
-    answer, description = await _created(pc.createAnswer)
-    _own_lists(description)
-    await set_local_description(pc, answer, description)
+    await _set_created(pc, pc.createAnswer)
 
 
 async def set_local_offer(pc: RTCPeerConnection) -> None:
     """``pc.setLocalDescription(await pc.createOffer())`` without aiortc parsing back the
     offer it just wrote (a client's; the relay's offers go through :func:`create_offer`)."""
-    offer, description = await _created(pc.createOffer)
+    await _set_created(pc, pc.createOffer)
+
+
+async def _set_created(
+    pc: RTCPeerConnection, make: Callable[[], Awaitable[RTCSessionDescription]]
+) -> None:
+    made, description = await _created(make)
     _own_lists(description)
-    await set_local_description(pc, offer, description)
-
-
-def _extension_copy(extension: RTCRtpHeaderExtensionParameters) -> Any:
-    return RTCRtpHeaderExtensionParameters(id=extension.id, uri=extension.uri)
+    await set_local_description(pc, made, description)
 
 
 def _own_lists(description: aiortc_sdp.SessionDescription) -> None:
@@ -1017,12 +1017,10 @@ def _as_negotiated(
     and the client's answer then with it), and its Opus ask for in-band FEC."""
     for media in description.media:
         if media.rtp.muxId in negotiated:
-            codecs, extensions = negotiated[media.rtp.muxId]
-            media.rtp.codecs = [_codec_copy(codec) for codec in codecs]
-            media.rtp.headerExtensions = [_extension_copy(e) for e in extensions]
+            media.rtp.codecs, media.rtp.headerExtensions = negotiated[media.rtp.muxId]
             media.fmt = [codec.payloadType for codec in media.rtp.codecs]
-        else:
-            media.rtp.codecs = [_codec_copy(codec) for codec in media.rtp.codecs]
+    _own_lists(description)  # before the codecs are edited: they are the transceivers'
+    for media in description.media:
         for codec in media.rtp.codecs:
             _with_opus_fec(codec)
 
@@ -1178,7 +1176,6 @@ DTLS_SET_ROLE = "_set_role"
 DTLS_HANDSHAKE = "_do_handshake"
 DTLS_SSL = "_ssl"
 DTLS_ROLES = ("client", "server")
-SETUP_OF_ROLE = {"client": "active", "server": "passive"}
 
 
 def accept_rsa_and_ecdsa_peers(pc: RTCPeerConnection) -> None:

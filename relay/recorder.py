@@ -331,8 +331,8 @@ class Recorder:
         return await asyncio.shield(self._done)
 
     def _writer_started(self, started: asyncio.Future[None]) -> None:
-        error = None if started.cancelled() else started.exception()
-        if started.cancelled() or error is not None:  # no thread: nothing will finish it
+        error = asyncio.CancelledError() if started.cancelled() else started.exception()
+        if error is not None:  # no thread: nothing will finish it
             self._fail(WRITE_ERROR, f"the recorder's writer could not start: {error!r}")
             self._queue.clear()
             self._finish()

@@ -49,6 +49,5 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     for name in CHATTY_LIBRARIES:
-        logging.getLogger(name).setLevel(
-            max(root.level, logging.WARNING) if root.level > logging.DEBUG else logging.NOTSET
-        )
+        quiet = logging.NOTSET if root.level <= logging.DEBUG else max(root.level, logging.WARNING)
+        logging.getLogger(name).setLevel(quiet)
