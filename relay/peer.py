@@ -4,13 +4,22 @@ Negotiation, as built:
 
 * The client's first offer (sendrecv audio + video) is answered
   ``recvonly`` (``inactive`` for a receive-only peer such as a staff
-  monitor): those m-lines carry only what the client publishes.
+  monitor), or ``sendrecv`` where the answer carries a publisher (below).
 * Media from other participants travels on m-lines the *server* adds:
   ``Room.add``/``Room.remove`` wire or unwire forwarding at once and report
   which peers changed; ``create_offer`` then adds one ``sendonly`` audio and
   video transceiver per publisher (msid stream id = the publisher's id, so
   a browser groups them into one MediaStream per participant) and marks the
   ones of departed publishers ``inactive``. m-lines are never reused.
+* A joiner's first answer carries the room's first publisher: when the owner
+  wires the peer in *during* :meth:`RelayPeer.accept_offer` (its ``joining``
+  callback), the first subscription of each kind whose own m-line the client
+  offered ``sendrecv`` is answered on that m-line (``sendrecv``, msid = the
+  publisher). A two-party call then needs no server offer to the joiner: one
+  round trip less per join, and media from the first packet after DTLS.
+  Server offers never change an own m-line's direction (GStreamer's
+  ``webrtcbin`` refuses "transceiver direction changes"): a carried publisher
+  that leaves stops its leg, and the m-line stays ``sendrecv`` and silent.
 * Every server transceiver is restricted to the visit's codec (and Opus) with
   ``setCodecPreferences`` before aiortc negotiates it.
 * Every server offer keeps the RTP header-extension ids and payload types of
@@ -42,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -132,6 +142,8 @@ class RelayPeer:
         self._publishing: dict[str, RTCRtpTransceiver] = {}
         self._subscriptions: dict[tuple[str, str], Subscription] = {}
         self._unnegotiated: list[Subscription] = []
+        self._may_carry: set[str] = set()
+        """Kinds whose own m-line the first answer may send on (offered ``sendrecv``)."""
         self._departed: list[Subscription] = []
         self._transports: dict[int, MediaTransport] = {}
         self._tasks: set[asyncio.Future[None]] = set()
@@ -226,8 +238,13 @@ class RelayPeer:
 
     # --- negotiation ---------------------------------------------------------
 
-    async def accept_offer(self, sdp: str) -> str:
+    async def accept_offer(self, sdp: str, joining: Callable[[], None] | None = None) -> str:
         """Apply a client offer (first or re-offer) and return the answer SDP.
+
+        ``joining``, for the first offer: called once the offer is applied and before the
+        answer is made, to wire this peer into its room (``Room.add``); the answer then
+        carries the first publisher of each kind on the client's own m-line (module
+        docstring), and :attr:`offer_needed` tells whether a server offer must follow.
 
         Raises UnsupportedOffer for anything unusable; the connection is left
         as it was when the offer fails the checks made before aiortc sees it.
@@ -255,15 +272,25 @@ class RelayPeer:
             )
             aiortc_internals.extend_negotiation(self._pc, remote, self._publishing_mids())
             self._dtls.choose(self._pc, _bundle_setup(media))
+            if joining is not None:
+                joining()
+                self._carry()
             await aiortc_internals.set_local_answer(self._pc)
         except Exception as exc:
             # aiortc may have changed the connection half-way: do not build on it.
             self._broken = True
             logger.info("peer %s: offer refused by aiortc: %r", self.peer_id, exc)
             raise UnsupportedOffer(f"offer cannot be applied: {exc}") from exc
+        self._may_carry.clear()  # only the first answer carries
         self._numbering = numbering
         self._watch_setup()
         return self._pc.localDescription.sdp
+
+    @property
+    def offer_needed(self) -> bool:
+        """Do subscriptions wait for a server offer (new ones to add, departed ones to
+        retire)? False after a joiner's answer carried all it had."""
+        return bool(self._unnegotiated or self._departed)
 
     async def create_offer(self) -> str:
         """A server offer that adds and retires forwarded tracks.
@@ -532,6 +559,8 @@ class RelayPeer:
             subscription.leg.close()
             if subscription in self._unnegotiated:
                 self._unnegotiated.remove(subscription)
+            elif subscription.transceiver in self._publishing.values():
+                pass  # carried on the client's own m-line: it stays, silent (no offer)
             else:
                 self._departed.append(subscription)
                 retired = True
@@ -560,6 +589,8 @@ class RelayPeer:
             transceiver.setCodecPreferences(self.codec.preferences(m.kind))
             if publishing:
                 self._receive(m.kind, transceiver)
+                if m.direction == "sendrecv":
+                    self._may_carry.add(m.kind)
 
     def _receive(self, kind: str, transceiver: RTCRtpTransceiver) -> None:
         uptrack = UpTrack(kind, self.peer_id, self.codec.name, self._clock, self._stat_targets)
@@ -582,15 +613,36 @@ class RelayPeer:
         if transport is not None:
             transport.add_uptrack(uptrack)
 
+    def _carry(self) -> None:
+        """Put the first subscription of each kind in :attr:`_may_carry` on the client's
+        own m-line of that kind, before the answer is made (module docstring)."""
+        for kind in MEDIA_KINDS:
+            if kind not in self._may_carry:
+                continue
+            subscription = next((s for s in self._unnegotiated if s.kind == kind), None)
+            if subscription is None:
+                continue
+            transceiver = self._publishing[kind]
+            transceiver.direction = "sendrecv"
+            self._take_over_sending(subscription, transceiver)
+            subscription.transceiver = transceiver
+            self._unnegotiated.remove(subscription)
+
     def _add_sender(self, subscription: Subscription) -> RTCRtpTransceiver:
         transceiver = self._pc.addTransceiver(subscription.kind, direction="sendonly")
         transceiver.setCodecPreferences(self.codec.preferences(subscription.kind))
+        self._take_over_sending(subscription, transceiver)
+        aiortc_internals.take_over_receiver(transceiver.receiver, _sends_only)
+        return transceiver
+
+    def _take_over_sending(
+        self, subscription: Subscription, transceiver: RTCRtpTransceiver
+    ) -> None:
+        """``transceiver``'s sender sends ``subscription``'s leg (msid = its publisher)."""
         aiortc_internals.set_stream_id(transceiver.sender, subscription.publisher_id)
         aiortc_internals.take_over_sender(
             transceiver.sender, partial(self._leg_started, subscription, transceiver)
         )
-        aiortc_internals.take_over_receiver(transceiver.receiver, _sends_only)
-        return transceiver
 
     def _leg_started(
         self, subscription: Subscription, transceiver: RTCRtpTransceiver, parameters: Any

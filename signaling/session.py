@@ -118,6 +118,9 @@ class Session:
         if self.offer_outstanding:
             self.renegotiate_again = True
             return
+        if not self.peer.offer_needed:  # e.g. its answer carried what changed (relay/peer.py)
+            self.renegotiate_again = False
+            return
         self.offer_outstanding = True
         self.renegotiate_again = False
         try:

@@ -15,12 +15,14 @@ from typing import Any, TypeGuard
 
 from aiohttp import WSMsgType, web
 
-from relay import UnsupportedOffer
+from relay import RelayPeer, UnsupportedOffer
 from signaling import admission, logs
 from signaling import keys as K
 from signaling import protocol as P
 from signaling.admission import Refusal
+from signaling.enforcer import Enforcer
 from signaling.protocol import Close, Message, Problem, Reason, directive_reason
+from signaling.registry import Call
 from signaling.session import Session
 
 log = logging.getLogger("parlor.ws")
@@ -231,26 +233,64 @@ async def _offer(app: web.Application, session: Session, data: dict[str, Any]) -
     async with session.lock:
         if session.offer_outstanding:
             return P.NEGOTIATION_IN_PROGRESS
+        joining = None if session.negotiated else _joining(app, session)
         try:
-            answer = await session.peer.accept_offer(sdp)
+            answer = await session.peer.accept_offer(sdp, joining)
         except UnsupportedOffer as exc:
-            await session.send(P.UNSUPPORTED_OFFER.frame(cause=exc))
-            return None
-        if session.ended:
-            return None
-        await session.send({"type": Message.ANSWER, "sdp": answer})
-        first = not session.negotiated
-        session.negotiated = True
-    if first:
-        call = app[K.SESSIONS].calls.get(session.visit.id)
-        if call is None:
-            return None
-        app[K.RECORDINGS].tap(call, session)
-        for peer in call.room.add(session.peer):
-            other = call.session_of(peer)
+            refused: UnsupportedOffer | None = exc
+        else:
+            refused = None
+            if not session.ended:
+                await session.send({"type": Message.ANSWER, "sdp": answer})
+                session.negotiated = True
+    if refused is not None:
+        await session.send(P.UNSUPPORTED_OFFER.frame(cause=refused))
+    if joining is None:
+        return None
+    if session.negotiated and not session.ended:
+        app[K.RECORDINGS].tap(joining.call, session)
+        await joining.offer(enforcer)
+    else:
+        await joining.undo(enforcer)
+    return None
+
+
+def _joining(app: web.Application, session: Session) -> _Joining | None:
+    call = app[K.SESSIONS].calls.get(session.visit.id)
+    return None if call is None else _Joining(call, session)
+
+
+class _Joining:
+    """A session's first offer wires its peer into the call's room while the answer is being
+    made (`RelayPeer.accept_offer`), so the answer carries the room's first publisher; then
+    the peers whose forwarding changed are sent server offers (the joiner's own first, if it
+    still needs one). An offer refused, or a session ended meanwhile, is unwired again."""
+
+    def __init__(self, call: Call, session: Session) -> None:
+        self.call = call
+        self.session = session
+        self.changed: list[RelayPeer] = []
+        self.wired = False
+
+    def __call__(self) -> None:
+        if self.session.ended:  # ended while its offer was applied: nothing to wire
+            return
+        self.changed = self.call.room.add(self.session.peer)
+        self.wired = True
+
+    async def offer(self, enforcer: Enforcer) -> None:
+        for peer in self.changed:  # the joiner first (Room.add)
+            other = self.call.session_of(peer)
+            if other is not None and not other.ended and peer.offer_needed:
+                await enforcer.renegotiate(other)
+
+    async def undo(self, enforcer: Enforcer) -> None:
+        if not self.wired:
+            return
+        for peer in self.call.room.remove(self.session.peer):
+            other = self.call.session_of(peer)
             if other is not None and not other.ended:
                 await enforcer.renegotiate(other)
-    return None
 
 
 HANDLERS: dict[str, Handler] = {

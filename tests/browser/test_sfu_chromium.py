@@ -55,12 +55,25 @@ async def test_transport_cc_is_negotiated_fed_back_and_chromium_ramps(
     family, kiosk = await start_call(browser, live, visit)
     await both_play([family, kiosk], [await callpage.sole_remote(w) for w in (family, kiosk)])
 
+    descriptions = {}
     for watched in (family, kiosk):
-        # The server's latest offer: the page's own m-lines first (the relay receives
-        # there), then the ones the relay forwards the other participant on.
-        offer = await watched.page.evaluate("window.__parlorPc.remoteDescription.sdp")
-        own, forwarded = sections(offer)[:2], sections(offer)[2:]
-        assert [direction(s) for s in own] == ["recvonly", "recvonly"], offer
+        descriptions[watched] = await watched.page.evaluate(
+            "({type: window.__parlorPc.remoteDescription.type,"
+            " sdp: window.__parlorPc.remoteDescription.sdp})"
+        )
+    # Who joined second got the other in the server's answer, on its own m-lines (sendrecv:
+    # the relay receives and forwards there, relay/peer.py); who joined first got a server
+    # offer: its own m-lines recvonly first, then the ones the other is forwarded on.
+    assert sorted(d["type"] for d in descriptions.values()) == ["answer", "offer"], descriptions
+    for remote in descriptions.values():
+        own = sections(remote["sdp"])[:2]
+        if remote["type"] == "answer":
+            assert [direction(s) for s in own] == ["sendrecv", "sendrecv"], remote
+            forwarded = own
+        else:
+            assert [direction(s) for s in own] == ["recvonly", "recvonly"], remote
+            forwarded = sections(remote["sdp"])[2:]
+            assert [direction(s) for s in forwarded] == ["sendonly", "sendonly"], remote
         for section in own:
             assert TRANSPORT_CC in section, "transport-wide-cc is not negotiated"
             assert re.search(r"^a=rtcp-fb:\d+ transport-cc$", section, re.MULTILINE), section

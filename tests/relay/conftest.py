@@ -195,10 +195,14 @@ class Visit:
         self.clients[name] = client
         self.peers[name] = peer
         await client.pc.setLocalDescription(await client.pc.createOffer())
-        answer = await peer.accept_offer(client.pc.localDescription.sdp)
+        changed: list[RelayPeer] = []
+        answer = await peer.accept_offer(
+            client.pc.localDescription.sdp, joining=lambda: changed.extend(self.room.add(peer))
+        )
         await client.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        for changed in self.room.add(peer):
-            await self.renegotiate(changed)
+        self.negotiated_at[name] = time.monotonic()
+        for other in changed:
+            await self.renegotiate(other)
         return client, peer
 
     async def leave(self, name: str) -> None:
@@ -211,6 +215,8 @@ class Visit:
             await self.renegotiate(other)
 
     async def renegotiate(self, peer: RelayPeer) -> None:
+        if not peer.offer_needed:  # its answer carried what changed (as signaling skips it)
+            return
         client = self.clients[peer.peer_id]
         offer = await peer.create_offer()
         await client.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
@@ -296,13 +302,18 @@ class RtpVisit:
             name, codec=self.codec, ice_servers=[], publish=publish, totals=self.totals
         )
         self.clients[name], self.peers[name] = client, peer
-        answer = await peer.accept_offer(await client.offer())
+        changed: list[RelayPeer] = []
+        answer = await peer.accept_offer(
+            await client.offer(), joining=lambda: changed.extend(self.room.add(peer))
+        )
         await client.accept_answer(answer)
-        for changed in self.room.add(peer):
-            await self.renegotiate(changed)
+        for other in changed:
+            await self.renegotiate(other)
         return client, peer
 
     async def renegotiate(self, peer: RelayPeer) -> None:
+        if not peer.offer_needed:
+            return
         client = self.clients[peer.peer_id]
         await peer.accept_answer(await client.answer(await peer.create_offer()))
 

@@ -243,7 +243,7 @@ async def test_receive_only_monitor_gets_everyone_and_sends_nothing(visit) -> No
 async def test_leaving_peer_is_unwired_and_others_renegotiate(visit) -> None:
     a, _ = await visit.join("A")
     await visit.join("B")
-    await visit.join("C")
+    c, _ = await visit.join("C")
     await visit.wait_for(lambda: visit.everyone_gets_everyone("video", 5))
     from_b = visit.legs("A", "B", "video") + visit.legs("C", "B", "audio")
 
@@ -253,9 +253,61 @@ async def test_leaving_peer_is_unwired_and_others_renegotiate(visit) -> None:
 
     assert visit.packets_sent(from_b) == sent
     assert [p.peer_id for p in visit.room.peers] == ["A", "C"]
-    assert "a=inactive" in a.pc.remoteDescription.sdp
+    # A (first in) got B and C on m-lines of the server's offers; C's answer carried A on
+    # C's own m-lines and B came on a server offer: B's m-lines are now inactive in both.
+    assert directions(a) == ["recvonly"] * 2 + ["inactive"] * 2 + ["sendonly"] * 2
+    assert directions(c) == ["sendrecv"] * 2 + ["inactive"] * 2
     frames = a.received("C", "video").frames
     await visit.wait_for(lambda: a.received("C", "video").frames > frames + 5)
+
+
+def directions(client) -> list[str]:  # type: ignore[no-untyped-def]
+    """The direction of each m-line of the relay's latest description to ``client``."""
+    found = []
+    for section in client.pc.remoteDescription.sdp.split("\r\nm=")[1:]:
+        lines = section.splitlines()
+        found += [line[2:] for line in lines if line[2:] in DIRECTIONS and line.startswith("a=")]
+    return found
+
+
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+
+
+async def test_joiner_gets_the_first_publisher_in_its_answer_and_needs_no_server_offer(
+    visit,
+) -> None:
+    await visit.join("A")
+    b, peer_b = await visit.join("B")
+
+    assert b.pc.remoteDescription.type == "answer"
+    assert directions(b) == ["sendrecv", "sendrecv"]
+    assert sorted(b.stream_of().values()) == [("A", "audio"), ("A", "video")]
+    assert not peer_b.offer_needed and not visit.peers["A"].offer_needed  # A's offer answered
+    await visit.wait_for(
+        lambda: (
+            visit.everyone_gets_everyone("video", 5) and visit.everyone_gets_everyone("audio", 5)
+        )
+    )
+    assert b.pc.remoteDescription.type == "answer"  # still: no server offer reached B
+
+
+async def test_a_carried_publisher_that_leaves_takes_no_offer_and_comes_back_elsewhere(
+    visit,
+) -> None:
+    await visit.join("A")
+    b, peer_b = await visit.join("B")
+    await visit.wait_for(lambda: visit.everyone_gets_everyone("video", 5))
+    carried = visit.legs("B", "A", "video") + visit.legs("B", "A", "audio")
+
+    await visit.leave("A")
+    assert not peer_b.offer_needed and b.pc.remoteDescription.type == "answer"
+    assert all(not leg.live for leg in carried)
+    await visit.join("A")  # back: on new m-lines of a server offer, B's own stay as they were
+
+    assert b.pc.remoteDescription.type == "offer"
+    assert directions(b) == ["sendrecv", "sendrecv", "sendonly", "sendonly"]
+    frames = b.received("A", "video").frames
+    await visit.wait_for(lambda: b.received("A", "video").frames > frames + 5)
 
 
 async def test_client_re_offer_is_answered_and_media_continues(visit) -> None:
