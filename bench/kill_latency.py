@@ -78,6 +78,7 @@ from bench.harness import (  # noqa: E402
     progress,
     quiet_machine,
     server_version,
+    supervisor_api,
     workdir,
 )
 from signaling.loadgen import LoadCall, LoadFleet, processes_for, seed_roster  # noqa: E402
@@ -425,6 +426,10 @@ async def run_calls(n: int, args: argparse.Namespace, run: dict[str, Any]) -> di
         watch.start()
         started = time.monotonic()
         calls = await seed_roster(server.url, server.operator_token, run["layout"])
+        if not args.recording:
+            for facility in run["layout"]:
+                await supervisor_api(server, "PATCH", f"/api/v1/facilities/{facility}",
+                                     {"recording": False})  # fmt: skip
         node_of: dict[int, str] | None = None
         if issuer is not None and not args.all_on_a:
             calls, node_of = spread(calls, issuer.url)
@@ -581,6 +586,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "pre-packetized media, arrivals counted from the RTP header (nothing decoded)",
         },
         "definitions": DEFINITIONS,
+        "recorded": args.recording,
         "server": server_version(),
         "runs": runs,
         "target": {
@@ -660,7 +666,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--all-on-a", action="store_true",
         help="--nodes 2: put every call on node A (all kills cross the bus; A carries all the media)",
     )  # fmt: skip
+    parser.add_argument("--recording", choices=("on", "off"), default="on",
+                        help="whether the calls' social visits are recorded (default on, the "
+                             "product's default)")  # fmt: skip
     args = parser.parse_args(argv)
+    args.recording = args.recording == "on"
     if args.nodes == 2:
         from tests.harness.system import postgres_bindir
 
