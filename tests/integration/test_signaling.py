@@ -276,6 +276,70 @@ async def test_server_created_no_video_encoder(server):
         await asyncio.gather(kiosk.close(), c1.close())
 
 
+async def test_the_second_joiner_gets_the_first_in_its_answer_and_no_server_offer(server):
+    """relay/peer.py: the joiner's answer carries the kiosk on its own m-lines, so only the
+    kiosk takes a re-offer; the kiosk leaving retires nothing on the family's side (no offer),
+    and a kiosk coming back reaches the family on new m-lines of a server offer."""
+    await seed(server)
+    visit = await make_visit(server, ["C1"])
+    token = visit["join"]["device"]["token"]
+    kiosk = server.client(token, visit["id"], **LIGHT)
+    c1 = server.client(visit["join"]["C1"]["token"], visit["id"], **LIGHT)
+    back = server.client(token, visit["id"], **LIGHT)
+    try:
+        await kiosk.connect()
+        await c1.connect()
+        assert await frames_flow(c1, "video") and await frames_flow(kiosk, "video")
+        assert await frames_flow(c1, "audio") and await frames_flow(kiosk, "audio")
+        offers = lambda client: [m for m in client.messages if m["type"] == "offer"]  # noqa: E731
+        assert offers(c1) == [] and len(offers(kiosk)) == 1
+        assert [t.direction for t in c1.pc.getTransceivers()] == ["sendrecv", "sendrecv"]
+
+        await kiosk.leave()
+        await c1.wait_for("participant-left")
+        await asyncio.sleep(0.3)  # an offer would come at once
+        assert offers(c1) == [] and not c1.closed.is_set()
+
+        await back.connect()
+        assert await frames_flow(c1, "video", timeout=10) and await frames_flow(back, "video")
+        assert len(offers(c1)) == 1 and len(c1.pc.getTransceivers()) == 4
+    finally:
+        await asyncio.gather(kiosk.close(), c1.close(), back.close())
+
+
+async def test_a_first_offer_refused_after_wiring_is_unwired_again(server, monkeypatch):
+    """The joiner is wired into the room while its answer is made; if making it fails, it is
+    unwired: the kiosk forwards nothing to it and its own m-lines are as they were."""
+    from relay import aiortc_internals
+    from signaling import keys as K
+
+    await seed(server)
+    visit = await make_visit(server, ["C1"])
+    kiosk = server.client(visit["join"]["device"]["token"], visit["id"], **LIGHT)
+    c1 = server.client(visit["join"]["C1"]["token"], visit["id"], **LIGHT)
+    real = aiortc_internals.set_local_answer
+    try:
+        await kiosk.connect()
+
+        async def refuse(pc):  # type: ignore[no-untyped-def]
+            raise RuntimeError("no answer today")
+
+        monkeypatch.setattr(aiortc_internals, "set_local_answer", refuse)
+        await c1.connect(offer=False)
+        await c1._offer(c1.joined)  # noqa: SLF001 - the client's own first offer, as connect makes it
+        error = await c1.wait_for("error")
+        assert error["code"] == "unsupported-offer" and "no answer today" in error["message"]
+        monkeypatch.setattr(aiortc_internals, "set_local_answer", real)
+        call = server.app[K.SESSIONS].calls[visit["id"]]
+        assert [p.peer_id for p in call.room.peers] == [s.peer.peer_id for s in call.sessions
+                                                        if s.actor.role == "kiosk"]  # fmt: skip
+        kiosk_peer = call.room.peers[0]
+        assert kiosk_peer.legs() == [] and not kiosk_peer.offer_needed
+        assert [m for m in kiosk.messages if m["type"] == "offer"] == []
+    finally:
+        await asyncio.gather(kiosk.close(), c1.close())
+
+
 async def test_simultaneous_first_joins_share_one_call(server):
     """Two participants joining at the same instant must land in the same call."""
     await seed(server)
