@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -705,6 +706,14 @@ async def supervisor_api(server: ServerProcess, method: str, path: str, body: An
     if status >= 300:
         raise RuntimeError(f"{method} {path}: {status} {answer}")
     return answer
+
+
+async def record_nothing(server: ServerProcess, facilities: Iterable[str]) -> None:
+    """Set ``recording: false`` on each facility, as a supervisor would (`--recording off`)."""
+    for facility in facilities:
+        await supervisor_api(
+            server, "PATCH", f"/api/v1/facilities/{facility}", {"recording": False}
+        )
 
 
 async def recordings_finished(

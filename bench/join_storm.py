@@ -54,9 +54,9 @@ from bench.harness import (  # noqa: E402
     print_result,
     progress,
     quiet_machine,
+    record_nothing,
     recordings_finished,
     server_version,
-    supervisor_api,
     workdir,
 )
 from signaling.loadgen import RETRYABLE, LoadFleet, layout_of, percentiles, seed_roster  # noqa: E402
@@ -77,7 +77,7 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
         "server": server_version(),
         "participants": args.participants,
         "processes": args.processes,
-        "concurrency_per_process": args.concurrency,
+        "concurrency_per_process": args.concurrency or "all",
         "target_admissions_per_second": TARGET_PER_SECOND,
         "recorded": args.recording,
     }
@@ -103,9 +103,7 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
         layout = layout_of(calls, "")
         roster = await seed_roster(server.url, server.operator_token, layout)
         if not args.recording:
-            for facility in layout:
-                await supervisor_api(server, "PATCH", f"/api/v1/facilities/{facility}",
-                                     {"recording": False})  # fmt: skip
+            await record_nothing(server, layout)
         fleet = await LoadFleet.start(
             server.url, args.processes, work / "media.json", lifetime=600,
             ice_addresses=["127.0.0.1"],
@@ -219,9 +217,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--participants must be even, 2..400")
     if args.processes < 1:
         parser.error("--processes must be at least 1")
-    if args.concurrency is None:
-        args.concurrency = 2 * -(-(args.participants // 2) // args.processes)  # all at once
-    elif args.concurrency < 1:
+    if args.concurrency is not None and args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
     return args
 

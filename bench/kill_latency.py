@@ -77,8 +77,8 @@ from bench.harness import (  # noqa: E402
     print_result,
     progress,
     quiet_machine,
+    record_nothing,
     server_version,
-    supervisor_api,
     workdir,
 )
 from signaling.loadgen import LoadCall, LoadFleet, processes_for, seed_roster  # noqa: E402
@@ -427,9 +427,7 @@ async def run_calls(n: int, args: argparse.Namespace, run: dict[str, Any]) -> di
         started = time.monotonic()
         calls = await seed_roster(server.url, server.operator_token, run["layout"])
         if not args.recording:
-            for facility in run["layout"]:
-                await supervisor_api(server, "PATCH", f"/api/v1/facilities/{facility}",
-                                     {"recording": False})  # fmt: skip
+            await record_nothing(server, run["layout"])
         node_of: dict[int, str] | None = None
         if issuer is not None and not args.all_on_a:
             calls, node_of = spread(calls, issuer.url)

@@ -142,8 +142,6 @@ class RelayPeer:
         self._publishing: dict[str, RTCRtpTransceiver] = {}
         self._subscriptions: dict[tuple[str, str], Subscription] = {}
         self._unnegotiated: list[Subscription] = []
-        self._may_carry: set[str] = set()
-        """Kinds whose own m-line the first answer may send on (offered ``sendrecv``)."""
         self._departed: list[Subscription] = []
         self._transports: dict[int, MediaTransport] = {}
         self._tasks: set[asyncio.Future[None]] = set()
@@ -274,14 +272,13 @@ class RelayPeer:
             self._dtls.choose(self._pc, _bundle_setup(media))
             if joining is not None:
                 joining()
-                self._carry()
+                self._carry(media)
             await aiortc_internals.set_local_answer(self._pc)
         except Exception as exc:
             # aiortc may have changed the connection half-way: do not build on it.
             self._broken = True
             logger.info("peer %s: offer refused by aiortc: %r", self.peer_id, exc)
             raise UnsupportedOffer(f"offer cannot be applied: {exc}") from exc
-        self._may_carry.clear()  # only the first answer carries
         self._numbering = numbering
         self._watch_setup()
         return self._pc.localDescription.sdp
@@ -559,10 +556,8 @@ class RelayPeer:
             subscription.leg.close()
             if subscription in self._unnegotiated:
                 self._unnegotiated.remove(subscription)
-            elif subscription.transceiver in self._publishing.values():
-                pass  # carried on the client's own m-line: it stays, silent (no offer)
-            else:
-                self._departed.append(subscription)
+            elif subscription.transceiver not in self._publishing.values():
+                self._departed.append(subscription)  # (a carried one stays, silent: no offer)
                 retired = True
         return retired
 
@@ -589,8 +584,6 @@ class RelayPeer:
             transceiver.setCodecPreferences(self.codec.preferences(m.kind))
             if publishing:
                 self._receive(m.kind, transceiver)
-                if m.direction == "sendrecv":
-                    self._may_carry.add(m.kind)
 
     def _receive(self, kind: str, transceiver: RTCRtpTransceiver) -> None:
         uptrack = UpTrack(kind, self.peer_id, self.codec.name, self._clock, self._stat_targets)
@@ -613,16 +606,17 @@ class RelayPeer:
         if transport is not None:
             transport.add_uptrack(uptrack)
 
-    def _carry(self) -> None:
-        """Put the first subscription of each kind in :attr:`_may_carry` on the client's
-        own m-line of that kind, before the answer is made (module docstring)."""
-        for kind in MEDIA_KINDS:
-            if kind not in self._may_carry:
+    def _carry(self, media: list[MediaSection]) -> None:
+        """Put the first subscription of each kind on the client's own m-line of that kind,
+        where the client offered it ``sendrecv``, before the answer is made (module
+        docstring). A publishing m-line carries once: it is ``recvonly`` until then."""
+        offered = {m.mid: m.direction for m in media}
+        for kind, transceiver in self._publishing.items():
+            if transceiver.direction != "recvonly" or offered.get(transceiver.mid) != "sendrecv":
                 continue
             subscription = next((s for s in self._unnegotiated if s.kind == kind), None)
             if subscription is None:
                 continue
-            transceiver = self._publishing[kind]
             transceiver.direction = "sendrecv"
             self._take_over_sending(subscription, transceiver)
             subscription.transceiver = transceiver

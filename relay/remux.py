@@ -607,16 +607,19 @@ def _sha256(path: str) -> str:
 REMUX_NICENESS = 10
 """The child's niceness: a remux after a call yields the CPU to the node's live calls."""
 
-_NICED_CHILD = """
+YIELD_FIRST = """
 import os, runpy, sys
 os.nice(int(sys.argv.pop(1)))
 try:
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 except (AttributeError, OSError):
     pass
-runpy.run_module("relay.remux", run_name="__main__", alter_sys=True)
 """
-"""The child's first statements lower its priority, before ``relay`` (aiortc, av) is imported:
+_NICED_CHILD = (
+    YIELD_FIRST + 'runpy.run_module("relay.remux", run_name="__main__", alter_sys=True)\n'
+)
+"""The child's first statements (:data:`YIELD_FIRST`, its niceness the first argument) lower
+its priority, before ``relay`` (aiortc, av) is imported:
 those imports cost about half a second of CPU, and at the node's own priority they took it
 from the live calls, a remux child after each call that ended (100 calls recorded, a
 directive ending 10 of them: audio gaps over 200 ms in 38 of the 178 other sessions). Where
@@ -689,7 +692,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--renditions", action="store_true", help="the call file, then one per participant"
     )
-    parser.add_argument("--nice", type=int, default=0, help="lower this process's priority")
+    parser.add_argument(
+        "--nice", type=int, default=0, help="lower this process's priority (run by hand)"
+    )
     arguments = parser.parse_args(argv)
     if arguments.nice > 0:
         os.nice(arguments.nice)

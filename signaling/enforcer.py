@@ -290,10 +290,7 @@ class Enforcer:
         if not session.monitor:
             left = {"type": Message.PARTICIPANT_LEFT, "participant": session.id}
             await asyncio.gather(*(s.send(left) for s in halted.told if not s.ended))
-        for peer in halted.renegotiate:
-            other = call.session_of(peer)
-            if other is not None:
-                await self.renegotiate(other)
+        await self.renegotiate_peers(call, halted.renegotiate)
 
     # -- minors and their guardians (policy/guardian.py) -----------------------------------
     def place_ward(self, session: Session, call: Call) -> None:
@@ -444,6 +441,14 @@ class Enforcer:
         except Exception:  # the session is over either way; the orphan sweep closes the record
             log.exception("could not record the end of session %s", session.id)
         return True
+
+    async def renegotiate_peers(self, call: Call, peers: list[RelayPeer]) -> None:
+        """Renegotiate, in turn, the sessions of ``call`` whose ``peers`` `Room.add` or
+        `Room.remove` named (each is sent an offer only if it needs one)."""
+        for peer in peers:
+            session = call.session_of(peer)
+            if session is not None:
+                await self.renegotiate(session)
 
     async def renegotiate(self, session: Session) -> None:
         """Send a session a server offer; a failure ends that session alone, never the caller's."""

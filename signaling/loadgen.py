@@ -291,20 +291,21 @@ class LoadFleet:
         self,
         calls: list[LoadCall],
         *,
-        concurrency: int = 8,
+        concurrency: int | None = 8,
         timeout: float = 60.0,
         retry: tuple[int, ...] = (),
         together: bool = False,
     ) -> dict[str, Any]:
         """Every call's kiosk, then its family member (``together``: both at once), joined
         through the worker that holds the call (calls dealt round-robin). Each worker lets
-        ``concurrency`` joins run at once and gives up on a join after ``timeout`` s."""
+        ``concurrency`` joins run at once (None: all of its joins) and gives up on a join
+        after ``timeout`` s."""
         shares: list[list[dict[str, Any]]] = [[] for _ in self.workers]
         for position, call in enumerate(calls):
             entry = asdict(call)
             entry["server"] = call.server or self.server
             shares[position % len(self.workers)].append(entry)
-        command = {"cmd": "join", "concurrency": concurrency, "timeout": timeout,
+        command = {"cmd": "join", "concurrency": concurrency or 0, "timeout": timeout,
                    "retry": list(retry), "together": together}  # fmt: skip
         answers = await asyncio.gather(
             *(
@@ -394,7 +395,8 @@ async def worker_main(name: str, media_path: Path, lifetime: float) -> int:
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=30))
 
     async def join(command: dict[str, Any]) -> dict[str, Any]:
-        gate = asyncio.Semaphore(max(1, int(command.get("concurrency", 8))))
+        limit = int(command.get("concurrency", 8))  # 0: no limit
+        gate = asyncio.Semaphore(limit) if limit > 0 else contextlib.nullcontext()
         timeout = float(command.get("timeout", 60))
         retry = tuple(int(code) for code in command.get("retry", ()))
         failures: list[dict[str, Any]] = []

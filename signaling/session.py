@@ -118,11 +118,10 @@ class Session:
         if self.offer_outstanding:
             self.renegotiate_again = True
             return
+        self.renegotiate_again = False
         if not self.peer.offer_needed:  # e.g. its answer carried what changed (relay/peer.py)
-            self.renegotiate_again = False
             return
         self.offer_outstanding = True
-        self.renegotiate_again = False
         try:
             sdp = await self.peer.create_offer()
         except PeerClosed:  # it is being torn down; its own handler ends the session

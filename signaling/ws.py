@@ -237,14 +237,11 @@ async def _offer(app: web.Application, session: Session, data: dict[str, Any]) -
         try:
             answer = await session.peer.accept_offer(sdp, joining)
         except UnsupportedOffer as exc:
-            refused: UnsupportedOffer | None = exc
+            await session.send(P.UNSUPPORTED_OFFER.frame(cause=exc))
         else:
-            refused = None
             if not session.ended:
                 await session.send({"type": Message.ANSWER, "sdp": answer})
                 session.negotiated = True
-    if refused is not None:
-        await session.send(P.UNSUPPORTED_OFFER.frame(cause=refused))
     if joining is None:
         return None
     if session.negotiated and not session.ended:
@@ -263,34 +260,23 @@ def _joining(app: web.Application, session: Session) -> _Joining | None:
 class _Joining:
     """A session's first offer wires its peer into the call's room while the answer is being
     made (`RelayPeer.accept_offer`), so the answer carries the room's first publisher; then
-    the peers whose forwarding changed are sent server offers (the joiner's own first, if it
-    still needs one). An offer refused, or a session ended meanwhile, is unwired again."""
+    the peers whose forwarding changed are renegotiated (the joiner first). An offer refused,
+    or a session ended meanwhile, is unwired again."""
 
     def __init__(self, call: Call, session: Session) -> None:
         self.call = call
         self.session = session
         self.changed: list[RelayPeer] = []
-        self.wired = False
 
     def __call__(self) -> None:
-        if self.session.ended:  # ended while its offer was applied: nothing to wire
-            return
-        self.changed = self.call.room.add(self.session.peer)
-        self.wired = True
+        if not self.session.ended:  # ended while its offer was applied: nothing to wire
+            self.changed = self.call.room.add(self.session.peer)
 
     async def offer(self, enforcer: Enforcer) -> None:
-        for peer in self.changed:  # the joiner first (Room.add)
-            other = self.call.session_of(peer)
-            if other is not None and not other.ended and peer.offer_needed:
-                await enforcer.renegotiate(other)
+        await enforcer.renegotiate_peers(self.call, self.changed)
 
-    async def undo(self, enforcer: Enforcer) -> None:
-        if not self.wired:
-            return
-        for peer in self.call.room.remove(self.session.peer):
-            other = self.call.session_of(peer)
-            if other is not None and not other.ended:
-                await enforcer.renegotiate(other)
+    async def undo(self, enforcer: Enforcer) -> None:  # (Room.remove: [] if it was not wired)
+        await enforcer.renegotiate_peers(self.call, self.call.room.remove(self.session.peer))
 
 
 HANDLERS: dict[str, Handler] = {

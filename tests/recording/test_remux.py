@@ -290,8 +290,23 @@ def test_vp8_picture_ids_bridge_probes_a_relay_did_not_tap(tmp_path: Path) -> No
     assert decode(result.path)[A_VIDEO].frames == 60
 
 
+def test_the_remux_child_yields_the_cpu_before_it_imports_anything_heavy() -> None:
+    """remux_in_subprocess's child lowers its priority (and is SCHED_IDLE where Linux has it)
+    in its first statements, before relay, aiortc and av are imported."""
+    from relay.remux import YIELD_FIRST
+
+    script = YIELD_FIRST + (
+        "print('niceness', os.nice(0), 'idle', os.sched_getscheduler(0) == os.SCHED_IDLE, "
+        "'heavy', 'av' in sys.modules or 'relay' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "7"], capture_output=True, text=True, timeout=60
+    )
+    assert f"niceness {min(19, os.nice(0) + 7)} idle True heavy False" in done.stdout, done
+
+
 def test_the_remux_child_yields_the_cpu_to_live_calls(tmp_path: Path) -> None:
-    """`--nice` (what remux_in_subprocess passes) lowers the child's priority before work."""
+    """`--nice` (for a remux run by hand) lowers the process's priority before work."""
     script = (
         "import os, sys; from relay.remux import main; "
         "code = main(sys.argv[1:]); print('niceness', os.nice(0), file=sys.stderr)"
